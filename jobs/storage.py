@@ -1,0 +1,73 @@
+"""Atomic outputs and schema-checked Parquet I/O shared by every job.
+
+A stage writes into a hidden temporary sibling of its output directory and renames
+it into place only when everything inside is complete, so a run killed part-way
+never leaves something that looks finished (Luigi tests completeness by existence).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``final`` on success.
+
+    On an exception the temporary directory is removed and ``final`` is untouched.
+    Raises FileExistsError when ``final`` already exists: outputs are immutable.
+    """
+    final = Path(final)
+    if final.exists():
+        raise FileExistsError(f"output {final} already exists; remove it to rebuild")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_file(final: str | os.PathLike) -> Path:
+    """A temporary path beside ``final``; ``os.replace`` it onto ``final`` when done."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema,
+                params: Mapping[str, object] | None = None) -> None:
+    """Write ``table`` conformed to ``schema`` (with ``params`` as metadata) atomically."""
+    table = schemas.conform(table, schema).replace_schema_metadata(
+        schemas.with_metadata(schema, params).metadata)
+    tmp = atomic_file(path)
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    logger.info("wrote %d rows to %s", table.num_rows, path)
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Read a Parquet file or directory of files and conform it to ``schema``.
+
+    Raises ValueError naming ``path`` when the columns do not fit the schema.
+    """
+    try:
+        table = pq.read_table(path, columns=schema.names)
+        return schemas.conform(table, schema)
+    except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise ValueError(f"{path}: does not match the expected schema: {err}") from err

@@ -1,0 +1,44 @@
+"""The trained model file: everything scoring needs, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from jobs import storage
+from model.net import FactorNet, NetConfig
+
+
+def state_version(state: dict) -> str:
+    """A content hash of the weights: the same weights always get the same version."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
+               factor_scale: float, metrics: dict) -> str:
+    """Write the model file atomically and return its version.
+
+    ``factor_scale`` is the median norm of the ALS item factors the net was trained
+    on: predictions are unit vectors, scaled by it to sit beside ALS factors.
+    """
+    version = state_version(state)
+    artefact = {"version": version, "net_config": config.to_dict(), "state": state,
+                "mel_params": mel_params, "factor_scale": factor_scale, "metrics": metrics}
+    tmp = storage.atomic_file(path)
+    torch.save(artefact, tmp)
+    os.replace(tmp, path)
+    return version
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[FactorNet, dict]:
+    """Rebuild the network from a model file; returns (model in eval mode, artefact)."""
+    artefact = torch.load(path, map_location=device, weights_only=False)
+    model = FactorNet(NetConfig.from_dict(artefact["net_config"]))
+    model.load_state_dict(artefact["state"])
+    return model.to(device).eval(), artefact

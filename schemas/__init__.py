@@ -1,0 +1,120 @@
+"""Arrow schemas for every table the pipeline reads or writes.
+
+Writers cast to these schemas and readers check against them, so a stage that
+drifts from the contract fails loudly at its boundary instead of downstream.
+Bump ``SCHEMA_VERSION`` when a schema changes incompatibly; it is stored in the
+metadata of every file written with :func:`with_metadata`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+FACTORS = pa.list_(pa.float32())
+
+# Play counts: one row per (user, track) pair, counts of listens.
+PLAYS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("plays", pa.int64(), nullable=False),
+])
+
+# Plays that failed validation, kept with the reason instead of being dropped.
+QUARANTINED_PLAYS = pa.schema([
+    pa.field("user_id", pa.string()),
+    pa.field("track_id", pa.string()),
+    pa.field("plays", pa.string()),
+    pa.field("reason", pa.string(), nullable=False),
+])
+
+# Catalogue: every track the service knows, with where its audio lives.
+CATALOGUE = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("audio_uri", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("artist", pa.string()),
+    pa.field("duration_s", pa.float32()),
+])
+
+# String id -> dense int index used by Spark ALS. One table for users, one for tracks.
+USER_IDS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("user_index", pa.int32(), nullable=False),
+])
+TRACK_IDS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("track_index", pa.int32(), nullable=False),
+])
+
+# ALS latent factors, float32 vectors of length rank.
+USER_FACTORS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("factors", FACTORS, nullable=False),
+])
+ITEM_FACTORS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("factors", FACTORS, nullable=False),
+])
+
+# Log-mel excerpts. ``mel`` holds an (n_mels, n_frames) float32 array, row-major
+# (mel band outer, time inner), flattened; log-compressed power.
+MEL_SHARD = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("n_mels", pa.int32(), nullable=False),
+    pa.field("n_frames", pa.int32(), nullable=False),
+    pa.field("mel", pa.list_(pa.float32()), nullable=False),
+])
+
+# Inputs a stage could not use, with the stage and the error, one row each.
+DEAD_LETTERS = pa.schema([
+    pa.field("track_id", pa.string()),
+    pa.field("audio_uri", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+])
+
+# Factors predicted from audio for cold tracks.
+PREDICTED_FACTORS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("factors", FACTORS, nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),
+])
+
+# Every track of the catalogue that has factors: warm ones from ALS, cold ones
+# from the audio model. ``source`` is "als" or "audio".
+TRACK_FACTORS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("factors", FACTORS, nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("model_version", pa.string()),
+])
+
+
+def with_metadata(schema: pa.Schema, params: Mapping[str, object] | None = None) -> pa.Schema:
+    """Return ``schema`` carrying the schema version and ``params`` (JSON) as metadata."""
+    meta = {b"coldstart.schema_version": SCHEMA_VERSION.encode()}
+    if params:
+        meta[b"coldstart.params"] = json.dumps(dict(params), sort_keys=True).encode()
+    return schema.with_metadata(meta)
+
+
+def params_of(schema: pa.Schema) -> dict:
+    """The ``params`` stored by :func:`with_metadata`, or {} when there are none."""
+    raw = (schema.metadata or {}).get(b"coldstart.params")
+    return json.loads(raw) if raw else {}
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and cast ``table``'s columns to ``schema``, failing on missing columns.
+
+    Raises ValueError naming the missing columns, so a reader pointed at the wrong
+    table says so instead of failing on a later KeyError.
+    """
+    missing = [name for name in schema.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}; has {table.column_names}")
+    return table.select(schema.names).cast(schema)

@@ -1,0 +1,270 @@
+"""Luigi tasks, one per output: inputs -> ALS -> spectrograms -> training -> scoring.
+
+Each task runs a standalone job as a separate process (spark-submit, the Beam
+job, torchrun, the scoring job), so every stage stays runnable by hand. Jobs write
+their outputs atomically, so an output that exists is complete.
+
+Task parameters take their defaults from luigi.cfg sections named after the task
+([TrainAls] rank = 50, ...). Output names carry a fingerprint of the task's
+parameters and of its inputs' paths, so changing a setting upstream re-runs
+everything downstream of it instead of reusing stale results.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import luigi
+from luigi.contrib.external_program import ExternalProgramTask
+from luigi.contrib.spark import SparkSubmitTask
+
+import jobs.als
+from jobs import demo_catalogue
+from jobs.mel import MelParams
+from jobs.spectrograms import run_dir
+from model.net import NetConfig
+from model.train import TrainConfig
+
+BIN = Path(sys.executable).parent
+
+
+class paths(luigi.Config):
+    """Where data lives. The data root comes from COLDSTART_DATA_ROOT (default ./data)."""
+    catalogue = luigi.OptionalPathParameter(
+        default=None, description="catalogue Parquet; default DATA_ROOT/catalogue.parquet")
+    plays = luigi.OptionalPathParameter(
+        default=None, description="play counts Parquet; default DATA_ROOT/plays.parquet")
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
+
+
+def user_inputs() -> tuple[Path, Path]:
+    """(catalogue, plays) a user supplied, configured or at their default place."""
+    cfg = paths()
+    return (Path(cfg.catalogue or data_root() / "catalogue.parquet"),
+            Path(cfg.plays or data_root() / "plays.parquet"))
+
+
+def fingerprint(task: luigi.Task) -> str:
+    """Short hash of the task's significant parameters and its inputs' paths."""
+    inputs = luigi.task.flatten(task.input())
+    text = task.task_id + "".join(sorted(t.path for t in inputs))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def job_environment() -> dict:
+    """Child processes use this interpreter and find its scripts (spark-submit, torchrun)."""
+    env = os.environ.copy()
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    return env
+
+
+class JobTask(ExternalProgramTask):
+    """A job run as a child process with this interpreter's environment."""
+    capture_output = False  # stream the job's own log to the console
+
+    def program_environment(self):
+        return job_environment()
+
+
+class DemoCatalogue(luigi.Task):
+    """Synthesise the built-in demo catalogue (audio, catalogue, plays, held-out plays)."""
+    n_tracks = luigi.IntParameter(default=demo_catalogue.DemoConfig.n_tracks)
+    n_users = luigi.IntParameter(default=demo_catalogue.DemoConfig.n_users)
+    duration_s = luigi.FloatParameter(default=demo_catalogue.DemoConfig.duration_s)
+    cold_fraction = luigi.FloatParameter(default=demo_catalogue.DemoConfig.cold_fraction)
+    seed = luigi.IntParameter(default=demo_catalogue.DemoConfig.seed)
+
+    def output(self):
+        return luigi.LocalTarget(data_root() / "demo")
+
+    def run(self):
+        config = demo_catalogue.DemoConfig(
+            n_tracks=self.n_tracks, n_users=self.n_users, duration_s=self.duration_s,
+            cold_fraction=self.cold_fraction, seed=self.seed)
+        demo_catalogue.generate(Path(self.output().path), config)
+
+
+class UserInputs(luigi.ExternalTask):
+    """A catalogue and play counts the user supplied."""
+
+    def output(self):
+        catalogue, plays = user_inputs()
+        return {"catalogue": luigi.LocalTarget(catalogue), "plays": luigi.LocalTarget(plays)}
+
+
+class Inputs(luigi.WrapperTask):
+    """The user's catalogue when the data root has one, else the demo catalogue."""
+
+    def uses_demo(self) -> bool:
+        return not user_inputs()[0].exists()
+
+    def requires(self):
+        return DemoCatalogue() if self.uses_demo() else UserInputs()
+
+    def output(self):
+        if not self.uses_demo():
+            return self.input()
+        demo = Path(self.input().path)
+        return {"catalogue": luigi.LocalTarget(demo / "catalogue.parquet"),
+                "plays": luigi.LocalTarget(demo / "plays.parquet"),
+                "heldout_plays": luigi.LocalTarget(demo / "heldout_plays.parquet")}
+
+
+class RunTask(luigi.Task):
+    """A task of one pipeline run; its outputs live under DATA_ROOT/runs/<run_id>/."""
+    run_id = luigi.Parameter(default="backfill")
+
+    def run_path(self, name: str) -> Path:
+        return data_root() / "runs" / self.run_id / f"{name}-{fingerprint(self)}"
+
+
+class TrainAls(RunTask, SparkSubmitTask):
+    """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
+    rank = luigi.IntParameter(default=jobs.als.AlsParams.rank)
+    reg = luigi.FloatParameter(default=jobs.als.AlsParams.reg)
+    alpha = luigi.FloatParameter(default=jobs.als.AlsParams.alpha)
+    eps = luigi.FloatParameter(default=jobs.als.AlsParams.eps)
+    iterations = luigi.IntParameter(default=jobs.als.AlsParams.iterations)
+    seed = luigi.IntParameter(default=jobs.als.AlsParams.seed)
+    capture_output = False
+    app = jobs.als.__file__
+    name = "coldstart-als"
+
+    @property
+    def spark_submit(self):
+        local = BIN / "spark-submit"
+        return str(local) if local.exists() else super().spark_submit
+
+    def program_environment(self):
+        return job_environment()
+
+    def requires(self):
+        return Inputs()
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("als"))
+
+    def app_options(self):
+        return ["--plays", self.input()["plays"].path, "--out", self.output().path,
+                "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
+                "--iterations", self.iterations, "--seed", self.seed]
+
+
+class MelSpectrograms(RunTask, JobTask):
+    """Log-mel excerpts of every catalogue track not done before, by the Beam job."""
+    excerpt_s = luigi.FloatParameter(default=MelParams.excerpt_s)
+    workers = luigi.IntParameter(default=2, significant=False)
+    max_bad_fraction = luigi.FloatParameter(default=0.05, significant=False)
+
+    def params(self) -> MelParams:
+        return MelParams(excerpt_s=self.excerpt_s)
+
+    def requires(self):
+        return Inputs()
+
+    def mels_dir(self) -> Path:
+        return data_root() / "mels"
+
+    def output(self):
+        return luigi.LocalTarget(run_dir(self.mels_dir(), self.params(), self.run_id))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.spectrograms",
+                "--catalogue", self.input()["catalogue"].path, "--out", self.mels_dir(),
+                "--run-id", self.run_id, "--excerpt-s", self.excerpt_s,
+                "--max-bad-fraction", self.max_bad_fraction,
+                "--direct_num_workers", self.workers]
+
+
+class TrainModel(RunTask, JobTask):
+    """Train the audio CNN on warm tracks under torchrun (DDP)."""
+    epochs = luigi.IntParameter(default=TrainConfig.epochs)
+    batch_size = luigi.IntParameter(default=TrainConfig.batch_size)
+    lr = luigi.FloatParameter(default=TrainConfig.lr)
+    crop_frames = luigi.IntParameter(default=TrainConfig.crop_frames)
+    patience = luigi.IntParameter(default=TrainConfig.patience)
+    seed = luigi.IntParameter(default=TrainConfig.seed)
+    channels = luigi.ListParameter(default=list(NetConfig.channels))
+    dense = luigi.IntParameter(default=NetConfig.dense)
+    dropout = luigi.FloatParameter(default=NetConfig.dropout)
+    nproc = luigi.IntParameter(default=2, significant=False,
+                               description="processes (GPUs) on this node")
+
+    def requires(self):
+        return {"als": TrainAls(run_id=self.run_id), "mels": MelSpectrograms(run_id=self.run_id)}
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("model").with_suffix(".pt"))
+
+    def program_args(self):
+        out = Path(self.output().path)
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={self.nproc}", "-m", "model.train",
+                "--mels", Path(self.input()["mels"].path).parent,
+                "--item-factors", Path(self.input()["als"].path) / "item_factors",
+                "--out", out, "--snapshot", out.with_suffix(".snapshot"),
+                "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
+                "--crop-frames", self.crop_frames, "--patience", self.patience,
+                "--seed", self.seed, "--channels", *self.channels, "--dense", self.dense,
+                "--dropout", self.dropout]
+
+
+class ScoreColdTracks(RunTask, JobTask):
+    """Predicted factors for every cold track, and the combined factor table."""
+
+    def requires(self):
+        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+                "mels": MelSpectrograms(run_id=self.run_id), "model": TrainModel(run_id=self.run_id)}
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("factors"))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
+                "--mels", Path(self.input()["mels"].path).parent,
+                "--catalogue", self.input()["inputs"]["catalogue"].path,
+                "--item-factors", Path(self.input()["als"].path) / "item_factors",
+                "--out", self.output().path]
+
+
+class EvaluateColdStart(RunTask, JobTask):
+    """Mean per-user AUC and mAP of the cold tracks' predicted factors on held-out plays."""
+
+    def requires(self):
+        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+                "factors": ScoreColdTracks(run_id=self.run_id)}
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("evaluation").with_suffix(".json"))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.evaluate",
+                "--user-factors", Path(self.input()["als"].path) / "user_factors",
+                "--track-factors", Path(self.input()["factors"].path) / "predicted_factors.parquet",
+                "--heldout-plays", self.input()["inputs"]["heldout_plays"].path,
+                "--out", self.output().path]
+
+
+class BackfillFactors(luigi.WrapperTask):
+    """Factors for every cold track of the catalogue (and, on demo data, their evaluation)."""
+    run_id = luigi.Parameter(default="backfill")
+
+    def requires(self):
+        yield ScoreColdTracks(run_id=self.run_id)
+        if Inputs().uses_demo():
+            yield EvaluateColdStart(run_id=self.run_id)
+
+
+class NightlyFactors(luigi.WrapperTask):
+    """The scheduled run: everything for one date, under DATA_ROOT/runs/<date>/."""
+    date = luigi.DateParameter()
+
+    def requires(self):
+        return BackfillFactors(run_id=self.date.isoformat())
