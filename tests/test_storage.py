@@ -1,0 +1,39 @@
+"""Atomic outputs and schema checks."""
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import schemas
+from jobs import storage
+
+
+def test_atomic_dir_appears_only_on_success(tmp_path):
+    final = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with storage.atomic_dir(final) as tmp:
+            (tmp / "part.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert not final.exists() and os.listdir(tmp_path) == []
+    with storage.atomic_dir(final) as tmp:
+        (tmp / "part.txt").write_text("whole")
+    assert (final / "part.txt").read_text() == "whole"
+    with pytest.raises(FileExistsError):
+        with storage.atomic_dir(final):
+            pass
+
+
+def test_write_table_conforms_and_records_params(tmp_path):
+    table = pa.table({"plays": [3], "track_id": ["t"], "user_id": ["u"], "extra": [1]})
+    storage.write_table(table, tmp_path / "p.parquet", schemas.PLAYS, {"source": "test"})
+    written = pq.read_table(tmp_path / "p.parquet")
+    assert written.schema.names == schemas.PLAYS.names
+    assert schemas.params_of(written.schema) == {"source": "test"}
+    assert [p.name for p in tmp_path.iterdir()] == ["p.parquet"]
+
+
+def test_read_table_names_the_bad_input(tmp_path):
+    pq.write_table(pa.table({"user_id": ["u"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="bad.parquet"):
+        storage.read_table(tmp_path / "bad.parquet", schemas.PLAYS)
