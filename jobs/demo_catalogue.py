@@ -7,7 +7,7 @@ factors of cold tracks from their audio therefore has to learn from the sound.
 
 Output layout (``out`` appears only once complete)::
 
-    out/audio/<track_id>.<mp3|flac|ogg|m4a>   mixed codecs, mono/stereo, 22.05/44.1 kHz
+    out/audio/<track_id>.<mp3|flac|ogg|m4a>   mixed codecs, mono/stereo, 22.05 to 48 kHz
     out/catalogue.parquet                      schemas.CATALOGUE, every track
     out/plays.parquet                          schemas.PLAYS, plays of warm tracks only
     out/heldout_plays.parquet                  schemas.PLAYS, plays of cold tracks only
@@ -489,16 +489,15 @@ class Encoding:
     codec_options: tuple[tuple[str, str], ...] = ()
 
 
-# FFmpeg's own Vorbis encoder (the only one bundled) is flagged experimental and
-# writes stereo only. LAME's fast algorithm (-q 7) and the pairing of rates with
-# channel counts keep encoding cheap. Tracks cycle through these by index,
-# independently of their style.
-_VORBIS = (("strict", "experimental"),)
+# Ogg carries Opus (libopus, 48 kHz only): FFmpeg's own experimental Vorbis encoder,
+# the only Vorbis one bundled, aborts the process on some inputs. LAME's fast
+# algorithm (-q 7) and the pairing of rates with channel counts keep encoding cheap.
+# Tracks cycle through these by index, independently of their style.
 _LAME = (("compression_level", "7"),)
 ENCODINGS: tuple[Encoding, ...] = (
     Encoding("mp3", "mp3", "libmp3lame", 44100, 1, _LAME),
     Encoding("flac", "flac", "flac", 44100, 2),
-    Encoding("ogg", "ogg", "vorbis", 22050, 2, _VORBIS),
+    Encoding("ogg", "ogg", "libopus", 48000, 2),
     Encoding("m4a", "ipod", "aac", 44100, 1),
     Encoding("mp3", "mp3", "libmp3lame", 22050, 2, _LAME),
     Encoding("flac", "flac", "flac", 22050, 1),

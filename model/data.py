@@ -45,7 +45,7 @@ def mel_array(table: pa.Table) -> np.ndarray:
         return np.zeros((0, 0, 0), dtype=np.float32)
     n_mels, n_frames = shapes.pop()
     flat = pc.list_flatten(table.column("mel")).to_numpy()
-    return flat.reshape(table.num_rows, n_mels, n_frames).astype(np.float32, copy=False)
+    return flat.reshape(table.num_rows, n_mels, n_frames).astype(np.float32)  # writable copy for torch
 
 
 def factor_matrix(table: pa.Table) -> np.ndarray:

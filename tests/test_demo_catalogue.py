@@ -57,7 +57,7 @@ def test_every_track_is_a_decodable_file_of_the_right_length(demo):
         assert audio.shape[1] / rate == pytest.approx(TINY.duration_s, abs=0.1), uri
         assert np.sqrt(np.mean(audio ** 2)) > 0.01, f"{uri} is silent"
         assert np.abs(audio).max() <= 1.0
-    assert rates == {22050, 44100} and channels == {1, 2}
+    assert rates == {22050, 44100, 48000} and channels == {1, 2}
     assert catalogue["duration_s"].to_pylist() == [TINY.duration_s] * TINY.n_tracks
 
 

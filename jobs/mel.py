@@ -1,0 +1,372 @@
+"""Decode the middle excerpt of a track and turn it into a log-mel spectrogram.
+
+No Beam here: these functions are what the spectrogram job runs per track, and are
+usable on their own (scoring a single file, notebooks, tests).
+
+torch and torchaudio are imported inside the functions that need them, so the child
+process of :class:`IsolatedDecoder`, which only decodes, starts fast and stays small.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import av
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# How a track shorter than the excerpt is brought to full length:
+# "zeros" appends silence, "wrap" loops the audio, "none" keeps it short
+# (its spectrogram then has fewer frames).
+PAD_MODES = ("zeros", "wrap", "none")
+
+# Spectrogram shards of one run are <params_dir>/<run_id>/mels-*.parquet; runs still
+# being written live in hidden directories (".tmp-...") and never match.
+MELS_PREFIX = "mels"
+MEL_SHARD_GLOB = f"[!.]*/{MELS_PREFIX}-*.parquet"
+
+# Decoding starts this long before the excerpt, for the decoder to settle.
+_PREROLL_S = 0.5
+
+# An excerpt that decodes to less than this fraction of what the container's
+# duration promised is reported as truncated instead of being padded.
+_TRUNCATED_BELOW = 0.9
+
+
+class DecodeError(RuntimeError):
+    """A track could not be decoded; the message starts with its URI."""
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """Everything that determines a spectrogram's values.
+
+    sample_rate: Hz after resampling. n_fft, hop_length: STFT window and hop, in
+    samples. n_mels: mel bands. excerpt_s: seconds taken from the middle of the
+    track; None (or 0) keeps the whole track. log_offset: added before the log,
+    log(mel + log_offset). pad: how a track shorter than the excerpt is padded,
+    one of PAD_MODES.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    excerpt_s: float | None = 10.0
+    log_offset: float = 1e-6
+    pad: str = "zeros"
+
+    def __post_init__(self) -> None:
+        # Normalise types so that equal settings always hash equally (10 vs 10.0).
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            value = int(getattr(self, name))
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            object.__setattr__(self, name, value)
+        excerpt = float(self.excerpt_s) if self.excerpt_s else None
+        if excerpt is not None and excerpt < 0:
+            raise ValueError(f"excerpt_s must be >= 0, got {excerpt}")
+        object.__setattr__(self, "excerpt_s", excerpt)
+        offset = float(self.log_offset)
+        if offset <= 0:
+            raise ValueError(f"log_offset must be positive, got {offset}")
+        object.__setattr__(self, "log_offset", offset)
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> MelParams:
+        """Inverse of :meth:`to_dict`; raises ValueError on unknown keys."""
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown mel parameters {sorted(unknown)}")
+        return cls(**values)
+
+    def params_hash(self) -> str:
+        """12 hex digits identifying these settings; part of every output path."""
+        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha1(payload).hexdigest()[:12]
+
+    @property
+    def excerpt_samples(self) -> int | None:
+        """Length of the excerpt in samples, or None for whole tracks."""
+        return round(self.excerpt_s * self.sample_rate) if self.excerpt_s else None
+
+
+def mel_shards(params_dir: str | os.PathLike) -> list[Path]:
+    """Every mels-*.parquet of the finished runs under ``params_dir``, sorted.
+
+    ``params_dir`` is <mels root>/<params_hash>. A run that had nothing new to do
+    holds a shard without rows.
+    """
+    return sorted(Path(params_dir).glob(MEL_SHARD_GLOB))
+
+
+def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
+                   max_bytes: int | None = None) -> np.ndarray:
+    """Decode the middle ``params.excerpt_s`` seconds of ``uri``.
+
+    Returns samples: (n_samples,) float32 at ``params.sample_rate`` Hz, mono (the
+    mean of the channels), full scale 1.0. The excerpt is found by seeking, so
+    only about excerpt_s of audio is decoded however long the track is. A track
+    shorter than the excerpt is padded as ``params.pad`` says. ``uri`` is a local
+    path, a file:// URI, or any URI fsspec can open (s3://, gs://, http://...).
+
+    Raises DecodeError naming ``uri`` when the file is missing, unreadable, larger
+    than ``max_bytes``, holds no audio, is truncated, or holds less than
+    ``min_duration_s`` seconds of audio.
+    """
+    try:
+        with _open(uri, max_bytes) as source, av.open(source, mode="r") as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            samples, expected = _decode_middle(container, container.streams.audio[0], params)
+    except DecodeError:
+        raise
+    except Exception as err:  # FFmpeg, I/O and format errors alike: name the file.
+        raise DecodeError(f"{uri}: {type(err).__name__}: {err}") from err
+
+    duration_s = len(samples) / params.sample_rate
+    if len(samples) == 0:
+        raise DecodeError(f"{uri}: no audio decoded")
+    if duration_s < min_duration_s:
+        raise DecodeError(f"{uri}: too short: {duration_s:.2f} s < {min_duration_s} s")
+    if expected and len(samples) < _TRUNCATED_BELOW * expected:
+        raise DecodeError(f"{uri}: truncated: decoded {duration_s:.2f} s of the "
+                          f"{expected / params.sample_rate:.2f} s the container declares")
+    return _pad(samples, params)
+
+
+def _open(uri: str, max_bytes: int | None):
+    """A context manager giving what av.open accepts: a local path or a binary file."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # "C:\..." is a path
+        path = parsed.path if parsed.scheme == "file" else uri
+        _check_size(uri, os.path.getsize(path), max_bytes)
+        return contextlib.nullcontext(path)
+    import fsspec  # only for remote URIs
+
+    opened = fsspec.open(uri, "rb")
+    _check_size(uri, opened.fs.size(opened.path), max_bytes)
+    return opened
+
+
+def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise DecodeError(f"{uri}: file too large: {size} bytes > {max_bytes}")
+    if size == 0:
+        raise DecodeError(f"{uri}: empty file")
+
+
+def _decode_middle(container: av.container.InputContainer, stream: av.AudioStream,
+                   params: MelParams) -> tuple[np.ndarray, int | None]:
+    """Samples of the excerpt, unpadded, and how many the container's duration promised.
+
+    Decoding starts a little before the excerpt (see :func:`_frames_from`); samples
+    before its start are dropped using the first frame's timestamp.
+    """
+    rate = params.sample_rate
+    want = params.excerpt_samples
+    duration_s = _duration_s(container, stream)
+    origin_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+
+    start_s = 0.0
+    if want is not None and duration_s is not None and duration_s > params.excerpt_s:
+        start_s = (duration_s - params.excerpt_s) / 2
+    expected = None
+    if want is not None and duration_s is not None:
+        expected = min(want, int(duration_s * rate))
+
+    # Resample every channel, then average them: FFmpeg's own mono downmix weighs
+    # each channel by 1/sqrt(2), making stereo 3 dB louder than the same mono track.
+    resampler = av.AudioResampler(format="fltp", rate=rate)
+    chunks: list[np.ndarray] = []
+    n_decoded = 0
+    skip = 0
+    frames = (_frames_from(container, stream, origin_s + start_s) if start_s > 0
+              else container.decode(stream))
+    for index, frame in enumerate(frames):
+        if index == 0 and start_s > 0 and frame.time is not None:
+            skip = max(0, round((origin_s + start_s - frame.time) * rate))
+        for out in resampler.resample(frame):
+            chunks.append(out.to_ndarray().mean(axis=0))
+            n_decoded += out.samples
+        if want is not None and n_decoded >= skip + want:
+            break
+    else:
+        for out in resampler.resample(None):  # flush what the resampler holds back
+            chunks.append(out.to_ndarray().mean(axis=0))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    end = None if want is None else skip + want
+    return samples[skip:end].astype(np.float32, copy=False), expected
+
+
+def _frames_from(container: av.container.InputContainer, stream: av.AudioStream,
+                 start_s: float) -> Iterator[av.AudioFrame]:
+    """Decoded frames beginning at or before ``start_s`` (seconds, stream clock).
+
+    Seeks _PREROLL_S before ``start_s``: seeks land on packet boundaries, and the
+    first packets after a seek may decode to nothing (Vorbis) or to a settling
+    decoder (Opus). Should the first frame still begin late, decodes from the start.
+    """
+    for seek_s in (start_s - _PREROLL_S, None):
+        if seek_s is None:
+            container.seek(stream.start_time or 0, stream=stream)
+        elif seek_s > 0:
+            container.seek(int(seek_s / stream.time_base), stream=stream)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None:
+            return
+        if seek_s is None or first.time is None or first.time <= start_s:
+            yield first
+            yield from frames
+            return
+        logger.debug("seek to %.3f s gave a first frame at %.3f s; decoding from the start",
+                     seek_s, first.time)
+
+
+def _duration_s(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _pad(samples: np.ndarray, params: MelParams) -> np.ndarray:
+    want = params.excerpt_samples
+    if want is None or len(samples) >= want or params.pad == "none":
+        return samples
+    mode = "constant" if params.pad == "zeros" else "wrap"
+    return np.pad(samples, (0, want - len(samples)), mode=mode)
+
+
+def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
+    """Log-compressed mel power spectrogram of mono ``samples``.
+
+    samples: (n_samples,) float32 at ``params.sample_rate``. Returns mel:
+    (n_mels, n_frames) float32, log(power + log_offset), with
+    n_frames = 1 + n_samples // hop_length (frames are centred).
+    """
+    import torch
+
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1 or samples.size == 0:
+        raise ValueError(f"expected non-empty mono samples, got shape {samples.shape}")
+    if not samples.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        samples = samples.copy()
+    transform = _mel_transform(params.sample_rate, params.n_fft, params.hop_length, params.n_mels)
+    with torch.inference_mode():
+        mel = transform(torch.from_numpy(samples))
+        return torch.log(mel + params.log_offset).numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
+
+
+class IsolatedDecoder:
+    """:func:`decode_excerpt` in a long-lived child process.
+
+    FFmpeg can crash (segfault) or hang on broken input. Here that costs one track:
+    the call raises DecodeError naming the URI and the signal or timeout, and the
+    next call starts a fresh child. Not thread-safe; use one per thread.
+
+    The child is started with multiprocessing's "spawn" (forking a process that
+    runs threads is unsafe), so a script using this must guard its entry point
+    with ``if __name__ == "__main__":``.
+    """
+
+    def __init__(self, params: MelParams, *, timeout_s: float = 120.0,
+                 min_duration_s: float = 0.0, max_bytes: int | None = None) -> None:
+        self.params = params
+        self.timeout_s = timeout_s
+        self._kwargs = {"min_duration_s": min_duration_s, "max_bytes": max_bytes}
+        self._context = multiprocessing.get_context("spawn")  # fork is unsafe under threads
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn = None
+
+    def __call__(self, uri: str) -> np.ndarray:
+        if self._process is None or not self._process.is_alive():
+            self._start()
+        try:
+            self._conn.send(uri)
+            if not self._conn.poll(self.timeout_s):
+                self.close()
+                raise DecodeError(f"{uri}: decoding timed out after {self.timeout_s:g} s")
+            ok, result = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise DecodeError(f"{uri}: decoder process died ({self._exit_reason()})") from None
+        if not ok:
+            raise DecodeError(result)
+        return result
+
+    def _start(self) -> None:
+        self.close()
+        self._conn, child_conn = self._context.Pipe()
+        self._process = self._context.Process(
+            target=_serve, args=(child_conn, self.params.to_dict(), self._kwargs),
+            name="mel-decoder", daemon=True)
+        self._process.start()
+        child_conn.close()
+
+    def _exit_reason(self) -> str:
+        process, self._process = self._process, None
+        if process is None:
+            return "not started"
+        process.join(5)
+        code = process.exitcode
+        if code is not None and code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    def close(self) -> None:
+        """Stop the child process; the next call starts a new one."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        process, self._process = self._process, None
+        if process is not None and process.pid is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(5)
+
+    def __enter__(self) -> IsolatedDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve(conn, params: dict, kwargs: dict) -> None:
+    """Child loop of IsolatedDecoder: receive URIs, send back (ok, samples or error)."""
+    params = MelParams.from_dict(params)
+    while True:
+        try:
+            uri = conn.recv()
+        except EOFError:  # the parent closed the pipe or died
+            return
+        try:
+            conn.send((True, decode_excerpt(uri, params, **kwargs)))
+        except Exception as err:
+            conn.send((False, str(err) if isinstance(err, DecodeError) else f"{uri}: {err!r}"))

@@ -1,0 +1,489 @@
+"""Stage 2: catalogue audio -> log-mel spectrogram Parquet shards (Apache Beam).
+
+Reads the catalogue (schemas.CATALOGUE), decodes the middle excerpt of every track
+not yet done for the same mel parameters, computes its log-mel spectrogram and writes
+
+    <out>/<params_hash>/<run_id>/mels-*.parquet          schemas.MEL_SHARD
+    <out>/<params_hash>/<run_id>/dead_letters-*.parquet  schemas.DEAD_LETTERS
+
+both with the mel parameters in their schema metadata. The run directory appears
+only once the pipeline has succeeded. The job exits non-zero when the fraction of
+tracks that failed exceeds --max-bad-fraction; its outputs are kept either way.
+
+Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
+Beam does not try to download the Prism runner) with 2 worker processes by default;
+any other Beam pipeline option (--runner=DataflowRunner, --runner=FlinkRunner, ...)
+is passed through. --out must be a local or mounted filesystem: the run directory
+is published with an atomic rename.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Collection, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import schemas
+from jobs import storage
+from jobs.mel import (MELS_PREFIX, DecodeError, IsolatedDecoder, MelParams, decode_excerpt,
+                      log_mel, mel_shards)
+
+logger = logging.getLogger(__name__)
+
+DEAD_LETTERS = "dead_letters"
+DEAD_LETTERS_PREFIX = "dead_letters"
+SUFFIX = ".parquet"
+# Used to size row groups when tracks are kept whole (--excerpt-s 0).
+_TYPICAL_TRACK_S = 240.0
+
+
+class MelOptions(PipelineOptions):
+    """Options of the spectrogram job; every other flag goes to Beam."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        defaults = MelParams()
+        parser.add_argument(
+            "--catalogue",
+            help="Catalogue Parquet file, directory or glob (schemas.CATALOGUE: track_id, "
+                 "audio_uri, ...). Required.")
+        parser.add_argument(
+            "--out",
+            help="Root directory of the spectrograms; the run is written to "
+                 "<out>/<params_hash>/<run_id>/. Local or mounted filesystem. Required.")
+        parser.add_argument(
+            "--run-id", dest="run_id", default=None,
+            help="Name of this run's directory; must not exist yet. "
+                 "Default: the UTC time, e.g. 20240131T120000Z.")
+        parser.add_argument(
+            "--excerpt-s", dest="excerpt_s", type=float, default=defaults.excerpt_s,
+            help="Seconds of audio taken from the middle of each track; 0 keeps whole "
+                 "tracks. Default: %(default)s.")
+        parser.add_argument(
+            "--sample-rate", dest="sample_rate", type=int, default=defaults.sample_rate,
+            help="Sample rate (Hz) audio is resampled to. Default: %(default)s.")
+        parser.add_argument(
+            "--n-fft", dest="n_fft", type=int, default=defaults.n_fft,
+            help="STFT window length in samples. Default: %(default)s.")
+        parser.add_argument(
+            "--hop-length", dest="hop_length", type=int, default=defaults.hop_length,
+            help="STFT hop in samples (one spectrogram frame per hop). Default: %(default)s.")
+        parser.add_argument(
+            "--n-mels", dest="n_mels", type=int, default=defaults.n_mels,
+            help="Number of mel bands. Default: %(default)s.")
+        parser.add_argument(
+            "--log-offset", dest="log_offset", type=float, default=defaults.log_offset,
+            help="Spectrograms are log(mel power + offset). Default: %(default)s.")
+        parser.add_argument(
+            "--pad", default=defaults.pad, choices=["zeros", "wrap", "none"],
+            help="How tracks shorter than the excerpt are padded: zeros appends silence, "
+                 "wrap loops the audio, none keeps them short. Default: %(default)s.")
+        parser.add_argument(
+            "--min-duration-s", dest="min_duration_s", type=float, default=1.0,
+            help="Tracks with less audio than this are dead letters ('too short'). "
+                 "Default: %(default)s.")
+        parser.add_argument(
+            "--max-file-mb", dest="max_file_mb", type=float, default=1024.0,
+            help="Audio files larger than this many MiB are dead letters ('too large'); "
+                 "0 for no limit. Default: %(default)s.")
+        parser.add_argument(
+            "--decode-timeout-s", dest="decode_timeout_s", type=float, default=120.0,
+            help="A track whose decoding takes longer is a dead letter. Default: %(default)s.")
+        parser.add_argument(
+            "--no-isolate-decoding", dest="isolate_decoding", action="store_false",
+            default=True,
+            help="Decode in the worker process itself instead of a child process. Faster "
+                 "to start, but a crash in FFmpeg then kills the worker and the run.")
+        parser.add_argument(
+            "--torch-threads", dest="torch_threads", type=int, default=1,
+            help="Threads torch may use for the mel transform in each worker; 0 leaves "
+                 "torch's default (one per core). Default: %(default)s.")
+        parser.add_argument(
+            "--max-bad-fraction", dest="max_bad_fraction", type=float, default=0.05,
+            help="Fail (exit 1) when more than this fraction of the tracks processed "
+                 "become dead letters; outputs are kept. Default: %(default)s.")
+        parser.add_argument(
+            "--row-group-mb", dest="row_group_mb", type=float, default=32.0,
+            help="Approximate size of a Parquet row group of spectrograms, in MiB "
+                 "(readers load one row group at a time). Default: %(default)s.")
+
+
+def mel_params(options: PipelineOptions) -> MelParams:
+    """The MelParams the options describe."""
+    mel_options = options.view_as(MelOptions)
+    return MelParams(**{field.name: getattr(mel_options, field.name)
+                        for field in dataclasses.fields(MelParams)})
+
+
+def mel_schema(params: MelParams) -> pa.Schema:
+    return schemas.with_metadata(schemas.MEL_SHARD, params.to_dict())
+
+
+def dead_letter_schema(params: MelParams) -> pa.Schema:
+    return schemas.with_metadata(schemas.DEAD_LETTERS, params.to_dict())
+
+
+# -- Output layout ------------------------------------------------------------------
+
+def params_dir(out: str | os.PathLike, params: MelParams) -> Path:
+    """Directory holding every run made with ``params``: <out>/<params_hash>."""
+    return Path(out) / params.params_hash()
+
+
+def run_dir(out: str | os.PathLike, params: MelParams, run_id: str) -> Path:
+    """Directory of one finished run: <out>/<params_hash>/<run_id>."""
+    if not run_id or run_id.startswith(".") or re.search(r"[/\\]", run_id):
+        raise ValueError(f"run id {run_id!r} must be non-empty, without slashes, "
+                         "and not start with '.'")
+    return params_dir(out, params) / run_id
+
+
+def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{SUFFIX}"))
+
+
+def existing_track_ids(params_dir: str | os.PathLike) -> set[str]:
+    """Track ids that already have a spectrogram in a finished run under ``params_dir``.
+
+    ``params_dir`` is <out>/<params_hash>; see :func:`jobs.mel.mel_shards`.
+    """
+    done: set[str] = set()
+    for shard in mel_shards(params_dir):
+        done.update(pq.read_table(shard, columns=["track_id"]).column(0).to_pylist())
+    return done
+
+
+def _count_rows(paths: Iterable[Path]) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+
+
+# -- Pipeline graph -------------------------------------------------------------------
+
+def _dead_letter(row: dict, stage: str, error: object) -> dict:
+    return {"track_id": row.get("track_id"), "audio_uri": row.get("audio_uri"),
+            "stage": stage, "error": str(error)}
+
+
+class PickOnePerTrack(beam.DoFn):
+    """(track_id, catalogue rows) -> one row to process.
+
+    Duplicated track ids keep the row with the smallest audio_uri (rows without a
+    URI last); the others, and rows without a track id or audio URI, go to the dead
+    letters (stage "catalogue").
+    """
+
+    def process(self, keyed: tuple[str | None, Iterable[dict]]) -> Iterator:
+        track_id, rows = keyed
+        rows = sorted(rows, key=lambda row: (not row.get("audio_uri"), row.get("audio_uri") or ""))
+        if not track_id:
+            for row in rows:
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS, _dead_letter(row, "catalogue", "missing track_id"))
+            return
+        first, *duplicates = rows
+        for row in duplicates:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
+                row, "catalogue", f"duplicate track_id; kept {first.get('audio_uri')}"))
+        if not first.get("audio_uri"):
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, _dead_letter(first, "catalogue", "missing audio_uri"))
+            return
+        yield first
+
+
+class DecodeAudio(beam.DoFn):
+    """Catalogue row -> (row, samples: (n,) float32 mono); failures -> dead letters."""
+
+    def __init__(self, params: MelParams, *, isolate: bool = True, timeout_s: float = 120.0,
+                 min_duration_s: float = 0.0, max_bytes: int | None = None) -> None:
+        self.params = params
+        self.isolate = isolate
+        self.timeout_s = timeout_s
+        self.min_duration_s = min_duration_s
+        self.max_bytes = max_bytes
+        self._decode = None
+
+    def setup(self) -> None:
+        limits = {"min_duration_s": self.min_duration_s, "max_bytes": self.max_bytes}
+        if self.isolate:
+            self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s, **limits)
+        else:
+            self._decode = functools.partial(decode_excerpt, params=self.params, **limits)
+
+    def process(self, row: dict) -> Iterator:
+        try:
+            samples = self._decode(row["audio_uri"])
+        except Exception as err:  # one bad file must never fail the bundle
+            message = err if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, "decode", message))
+            return
+        yield row, samples
+
+    def teardown(self) -> None:
+        if isinstance(self._decode, IsolatedDecoder):
+            self._decode.close()
+
+
+class ComputeLogMel(beam.DoFn):
+    """(row, samples) -> schemas.MEL_SHARD row, mel flattened; failures -> dead letters."""
+
+    def __init__(self, params: MelParams, *, torch_threads: int = 1) -> None:
+        self.params = params
+        self.torch_threads = torch_threads
+
+    def setup(self) -> None:
+        if self.torch_threads > 0:
+            import torch
+
+            # Workers are the parallelism; several OpenMP pools sharing the cores
+            # spin against each other and make each transform many times slower.
+            torch.set_num_threads(self.torch_threads)
+
+    def process(self, element: tuple[dict, np.ndarray]) -> Iterator:
+        row, samples = element
+        try:
+            mel = log_mel(samples, self.params)
+            if not np.isfinite(mel).all():
+                raise ValueError("spectrogram has non-finite values")
+        except Exception as err:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, _dead_letter(row, "mel", f"{type(err).__name__}: {err}"))
+            return
+        yield {"track_id": row["track_id"], "n_mels": mel.shape[0], "n_frames": mel.shape[1],
+               "mel": mel.reshape(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MelOutputs:
+    mels: beam.PCollection          # schemas.MEL_SHARD rows, "mel" a flat float32 ndarray
+    dead_letters: beam.PCollection  # schemas.DEAD_LETTERS rows
+
+
+def build(rows: beam.PCollection, options: PipelineOptions,
+          skip: Collection[str] = frozenset()) -> MelOutputs:
+    """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
+
+    Tracks whose id is in ``skip`` are left out. Grouping by track id removes
+    duplicates and spreads the tracks over the workers.
+    """
+    mel_options = options.view_as(MelOptions)
+    params = mel_params(options)
+    skip = frozenset(skip)
+    max_bytes = (int(mel_options.max_file_mb * 2**20)
+                 if mel_options.max_file_mb and mel_options.max_file_mb > 0 else None)
+    tracks = (
+        rows
+        | "SkipExisting" >> beam.Filter(lambda row: row.get("track_id") not in skip)
+        | "GroupByTrack" >> beam.GroupBy(lambda row: row.get("track_id"))
+        | "PickOnePerTrack" >> beam.ParDo(PickOnePerTrack()).with_outputs(
+            DEAD_LETTERS, main="tracks"))
+    decoded = tracks.tracks | "Decode" >> beam.ParDo(DecodeAudio(
+        params, isolate=mel_options.isolate_decoding,
+        timeout_s=mel_options.decode_timeout_s,
+        min_duration_s=mel_options.min_duration_s, max_bytes=max_bytes)).with_outputs(
+            DEAD_LETTERS, main="samples")
+    mels = decoded.samples | "LogMel" >> beam.ParDo(
+        ComputeLogMel(params, torch_threads=mel_options.torch_threads)).with_outputs(
+        DEAD_LETTERS, main="mels")
+    dead_letters = ((tracks[DEAD_LETTERS], decoded[DEAD_LETTERS], mels[DEAD_LETTERS])
+                    | "CollectDeadLetters" >> beam.Flatten())
+    return MelOutputs(mels=mels.mels, dead_letters=dead_letters)
+
+
+def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa.Table:
+    """A batch of MEL_SHARD rows (``mel`` as flat float32 arrays) as one Arrow table.
+
+    Builds the list column from one concatenated buffer: converting arrays one by
+    one through pa.array is several times slower.
+    """
+    lengths = np.array([len(row["mel"]) for row in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = (np.concatenate([row["mel"] for row in rows]).astype(np.float32, copy=False)
+              if rows else np.zeros(0, np.float32))
+    mel = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.Table.from_arrays([
+        pa.array([row["track_id"] for row in rows], pa.string()),
+        pa.array([row["n_mels"] for row in rows], pa.int32()),
+        pa.array([row["n_frames"] for row in rows], pa.int32()),
+        mel.cast(schema.field("mel").type),
+    ], schema=schema)
+
+
+def write(outputs: MelOutputs, directory: str | os.PathLike, options: PipelineOptions) -> None:
+    """Write ``outputs`` as mels-*.parquet and dead_letters-*.parquet in ``directory``.
+
+    Spectrograms are batched into row groups of about --row-group-mb; an empty
+    output still yields a readable Parquet file with the schema.
+    """
+    params = mel_params(options)
+    row_group_bytes = int(options.view_as(MelOptions).row_group_mb * 2**20)
+    schema = mel_schema(params)
+    (outputs.mels
+     | "BatchMels" >> beam.BatchElements(
+         min_batch_size=row_group_bytes, max_batch_size=row_group_bytes,
+         element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
+     | "ToArrow" >> beam.Map(mel_table, schema)
+     | "WriteMels" >> beam.io.WriteToParquetBatched(
+         os.path.join(directory, MELS_PREFIX), schema, file_name_suffix=SUFFIX))
+    (outputs.dead_letters
+     | "WriteDeadLetters" >> beam.io.WriteToParquet(
+         os.path.join(directory, DEAD_LETTERS_PREFIX), dead_letter_schema(params),
+         file_name_suffix=SUFFIX))
+
+
+# -- Running --------------------------------------------------------------------------
+
+class JobError(Exception):
+    """Bad input or configuration, reported without a traceback by main."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    catalogue_tracks: int
+    skipped: int
+    mels: int
+    dead_letters: int
+
+    @property
+    def bad_fraction(self) -> float:
+        attempted = self.mels + self.dead_letters
+        return self.dead_letters / attempted if attempted else 0.0
+
+
+def catalogue_pattern(catalogue: str) -> str:
+    """The file pattern of a catalogue given as a file, a directory or a glob."""
+    return os.path.join(catalogue, f"*{SUFFIX}") if os.path.isdir(catalogue) else catalogue
+
+
+def catalogue_files(pattern: str) -> list[str]:
+    """Parquet files matching ``pattern``; raises JobError when there are none."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:
+        raise JobError(f"cannot list catalogue {pattern}: {err}") from err
+    files = sorted(item.path for item in matched)
+    if not files:
+        raise JobError(f"no catalogue files match {pattern}")
+    return files
+
+
+CATALOGUE_COLUMNS = ["track_id", "audio_uri"]
+
+
+def _catalogue_track_ids(files: Sequence[str]) -> list:
+    """The track_id column of every catalogue file; JobError if one lacks a column."""
+    track_ids = []
+    for path in files:
+        with FileSystems.open(path) as handle:
+            try:
+                parquet = pq.ParquetFile(handle)
+            except pa.ArrowInvalid as err:
+                raise JobError(f"catalogue {path} is not a Parquet file: {err}") from err
+            missing = [c for c in CATALOGUE_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise JobError(f"catalogue {path} lacks columns {missing} "
+                               f"(has {parquet.schema_arrow.names})")
+            track_ids.extend(parquet.read(columns=["track_id"]).column(0).to_pylist())
+    return track_ids
+
+
+def run(options: PipelineOptions) -> RunSummary:
+    """Run the job the options describe and publish its run directory."""
+    mel_options = options.view_as(MelOptions)
+    if not mel_options.catalogue or not mel_options.out:
+        raise JobError("--catalogue and --out are required")
+    params = mel_params(options)
+    run_id = mel_options.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = run_dir(mel_options.out, params, run_id)
+    if target.exists():
+        raise JobError(f"run directory {target} already exists; pick another --run-id")
+
+    pattern = catalogue_pattern(mel_options.catalogue)
+    files = catalogue_files(pattern)
+    track_ids = _catalogue_track_ids(files)
+    done = existing_track_ids(target.parent)
+    skipped = sum(track_id in done for track_id in track_ids)
+    logger.info("params %s (%s): catalogue %s has %d tracks; %d already have "
+                "spectrograms and are skipped, %d to process", params.params_hash(),
+                params.to_dict(), mel_options.catalogue, len(track_ids), skipped,
+                len(track_ids) - skipped)
+
+    with storage.atomic_dir(target) as tmp:
+        with beam.Pipeline(options=options) as pipeline:
+            rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
+                pattern, columns=CATALOGUE_COLUMNS)
+            write(build(rows, options, skip=done), tmp, options)
+        n_mels = _count_rows(tmp.glob(f"{MELS_PREFIX}-*{SUFFIX}"))
+        n_dead = _count_rows(dead_letter_files(tmp))
+    summary = RunSummary(run_dir=target, catalogue_tracks=len(track_ids), skipped=skipped,
+                         mels=n_mels, dead_letters=n_dead)
+    logger.info("wrote %d spectrograms and %d dead letters to %s",
+                summary.mels, summary.dead_letters, target)
+    return summary
+
+
+# -- Command line ---------------------------------------------------------------------
+
+def parse_options(argv: Sequence[str] | None = None) -> PipelineOptions:
+    """Options from the command line; unknown flags are left to Beam."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.spectrograms", allow_abbrev=False, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other flag is a Beam pipeline option, passed through to Beam "
+               "(for example --runner=DataflowRunner --project=... --region=...).")
+    MelOptions._add_argparse_args(parser)
+    runner = parser.add_argument_group("runner")
+    runner.add_argument(
+        "--runner", default="FnApiRunner",
+        help="Beam runner. Default: %(default)s, the local engine of DirectRunner "
+             "(DirectRunner itself first tries to download the Prism runner).")
+    runner.add_argument(
+        "--direct_num_workers", type=int, default=2,
+        help="Local runner: number of workers (0 = one per CPU). Default: %(default)s.")
+    runner.add_argument(
+        "--direct_running_mode", default="multi_processing",
+        choices=["in_memory", "multi_threading", "multi_processing"],
+        help="Local runner: how workers run. Default: %(default)s.")
+    args, beam_args = parser.parse_known_args(argv)
+    if not args.catalogue or not args.out:
+        parser.error("--catalogue and --out are required")
+    return PipelineOptions(beam_args, **vars(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    options = parse_options(argv)
+    try:
+        summary = run(options)
+    except JobError as err:
+        logger.error("%s", err)
+        return 2
+    max_bad = options.view_as(MelOptions).max_bad_fraction
+    if summary.bad_fraction > max_bad:
+        logger.error("catalogue %s: %d of %d tracks (%.1f%%) failed, more than "
+                     "--max-bad-fraction %g; see %s", options.view_as(MelOptions).catalogue,
+                     summary.dead_letters, summary.mels + summary.dead_letters,
+                     100 * summary.bad_fraction, max_bad,
+                     summary.run_dir / f"{DEAD_LETTERS_PREFIX}-*{SUFFIX}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Decoding and log-mel on sine waves whose answers are known."""
+import os
+import signal
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from jobs.mel import DecodeError, IsolatedDecoder, MelParams, decode_excerpt, log_mel, mel_shards
+
+# (file name, codec, sample rate, channels). FFmpeg's own Vorbis encoder only
+# writes stereo; Opus only runs at 48 kHz.
+FORMATS = [
+    ("stereo44.ogg", "vorbis", 44100, 2),
+    ("stereo22.ogg", "vorbis", 22050, 2),
+    ("mono48.opus", "libopus", 48000, 1),
+    ("mono44.mp3", "libmp3lame", 44100, 1),
+    ("stereo22.mp3", "libmp3lame", 22050, 2),
+    ("mono44.flac", "flac", 44100, 1),
+    ("stereo22.wav", "pcm_s16le", 22050, 2),
+]
+
+
+def write_audio(path, samples: np.ndarray, rate: int, codec: str, channels: int = 1) -> str:
+    """Encode mono float ``samples`` to ``path`` (format from its extension)."""
+    layout = "mono" if channels == 1 else "stereo"
+    options = {"strict": "experimental"} if codec == "vorbis" else {}
+    planes = np.tile(np.asarray(samples, np.float32), (channels, 1))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout, options=options)
+        for start in range(0, planes.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(planes[:, start:start + 1024]), format="fltp", layout=layout)
+            frame.sample_rate = rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return str(path)
+
+
+def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
+    return amplitude * np.sin(2 * np.pi * freq * np.arange(round(seconds * rate)) / rate)
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[spectrum.argmax()])
+
+
+def onset_s(samples: np.ndarray, rate: int, threshold: float = 0.1) -> float:
+    return int(np.argmax(np.abs(samples) > threshold)) / rate
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("audio")
+
+
+@pytest.fixture(scope="module")
+def half_silent(audio_dir):
+    """6 s: silence, then a 440 Hz tone from 3 s on, in every format."""
+    paths = {}
+    for name, codec, rate, channels in FORMATS:
+        signal_ = np.concatenate([np.zeros(3 * rate), tone(440, 3, rate)])
+        paths[name] = write_audio(audio_dir / f"half_{name}", signal_, rate, codec, channels)
+    return paths
+
+
+PARAMS = MelParams(excerpt_s=2.0)
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FORMATS])
+def test_decode_is_mono_at_target_rate_and_excerpt_long(half_silent, name):
+    samples = decode_excerpt(half_silent[name], PARAMS)
+
+    assert samples.dtype == np.float32
+    assert samples.shape == (2 * 22050,)
+    # Channels are averaged: stereo is as loud as mono (FFmpeg's downmix gives 0.71).
+    assert np.abs(samples).max() == pytest.approx(0.5, abs=0.04)
+    # The excerpt is 2..4 s: its second half is the tone, at its true pitch.
+    assert dominant_hz(samples[22050 + 2048:], 22050) == pytest.approx(440, abs=3)
+
+
+@pytest.mark.parametrize("name", [f[0] for f in FORMATS])
+def test_excerpt_is_the_middle_of_the_track(half_silent, name):
+    samples = decode_excerpt(half_silent[name], PARAMS)
+
+    # Middle 2 s of 6 s start at 2 s; the tone starts at 3 s, so 1 s in.
+    assert onset_s(samples, 22050) == pytest.approx(1.0, abs=0.01)
+    assert np.abs(samples[:20000]).max() < 0.05
+
+
+def test_excerpt_of_a_long_track_after_seeking(audio_dir):
+    # 60 s of 1 kHz with a 100 ms 4 kHz blip at every whole second. The middle 9.5 s
+    # start at 25.25 s, so its blips are at 0.75 s, 1.75 s, ... only if the seek and
+    # the discard of what the seek decoded too early are both right.
+    rate = 44100
+    t = np.arange(60 * rate) / rate
+    blips = np.where((t % 1.0) < 0.1, tone(4000, 60, rate, 0.4), 0.0)
+    path = write_audio(audio_dir / "long.ogg", tone(1000, 60, rate, 0.1) + blips, rate,
+                       "vorbis", 2)
+
+    samples = decode_excerpt(path, MelParams(excerpt_s=9.5))
+
+    assert samples.shape == (round(9.5 * 22050),)
+    assert onset_s(samples, 22050, threshold=0.25) == pytest.approx(0.75, abs=0.01)
+    after_first = samples[22050:]
+    assert onset_s(after_first, 22050, threshold=0.25) == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.parametrize("pad, tail_is_silent, length", [
+    ("zeros", True, 2 * 22050), ("wrap", False, 2 * 22050), ("none", False, 22050)])
+def test_short_track_is_padded_as_asked(audio_dir, pad, tail_is_silent, length):
+    path = write_audio(audio_dir / "short.flac", tone(440, 1.0, 44100), 44100, "flac")
+
+    samples = decode_excerpt(path, MelParams(excerpt_s=2.0, pad=pad))
+
+    assert samples.shape == (length,)
+    assert (np.abs(samples[-1000:]).max() == 0) == tail_is_silent
+
+
+def test_file_and_fsspec_uris_decode_like_paths(half_silent):
+    import fsspec
+
+    path = half_silent["stereo44.ogg"]
+    with fsspec.open("memory://tracks/t.ogg", "wb") as remote:
+        remote.write(open(path, "rb").read())
+
+    expected = decode_excerpt(path, PARAMS)
+    np.testing.assert_array_equal(decode_excerpt(f"file://{path}", PARAMS), expected)
+    np.testing.assert_array_equal(decode_excerpt("memory://tracks/t.ogg", PARAMS), expected)
+
+
+def test_whole_track_when_no_excerpt(half_silent):
+    samples = decode_excerpt(half_silent["mono44.flac"], MelParams(excerpt_s=0))
+
+    assert len(samples) == pytest.approx(6 * 22050, abs=50)
+
+
+def test_bad_inputs_raise_decode_error_naming_the_file(audio_dir):
+    corrupt = audio_dir / "corrupt.mp3"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(20_000))
+    empty = audio_dir / "empty.wav"
+    empty.write_bytes(b"")
+    short = write_audio(audio_dir / "half_second.wav", tone(440, 0.5, 22050), 22050, "pcm_s16le")
+
+    cases = [(str(corrupt), {}, "Invalid data"),
+             (str(audio_dir / "missing.ogg"), {}, "No such file"),
+             (str(empty), {}, "empty file"),
+             (short, {"min_duration_s": 1.0}, "too short"),
+             (short, {"max_bytes": 100}, "too large")]
+    for path, limits, reason in cases:
+        with pytest.raises(DecodeError, match=reason) as caught:
+            decode_excerpt(path, PARAMS, **limits)
+        assert str(caught.value).startswith(path)
+
+
+def mel_band_centres_hz(params: MelParams) -> np.ndarray:
+    """Centre frequencies of HTK mel bands spanning 0..Nyquist."""
+    def to_mel(hz):
+        return 2595 * np.log10(1 + hz / 700)
+    edges = np.linspace(0, to_mel(params.sample_rate / 2), params.n_mels + 2)
+    return 700 * (10 ** (edges[1:-1] / 2595) - 1)
+
+
+@pytest.mark.parametrize("freq", [200.0, 1000.0, 5000.0])
+def test_log_mel_shape_and_peak_band(freq):
+    params = MelParams()
+    samples = tone(freq, 1.0, params.sample_rate).astype(np.float32)
+
+    mel = log_mel(samples, params)
+
+    assert mel.dtype == np.float32
+    assert mel.shape == (128, 1 + len(samples) // 512)
+    expected = np.abs(mel_band_centres_hz(params) - freq).argmin()
+    assert abs(int(mel.mean(axis=1).argmax()) - expected) <= 1
+
+
+def test_log_mel_of_silence_is_log_offset():
+    params = MelParams(log_offset=1e-4)
+
+    mel = log_mel(np.zeros(22050, np.float32), params)
+
+    np.testing.assert_allclose(mel, np.log(1e-4), rtol=1e-5)
+
+
+def test_log_mel_rejects_empty_input():
+    with pytest.raises(ValueError, match="non-empty mono"):
+        log_mel(np.zeros(0, np.float32), MelParams())
+
+
+def test_params_hash_is_stable_and_tracks_every_setting():
+    # Changing this hash orphans every spectrogram already written with the defaults.
+    assert MelParams().params_hash() == "512d4aeae69b"
+    assert MelParams(excerpt_s=10).params_hash() == MelParams().params_hash()
+    assert MelParams(excerpt_s=0).params_hash() == MelParams(excerpt_s=None).params_hash()
+    variants = [MelParams(sample_rate=16000), MelParams(n_fft=2048), MelParams(hop_length=256),
+                MelParams(n_mels=64), MelParams(excerpt_s=30), MelParams(log_offset=1e-3),
+                MelParams(pad="wrap")]
+    hashes = {p.params_hash() for p in variants} | {MelParams().params_hash()}
+    assert len(hashes) == len(variants) + 1
+
+
+def test_params_round_trip_and_validation():
+    params = MelParams(n_mels=64, excerpt_s=None, pad="none")
+
+    assert MelParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="unknown"):
+        MelParams.from_dict({**params.to_dict(), "window": "hann"})
+    with pytest.raises(ValueError, match="pad"):
+        MelParams(pad="reflect")
+    with pytest.raises(ValueError, match="n_mels"):
+        MelParams(n_mels=0)
+
+
+def test_mel_shards_skips_runs_in_progress(tmp_path):
+    for run in ("r1", "r2", ".tmp-r3-abcd"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "mels-00000-of-00001.parquet").touch()
+    (tmp_path / "r1" / "dead_letters-00000-of-00001.parquet").touch()
+
+    assert [p.parent.name for p in mel_shards(tmp_path)] == ["r1", "r2"]
+
+
+def test_isolated_decoder_matches_in_process_and_reports_errors(half_silent, audio_dir):
+    path = half_silent["stereo44.ogg"]
+    with IsolatedDecoder(PARAMS) as decode:
+        np.testing.assert_array_equal(decode(path), decode_excerpt(path, PARAMS))
+        with pytest.raises(DecodeError, match="No such file"):
+            decode(str(audio_dir / "missing.ogg"))
+        assert decode(path).shape == (2 * 22050,)  # the child survives ordinary errors
+
+
+def test_isolated_decoder_survives_a_crashing_and_a_hanging_child(half_silent):
+    path = half_silent["mono44.flac"]
+    with IsolatedDecoder(PARAMS, timeout_s=2.0) as decode:
+        decode(path)
+        # A child that hangs: the call times out and names the file.
+        os.kill(decode._process.pid, signal.SIGSTOP)
+        with pytest.raises(DecodeError, match="timed out"):
+            decode(path)
+        # A child that dies mid-call (as FFmpeg does on some broken input).
+        decode(path)
+        os.kill(decode._process.pid, signal.SIGSTOP)
+        pid = decode._process.pid
+        threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
+        with pytest.raises(DecodeError, match="SIGKILL") as caught:
+            decode(path)
+        assert str(caught.value).startswith(path)
+        # A fresh child takes over.
+        assert decode(path).shape == (2 * 22050,)

@@ -1,0 +1,150 @@
+"""The whole Luigi chain on a tiny demo catalogue, run as a user runs it.
+
+Each run is `luigi --module workflows BackfillFactors --local-scheduler` in a child
+process, with a tiny configuration layered over the repository's luigi.cfg.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import schemas
+from jobs import storage
+from jobs.demo_catalogue import ENCODINGS, encode
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+LUIGI = [sys.executable, "-m", "luigi", "--module", "workflows", "BackfillFactors", "--local-scheduler"]
+TINY = """
+[DemoCatalogue]
+n_tracks = 150
+n_users = 900
+duration_s = 7
+cold_fraction = 0.2
+seed = 1
+
+[TrainAls]
+rank = 16
+iterations = 10
+
+[MelSpectrograms]
+excerpt_s = 6
+
+[TrainModel]
+epochs = 25
+patience = 6
+batch_size = 16
+crop_frames = 192
+channels = [32, 32, 64, 64]
+dense = 128
+dropout = 0.2
+"""
+# Chance is 0.5; the audio model must do clearly better. Noise must not.
+MIN_AUC = 0.65
+
+
+def environment(root: Path) -> dict:
+    config = root / "tiny.cfg"
+    config.write_text(TINY)
+    return dict(os.environ, COLDSTART_DATA_ROOT=str(root / "data"), LUIGI_CONFIG_PATH=str(config))
+
+
+def run_chain(root: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(LUIGI, cwd=REPO, env=environment(root), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def only(pattern: str, root: Path) -> Path:
+    found = sorted((root / "data").glob(pattern))
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
+def ranks_above_chance(report: dict) -> bool:
+    return report["users"] > 50 and report["auc"] >= MIN_AUC
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory):
+    """Start the chain, kill it once the spectrograms are done, start it again."""
+    root = tmp_path_factory.mktemp("chain")
+    proc = subprocess.Popen(LUIGI, cwd=REPO, env=environment(root), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list((root / "data" / "mels").glob("*/backfill")) and \
+                list((root / "data" / "runs" / "backfill").glob("als-*")):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the chain ended before it could be killed"
+    time.sleep(3)  # let training start
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = {p.name: p.stat().st_ino for p in (root / "data" / "runs" / "backfill").iterdir()}
+    second = run_chain(root)
+    return root, killed, second
+
+
+def test_killed_run_leaves_no_finished_looking_output(killed_then_resumed):
+    root, killed, _ = killed_then_resumed
+    finished = [name for name in killed if not name.startswith(".")]
+    assert any(name.startswith("als-") for name in finished)
+    assert not any(name.startswith(("factors-", "evaluation-")) for name in finished)
+    assert not any(name.startswith("model-") and name.endswith(".pt") for name in finished)
+
+
+def test_resumed_run_finishes_without_redoing(killed_then_resumed):
+    root, killed, second = killed_then_resumed
+    assert second.returncode == 0, second.stderr[-4000:]
+    als = only("runs/backfill/als-*", root)
+    assert als.stat().st_ino == killed[als.name], "ALS output was rebuilt"
+    assert "spark-submit" not in second.stderr, "ALS ran again"
+    assert "jobs.spectrograms" not in second.stderr, "spectrograms ran again"
+    assert "model.train" in second.stderr
+
+
+def test_every_cold_track_gets_factors(killed_then_resumed):
+    root, _, _ = killed_then_resumed
+    factors = only("runs/backfill/factors-*", root)
+    predicted = storage.read_table(factors / "predicted_factors.parquet", schemas.PREDICTED_FACTORS)
+    truth = pq.read_table(root / "data" / "demo" / "truth.parquet").to_pylist()
+    cold = {row["track_id"] for row in truth if row["cold"]}
+    assert set(predicted.column("track_id").to_pylist()) == cold
+    assert len(set(predicted.column("model_version").to_pylist())) == 1
+    combined = storage.read_table(factors / "track_factors.parquet", schemas.TRACK_FACTORS)
+    assert combined.num_rows == len(truth)
+    sources = dict(zip(combined.column("track_id").to_pylist(), combined.column("source").to_pylist()))
+    assert {t for t, s in sources.items() if s == "audio"} == cold
+
+
+def test_cold_tracks_rank_held_out_plays_above_chance(killed_then_resumed):
+    root, _, _ = killed_then_resumed
+    report = json.loads(only("runs/backfill/evaluation-*.json", root).read_text())
+    assert ranks_above_chance(report), report
+
+
+def test_noise_audio_fails_the_same_check(tmp_path):
+    """Replace every track's audio by noise: the same check must fail."""
+    first = subprocess.run([*LUIGI[:4], "DemoCatalogue", "--local-scheduler"], cwd=REPO,
+                           env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    catalogue = pq.read_table(tmp_path / "data" / "demo" / "catalogue.parquet")
+    rng = np.random.default_rng(0)
+    for uri in catalogue.column("audio_uri").to_pylist():
+        path = Path(uri)
+        encoding = next(e for e in ENCODINGS if e.ext == path.suffix[1:])
+        noise = rng.normal(0, 0.1, (encoding.channels, encoding.sample_rate * 7))
+        path.unlink()
+        encode(path, noise.astype(np.float32), encoding)
+    second = run_chain(tmp_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    report = json.loads(only("runs/backfill/evaluation-*.json", tmp_path).read_text())
+    assert not ranks_above_chance(report), report
