@@ -205,6 +205,8 @@ def train(mels_dir: Path, item_factors: Path, out: Path, net: dict, config: Trai
                              scale, {"validation_mse": progress.best_loss, "epochs": progress.epoch,
                                      "train_tracks": len(train_idx), "val_tracks": len(val_idx)})
         logger.info("model %s (validation mse %.4f) -> %s", version, progress.best_loss, out)
+    if dist.is_initialized():
+        dist.barrier()  # gloo aborts a rank that tears down while another still works
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -136,6 +136,7 @@ class TrainAls(RunTask, SparkSubmitTask):
     capture_output = False
     app = jobs.als.__file__
     name = "coldstart-als"
+    tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
 
     @property
     def spark_submit(self):
