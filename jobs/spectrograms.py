@@ -8,7 +8,8 @@ not yet done for the same mel parameters, computes its log-mel spectrogram and w
 
 both with the mel parameters in their schema metadata. The run directory appears
 only once the pipeline has succeeded. The job exits non-zero when the fraction of
-tracks that failed exceeds --max-bad-fraction; its outputs are kept either way.
+tracks that failed exceeds --max-bad-fraction; its outputs are then kept under
+<run_id>.rejected-<time> instead, so a rerun only retries the tracks that failed.
 
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
 Beam does not try to download the Prism runner) with 2 worker processes by default;
@@ -422,7 +423,12 @@ def run(options: PipelineOptions) -> RunSummary:
                 params.to_dict(), mel_options.catalogue, len(track_ids), skipped,
                 len(track_ids) - skipped)
 
-    with storage.atomic_dir(target) as tmp:
+    # Published under a pending name first: the run directory itself (what Luigi
+    # checks) appears only if the bad fraction is within bounds. A rejected run keeps
+    # its spectrograms, so a rerun redoes only the tracks that failed.
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    pending = target.with_name(f"{run_id}.pending-{stamp}")
+    with storage.atomic_dir(pending) as tmp:
         with beam.Pipeline(options=options) as pipeline:
             rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
                 pattern, columns=CATALOGUE_COLUMNS)
@@ -431,6 +437,9 @@ def run(options: PipelineOptions) -> RunSummary:
         n_dead = _count_rows(dead_letter_files(tmp))
     summary = RunSummary(run_dir=target, catalogue_tracks=len(track_ids), skipped=skipped,
                          mels=n_mels, dead_letters=n_dead)
+    if summary.bad_fraction > mel_options.max_bad_fraction:
+        summary = dataclasses.replace(summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
+    os.rename(pending, summary.run_dir)
     logger.info("wrote %d spectrograms and %d dead letters to %s",
                 summary.mels, summary.dead_letters, target)
     return summary

@@ -155,12 +155,14 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
     assert [p.name for p in first.parent.iterdir()] == ["r1"]  # no temp dirs left behind
 
     # The rerun has only the two bad tracks left to try; they fail again, which is
-    # above the bound: non-zero exit, outputs kept, no spectrogram written twice.
+    # above the bound: non-zero exit, outputs kept aside, no spectrogram written twice.
     assert main([*args, "--run-id", "r2", "--direct_running_mode", "in_memory"]) == 1
-    mels, dead = read_run(run_dir(out, PARAMS, "r2"))
+    assert not run_dir(out, PARAMS, "r2").exists()
+    [rejected] = first.parent.glob("r2.rejected-*")
+    mels, dead = read_run(rejected)
     assert sum(t.num_rows for t in mels) == 0
     assert sum(t.num_rows for t in dead) == 2
-    assert sorted(p.parent.name for p in mel_shards(first.parent))[-1] == "r2"
+    assert sorted(p.parent.name for p in mel_shards(first.parent))[-1] == rejected.name
     assert spectrograms.existing_track_ids(first.parent) == set(GOOD)
 
 
@@ -174,8 +176,13 @@ def test_main_fails_above_bad_fraction_but_keeps_outputs(catalogue, tmp_path, ca
     assert code == 1
     log = capsys.readouterr().err  # main configures logging to stderr
     assert str(catalogue["path"]) in log and "--max-bad-fraction" in log
-    mels, dead = read_run(run_dir(out, PARAMS, "r1"))
+    # Not published as the run (a scheduler would take it for done), but kept: a
+    # rerun skips the 3 good tracks and retries only the 2 bad ones.
+    assert not run_dir(out, PARAMS, "r1").exists()
+    [rejected] = run_dir(out, PARAMS, "r1").parent.glob("r1.rejected-*")
+    mels, dead = read_run(rejected)
     assert sum(t.num_rows for t in mels) == 3 and sum(t.num_rows for t in dead) == 2
+    assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
 
 
 def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):

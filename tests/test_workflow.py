@@ -133,7 +133,7 @@ def test_cold_tracks_rank_held_out_plays_above_chance(killed_then_resumed):
 
 def test_noise_audio_fails_the_same_check(tmp_path):
     """Replace every track's audio by noise: the same check must fail."""
-    first = subprocess.run([*LUIGI[:4], "DemoCatalogue", "--local-scheduler"], cwd=REPO,
+    first = subprocess.run([*LUIGI[:5], "DemoCatalogue", "--local-scheduler"], cwd=REPO,
                            env=environment(tmp_path), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     catalogue = pq.read_table(tmp_path / "data" / "demo" / "catalogue.parquet")
