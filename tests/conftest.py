@@ -1,4 +1,5 @@
 """Shared fixtures: one local Spark session for the whole test session."""
+import logging
 import os
 import sys
 
@@ -34,3 +35,5 @@ def spark():
     session.sparkContext.setLogLevel("WARN")
     yield session
     session.stop()
+    # py4j logs from a finaliser at interpreter exit, after pytest closed its streams.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
