@@ -23,6 +23,8 @@ setup(
         "matplotlib>=3.8",
         "pandas<3",
         "tqdm>=4.60",
+        "tensorboard>=2.14",
+        "scipy>=1.10",
         "fsspec>=2023.1",
     ],
     extras_require={

@@ -44,13 +44,33 @@ def check_mel_params(shards: list[Path], expected: dict) -> None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, mels: np.ndarray, scale: float,
+def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
             batch_size: int = 64) -> np.ndarray:
-    """Factors (n, rank) float32 for mels (n, n_mels, n_frames): unit vectors times ``scale``."""
+    """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says.
+
+    Nets trained on directions give unit vectors times the ALS factor scale.
+    """
     out = [model(torch.from_numpy(mels[i:i + batch_size])).numpy()
            for i in range(0, len(mels), batch_size)]
+    pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
+    return unit_rows(pred) * artefact["factor_scale"] if artefact.get("unit_output", True) else pred
+
+
+def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
+                   track_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """Predicted factors of ``track_ids`` found in the shards, one shard at a time.
+
+    Returns (ids in the order found, factors (n, rank)); memory is bounded by a shard.
+    """
+    wanted, ids, parts = set(track_ids), [], []
+    for shard in shards:
+        table = read_mels([shard], wanted)
+        if table.num_rows:
+            ids += table.column("track_id").to_pylist()
+            parts.append(predict(model, artefact, mel_array(table)))
+            wanted -= set(ids)
     rank = model.config.n_factors
-    return unit_rows(np.concatenate(out) if out else np.zeros((0, rank), np.float32)) * scale
+    return ids, (np.concatenate(parts) if parts else np.zeros((0, rank), np.float32))
 
 
 def factors_column(matrix: np.ndarray) -> pa.Array:
@@ -68,9 +88,7 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     cold = cold_track_ids(catalogue, warm)
     shards = mel_shards(mels_dir)
     check_mel_params(shards, artefact["mel_params"])
-    mels = read_mels(shards, cold)
-    ids = mels.column("track_id").to_pylist()
-    predicted = predict(model, mel_array(mels), artefact["factor_scale"])
+    ids, predicted = predict_tracks(model, artefact, shards, cold)
     version = artefact["version"]
 
     predicted_table = pa.table({"track_id": ids, "factors": factors_column(predicted),

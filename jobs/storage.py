@@ -71,3 +71,10 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
         return schemas.conform(table, schema)
     except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise ValueError(f"{path}: does not match the expected schema: {err}") from err
+
+
+def read_params(path: str | os.PathLike) -> dict:
+    """The params stored in the schema metadata of a Parquet file or directory of parts."""
+    path = Path(path)
+    first = min(path.glob("*.parquet")) if path.is_dir() else path
+    return schemas.params_of(pq.read_schema(first))

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from jobs import storage
-from model.net import FactorNet, NetConfig
+from model.net import FactorNet, NetConfig, build_net
 
 
 def state_version(state: dict) -> str:
@@ -21,15 +21,17 @@ def state_version(state: dict) -> str:
 
 
 def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
-               factor_scale: float, metrics: dict) -> str:
+               factor_scale: float, metrics: dict, unit_output: bool = True) -> str:
     """Write the model file atomically and return its version.
 
-    ``factor_scale`` is the median norm of the ALS item factors the net was trained
-    on: predictions are unit vectors, scaled by it to sit beside ALS factors.
+    With ``unit_output`` (nets trained on directions: mse, cosine) scoring turns each
+    prediction into a unit vector times ``factor_scale``, the median norm of the ALS
+    item factors, so it sits beside ALS factors; otherwise predictions are used as is.
     """
     version = state_version(state)
     artefact = {"version": version, "net_config": config.to_dict(), "state": state,
-                "mel_params": mel_params, "factor_scale": factor_scale, "metrics": metrics}
+                "mel_params": mel_params, "factor_scale": factor_scale,
+                "unit_output": unit_output, "metrics": metrics}
     tmp = storage.atomic_file(path)
     torch.save(artefact, tmp)
     os.replace(tmp, path)
@@ -39,6 +41,6 @@ def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[FactorNet, dict]:
     """Rebuild the network from a model file; returns (model in eval mode, artefact)."""
     artefact = torch.load(path, map_location=device, weights_only=False)
-    model = FactorNet(NetConfig.from_dict(artefact["net_config"]))
+    model = build_net(NetConfig.from_dict(artefact["net_config"]))
     model.load_state_dict(artefact["state"])
     return model.to(device).eval(), artefact

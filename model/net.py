@@ -1,27 +1,49 @@
-"""The audio CNN that maps a log-mel spectrogram to collaborative-filtering factors.
+"""Audio CNNs that map a log-mel spectrogram to collaborative-filtering factors.
 
-Dieleman (2014): 1-D convolutions over time with the mel bands as input channels,
-max-pooling between the first layers, then global temporal pooling (mean, max and
-L2 norm over time) so any clip length gives one vector, and two dense layers.
+Two architectures from the seeds, chosen by ``NetConfig.arch``; both convolve over
+time with the mel bands as input channels (1-D convolutions, as in the papers).
+
+``dieleman2014`` (Dieleman 2014 blog), any clip length >= ``min_frames()``::
+
+    mel (B, n_mels, T)
+    -> [conv k=4, ReLU, max-pool p] for p in pools      (B, channels[-2], ~T/prod(pools))
+    -> conv k=4, ReLU                                    (B, channels[-1], T')
+    -> global mean, max and L2 norm over time, concat    (B, 3 * channels[-1])
+    -> dense, ReLU, dropout, dense, ReLU, dropout        (B, dense)
+    -> dense                                             (B, n_factors)
+
+``vandenoord2013`` (NIPS 2013), fixed windows of ``window_frames`` (3 s by default)::
+
+    window (B, n_mels, W)
+    -> [conv k=4, ReLU, max-pool p] for each layer       (B, channels[-1], W')
+    -> flatten, dense, ReLU, dropout                     (B, dense)
+    -> dense                                             (B, n_factors)
+
+    A clip longer than one window is cut into consecutive windows and the window
+    predictions are averaged, as in the paper.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
+
+ARCHS = ("dieleman2014", "vandenoord2013")
 
 
 @dataclass(frozen=True)
 class NetConfig:
     """Shape of the network; stored in the model file so scoring can rebuild it."""
+    arch: str = "dieleman2014"
     n_mels: int = 128
     n_factors: int = 32
     channels: tuple[int, ...] = (256, 256, 512, 512)
     kernel: int = 4
-    pools: tuple[int, ...] = (4, 2, 2)  # max-pool after conv 1..3; conv 4 feeds global pooling
+    pools: tuple[int, ...] = (4, 2, 2)  # one max-pool per conv layer, except Dieleman's last
     dense: int = 2048
     dropout: float = 0.5
+    window_frames: int = 130  # vandenoord2013 only: 130 frames of hop 512 at 22050 Hz = 3 s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,23 +53,39 @@ class NetConfig:
         raw = dict(raw, channels=tuple(raw["channels"]), pools=tuple(raw["pools"]))
         return cls(**raw)
 
+    @classmethod
+    def for_arch(cls, arch: str, **overrides) -> "NetConfig":
+        """The seeds' sizes for ``arch``, with ``overrides`` (None values ignored)."""
+        if arch not in ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHS}")
+        base = cls(arch=arch) if arch == "dieleman2014" else \
+            cls(arch=arch, channels=(256, 256), pools=(4, 2), dense=2048, dropout=0.5)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
     def min_frames(self) -> int:
-        """Shortest input (frames) that still leaves one frame for global pooling."""
+        """Shortest input (frames) the network accepts."""
+        if self.arch == "vandenoord2013":
+            return self.window_frames
         frames = 1
         for pool in reversed(self.pools):
             frames = (frames + self.kernel - 1) * pool
         return frames + self.kernel - 1
 
 
-class GlobalPool(nn.Module):
-    """Mean, max and L2 norm over time: (batch, ch, time) -> (batch, 3 * ch)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.mean(dim=2), x.amax(dim=2), x.norm(dim=2)], dim=1)
+def conv_stack(config: NetConfig) -> tuple[nn.Sequential, int]:
+    """Conv layers with ReLU and the configured max-pools; returns (stack, width out)."""
+    layers: list[nn.Module] = []
+    width = config.n_mels
+    for i, channels in enumerate(config.channels):
+        layers += [nn.Conv1d(width, channels, config.kernel), nn.ReLU()]
+        if i < len(config.pools):
+            layers.append(nn.MaxPool1d(config.pools[i]))
+        width = channels
+    return nn.Sequential(*layers), width
 
 
 class FactorNet(nn.Module):
-    """log-mel (batch, n_mels, frames) float32 -> factors (batch, n_factors).
+    """Base of both architectures: log-mel (B, n_mels, T) float32 -> (B, n_factors).
 
     ``mel_mean`` and ``mel_std`` (n_mels,) standardise each band with statistics of
     the training set; they are buffers, so they travel with the weights.
@@ -56,25 +94,62 @@ class FactorNet(nn.Module):
     def __init__(self, config: NetConfig):
         super().__init__()
         self.config = config
+        self.register_buffer("mel_mean", torch.zeros(config.n_mels))
+        self.register_buffer("mel_std", torch.ones(config.n_mels))
+
+    def standardise(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+
+
+class GlobalPool(nn.Module):
+    """Mean, max and L2 norm over time: (B, C, T) -> (B, 3 * C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=2), x.amax(dim=2), x.norm(dim=2)], dim=1)
+
+
+class Dieleman2014(FactorNet):
+    def __init__(self, config: NetConfig):
+        super().__init__(config)
         if len(config.pools) != len(config.channels) - 1:
-            raise ValueError("need one pool size per conv layer but the last")
-        layers: list[nn.Module] = []
-        width = config.n_mels
-        for i, channels in enumerate(config.channels):
-            layers += [nn.Conv1d(width, channels, config.kernel), nn.ReLU()]
-            if i < len(config.pools):
-                layers.append(nn.MaxPool1d(config.pools[i]))
-            width = channels
-        self.conv = nn.Sequential(*layers)
-        self.pool = GlobalPool()
+            raise ValueError("dieleman2014 needs one pool size per conv layer but the last")
+        self.conv, width = conv_stack(config)
         self.head = nn.Sequential(
+            GlobalPool(),
             nn.Linear(3 * width, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
             nn.Linear(config.dense, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
             nn.Linear(config.dense, config.n_factors),
         )
-        self.register_buffer("mel_mean", torch.zeros(config.n_mels))
-        self.register_buffer("mel_std", torch.ones(config.n_mels))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        x = (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
-        return self.head(self.pool(self.conv(x)))
+        return self.head(self.conv(self.standardise(mel)))
+
+
+class VanDenOord2013(FactorNet):
+    def __init__(self, config: NetConfig):
+        super().__init__(config)
+        if len(config.pools) != len(config.channels):
+            raise ValueError("vandenoord2013 needs one pool size per conv layer")
+        self.conv, width = conv_stack(config)
+        with torch.no_grad():
+            flat = self.conv(torch.zeros(1, config.n_mels, config.window_frames)).numel()
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(config.dense, config.n_factors),
+        )
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mean of the predictions for the consecutive windows of each clip."""
+        window = self.config.window_frames
+        if mel.shape[2] < window:
+            raise RuntimeError(f"clip of {mel.shape[2]} frames is shorter than a window of {window}")
+        windows = mel.unfold(2, window, window)  # (B, n_mels, n_windows, window)
+        batch, n_windows = mel.shape[0], windows.shape[2]
+        flat = windows.permute(0, 2, 1, 3).reshape(batch * n_windows, mel.shape[1], window)
+        pred = self.head(self.conv(self.standardise(flat)))
+        return pred.reshape(batch, n_windows, -1).mean(dim=1)
+
+
+def build_net(config: NetConfig) -> FactorNet:
+    return {"dieleman2014": Dieleman2014, "vandenoord2013": VanDenOord2013}[config.arch](config)

@@ -1,67 +1,43 @@
-"""Train the audio CNN to regress warm tracks' unit-normalised ALS factors.
+"""Train the audio CNN to predict warm tracks' ALS factors from their log-mel excerpts.
 
 Runs on one process or under torchrun with DistributedDataParallel (gloo on CPU,
-nccl on GPU):
+nccl and bf16 autocast on GPU), any world size:
 
-    torchrun --nproc_per_node=2 -m model.train --mels DATA/mels/<hash> \\
-        --item-factors DATA/als/item_factors --out model.pt
+    torchrun --nproc_per_node=2 --max-restarts=3 -m model.train \\
+        --mels DATA/mels/<hash> --item-factors DATA/als/item_factors \\
+        --out model.pt --snapshot model.snapshot
 
-Rank 0 writes. A snapshot is saved atomically after every epoch when --snapshot is
-given, and a restarted run resumes from it. The model file carries everything
-scoring needs: network shape, weights, input statistics, mel parameters, version.
+Each rank streams its share of the Parquet shards. Rank 0 writes. A snapshot is
+saved atomically after every epoch; a restarted run (torchrun --max-restarts after a
+lost worker, or a rerun) resumes from it. The model file carries everything scoring
+needs: architecture, weights, input statistics, mel parameters, output scale, version.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
+import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 import schemas
 from jobs import storage
 from jobs.mel import mel_shards
+from model import losses
 from model.artefact import save_model
-from model.data import CropDataset, unit_rows, warm_examples
-from model.net import FactorNet, NetConfig
+from model.data import (ShardStream, band_stats, factor_matrix, in_validation, plan_pieces,
+                        shard_track_ids)
+from model.net import ARCHS, NetConfig, build_net
+from model.trainer import TrainConfig, Trainer, is_main
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings."""
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
-    val_fraction: float = 0.1
-    patience: int = 5  # epochs without validation improvement before stopping
-    seed: int = 0
-
-
-@dataclass
-class Progress:
-    """What a snapshot restores besides the weights."""
-    epoch: int = 0
-    best_loss: float = float("inf")
-    bad_epochs: int = 0
-    best_state: dict | None = None
-
-
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def setup_distributed() -> torch.device:
@@ -71,173 +47,134 @@ def setup_distributed() -> torch.device:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if "RANK" in os.environ:
+    if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return device
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, validation) split of range(n); every rank gets the same one."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction))) if n > 1 and val_fraction > 0 else 0
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+def rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-class Trainer:
-    """Runs epochs over a sharded loader, validates, snapshots and stops early."""
-
-    def __init__(self, model: FactorNet, train_data: CropDataset, val_data: CropDataset,
-                 config: TrainConfig, device: torch.device, snapshot: Path | None):
-        self.config = config
-        self.device = device
-        self.snapshot = snapshot
-        self.module = model.to(device)
-        self.model = DistributedDataParallel(self.module) if dist.is_initialized() else self.module
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.lr,
-                                          weight_decay=config.weight_decay)
-        self.train_sampler = DistributedSampler(train_data, shuffle=True, seed=config.seed) \
-            if dist.is_initialized() else None
-        self.train_loader = DataLoader(train_data, batch_size=config.batch_size,
-                                       sampler=self.train_sampler,
-                                       shuffle=self.train_sampler is None, drop_last=False)
-        val_sampler = DistributedSampler(val_data, shuffle=False) if dist.is_initialized() else None
-        self.val_loader = DataLoader(val_data, batch_size=config.batch_size, sampler=val_sampler)
-        self.progress = Progress()
-        if snapshot is not None and snapshot.exists():
-            self.load_snapshot()
-
-    def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    def run_batch(self, mel: torch.Tensor, target: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = nn.functional.mse_loss(self.model(mel.to(self.device)).float(),
-                                          target.to(self.device))
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
-
-    def run_epoch(self, epoch: int) -> float:
-        self.model.train()
-        if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch)
-        losses = [self.run_batch(mel, target) for mel, target in self.train_loader]
-        return float(np.mean(losses)) if losses else float("nan")
-
-    @torch.no_grad()
-    def validate(self) -> float:
-        """Mean validation loss over all ranks."""
-        self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for mel, target in self.val_loader:
-            with self.autocast():
-                pred = self.model(mel.to(self.device)).float()
-            total[0] += nn.functional.mse_loss(pred, target.to(self.device), reduction="sum")
-            total[1] += target.numel()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        return (total[0] / total[1].clamp(min=1)).item()
-
-    def save_snapshot(self) -> None:
-        if not is_main() or self.snapshot is None:
-            return
-        tmp = storage.atomic_file(self.snapshot)
-        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "progress": dataclasses.asdict(self.progress)}, tmp)
-        os.replace(tmp, self.snapshot)
-
-    def load_snapshot(self) -> None:
-        saved = torch.load(self.snapshot, map_location=self.device, weights_only=False)
-        self.module.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.progress = Progress(**saved["progress"])
-        logger.info("resumed from %s after epoch %d", self.snapshot, self.progress.epoch)
-
-    def train(self) -> Progress:
-        """Train until ``epochs`` or ``patience`` epochs without improvement."""
-        p = self.progress
-        while p.epoch < self.config.epochs and p.bad_epochs < self.config.patience:
-            train_loss = self.run_epoch(p.epoch)
-            val_loss = self.validate()
-            p.epoch += 1
-            if val_loss < p.best_loss:
-                p.best_loss, p.bad_epochs = val_loss, 0
-                p.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-            else:
-                p.bad_epochs += 1
-            logger.info("epoch %d: train mse %.4f, validation mse %.4f", p.epoch, train_loss, val_loss)
-            self.save_snapshot()
-        return p
+def wpe_loss(item_factors: Path, user_factors: Path, plays: Path,
+             track_index: dict[str, int]) -> losses.WeightedPredictionError:
+    """Eq. 5 against the ALS user factors, with the ALS run's own alpha and eps."""
+    users = storage.read_table(user_factors, schemas.USER_FACTORS)
+    als = storage.read_params(item_factors)
+    user_row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    table = storage.read_table(plays, schemas.PLAYS)
+    pairs = [(track_index[t], user_row[u], n) for u, t, n in zip(
+        table.column("user_id").to_pylist(), table.column("track_id").to_pylist(),
+        table.column("plays").to_pylist()) if t in track_index and u in user_row and n > 0]
+    rows, cols, counts = (np.array(v) for v in zip(*pairs))
+    matrix = sp.csr_matrix((counts.astype(np.float64), (rows, cols)),
+                           shape=(len(track_index), users.num_rows))  # duplicates summed
+    return losses.WeightedPredictionError(factor_matrix(users), matrix,
+                                          alpha=als.get("alpha", 1.0), eps=als.get("eps", 1.0))
 
 
-def input_stats(mels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-band mean and std over examples and time: (n_mels,), (n_mels,)."""
-    return (torch.from_numpy(mels.mean(axis=(0, 2))),
-            torch.from_numpy(mels.std(axis=(0, 2)) + 1e-5))
-
-
-def train(mels_dir: Path, item_factors: Path, out: Path, net: dict, config: TrainConfig,
-          snapshot: Path | None = None) -> None:
-    """Load warm examples, train under whatever process group exists, write ``out``."""
+def train(args: argparse.Namespace, config: TrainConfig) -> None:
+    """Stream warm examples, train under whatever process group exists, write ``args.out``."""
     device = setup_distributed()
-    torch.manual_seed(config.seed + (dist.get_rank() if dist.is_initialized() else 0))
-    shards = mel_shards(mels_dir)
+    rank, world = rank_and_world()
+    torch.manual_seed(config.seed + rank)
+    shards = mel_shards(args.mels)
     if not shards:
-        raise FileNotFoundError(f"{mels_dir}: no mel shards to train on")
-    ids, mels, factors = warm_examples(shards, item_factors)
-    if len(ids) < 2:
-        raise ValueError(f"{mels_dir}: only {len(ids)} warm tracks with spectrograms")
-    train_idx, val_idx = split_indices(len(ids), config.val_fraction, config.seed)
-    targets = unit_rows(factors)
-    model = FactorNet(NetConfig(n_mels=mels.shape[1], n_factors=factors.shape[1], **net))
-    if mels.shape[2] < model.config.min_frames():
-        raise ValueError(f"{mels_dir}: excerpts of {mels.shape[2]} frames are shorter than the "
-                         f"network's minimum of {model.config.min_frames()}")
-    model.mel_mean, model.mel_std = input_stats(mels[train_idx])
-    trainer = Trainer(model, CropDataset(mels[train_idx], targets[train_idx], config.crop_frames),
-                      CropDataset(mels[val_idx], targets[val_idx], None), config, device, snapshot)
+        raise FileNotFoundError(f"{args.mels}: no mel shards to train on")
+    items = storage.read_table(args.item_factors, schemas.ITEM_FACTORS)
+    track_index = {t: i for i, t in enumerate(items.column("track_id").to_pylist())}
+    factors = factor_matrix(items)
+    warm = sorted(set(shard_track_ids(shards)) & track_index.keys())
+    n_val = sum(in_validation(t, config.val_fraction) for t in warm)
+    if n_val == 0 or n_val == len(warm):
+        raise ValueError(f"{args.mels}: {len(warm)} warm tracks with spectrograms leave no "
+                         f"train/validation split at --val-fraction {config.val_fraction}")
+    logger.info("%d warm tracks with spectrograms (%d for validation), world size %d",
+                len(warm), n_val, world)
+
+    pieces = plan_pieces(shards, world * max(1, config.loader_workers))
+    mean, std = band_stats(pieces, track_index)
+    model = build_net(NetConfig.for_arch(
+        args.arch, n_mels=len(mean), n_factors=factors.shape[1],
+        channels=tuple(args.channels) if args.channels else None,
+        pools=tuple(args.pools) if args.pools else None, dense=args.dense,
+        dropout=args.dropout, window_frames=args.window_frames))
+    model.mel_mean, model.mel_std = mean, std
+    crop = max(config.crop_frames, model.config.min_frames()) if config.crop_frames else None
+    if args.arch == "vandenoord2013":
+        crop = model.config.window_frames  # trained on single windows, as in the paper
+    loss = wpe_loss(args.item_factors, args.user_factors, args.plays, track_index) \
+        if args.loss == "wpe" else getattr(losses, args.loss)
+    stream = dict(pieces=pieces, track_index=track_index, targets=factors,
+                  val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
+    trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop, **stream),
+                      ShardStream(validation=True, **stream), config, device, args.snapshot,
+                      args.tensorboard, math.ceil((len(warm) - n_val) / world / config.batch_size))
     progress = trainer.train()
     if is_main():
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
-        scale = float(np.median(np.linalg.norm(factors, axis=1)))
-        version = save_model(out, model.config, progress.best_state or model.state_dict(), mel_params,
-                             scale, {"validation_mse": progress.best_loss, "epochs": progress.epoch,
-                                     "train_tracks": len(train_idx), "val_tracks": len(val_idx)})
-        logger.info("model %s (validation mse %.4f) -> %s", version, progress.best_loss, out)
+        unit = losses.wants_unit_targets(args.loss)
+        scale = float(np.median(np.linalg.norm(factors, axis=1))) if unit else 1.0
+        version = save_model(args.out, model.config, progress.best_state or model.state_dict(),
+                             mel_params, scale,
+                             {"loss": args.loss, "validation_loss": progress.best_loss,
+                              "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
+                              "val_tracks": n_val, "world_size": world},
+                             unit_output=unit)
+        logger.info("model %s (%s, %s loss, validation %.4f) -> %s", version, args.arch,
+                    args.loss, progress.best_loss, args.out)
     if dist.is_initialized():
         dist.barrier()  # gloo aborts a rank that tears down while another still works
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    t, n = TrainConfig(), NetConfig()
+    t = TrainConfig()
     parser = argparse.ArgumentParser(prog="model.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mels", required=True, type=Path,
-                        help="mel-spectrogram directory of one parameter set (DATA/mels/<hash>)")
-    parser.add_argument("--item-factors", required=True, type=Path,
-                        help="ALS item factors (Parquet file or directory, schemas.ITEM_FACTORS)")
-    parser.add_argument("--out", required=True, type=Path, help="model file to write")
-    parser.add_argument("--snapshot", type=Path,
-                        help="per-epoch snapshot file; resumed from when it exists")
-    parser.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=t.batch_size,
-                        help="examples per step and process (default %(default)s)")
-    parser.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=t.weight_decay,
-                        help="L2 weight decay (default %(default)s)")
-    parser.add_argument("--crop-frames", type=int, default=t.crop_frames,
-                        help="random time-crop length in frames, 0 for none (default %(default)s)")
-    parser.add_argument("--val-fraction", type=float, default=t.val_fraction,
-                        help="fraction of tracks held out for validation (default %(default)s)")
-    parser.add_argument("--patience", type=int, default=t.patience,
-                        help="epochs without validation improvement before stopping (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=t.seed, help="random seed (default %(default)s)")
-    parser.add_argument("--channels", type=int, nargs="+", default=list(n.channels),
-                        help="conv layer widths (default %(default)s)")
-    parser.add_argument("--dense", type=int, default=n.dense, help="dense layer width (default %(default)s)")
-    parser.add_argument("--dropout", type=float, default=n.dropout, help="dropout rate (default %(default)s)")
-    return parser.parse_args(argv)
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--mels", required=True, type=Path,
+                    help="mel-spectrogram directory of one parameter set (DATA/mels/<hash>)")
+    io.add_argument("--item-factors", required=True, type=Path,
+                    help="ALS item factors (Parquet file or directory, schemas.ITEM_FACTORS)")
+    io.add_argument("--user-factors", type=Path,
+                    help="ALS user factors; needed by --loss wpe")
+    io.add_argument("--plays", type=Path, help="the play counts ALS saw; needed by --loss wpe")
+    io.add_argument("--out", required=True, type=Path, help="model file to write")
+    io.add_argument("--snapshot", type=Path,
+                    help="per-epoch snapshot file; resumed from when it exists")
+    io.add_argument("--tensorboard", type=Path, help="TensorBoard log directory (rank 0 writes)")
+    net = parser.add_argument_group("network (defaults: the seeds' sizes for --arch)")
+    net.add_argument("--arch", choices=ARCHS, default="dieleman2014",
+                     help="dieleman2014: 4 conv + global pooling; vandenoord2013: 2 conv + "
+                          "2 dense on 3 s windows, averaged (default %(default)s)")
+    net.add_argument("--channels", type=int, nargs="+", help="conv layer widths")
+    net.add_argument("--pools", type=int, nargs="+", help="max-pool sizes after the conv layers")
+    net.add_argument("--dense", type=int, help="dense layer width")
+    net.add_argument("--dropout", type=float, help="dropout rate")
+    net.add_argument("--window-frames", type=int, help="vandenoord2013 window length in frames")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--loss", choices=losses.LOSSES, default="mse",
+                     help="mse on unit-normalised factors, cosine distance, or the weighted "
+                          "prediction error of WMF (paper eq. 5) (default %(default)s)")
+    opt.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs (default %(default)s)")
+    opt.add_argument("--batch-size", type=int, default=t.batch_size,
+                     help="examples per step and process (default %(default)s)")
+    opt.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default %(default)s)")
+    opt.add_argument("--weight-decay", type=float, default=t.weight_decay,
+                     help="L2 weight decay (default %(default)s)")
+    opt.add_argument("--crop-frames", type=int, default=t.crop_frames,
+                     help="random time-crop length in frames, 0 for none (default %(default)s)")
+    opt.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                     help="fraction of tracks held out for validation (default %(default)s)")
+    opt.add_argument("--patience", type=int, default=t.patience,
+                     help="epochs without validation improvement before stopping (default %(default)s)")
+    opt.add_argument("--loader-workers", type=int, default=t.loader_workers,
+                     help="data-loader processes per rank (default %(default)s)")
+    opt.add_argument("--seed", type=int, default=t.seed, help="random seed (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.loss == "wpe" and not (args.user_factors and args.plays):
+        parser.error("--loss wpe needs --user-factors and --plays")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, crop_frames=args.crop_frames,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
-    net = {"channels": tuple(args.channels), "dense": args.dense, "dropout": args.dropout}
+                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                         loader_workers=args.loader_workers)
     try:
-        train(args.mels, args.item_factors, args.out, net, config, args.snapshot)
+        train(args, config)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,75 +1,101 @@
-"""The network, the data helpers and a real 2-process DDP training run with torchrun."""
+"""Networks, losses, the shard stream, and real torchrun DDP training runs."""
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 import torch
+from torch.utils.data import DataLoader
 
 import schemas
 from jobs import storage
 from jobs.mel import MelParams
 from jobs.score import factors_column
+from model import losses
 from model.artefact import load_model
-from model.data import CropDataset, mel_array, read_mels, unit_rows
-from model.net import FactorNet, NetConfig
-from model.train import split_indices
+from model.data import ShardStream, band_stats, mel_array, plan_pieces, read_mels, unit_rows
+from model.net import NetConfig, build_net
 
 SMALL = dict(channels=(8, 8, 16, 16), dense=32, dropout=0.0)
 
 
-def test_net_output_shape_and_min_frames():
-    config = NetConfig(n_mels=16, n_factors=5, **SMALL)
-    net = FactorNet(config)
-    out = net(torch.randn(3, 16, config.min_frames()))
-    assert out.shape == (3, 5)
+def test_dieleman_output_shape_and_min_frames():
+    config = NetConfig.for_arch("dieleman2014", n_mels=16, n_factors=5, **SMALL)
+    net = build_net(config)
+    assert net(torch.randn(3, 16, config.min_frames())).shape == (3, 5)
     with pytest.raises(RuntimeError):
         net(torch.randn(3, 16, config.min_frames() - 1))
+    for frames in (200, 431):  # global pooling: any length
+        assert net(torch.randn(2, 16, frames)).shape == (2, 5)
 
 
-def test_net_is_length_agnostic():
-    net = FactorNet(NetConfig(n_mels=16, n_factors=4, **SMALL)).eval()
-    for frames in (103, 200, 431):
-        assert net(torch.randn(2, 16, frames)).shape == (2, 4)
+def test_vandenoord_averages_window_predictions():
+    config = NetConfig.for_arch("vandenoord2013", n_mels=16, n_factors=4, channels=(8, 8),
+                                dense=16, dropout=0.0, window_frames=40)
+    net = build_net(config).eval()
+    clip = torch.randn(2, 16, 130)  # three whole windows; the last 10 frames are dropped
+    windows = [net(clip[:, :, i * 40:(i + 1) * 40]) for i in range(3)]
+    torch.testing.assert_close(net(clip), torch.stack(windows).mean(0))
+    assert sum(isinstance(m, torch.nn.Conv1d) for m in net.modules()) == 2
+    assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 2
 
 
-def test_split_is_disjoint_and_complete():
-    train, val = split_indices(101, 0.1, seed=3)
-    assert len(val) == 10 and not set(train) & set(val)
-    assert sorted([*train, *val]) == list(range(101))
+def test_wpe_matches_the_sum_over_all_users():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    plays = sp.random(6, 30, density=0.2, random_state=1, format="csr") * 20 + 0
+    plays.data = np.ceil(plays.data)
+    alpha, eps = 2.0, 0.5
+    loss = losses.WeightedPredictionError(x, plays, alpha, eps)
+    pred = torch.randn(3, 4, dtype=torch.float32)
+    index = torch.tensor([4, 0, 5])
+    dense = plays.toarray()
+    c = 1 + alpha * np.log1p(dense / eps)
+    p = (dense > 0).astype(np.float64)
+    expected = np.mean([(c[i] * (p[i] - x @ pred[j].numpy()) ** 2).sum()
+                        for j, i in enumerate(index.tolist())]) / len(x)
+    assert loss(pred, None, index).item() == pytest.approx(expected, rel=1e-4)
 
 
-def test_crop_dataset_crops_inside_excerpt():
-    mels = np.arange(2 * 4 * 50, dtype=np.float32).reshape(2, 4, 50)
-    data = CropDataset(mels, np.zeros((2, 3), np.float32), crop_frames=20)
-    mel, _ = data[1]
-    assert mel.shape == (4, 20)
-    start = int(mel[0, 0] - mels[1, 0, 0])
-    np.testing.assert_array_equal(mel.numpy(), mels[1, :, start:start + 20])
+def test_mse_and_cosine_ignore_target_norm():
+    pred, target = torch.randn(5, 3), torch.randn(5, 3)
+    assert losses.mse(pred, target, None) == pytest.approx(losses.mse(pred, 7 * target, None).item())
+    assert losses.cosine(3 * target, target, None).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def write_toy_set(root, n=96, n_mels=16, frames=160, seed=0):
+def write_toy_set(root, n=96, n_mels=16, frames=160, seed=0, row_group=10):
     """Tracks of two kinds: energy in low or in high mel bands; factors point one of two ways.
 
-    Returns the mels directory, the item-factors file and the kinds.
+    Two shards with several row groups each. The last quarter of tracks are "cold":
+    they have no factors. Returns (mels dir, item factors, ids, kinds, n warm).
     """
     rng = np.random.default_rng(seed)
     kinds = rng.integers(0, 2, n)
     mels = rng.normal(0, 1, (n, n_mels, frames)).astype(np.float32)
     for i, kind in enumerate(kinds):
-        bands = slice(0, n_mels // 2) if kind == 0 else slice(n_mels // 2, n_mels)
-        mels[i, bands] += 3.0
+        mels[i, slice(0, n_mels // 2) if kind == 0 else slice(n_mels // 2, n_mels)] += 3.0
     directions = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32) * 2.0
     factors = directions[kinds] + rng.normal(0, 0.1, (n, 4)).astype(np.float32)
     ids = [f"t{i:04d}" for i in range(n)]
     params = MelParams(n_mels=n_mels)
     run = root / "mels" / params.params_hash() / "r1"
     run.mkdir(parents=True)
-    shard = pa.table({"track_id": ids, "n_mels": [n_mels] * n, "n_frames": [frames] * n,
-                      "mel": factors_column(mels.reshape(n, -1))})
-    storage.write_table(shard, run / "mels-00000-of-00001.parquet", schemas.MEL_SHARD, params.to_dict())
-    warm = n * 3 // 4  # the rest are "cold": no factors
+    meta = schemas.with_metadata(schemas.MEL_SHARD, params.to_dict())
+    half = n // 2
+    for s, rows in enumerate([range(0, half), range(half, n)]):
+        shard = pa.table({"track_id": [ids[i] for i in rows], "n_mels": [n_mels] * len(rows),
+                          "n_frames": [frames] * len(rows),
+                          "mel": factors_column(mels[list(rows)].reshape(len(rows), -1))})
+        pq.write_table(schemas.conform(shard, schemas.MEL_SHARD).replace_schema_metadata(meta.metadata),
+                       run / f"mels-{s:05d}-of-00002.parquet", row_group_size=row_group)
+    warm = n * 3 // 4
     storage.write_table(pa.table({"track_id": ids[:warm], "factors": factors_column(factors[:warm])}),
                         root / "item_factors.parquet", schemas.ITEM_FACTORS)
     return run.parent, root / "item_factors.parquet", ids, kinds, warm
@@ -82,23 +108,96 @@ def test_read_mels_selects_and_reshapes(tmp_path):
     assert mel_array(table).shape == (3, 16, 160)
 
 
-def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
-    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path)
-    out = tmp_path / "model.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "model.train", "--mels", str(mels_dir), "--item-factors", str(factors),
-           "--out", str(out), "--snapshot", str(tmp_path / "snap.pt"), "--epochs", "12",
-           "--batch-size", "8", "--crop-frames", "120", "--channels", "8", "8", "16", "16",
-           "--dense", "32", "--dropout", "0", "--lr", "0.003"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "rank1" in result.stderr and "rank0" in result.stderr
-    model, artefact = load_model(out)
-    assert artefact["mel_params"] == MelParams(n_mels=16).to_dict()
-    assert artefact["metrics"]["train_tracks"] + artefact["metrics"]["val_tracks"] == warm
-    # Cold tracks never seen in training: the prediction must point the way of their kind.
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 2), (4, 1)])
+def test_stream_splits_by_rank_and_worker_without_loss_or_duplicates(tmp_path, world, workers):
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=60, row_group=7)
+    shards = sorted(mels_dir.glob("*/mels-*.parquet"))
+    index = {t: i for i, t in enumerate(ids[:warm])}
+    pieces = plan_pieces(shards, world * max(1, workers))
+    seen = {True: [], False: []}
+    for validation in (False, True):
+        for rank in range(world):
+            stream = ShardStream(pieces, index, np.zeros((warm, 4)), validation=validation,
+                                 val_fraction=0.2, crop_frames=50, rank=rank, world=world)
+            stream.set_epoch(3)
+            loader = DataLoader(stream, batch_size=4, num_workers=workers)
+            for mel, _, track in loader:
+                assert mel.shape[1:] == (16, 50)
+                seen[validation] += track.tolist()
+    assert sorted(seen[False] + seen[True]) == list(range(warm))  # every warm track once
+    assert seen[True] and seen[False]
+
+
+def test_band_stats_are_per_band(tmp_path):
+    mels_dir, _, ids, kinds, warm = write_toy_set(tmp_path, n=40)
+    pieces = plan_pieces(sorted(mels_dir.glob("*/mels-*.parquet")), 1)
+    mean, std = band_stats(pieces, {t: i for i, t in enumerate(ids[:warm])})
+    assert mean.shape == std.shape == (16,)
+    share_low = np.mean(kinds[:warm] == 0)
+    assert mean[0].item() == pytest.approx(3.0 * share_low, abs=0.3)
+
+
+def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *extra, "-m", "model.train", "--mels", str(mels_dir), "--item-factors", str(factors),
+            "--out", str(tmp_path / "model.pt"), "--snapshot", str(tmp_path / "snap.pt"),
+            "--batch-size", "8", "--crop-frames", "120", "--channels", "8", "8", "16", "16",
+            "--dense", "32", "--dropout", "0", "--lr", "0.003", "--val-fraction", "0.2"]
+
+
+def direction_accuracy(model_path, mels_dir, ids, kinds, warm):
+    """Share of cold tracks whose prediction points the way of their kind."""
+    model, _ = load_model(model_path)
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), ids[warm:])
     with torch.no_grad():
         pred = unit_rows(model(torch.from_numpy(mel_array(table))).numpy())
-    accuracy = np.mean(np.argmax(pred[:, :2], axis=1) == kinds[warm:])
-    assert accuracy > 0.9, accuracy
+    return np.mean(np.argmax(pred[:, :2], axis=1) == kinds[warm:])
+
+
+def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
+    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path)
+    cmd = torchrun(tmp_path, mels_dir, factors) + ["--epochs", "12", "--loss", "cosine",
+                                                   "--tensorboard", str(tmp_path / "tb")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank1" in result.stderr and "rank0" in result.stderr
+    _, artefact = load_model(tmp_path / "model.pt")
+    assert artefact["mel_params"] == MelParams(n_mels=16).to_dict()
+    assert artefact["metrics"]["train_tracks"] + artefact["metrics"]["val_tracks"] == warm
+    assert artefact["metrics"]["world_size"] == 2 and artefact["metrics"]["loss"] == "cosine"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_killed_worker_is_restarted_and_resumes_from_snapshot(tmp_path):
+    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path, n=160)
+    cmd = torchrun(tmp_path, mels_dir, factors, "--max-restarts=1") + ["--epochs", "14",
+                                                                       "--patience", "14"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (tmp_path / "snap.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    workers = child_pids(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    assert "resumed from" in output, output[-3000:]
+    resumed_after = int(output.split("resumed from")[1].split("after epoch")[1].split()[0])
+    assert 1 <= resumed_after < 14
+    _, artefact = load_model(tmp_path / "model.pt")
+    assert artefact["metrics"]["epochs"] == 14
+    assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9

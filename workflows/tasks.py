@@ -24,8 +24,9 @@ import jobs.als
 from jobs import demo_catalogue
 from jobs.mel import MelParams
 from jobs.spectrograms import run_dir
-from model.net import NetConfig
-from model.train import TrainConfig
+from model.losses import LOSSES
+from model.net import ARCHS
+from model.trainer import TrainConfig
 
 BIN = Path(sys.executable).parent
 
@@ -186,35 +187,49 @@ class MelSpectrograms(RunTask, JobTask):
 
 class TrainModel(RunTask, JobTask):
     """Train the audio CNN on warm tracks under torchrun (DDP)."""
+    arch = luigi.ChoiceParameter(choices=ARCHS, default="dieleman2014")
+    loss = luigi.ChoiceParameter(choices=LOSSES, default="mse")
     epochs = luigi.IntParameter(default=TrainConfig.epochs)
     batch_size = luigi.IntParameter(default=TrainConfig.batch_size)
     lr = luigi.FloatParameter(default=TrainConfig.lr)
     crop_frames = luigi.IntParameter(default=TrainConfig.crop_frames)
     patience = luigi.IntParameter(default=TrainConfig.patience)
     seed = luigi.IntParameter(default=TrainConfig.seed)
-    channels = luigi.ListParameter(default=list(NetConfig.channels))
-    dense = luigi.IntParameter(default=NetConfig.dense)
-    dropout = luigi.FloatParameter(default=NetConfig.dropout)
+    channels = luigi.ListParameter(default=[], description="conv widths; empty: the seeds' sizes")
+    dense = luigi.IntParameter(default=0, description="dense width; 0: the seeds' size")
+    dropout = luigi.FloatParameter(default=-1.0, description="dropout; negative: the seeds' rate")
     nproc = luigi.IntParameter(default=2, significant=False,
                                description="processes (GPUs) on this node")
+    max_restarts = luigi.IntParameter(default=3, significant=False,
+                                      description="torchrun restarts after a lost worker")
+    loader_workers = luigi.IntParameter(default=0, significant=False,
+                                        description="data-loader processes per rank")
 
     def requires(self):
-        return {"als": TrainAls(run_id=self.run_id), "mels": MelSpectrograms(run_id=self.run_id)}
+        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+                "mels": MelSpectrograms(run_id=self.run_id)}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("model").with_suffix(".pt"))
+        return luigi.LocalTarget(self.run_path(f"model-{self.arch}-{self.loss}").with_suffix(".pt"))
 
     def program_args(self):
         out = Path(self.output().path)
+        als = Path(self.input()["als"].path)
+        shape = (["--channels", *self.channels] if self.channels else []) + \
+            (["--dense", self.dense] if self.dense > 0 else []) + \
+            (["--dropout", self.dropout] if self.dropout >= 0 else [])
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={self.nproc}", "-m", "model.train",
+                f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
+                "-m", "model.train",
                 "--mels", Path(self.input()["mels"].path).parent,
-                "--item-factors", Path(self.input()["als"].path) / "item_factors",
+                "--item-factors", als / "item_factors", "--user-factors", als / "user_factors",
+                "--plays", self.input()["inputs"]["plays"].path,
                 "--out", out, "--snapshot", out.with_suffix(".snapshot"),
+                "--tensorboard", out.with_suffix(".tensorboard"),
+                "--arch", self.arch, "--loss", self.loss,
                 "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
                 "--crop-frames", self.crop_frames, "--patience", self.patience,
-                "--seed", self.seed, "--channels", *self.channels, "--dense", self.dense,
-                "--dropout", self.dropout]
+                "--seed", self.seed, "--loader-workers", self.loader_workers, *shape]
 
 
 class ScoreColdTracks(RunTask, JobTask):

@@ -1,0 +1,175 @@
+"""The training loop: epochs over streamed shards under DDP, validation, snapshots."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from jobs import storage
+from model.data import ShardStream
+from model.net import FactorNet
+
+logger = logging.getLogger(__name__)
+
+Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
+    val_fraction: float = 0.1
+    patience: int = 5  # epochs without validation improvement before stopping
+    seed: int = 0
+    loader_workers: int = 0  # data-loader processes per rank
+
+
+@dataclass
+class Progress:
+    """What a snapshot restores besides the weights."""
+    epoch: int = 0
+    best_loss: float = float("inf")
+    bad_epochs: int = 0
+    best_state: dict | None = None
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Trainer:
+    """Runs epochs, validates on all ranks, snapshots atomically and stops early.
+
+    A snapshot (weights, optimiser, progress) is written by rank 0 after every epoch;
+    a Trainer started where one exists resumes from it, which is how a run restarted
+    by torchrun (--max-restarts) continues after losing a worker.
+    """
+
+    def __init__(self, model: FactorNet, loss: Loss, train_data: ShardStream, val_data: ShardStream,
+                 config: TrainConfig, device: torch.device, snapshot: Path | None = None,
+                 tensorboard: Path | None = None, steps_per_epoch: int | None = None):
+        self.config, self.device, self.snapshot = config, device, snapshot
+        self.module = model.to(device)
+        self.loss = loss.to(device) if isinstance(loss, torch.nn.Module) else loss
+        self.model = DistributedDataParallel(self.module) if dist.is_initialized() else self.module
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.lr,
+                                          weight_decay=config.weight_decay)
+        self.train_data, self.val_data = train_data, val_data
+        loader = dict(batch_size=config.batch_size, num_workers=config.loader_workers,
+                      pin_memory=device.type == "cuda")
+        self.train_loader = DataLoader(train_data, **loader)
+        self.val_loader = DataLoader(val_data, **loader)
+        self.steps_per_epoch = steps_per_epoch
+        self.writer = None
+        if tensorboard is not None and is_main():
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(tensorboard))
+        self.progress = Progress()
+        if snapshot is not None and snapshot.exists():
+            self.load_snapshot()
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def batch_loss(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        mel = mel.to(self.device, non_blocking=True)
+        with self.autocast():
+            pred = self.model(mel)
+        return self.loss(pred.float(), target.to(self.device), index.to(self.device))
+
+    def run_batch(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.batch_loss(mel, target, index)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def run_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over this rank's share; returns (mean loss, clips seen)."""
+        self.model.train()
+        self.train_data.set_epoch(epoch)
+        losses, clips = [], 0
+        # Ranks may hold different numbers of examples: Join lets one run out early
+        # without the others hanging in gradient all-reduce.
+        joined = Join([self.model]) if dist.is_initialized() else contextlib.nullcontext()
+        with joined, tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="batch",
+                          disable=not is_main(), leave=False) as bar:
+            for mel, target, index in self.train_loader:
+                losses.append(self.run_batch(mel, target, index))
+                clips += len(mel)
+                bar.update()
+        return (float(np.mean(losses)) if losses else float("nan")), clips
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean validation loss over all ranks' validation examples."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for mel, target, index in self.val_loader:
+            total[0] += self.batch_loss(mel, target, index) * len(mel)
+            total[1] += len(mel)
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        return (total[0] / total[1]).item() if total[1] else float("nan")
+
+    def save_snapshot(self) -> None:
+        if not is_main() or self.snapshot is None:
+            return
+        tmp = storage.atomic_file(self.snapshot)
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "progress": dataclasses.asdict(self.progress)}, tmp)
+        os.replace(tmp, self.snapshot)
+
+    def load_snapshot(self) -> None:
+        saved = torch.load(self.snapshot, map_location=self.device, weights_only=False)
+        self.module.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.progress = Progress(**saved["progress"])
+        logger.info("resumed from %s after epoch %d", self.snapshot, self.progress.epoch)
+
+    def log_epoch(self, train_loss: float, val_loss: float, clips: int, seconds: float) -> None:
+        p = self.progress
+        logger.info("epoch %d: train loss %.4f, validation loss %.4f, %.0f clips/s on this rank",
+                    p.epoch, train_loss, val_loss, clips / max(seconds, 1e-9))
+        if self.writer is not None:
+            self.writer.add_scalar("loss/train", train_loss, p.epoch)
+            self.writer.add_scalar("loss/validation", val_loss, p.epoch)
+            self.writer.add_scalar("speed/clips_per_s_rank0", clips / max(seconds, 1e-9), p.epoch)
+            self.writer.flush()
+
+    def train(self) -> Progress:
+        """Train until ``epochs`` or ``patience`` epochs without improvement."""
+        p = self.progress
+        while p.epoch < self.config.epochs and p.bad_epochs < self.config.patience:
+            started = time.perf_counter()
+            train_loss, clips = self.run_epoch(p.epoch)
+            seconds = time.perf_counter() - started
+            val_loss = self.validate()
+            p.epoch += 1
+            if val_loss < p.best_loss:
+                p.best_loss, p.bad_epochs = val_loss, 0
+                p.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+            else:
+                p.bad_epochs += 1
+            self.log_epoch(train_loss, val_loss, clips, seconds)
+            self.save_snapshot()
+        if self.writer is not None:
+            self.writer.close()
+        return p
