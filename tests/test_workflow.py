@@ -43,9 +43,11 @@ epochs = 25
 patience = 6
 batch_size = 16
 crop_frames = 192
-channels = [32, 32, 64, 64]
-dense = 128
-dropout = 0.2
+net = {"dieleman2014": {"channels": [32, 32, 64, 64], "dense": 128, "dropout": 0.2},
+       "vandenoord2013": {"channels": [32, 32], "dense": 128, "dropout": 0.2}}
+
+[EvaluateColdStart]
+bow_codebook = 64
 """
 # Chance is 0.5; the audio model must do clearly better. Noise must not.
 MIN_AUC = 0.65
@@ -68,8 +70,25 @@ def only(pattern: str, root: Path) -> Path:
     return found[0]
 
 
+def method(report: dict, name: str) -> dict:
+    return next(m for m in report["methods"] if m["method"] == name)
+
+
 def ranks_above_chance(report: dict) -> bool:
-    return report["users"] > 50 and report["auc"] >= MIN_AUC
+    """The check on the chain's product: the default model's cold-track AUC."""
+    return report["users"] > 50 and method(report, "CNN dieleman2014, mse loss")["auc"] >= MIN_AUC
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +107,8 @@ def killed_then_resumed(tmp_path_factory):
     time.sleep(3)  # let training start
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(2)
+    assert not processes_mentioning(str(root)), "processes of the killed run are still alive"
     killed = {p.name: p.stat().st_ino for p in (root / "data" / "runs" / "backfill").iterdir()}
     second = run_chain(root)
     return root, killed, second
@@ -129,6 +150,20 @@ def test_cold_tracks_rank_held_out_plays_above_chance(killed_then_resumed):
     root, _, _ = killed_then_resumed
     report = json.loads(only("runs/backfill/evaluation-*.json", root).read_text())
     assert ranks_above_chance(report), report
+
+
+def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
+    root, _, _ = killed_then_resumed
+    evaluation = only("runs/backfill/evaluation-*.json", root)
+    report = json.loads(evaluation.read_text())
+    auc = {m["method"]: m["auc"] for m in report["methods"]}
+    assert set(auc) == {"random", "bag-of-words + linear regression", "CNN dieleman2014, mse loss",
+                        "CNN dieleman2014, cosine loss", "CNN dieleman2014, wpe loss",
+                        "CNN vandenoord2013, mse loss", "upper bound (ALS sees the plays)"}
+    cnn = auc["CNN dieleman2014, mse loss"]
+    assert auc["random"] < auc["bag-of-words + linear regression"] < cnn < \
+        auc["upper bound (ALS sees the plays)"], report
+    assert "| method | mAP@500 | AUC | cosine distance |" in evaluation.with_suffix(".md").read_text()
 
 
 def test_noise_audio_fails_the_same_check(tmp_path):

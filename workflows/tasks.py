@@ -195,9 +195,10 @@ class TrainModel(RunTask, JobTask):
     crop_frames = luigi.IntParameter(default=TrainConfig.crop_frames)
     patience = luigi.IntParameter(default=TrainConfig.patience)
     seed = luigi.IntParameter(default=TrainConfig.seed)
-    channels = luigi.ListParameter(default=[], description="conv widths; empty: the seeds' sizes")
-    dense = luigi.IntParameter(default=0, description="dense width; 0: the seeds' size")
-    dropout = luigi.FloatParameter(default=-1.0, description="dropout; negative: the seeds' rate")
+    net = luigi.DictParameter(
+        default={}, description="network sizes per architecture, e.g. {\"dieleman2014\": "
+        "{\"channels\": [64, 64, 128, 128], \"dense\": 256}}; what is not given takes the "
+        "seeds' sizes (keys: channels, pools, dense, dropout, window_frames)")
     nproc = luigi.IntParameter(default=2, significant=False,
                                description="processes (GPUs) on this node")
     max_restarts = luigi.IntParameter(default=3, significant=False,
@@ -215,9 +216,9 @@ class TrainModel(RunTask, JobTask):
     def program_args(self):
         out = Path(self.output().path)
         als = Path(self.input()["als"].path)
-        shape = (["--channels", *self.channels] if self.channels else []) + \
-            (["--dense", self.dense] if self.dense > 0 else []) + \
-            (["--dropout", self.dropout] if self.dropout >= 0 else [])
+        shape = []
+        for key, value in self.net.get(self.arch, {}).items():
+            shape += [f"--{key.replace('_', '-')}", *(value if isinstance(value, (list, tuple)) else [value])]
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
                 "-m", "model.train",
@@ -251,21 +252,29 @@ class ScoreColdTracks(RunTask, JobTask):
 
 
 class EvaluateColdStart(RunTask, JobTask):
-    """Mean per-user AUC and mAP of the cold tracks' predicted factors on held-out plays."""
+    """The paper's table on the held-out tracks: random, bag-of-words, each CNN, upper bound."""
+    models = luigi.ListParameter(
+        default=["dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe", "vandenoord2013:mse"],
+        description="the CNNs to compare, as architecture:loss")
+    bow_codebook = luigi.IntParameter(default=256, description="k-means words of the baseline")
 
     def requires(self):
+        models = [TrainModel(run_id=self.run_id, arch=m.split(":")[0], loss=m.split(":")[1])
+                  for m in self.models]
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
-                "factors": ScoreColdTracks(run_id=self.run_id)}
+                "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def output(self):
         return luigi.LocalTarget(self.run_path("evaluation").with_suffix(".json"))
 
     def program_args(self):
+        als = Path(self.input()["als"].path)
+        models = [arg for target in self.input()["models"] for arg in ("--model", target.path)]
         return [sys.executable, "-m", "jobs.evaluate",
-                "--user-factors", Path(self.input()["als"].path) / "user_factors",
-                "--track-factors", Path(self.input()["factors"].path) / "predicted_factors.parquet",
+                "--user-factors", als / "user_factors", "--item-factors", als / "item_factors",
                 "--heldout-plays", self.input()["inputs"]["heldout_plays"].path,
-                "--out", self.output().path]
+                "--mels", Path(self.input()["mels"].path).parent, *models,
+                "--bow-codebook", self.bow_codebook, "--out", self.output().path]
 
 
 class BackfillFactors(luigi.WrapperTask):
