@@ -15,9 +15,11 @@ needs: architecture, weights, input statistics, mel parameters, output scale, ve
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -38,6 +40,21 @@ from model.net import ARCHS, NetConfig, build_net
 from model.trainer import TrainConfig, Trainer, is_main
 
 logger = logging.getLogger(__name__)
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, have the kernel kill this worker when the launcher dies.
+
+    torchrun starts workers in sessions of their own, so killing a scheduler's
+    process group leaves them running, blocked forever in a collective and possibly
+    writing outputs after the run was stopped. PR_SET_PDEATHSIG (Linux) prevents that.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the request took effect
+        os._exit(1)
 
 
 def setup_distributed() -> torch.device:
@@ -178,6 +195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
