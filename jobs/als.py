@@ -4,10 +4,26 @@ Runs under spark-submit (the master comes from spark-submit), as
 ``python -m jobs.als``, or from the Luigi chain:
 
     spark-submit jobs/als.py --plays plays.parquet --out /data/als --rank 50
+    spark-submit --master yarn jobs/als.py --plays hdfs:///msd/train_triplets.txt \\
+        --out /data/als --format triplets --blocks 64
 
-The paper's confidence is c = 1 + alpha * log(1 + r / eps). Spark's implicit ALS
-uses c = 1 + alpha * r', so we feed it r' = log(1 + r / eps) and the two objectives
-are the same (van den Oord et al. 2013, eq. 2-3).
+Inputs: Parquet, CSV with a header line, or the MSD Taste Profile triplets
+(``user<TAB>song<TAB>count``, no header), chosen by --format or the extension.
+Every row that cannot be used (malformed line, empty id, missing, non-numeric or
+non-positive count) goes to quarantine/ with its reason; duplicate (user, track)
+rows are summed. The job fails, naming the input, when the unusable fraction of
+rows is above --max-bad-fraction.
+
+Objective. The paper's confidence is c = 1 + alpha * log(1 + r / eps). Spark's
+implicit ALS uses c = 1 + alpha * r', so we feed it r' = log(1 + r / eps) and the
+confidences are the same (van den Oord et al. 2013, eq. 2). Spark then minimises
+
+    sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + reg * (sum_u n_u |x_u|^2 + sum_i n_i |y_i|^2)
+
+over all (user, track) pairs, p_ui = 1 for played pairs, 0 otherwise; n_u and n_i
+count the plays of user u and track i. That is the paper's eq. 3 with the
+regularisation of each row scaled by its number of plays ("ALS-WR"), so ``--reg``
+is per play, not the paper's lambda.
 
 Output directory (appears atomically, every table a directory of Parquet parts):
     user_factors/  schemas.USER_FACTORS      item_factors/  schemas.ITEM_FACTORS
@@ -26,9 +42,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from py4j.protocol import Py4JJavaError
+from pyspark import StorageLevel
+from pyspark.errors import PySparkException
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
 # spark-submit runs this file as a script: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,10 +58,28 @@ from jobs import storage  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+FORMATS = ("parquet", "csv", "triplets")
+_FORMAT_OF_EXTENSION = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
+                        ".tsv": "triplets", ".txt": "triplets", ".triplets": "triplets"}
+_COMPRESSION_EXTENSIONS = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".snappy", ".deflate"}
+# Text readers put a line whose number of fields is wrong here (Spark's PERMISSIVE mode).
+MALFORMED = "_malformed_line"
+STORAGE_LEVELS = ("MEMORY_ONLY", "MEMORY_ONLY_SER", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER",
+                  "DISK_ONLY")
+
+
+class PlaysInputError(ValueError):
+    """The play-count input cannot be used; the message names the input and why."""
+
 
 @dataclass(frozen=True)
 class AlsParams:
-    """Hyper-parameters of the factorisation; all of them change the result."""
+    """Hyper-parameters of the factorisation; all of them change the result.
+
+    ``blocks`` (user and item blocks of Spark's ALS) also fixes the random
+    initialisation; None means one block per core (Spark's default parallelism),
+    and the number used is recorded with the factors.
+    """
     rank: int = 32
     reg: float = 0.1
     alpha: float = 10.0
@@ -49,54 +87,295 @@ class AlsParams:
     iterations: int = 15
     seed: int = 42
     checkpoint_interval: int = 5
+    blocks: int | None = None
 
 
-def extract(spark: SparkSession, plays_path: str) -> DataFrame:
-    """Read a play-count table (Parquet, schemas.PLAYS columns)."""
-    return spark.read.parquet(plays_path).select(*schemas.PLAYS.names)
+@dataclass(frozen=True)
+class AlsTuning:
+    """Settings that change speed and memory use, never the factors."""
+    intermediate_storage: str = "MEMORY_AND_DISK"
+    final_storage: str = "MEMORY_AND_DISK"
+    cache_ratings: bool = True
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read and validate the play-count table.
+
+    ``format`` is one of FORMATS or "auto" (by extension; Parquet when there is
+    none). The column names apply to Parquet and CSV; triplets are positional.
+    """
+    format: str = "auto"
+    user_column: str = "user_id"
+    track_column: str = "track_id"
+    plays_column: str = "plays"
+    delimiter: str = ","
+    max_bad_fraction: float = 0.01
+
+
+@dataclass(frozen=True)
+class ValidPlays:
+    """Validated plays: ``usable`` (user_id, track_id, plays double, one row per
+    pair), ``quarantined`` (schemas.QUARANTINED_PLAYS columns) and the number of
+    input rows per reason (None: usable)."""
+    usable: DataFrame
+    quarantined: DataFrame
+    row_counts: dict
+
+
+def _format_of_name(name: str) -> str | None:
+    path = Path(name.rstrip("/"))
+    suffixes = [s.lower() for s in path.suffixes]
+    while suffixes and suffixes[-1] in _COMPRESSION_EXTENSIONS:
+        suffixes.pop()
+    return _FORMAT_OF_EXTENSION.get(suffixes[-1]) if suffixes else None
+
+
+def local_path(path: str) -> Path | None:
+    """``path`` on the local file system, or None for other file systems (hdfs://...)."""
+    if path.startswith("file:"):
+        return Path("/" + path.removeprefix("file:").lstrip("/"))
+    return None if "://" in path else Path(path)
+
+
+def plays_format(plays_path: str, requested: str = "auto") -> str:
+    """The input format: ``requested``, else by the extension of the path or of
+    the files in a local directory, else Parquet."""
+    if requested != "auto":
+        if requested not in FORMATS:
+            raise PlaysInputError(f"{plays_path}: unknown format {requested!r}; use one of {FORMATS}")
+        return requested
+    names = [plays_path]
+    local = local_path(plays_path)
+    if local is not None and local.is_dir():
+        names = [p.name for p in local.iterdir() if not p.name.startswith(("_", "."))]
+    found = {_format_of_name(name) for name in names} - {None}
+    if len(found) > 1:
+        raise PlaysInputError(f"{plays_path}: holds files of several formats {sorted(found)}; "
+                              "choose one with --format")
+    return found.pop() if found else "parquet"
+
+
+def _column(name: str) -> Column:
+    """A column by its exact name, even with dots or spaces in it."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _read_text(spark: SparkSession, plays_path: str, names: list[str], delimiter: str,
+               header: bool) -> DataFrame:
+    """Delimited text, every field a string; a line with the wrong number of fields
+    keeps what it has and its raw text in MALFORMED."""
+    schema = StructType([StructField(name, StringType()) for name in names]
+                        + [StructField(MALFORMED, StringType())])
+    return (spark.read.schema(schema).option("sep", delimiter).option("header", header)
+            .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", MALFORMED)
+            .csv(plays_path))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def extract(spark: SparkSession, plays_path: str, options: InputOptions = InputOptions()) -> DataFrame:
+    """Read a play-count table as columns user_id, track_id (strings) and plays
+    (as stored: numeric in Parquet, text otherwise), plus MALFORMED for text input.
+
+    Raises PlaysInputError naming ``plays_path`` when it cannot be read or lacks
+    a column.
+    """
+    fmt = plays_format(plays_path, options.format)
+    wanted = [options.user_column, options.track_column, options.plays_column]
+    try:
+        if fmt == "parquet":
+            table = spark.read.parquet(plays_path)
+        elif fmt == "csv":
+            header = spark.read.option("header", True).option("sep", options.delimiter).csv(plays_path)
+            table = _read_text(spark, plays_path, header.columns, options.delimiter, header=True)
+        else:
+            wanted = list(schemas.PLAYS.names)
+            table = _read_text(spark, plays_path, wanted, "\t", header=False)
+    except (PySparkException, Py4JJavaError) as err:
+        raise PlaysInputError(f"cannot read plays from {plays_path} as {fmt} (set --format "
+                              f"if that is wrong): {_first_line(err)}") from err
+    missing = [name for name in wanted if name not in table.columns]
+    if missing:
+        raise PlaysInputError(
+            f"{plays_path} ({fmt}) has no column {missing}; it has {table.columns}. Name the "
+            "columns with --user-column/--track-column/--plays-column, or set --format")
+    columns = [_column(wanted[0]).cast("string").alias("user_id"),
+               _column(wanted[1]).cast("string").alias("track_id"),
+               _column(wanted[2]).alias("plays")]
+    if MALFORMED in table.columns:
+        columns.append(MALFORMED)
+    return table.select(*columns)
+
+
+def tag_rows(plays: DataFrame) -> DataFrame:
+    """Add ``count`` (the play count as a double) and ``reason`` (why the row
+    cannot be used; null when it can) to extracted plays."""
+    raw = F.col("plays")
+    if isinstance(plays.schema["plays"].dataType, NumericType):
+        missing, count = raw.isNull(), raw.cast("double")
+    else:
+        text = F.trim(raw.cast("string"))
+        missing, count = raw.isNull() | (text == ""), text.try_cast("double")
+
+    def empty(name: str) -> Column:
+        return F.col(name).isNull() | (F.trim(name) == "")
+
+    malformed = F.col(MALFORMED).isNotNull() if MALFORMED in plays.columns else F.lit(False)
+    reason = (F.when(malformed, "malformed line")
+              .when(empty("user_id"), "empty user_id")
+              .when(empty("track_id"), "empty track_id")
+              .when(missing, "missing play count")
+              .when(count.isNull() | F.isnan(count) | (F.abs(count) == float("inf")),
+                    "non-numeric play count")
+              .when(count <= 0, "non-positive play count"))
+    return plays.withColumn("count", count).withColumn("reason", reason)
 
 
 def split_valid(plays: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Split rows into (usable, quarantined); quarantined rows carry a ``reason``.
+    """Split extracted plays into (usable, quarantined).
 
-    Usable rows have non-empty ids and a positive count; duplicates of a
-    (user, track) pair are summed into one row.
+    Usable rows have non-empty ids and a positive, finite count; duplicates of a
+    (user, track) pair are summed into one row (plays: double). Quarantined rows
+    keep their raw values (plays as text) and carry a ``reason``.
     """
-    reason = (F.when(F.col("user_id").isNull() | (F.trim("user_id") == ""), "empty user_id")
-               .when(F.col("track_id").isNull() | (F.trim("track_id") == ""), "empty track_id")
-               .when(F.col("plays").isNull(), "missing play count")
-               .when(F.col("plays") <= 0, "non-positive play count"))
-    tagged = plays.withColumn("reason", reason)
+    tagged = tag_rows(plays)
     quarantined = (tagged.where(F.col("reason").isNotNull())
-                   .withColumn("plays", F.col("plays").cast("string")))
+                   .select("user_id", "track_id", F.col("plays").cast("string").alias("plays"),
+                           "reason"))
     usable = (tagged.where(F.col("reason").isNull())
-              .groupBy("user_id", "track_id").agg(F.sum("plays").alias("plays")))
+              .groupBy("user_id", "track_id").agg(F.sum("count").alias("plays")))
     return usable, quarantined
 
 
+def row_counts(plays: DataFrame) -> dict:
+    """Number of extracted rows per quarantine reason; key None counts usable rows."""
+    return {row["reason"]: row["count"]
+            for row in tag_rows(plays).groupBy("reason").count().collect()}
+
+
+def check_bad_fraction(counts: dict, plays_path: str, max_bad_fraction: float,
+                       quarantined: DataFrame | None = None) -> None:
+    """Raise PlaysInputError naming ``plays_path`` when no row is usable or the
+    unusable fraction of rows is above ``max_bad_fraction``; a few of the
+    ``quarantined`` rows are shown as examples."""
+    total = sum(counts.values())
+    bad = dict(sorted((reason, n) for reason, n in counts.items() if reason is not None))
+    n_bad = sum(bad.values())
+    if total == 0:
+        raise PlaysInputError(f"{plays_path}: no rows")
+    if n_bad < total and n_bad / total <= max_bad_fraction:
+        return
+    examples = [] if quarantined is None else [row.asDict() for row in quarantined.limit(3).collect()]
+    shown = "".join(f"\n  {row}" for row in examples)
+    what = (f"none of its {total} rows can be used" if n_bad == total else
+            f"{n_bad} of {total} rows ({n_bad / total:.2%}) cannot be used, above the bound of "
+            f"{max_bad_fraction:.2%} (--max-bad-fraction)")
+    raise PlaysInputError(f"{plays_path}: {what}: {bad}" + (f"; for example:{shown}" if shown else ""))
+
+
+def read_valid_plays(spark: SparkSession, plays_path: str,
+                     options: InputOptions = InputOptions()) -> ValidPlays:
+    """Extract and validate plays, logging the count of each kind of bad row and
+    of duplicates. Both tables come back persisted (unpersist them when done).
+
+    Raises PlaysInputError naming ``plays_path`` when it cannot be read, or when
+    the unusable fraction passes ``options.max_bad_fraction``.
+    """
+    raw = extract(spark, plays_path, options).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        try:
+            counts = row_counts(raw)  # the first full read: a broken file shows up here
+        except (PySparkException, Py4JJavaError) as err:
+            raise PlaysInputError(f"cannot read plays from {plays_path}: "
+                                  f"{_first_line(err)}") from err
+        usable, quarantined = split_valid(raw)
+        check_bad_fraction(counts, plays_path, options.max_bad_fraction, quarantined)
+        usable = usable.persist(StorageLevel.MEMORY_AND_DISK)
+        quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
+        n_pairs = usable.count()
+        quarantined.count()
+    finally:
+        raw.unpersist()
+    n_rows, n_valid = sum(counts.values()), counts.get(None, 0)
+    for reason, n in sorted((r, n) for r, n in counts.items() if r is not None):
+        logger.warning("%s: %d rows quarantined: %s", plays_path, n, reason)
+    logger.info("%s: %d rows, %d usable, %d quarantined, %d duplicate (user, track) rows; "
+                "%d distinct pairs", plays_path, n_rows, n_valid, n_rows - n_valid,
+                n_valid - n_pairs, n_pairs)
+    return ValidPlays(usable, quarantined, counts)
+
+
 def index_ids(plays: DataFrame, column: str, index_column: str) -> DataFrame:
-    """A dense int index for the distinct values of ``column``, in sorted order.
+    """A dense int index 0..n-1 of the distinct values of ``column``, in sorted order.
 
     Sorting first makes the dictionary the same on every run over the same data.
+    Distributed: each sorted partition numbers its rows, offset by the sizes of the
+    partitions before it. Returns a persisted DataFrame (unpersist when done).
     """
-    distinct = plays.select(column).distinct().orderBy(column)
-    return (distinct.rdd.zipWithIndex()
-            .map(lambda pair: (pair[0][0], pair[1]))
-            .toDF([column, index_column])
-            .withColumn(index_column, F.col(index_column).cast("int")))
+    ordered = (plays.select(column).distinct().orderBy(column)
+               .withColumn("_position", F.monotonically_increasing_id())  # (partition << 33) + row
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    partition = F.shiftrightunsigned("_position", 33)
+    sizes = ordered.groupBy(partition.alias("_partition")).count().orderBy("_partition").collect()
+    offsets, total = [], 0
+    for row in sizes:
+        offsets.append((row["_partition"], total))
+        total += row["count"]
+    if total >= 2 ** 31:
+        raise ValueError(f"{total} distinct {column} values: more than Spark's ALS can index")
+    offset_of = ordered.sparkSession.createDataFrame(offsets, "_partition long, _offset long")
+    indexed = (ordered.withColumn("_partition", partition)
+               .join(F.broadcast(offset_of), "_partition")
+               .select(column, (F.col("_offset") + F.col("_position").bitwiseAND((1 << 33) - 1))
+                       .cast("int").alias(index_column))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    indexed.count()
+    ordered.unpersist()
+    return indexed
 
 
-def transform(plays: DataFrame, user_ids: DataFrame, track_ids: DataFrame,
-              params: AlsParams) -> ALSModel:
-    """Fit implicit ALS with the paper's log confidence on usable, indexed plays."""
-    ratings = (plays.join(user_ids, "user_id").join(track_ids, "track_id")
-               .select("user_index", "track_index",
-                       F.log1p(F.col("plays") / params.eps).alias("confidence")))
+def ratings(plays: DataFrame, user_ids: DataFrame, track_ids: DataFrame, eps: float) -> DataFrame:
+    """Indexed plays as Spark's implicit ratings: (user_index, track_index, strength).
+
+    strength = log(1 + plays / eps) (float), so that Spark's confidence
+    1 + alpha * strength is the paper's c = 1 + alpha * log(1 + r / eps).
+    """
+    return (plays.join(user_ids, "user_id").join(track_ids, "track_id")
+            .select("user_index", "track_index",
+                    F.log1p(F.col("plays") / eps).cast("float").alias("strength")))
+
+
+def fit(data: DataFrame, params: AlsParams, tuning: AlsTuning = AlsTuning()) -> ALSModel:
+    """Fit implicit ALS on ``ratings``-shaped data (user_index, track_index, strength).
+
+    ``params.blocks`` None uses Spark's default of 10 blocks (run() resolves it to
+    the session's parallelism first). Spark keeps the final factors persisted at
+    ``tuning.final_storage``.
+    """
+    if tuning.cache_ratings:
+        data = data.persist(StorageLevel.MEMORY_AND_DISK)
+    blocks = params.blocks or 10
     als = ALS(rank=params.rank, maxIter=params.iterations, regParam=params.reg,
               implicitPrefs=True, alpha=params.alpha, seed=params.seed,
               checkpointInterval=params.checkpoint_interval,
-              userCol="user_index", itemCol="track_index", ratingCol="confidence")
-    return als.fit(ratings.cache())
+              numUserBlocks=blocks, numItemBlocks=blocks,
+              intermediateStorageLevel=tuning.intermediate_storage,
+              finalStorageLevel=tuning.final_storage,
+              userCol="user_index", itemCol="track_index", ratingCol="strength")
+    model = als.fit(data)
+    if tuning.cache_ratings:
+        data.unpersist()
+    return model
+
+
+def transform(plays: DataFrame, user_ids: DataFrame, track_ids: DataFrame,
+              params: AlsParams, tuning: AlsTuning = AlsTuning()) -> ALSModel:
+    """Fit implicit ALS with the paper's log confidence on usable, indexed plays."""
+    return fit(ratings(plays, user_ids, track_ids, params.eps), params, tuning)
 
 
 def named_factors(factors: DataFrame, ids: DataFrame, id_column: str,
@@ -134,44 +413,77 @@ def write_parquet(df: DataFrame, directory: Path, schema: pa.Schema,
     return written
 
 
+def resolve_blocks(spark: SparkSession, params: AlsParams) -> AlsParams:
+    """``params`` with ``blocks`` set: as given, else the session's parallelism."""
+    if params.blocks:
+        return params
+    return dataclasses.replace(params, blocks=spark.sparkContext.defaultParallelism)
+
+
 def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
-        checkpoint_dir: str | None = None) -> None:
-    """Extract, validate, factorise and write every output table under ``out``."""
+        checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
+        tuning: AlsTuning = AlsTuning()) -> None:
+    """Extract, validate, factorise and write every output table under ``out``.
+
+    Raises PlaysInputError (nothing written) when the input cannot be used.
+    """
+    params = resolve_blocks(spark, params)
     meta = dataclasses.asdict(params)
     with storage.atomic_dir(out) as tmp:
+        # Without a checkpoint directory Spark silently skips checkpointing, and long
+        # runs die of StackOverflowError on the factors' lineage.
         spark.sparkContext.setCheckpointDir(checkpoint_dir or str(tmp / "_checkpoints"))
-        usable, quarantined = split_valid(extract(spark, plays_path))
-        usable = usable.cache()
-        n_bad = write_parquet(quarantined, tmp / "quarantine", schemas.QUARANTINED_PLAYS)
-        user_ids = index_ids(usable, "user_id", "user_index").cache()
-        track_ids = index_ids(usable, "track_id", "track_index").cache()
-        model = transform(usable, user_ids, track_ids, params)
+        plays = read_valid_plays(spark, plays_path, options)
+        n_bad = write_parquet(plays.quarantined, tmp / "quarantine", schemas.QUARANTINED_PLAYS)
+        user_ids = index_ids(plays.usable, "user_id", "user_index")
+        track_ids = index_ids(plays.usable, "track_id", "track_index")
+        model = transform(plays.usable, user_ids, track_ids, params, tuning)
         write_parquet(user_ids, tmp / "user_ids", schemas.USER_IDS)
         write_parquet(track_ids, tmp / "track_ids", schemas.TRACK_IDS)
         n_users = write_parquet(named_factors(model.userFactors, user_ids, "user_id", "user_index"),
                                 tmp / "user_factors", schemas.USER_FACTORS, meta)
         n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
                                 tmp / "item_factors", schemas.ITEM_FACTORS, meta)
+        for table in (plays.usable, plays.quarantined, user_ids, track_ids):
+            table.unpersist()
         if checkpoint_dir is None:
             shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
-    logger.info("ALS rank %d: %d users, %d tracks, %d quarantined rows -> %s",
-                params.rank, n_users, n_items, n_bad, out)
+    logger.info("ALS rank %d, %d blocks: %d users, %d tracks, %d quarantined rows -> %s",
+                params.rank, params.blocks, n_users, n_items, n_bad, out)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = AlsParams()
-    parser = argparse.ArgumentParser(
-        prog="jobs/als.py", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that say how to read and validate the plays (InputOptions)."""
+    defaults = InputOptions()
     parser.add_argument("--plays", required=True,
-                        help="play-count table: Parquet file or directory with columns "
-                             "user_id, track_id, plays")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="output directory; must not exist, appears when complete")
+                        help="play-count table: a Parquet, CSV or triplet file, or a directory "
+                             "of them; any path Spark reads (local, hdfs://, s3a://)")
+    parser.add_argument("--format", default=defaults.format, choices=("auto",) + FORMATS,
+                        help="input format; auto: by extension (.parquet/.pq, .csv, "
+                             ".tsv/.txt/.triplets, optionally compressed), Parquet when there "
+                             "is none (default %(default)s). CSV needs a header line; triplets "
+                             "are the MSD Taste Profile's user<TAB>song<TAB>count, no header")
+    parser.add_argument("--user-column", default=defaults.user_column,
+                        help="user id column of Parquet/CSV input (default %(default)s)")
+    parser.add_argument("--track-column", default=defaults.track_column,
+                        help="track id column of Parquet/CSV input (default %(default)s)")
+    parser.add_argument("--plays-column", default=defaults.plays_column,
+                        help="play count column of Parquet/CSV input (default %(default)s)")
+    parser.add_argument("--delimiter", default=defaults.delimiter,
+                        help="field delimiter of CSV input, e.g. '\\t' (default %(default)r)")
+    parser.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
+                        help="fail when more than this fraction of input rows cannot be used "
+                             "(default %(default)s)")
+
+
+def add_als_arguments(parser: argparse.ArgumentParser) -> None:
+    """The factorisation's arguments (AlsParams) and speed settings (AlsTuning)."""
+    defaults, tuning = AlsParams(), AlsTuning()
     parser.add_argument("--rank", type=int, default=defaults.rank,
                         help="number of latent factors (default %(default)s)")
     parser.add_argument("--reg", type=float, default=defaults.reg,
-                        help="L2 regularisation lambda (default %(default)s)")
+                        help="L2 regularisation per play: row u is regularised by reg * n_u, "
+                             "its number of plays (Spark's ALS-WR) (default %(default)s)")
     parser.add_argument("--alpha", type=float, default=defaults.alpha,
                         help="confidence scale alpha in c = 1 + alpha*log(1 + r/eps) "
                              "(default %(default)s)")
@@ -181,24 +493,69 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ALS sweeps (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="random seed of the factor initialisation (default %(default)s)")
+    parser.add_argument("--blocks", type=int, default=defaults.blocks,
+                        help="user and item blocks of Spark's ALS; they also fix the random "
+                             "initialisation, so pin them to reproduce factors on another cluster "
+                             "(default: one per core, Spark's default parallelism)")
     parser.add_argument("--checkpoint-interval", type=int, default=defaults.checkpoint_interval,
                         help="iterations between RDD checkpoints, which keep lineage short "
                              "(default %(default)s)")
     parser.add_argument("--checkpoint-dir",
                         help="checkpoint directory visible to all executors (HDFS/S3 on a "
                              "cluster); default: a scratch folder inside the output")
+    parser.add_argument("--intermediate-storage", default=tuning.intermediate_storage,
+                        choices=STORAGE_LEVELS,
+                        help="storage level of ALS's blocks during the iterations "
+                             "(default %(default)s)")
+    parser.add_argument("--final-storage", default=tuning.final_storage, choices=STORAGE_LEVELS,
+                        help="storage level of the final factors (default %(default)s)")
+    parser.add_argument("--no-cache-ratings", dest="cache_ratings", action="store_false",
+                        help="do not cache the indexed ratings before the fit")
+
+
+def input_options(args: argparse.Namespace) -> InputOptions:
+    delimiter = {"\\t": "\t"}.get(args.delimiter, args.delimiter)  # '\t' as typed in a shell
+    return InputOptions(format=args.format, user_column=args.user_column,
+                        track_column=args.track_column, plays_column=args.plays_column,
+                        delimiter=delimiter, max_bad_fraction=args.max_bad_fraction)
+
+
+def als_params(args: argparse.Namespace) -> AlsParams:
+    return AlsParams(rank=args.rank, reg=args.reg, alpha=args.alpha, eps=args.eps,
+                     iterations=args.iterations, seed=args.seed,
+                     checkpoint_interval=args.checkpoint_interval, blocks=args.blocks)
+
+
+def als_tuning(args: argparse.Namespace) -> AlsTuning:
+    return AlsTuning(intermediate_storage=args.intermediate_storage,
+                     final_storage=args.final_storage, cache_ratings=args.cache_ratings)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobs/als.py", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_input_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output directory; must not exist, appears when complete")
+    add_als_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    params = AlsParams(rank=args.rank, reg=args.reg, alpha=args.alpha, eps=args.eps,
-                       iterations=args.iterations, seed=args.seed,
-                       checkpoint_interval=args.checkpoint_interval)
+    local = local_path(args.plays)
+    if local is not None and not local.exists():  # say so before starting Spark
+        logger.error("cannot read plays from %s: no such file or directory", args.plays)
+        return 1
     spark = SparkSession.builder.appName("coldstart-als").getOrCreate()
     try:
-        run(spark, args.plays, args.out, params, args.checkpoint_dir)
+        run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
+            input_options(args), als_tuning(args))
+    except (PlaysInputError, FileExistsError) as err:
+        logger.error("%s", err)
+        return 1
     finally:
         spark.stop()
     return 0

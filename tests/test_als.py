@@ -1,6 +1,10 @@
 """ALS job on a real local Spark session."""
+import dataclasses
+import gzip
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,12 +34,13 @@ def als_out(spark, tmp_path_factory):
                     "plays": [0, 3, 4, -2, 5, 7]})
     pq.write_table(pa.concat_tables([table, bad]), root / "plays.parquet")
     params = als.AlsParams(rank=4, iterations=10, reg=0.05)
-    als.run(spark, str(root / "plays.parquet"), root / "out", params)
-    return root / "out", table, params
+    options = als.InputOptions(max_bad_fraction=0.05)  # 4 bad rows of 231
+    als.run(spark, str(root / "plays.parquet"), root / "out", params, options=options)
+    return root / "out", table, params, options
 
 
-def test_outputs_follow_schemas(als_out):
-    out, _, params = als_out
+def test_outputs_follow_schemas(spark, als_out):
+    out, _, params, _ = als_out
     for name, schema in [("user_factors", schemas.USER_FACTORS), ("item_factors", schemas.ITEM_FACTORS),
                          ("user_ids", schemas.USER_IDS), ("track_ids", schemas.TRACK_IDS),
                          ("quarantine", schemas.QUARANTINED_PLAYS)]:
@@ -45,11 +50,13 @@ def test_outputs_follow_schemas(als_out):
             assert [f.type for f in schemas.conform(found.empty_table(), schema).schema] == schema.types
     meta = schemas.params_of(pq.read_schema(next((out / "item_factors").glob("*.parquet"))))
     assert meta["rank"] == params.rank and meta["alpha"] == params.alpha
+    assert meta["blocks"] == spark.sparkContext.defaultParallelism, "the block count used is recorded"
     assert not list(out.parent.glob(".tmp-*")), "temporary directory left behind"
+    assert not (out / "_checkpoints").exists()
 
 
 def test_factors_recover_blocks(als_out):
-    out, table, params = als_out
+    out, table, params, _ = als_out
     users = storage.read_table(out / "user_factors", schemas.USER_FACTORS)
     items = storage.read_table(out / "item_factors", schemas.ITEM_FACTORS)
     x, y = factor_matrix(users), factor_matrix(items)
@@ -62,7 +69,7 @@ def test_factors_recover_blocks(als_out):
 
 
 def test_bad_rows_quarantined_and_duplicates_summed(als_out):
-    out, table, _ = als_out
+    out, table, _, _ = als_out
     quarantined = storage.read_table(out / "quarantine", schemas.QUARANTINED_PLAYS).to_pylist()
     reasons = sorted(r["reason"] for r in quarantined)
     assert reasons == ["empty user_id", "empty user_id", "non-positive play count",
@@ -81,17 +88,223 @@ def test_split_valid_sums_duplicates(spark):
 
 
 def test_same_seed_same_factors(spark, tmp_path, als_out):
-    _, table, params = als_out
-    pq.write_table(table, tmp_path / "plays.parquet")
-    runs = []
-    for name in ("a", "b"):
-        als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / name, params)
-        items = storage.read_table(tmp_path / name / "item_factors", schemas.ITEM_FACTORS)
-        runs.append(items.sort_by("track_id"))
+    out, _, params, options = als_out
+    als.run(spark, str(out.parent / "plays.parquet"), tmp_path / "again", params, options=options)
+    runs = [storage.read_table(where / "item_factors", schemas.ITEM_FACTORS).sort_by("track_id")
+            for where in (out, tmp_path / "again")]
     np.testing.assert_allclose(factor_matrix(runs[0]), factor_matrix(runs[1]), rtol=1e-5, atol=1e-6)
 
 
 def test_existing_output_is_refused(spark, als_out):
-    out, _, params = als_out
+    out, _, params, _ = als_out
     with pytest.raises(FileExistsError):
         als.run(spark, str(out.parent / "plays.parquet"), out, params)
+
+
+# --- input formats and validation -------------------------------------------------------
+
+TRIPLET_LINES = [
+    "u1\tt1\t3", "u1\tt1\t2",      # a duplicate pair: summed to 5
+    "u2\tt2",                      # too few fields
+    "u3\tt3\t4\textra",            # too many fields
+    "u4\tt4\tabc", "u5\tt5\tNaN",  # not numbers
+    "\tt6\t2", "u7\t\t2",          # empty ids
+    "u8\tt8\t",                    # no count
+    "u9\tt9\t-1", "u9\tt10\t0",    # not positive
+    "u11\tt11\t 7 ", "u12\tt12\t2.5",
+]
+EXPECTED_REASONS = {"malformed line": 2, "non-numeric play count": 2, "empty user_id": 1,
+                    "empty track_id": 1, "missing play count": 1, "non-positive play count": 2}
+EXPECTED_USABLE = [("u1", "t1", 5.0), ("u11", "t11", 7.0), ("u12", "t12", 2.5)]
+
+
+@pytest.fixture
+def dirty_triplets(tmp_path):
+    path = tmp_path / "train_triplets.txt"
+    path.write_text("\n".join(TRIPLET_LINES) + "\n")
+    return path
+
+
+def test_dirty_triplets_every_row_accounted_for(spark, dirty_triplets):
+    plays = als.read_valid_plays(spark, str(dirty_triplets), als.InputOptions(max_bad_fraction=1.0))
+    assert sorted(map(tuple, plays.usable.collect())) == EXPECTED_USABLE
+    reasons = [row.reason for row in plays.quarantined.collect()]
+    assert {r: reasons.count(r) for r in set(reasons)} == EXPECTED_REASONS
+    assert plays.row_counts == {None: 4, **EXPECTED_REASONS}
+    assert sum(plays.row_counts.values()) == len(TRIPLET_LINES), "a row went missing"
+    raw = {row.user_id: row.plays for row in plays.quarantined.collect()}
+    assert raw["u4"] == "abc" and raw["u9"] in ("-1", "0"), "raw values are kept"
+
+
+def test_too_many_bad_rows_fail_naming_the_input(spark, dirty_triplets, tmp_path):
+    with pytest.raises(als.PlaysInputError, match=str(dirty_triplets)) as failure:
+        als.run(spark, str(dirty_triplets), tmp_path / "out", als.AlsParams(rank=2, iterations=1))
+    message = str(failure.value)
+    assert "--max-bad-fraction" in message and "malformed line" in message
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("name, write, options", [
+    ("plays.parquet", lambda t, p: pq.write_table(t, p), als.InputOptions()),
+    ("plays.csv", lambda t, p: pacsv.write_csv(
+        t.rename_columns(["listener", "song", "count"]), p),
+     als.InputOptions(user_column="listener", track_column="song", plays_column="count")),
+    ("plays.tsv.gz", lambda t, p: p.write_bytes(gzip.compress("".join(
+        f"{u}\t{s}\t{n}\n" for u, s, n in zip(*(t.column(c).to_pylist() for c in t.column_names))
+    ).encode())), als.InputOptions()),
+])
+def test_formats_by_extension_read_alike(spark, tmp_path, name, write, options):
+    table = pa.table({"user_id": ["a", "a", "b", "c"], "track_id": ["x", "x", "x", "y"],
+                      "plays": [2, 3, 1, 4]})
+    write(table, tmp_path / name)
+    plays = als.read_valid_plays(spark, str(tmp_path / name), options)
+    assert sorted(map(tuple, plays.usable.collect())) == [("a", "x", 5.0), ("b", "x", 1.0),
+                                                          ("c", "y", 4.0)]
+    assert plays.row_counts == {None: 4}
+
+
+def test_format_from_extension_or_directory(tmp_path):
+    assert als.plays_format("hdfs:///msd/train_triplets.txt") == "triplets"
+    assert als.plays_format("s3a://bucket/plays.csv.gz") == "csv"
+    assert als.plays_format("hdfs:///warehouse/plays") == "parquet"
+    assert als.plays_format("plays.data", "csv") == "csv"
+    (tmp_path / "part-00000.csv").write_text("user_id,track_id,plays\n")
+    (tmp_path / "_SUCCESS").write_text("")
+    assert als.plays_format(str(tmp_path)) == "csv"
+    (tmp_path / "part-00001.snappy.parquet").write_bytes(b"")
+    with pytest.raises(als.PlaysInputError, match="several formats"):
+        als.plays_format(str(tmp_path))
+
+
+def test_unreadable_inputs_fail_naming_the_input(spark, tmp_path):
+    missing = tmp_path / "nowhere.parquet"
+    not_parquet = tmp_path / "plays.parquet"
+    not_parquet.write_text("user_id,track_id,plays\nu,t,1\n")
+    wrong_columns = tmp_path / "plays.csv"
+    wrong_columns.write_text("user,track,count\nu,t,1\n")
+    header_only = tmp_path / "empty.csv"
+    header_only.write_text("user_id,track_id,plays\n")
+    for path, what in [(missing, "cannot read"), (not_parquet, "cannot read"),
+                       (wrong_columns, r"no column \['user_id', 'track_id', 'plays'\]"),
+                       (header_only, "no rows")]:
+        with pytest.raises(als.PlaysInputError, match=what) as failure:
+            als.read_valid_plays(spark, str(path))
+        assert str(path) in str(failure.value)
+
+
+def test_index_ids_dense_in_sorted_order(spark):
+    ids = [f"id{n:04d}" for n in np.random.default_rng(0).permutation(500)]
+    plays = spark.createDataFrame([(i,) for i in ids + ids[:50]], "user_id string").repartition(7)
+    indexed = als.index_ids(plays, "user_id", "user_index").collect()
+    assert sorted((row.user_index, row.user_id) for row in indexed) == list(enumerate(sorted(ids)))
+
+
+# --- the objective: Spark's factors against a direct NumPy solve -------------------------
+#
+# Spark's implicit ALS (org.apache.spark.ml.recommendation.ALS.computeFactors, implicit
+# branch, with its CholeskySolver) minimises, for confidences c_ui = 1 + alpha * r'_ui,
+#
+#   sum_{u,i} c_ui (p_ui - x_u . y_i)^2 + reg * (sum_u n_u |x_u|^2 + sum_i n_i |y_i|^2),
+#
+# every (user, track) pair counted (c = 1, p = 0 where there are no plays), n_u and n_i
+# the numbers of played pairs of user u and track i. With r' = log(1 + r / eps) this is
+# the paper's eq. 3 with eq. 2's confidence, except that each row's lambda is reg * n
+# (ALS-WR) rather than one lambda. Each sweep solves the items given the users, then
+# the users given the items, so the final user factors are the exact minimiser given
+# the final item factors.
+
+N_USERS, N_TRACKS = 12, 9
+EXACT = als.AlsParams(rank=3, reg=0.5, alpha=2.0, eps=0.5, iterations=40, seed=1, blocks=2)
+
+
+def small_play_matrix(seed=3, density=0.4) -> np.ndarray:
+    """(N_USERS, N_TRACKS) play counts, every row and column with a play."""
+    rng = np.random.default_rng(seed)
+    played = rng.random((N_USERS, N_TRACKS)) < density
+    played[np.arange(N_USERS), rng.integers(N_TRACKS, size=N_USERS)] = True
+    played[rng.integers(N_USERS, size=N_TRACKS), np.arange(N_TRACKS)] = True
+    return np.where(played, rng.integers(1, 100, (N_USERS, N_TRACKS)), 0)
+
+
+def exact_rows(fixed: np.ndarray, confidence: np.ndarray, preference: np.ndarray,
+               reg: np.ndarray) -> np.ndarray:
+    """argmin_x sum_i c_i (p_i - x . f_i)^2 + reg |x|^2 for every row, by dense solves."""
+    rows = []
+    for c, p, lam in zip(confidence, preference, reg):
+        weighted = fixed.T * c
+        rows.append(np.linalg.solve(weighted @ fixed + lam * np.eye(fixed.shape[1]), weighted @ p))
+    return np.array(rows)
+
+
+class Objective:
+    """Spark's implicit-ALS objective on a dense play matrix (see above)."""
+
+    def __init__(self, plays: np.ndarray, params: als.AlsParams, confidence=None, per_play=True):
+        self.p = (plays > 0).astype(float)
+        self.c = (1 + params.alpha * np.log1p(plays / params.eps)) if confidence is None else confidence
+        self.reg_users = params.reg * (self.p.sum(1) if per_play else np.ones(len(plays)))
+        self.reg_tracks = params.reg * (self.p.sum(0) if per_play else np.ones(plays.shape[1]))
+
+    def __call__(self, x, y):
+        return ((self.c * (self.p - x @ y.T) ** 2).sum()
+                + (self.reg_users * (x ** 2).sum(1)).sum() + (self.reg_tracks * (y ** 2).sum(1)).sum())
+
+    def users_given(self, y):
+        return exact_rows(y, self.c, self.p, self.reg_users)
+
+    def tracks_given(self, x):
+        return exact_rows(x, self.c.T, self.p.T, self.reg_tracks)
+
+    def minimise(self, rank, sweeps=300, seed=0):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(self.p.shape[0], rank))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        for _ in range(sweeps):
+            y = self.tracks_given(x)
+            x = self.users_given(y)
+        return x, y
+
+
+@pytest.fixture(scope="module")
+def exact_case(spark, tmp_path_factory):
+    """Spark's factors of a small play matrix after 40 sweeps, with a checkpoint dir."""
+    root = tmp_path_factory.mktemp("exact")
+    plays = small_play_matrix()
+    users, tracks = np.nonzero(plays)
+    pq.write_table(pa.table({"user_id": [f"u{u:02d}" for u in users],
+                             "track_id": [f"t{t:02d}" for t in tracks],
+                             "plays": plays[users, tracks]}), root / "plays.parquet")
+    als.run(spark, str(root / "plays.parquet"), root / "out", EXACT, str(root / "checkpoints"))
+    x = factor_matrix(storage.read_table(root / "out" / "user_factors", schemas.USER_FACTORS)
+                      .sort_by("user_id")).astype(float)
+    y = factor_matrix(storage.read_table(root / "out" / "item_factors", schemas.ITEM_FACTORS)
+                      .sort_by("track_id")).astype(float)
+    assert x.shape == (N_USERS, EXACT.rank) and y.shape == (N_TRACKS, EXACT.rank)
+    return plays, x, y, root
+
+
+def test_forty_sweeps_run_checkpointed(exact_case):
+    *_, root = exact_case
+    assert list((root / "checkpoints").glob("*/rdd-*")), "ALS never checkpointed"
+
+
+def test_user_factors_are_the_exact_solve_of_the_paper_objective(exact_case):
+    plays, x, y, _ = exact_case
+    objective = Objective(plays, EXACT)
+    np.testing.assert_allclose(x, objective.users_given(y), atol=1e-5)
+    # The same solve with another confidence or regularisation lands far away, so
+    # the match above pins the objective down.
+    others = {"linear confidence": Objective(plays, EXACT, 1 + EXACT.alpha * plays),
+              "eps ignored": Objective(plays, dataclasses.replace(EXACT, eps=1.0)),
+              "one lambda (paper eq. 3)": Objective(plays, EXACT, per_play=False)}
+    for name, other in others.items():
+        assert np.abs(other.users_given(y) - x).max() > 1e-2, name
+
+
+def test_factors_reach_the_numpy_optimum(exact_case):
+    plays, x, y, _ = exact_case
+    objective = Objective(plays, EXACT)
+    x_np, y_np = objective.minimise(EXACT.rank)
+    assert objective(x, y) == pytest.approx(objective(x_np, y_np), rel=1e-5)
+    np.testing.assert_allclose(x @ y.T, x_np @ y_np.T, atol=2e-3)  # factors up to a rotation
+    np.testing.assert_allclose(y, objective.tracks_given(x), atol=1e-3)
