@@ -15,11 +15,14 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import av
@@ -29,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 # How a track shorter than the excerpt is brought to full length:
 # "zeros" appends silence, "wrap" loops the audio, "none" keeps it short
-# (its spectrogram then has fewer frames).
-PAD_MODES = ("zeros", "wrap", "none")
+# (its spectrogram then has fewer frames), "reject" refuses it (DecodeError).
+PAD_MODES = ("zeros", "wrap", "none", "reject")
 
 # Spectrogram shards of one run are <params_dir>/<run_id>/mels-*.parquet; runs still
 # being written live in hidden directories (".tmp-...") and never match.
@@ -40,9 +43,24 @@ MEL_SHARD_GLOB = f"[!.]*/{MELS_PREFIX}-*.parquet"
 # Decoding starts this long before the excerpt, for the decoder to settle.
 _PREROLL_S = 0.5
 
+# The resampler hands out audio in frames of this many samples. Codecs with short
+# frames (Vorbis: ~80 per second) otherwise cost more in per-frame Python calls
+# than in decoding.
+_RESAMPLED_FRAME = 4096
+
 # An excerpt that decodes to less than this fraction of what the container's
-# duration promised is reported as truncated instead of being padded.
+# duration promised, and to more than _TRUNCATED_SLACK_S less, is reported as
+# truncated instead of being padded. (Codec delays make tiny files come short.)
 _TRUNCATED_BELOW = 0.9
+_TRUNCATED_SLACK_S = 0.1
+
+# Packets FFmpeg cannot decode are skipped, as its command line does, unless they
+# are more than this fraction of the packets read (and more than two).
+_BAD_PACKETS = 0.05
+
+# With pad="reject", a track this much shorter than the excerpt is still accepted
+# (and padded with silence): a 30 s preview clip may decode to 29.98 s.
+_REJECT_SLACK_S = 0.1
 
 
 class DecodeError(RuntimeError):
@@ -118,38 +136,65 @@ def mel_shards(params_dir: str | os.PathLike) -> list[Path]:
 
 
 def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
-                   max_bytes: int | None = None) -> np.ndarray:
+                   max_bytes: int | None = None,
+                   max_duration_s: float | None = None) -> np.ndarray:
     """Decode the middle ``params.excerpt_s`` seconds of ``uri``.
 
     Returns samples: (n_samples,) float32 at ``params.sample_rate`` Hz, mono (the
     mean of the channels), full scale 1.0. The excerpt is found by seeking, so
     only about excerpt_s of audio is decoded however long the track is. A track
-    shorter than the excerpt is padded as ``params.pad`` says. ``uri`` is a local
-    path, a file:// URI, or any URI fsspec can open (s3://, gs://, http://...).
+    shorter than the excerpt is padded, or rejected, as ``params.pad`` says. With
+    ``params.excerpt_s`` None the whole track is decoded. ``uri`` is a local path,
+    a file:// URI, or any URI fsspec can open (s3://, gs://, memory://...).
 
-    Raises DecodeError naming ``uri`` when the file is missing, unreadable, larger
-    than ``max_bytes``, holds no audio, is truncated, or holds less than
-    ``min_duration_s`` seconds of audio.
+    Raises DecodeError naming ``uri`` when the file is missing, empty, unreadable,
+    larger than ``max_bytes``, holds no audio stream or one FFmpeg cannot decode,
+    is truncated, holds less than ``min_duration_s`` or more than
+    ``max_duration_s`` seconds of audio, or is shorter than the excerpt under
+    pad="reject".
     """
+    rate = params.sample_rate
+    max_samples = round(max_duration_s * rate) if max_duration_s else None
     try:
         with _open(uri, max_bytes) as source, av.open(source, mode="r") as container:
-            if not container.streams.audio:
-                raise ValueError("no audio stream")
-            samples, expected = _decode_middle(container, container.streams.audio[0], params)
+            stream = _audio_stream(uri, container)
+            duration_s = _duration_s(container, stream)
+            if max_duration_s and duration_s is not None and duration_s > max_duration_s:
+                raise DecodeError(f"{uri}: too long: {duration_s:.0f} s > {max_duration_s:g} s")
+            samples, expected = _decode_middle(container, stream, params, duration_s, max_samples)
     except DecodeError:
         raise
     except Exception as err:  # FFmpeg, I/O and format errors alike: name the file.
         raise DecodeError(f"{uri}: {type(err).__name__}: {err}") from err
 
-    duration_s = len(samples) / params.sample_rate
+    decoded_s = len(samples) / rate
+    if expected and len(samples) < min(_TRUNCATED_BELOW * expected,
+                                       expected - _TRUNCATED_SLACK_S * rate):
+        raise DecodeError(f"{uri}: truncated: decoded {decoded_s:.2f} s of the "
+                          f"{expected / rate:.2f} s the container declares")
     if len(samples) == 0:
         raise DecodeError(f"{uri}: no audio decoded")
-    if duration_s < min_duration_s:
-        raise DecodeError(f"{uri}: too short: {duration_s:.2f} s < {min_duration_s} s")
-    if expected and len(samples) < _TRUNCATED_BELOW * expected:
-        raise DecodeError(f"{uri}: truncated: decoded {duration_s:.2f} s of the "
-                          f"{expected / params.sample_rate:.2f} s the container declares")
+    if max_samples is not None and len(samples) > max_samples:
+        raise DecodeError(f"{uri}: too long: more than {max_duration_s:g} s of audio")
+    if decoded_s < min_duration_s:
+        raise DecodeError(f"{uri}: too short: {decoded_s:.2f} s < {min_duration_s:g} s")
+    if (params.pad == "reject" and params.excerpt_s
+            and decoded_s < params.excerpt_s - _REJECT_SLACK_S):
+        raise DecodeError(f"{uri}: too short for the excerpt: {decoded_s:.2f} s < "
+                          f"{params.excerpt_s:g} s (pad=reject)")
     return _pad(samples, params)
+
+
+def _audio_stream(uri: str, container: av.container.InputContainer) -> av.AudioStream:
+    """The first audio stream; DecodeError when there is none or FFmpeg cannot decode it."""
+    if not container.streams.audio:
+        kinds = sorted({stream.type for stream in container.streams}) or ["none"]
+        raise DecodeError(f"{uri}: no audio stream (streams: {', '.join(kinds)})")
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:  # the demuxer knows the stream, no decoder does
+        raise DecodeError(f"{uri}: unsupported audio codec: FFmpeg has no decoder for it "
+                          f"(container {container.format.name})")
+    return stream
 
 
 def _open(uri: str, max_bytes: int | None):
@@ -174,32 +219,35 @@ def _check_size(uri: str, size: int, max_bytes: int | None) -> None:
 
 
 def _decode_middle(container: av.container.InputContainer, stream: av.AudioStream,
-                   params: MelParams) -> tuple[np.ndarray, int | None]:
+                   params: MelParams, duration_s: float | None,
+                   max_samples: int | None) -> tuple[np.ndarray, int | None]:
     """Samples of the excerpt, unpadded, and how many the container's duration promised.
 
+    ``duration_s`` is what the container declares (None if it does not say).
     Decoding starts a little before the excerpt (see :func:`_frames_from`); samples
-    before its start are dropped using the first frame's timestamp.
+    before its start are dropped using the first frame's timestamp. Decoding stops
+    once more than ``max_samples`` are decoded, whatever the container declared.
     """
     rate = params.sample_rate
     want = params.excerpt_samples
-    duration_s = _duration_s(container, stream)
     origin_s = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
 
     start_s = 0.0
     if want is not None and duration_s is not None and duration_s > params.excerpt_s:
         start_s = (duration_s - params.excerpt_s) / 2
     expected = None
-    if want is not None and duration_s is not None:
-        expected = min(want, int(duration_s * rate))
+    if duration_s is not None:
+        expected = int(duration_s * rate) if want is None else min(want, int(duration_s * rate))
 
     # Resample every channel, then average them: FFmpeg's own mono downmix weighs
     # each channel by 1/sqrt(2), making stereo 3 dB louder than the same mono track.
-    resampler = av.AudioResampler(format="fltp", rate=rate)
+    resampler = av.AudioResampler(format="fltp", rate=rate, frame_size=_RESAMPLED_FRAME)
     chunks: list[np.ndarray] = []
     n_decoded = 0
     skip = 0
-    frames = (_frames_from(container, stream, origin_s + start_s) if start_s > 0
-              else container.decode(stream))
+    tally = _PacketTally()
+    frames = (_frames_from(container, stream, origin_s + start_s, tally) if start_s > 0
+              else _decoded_frames(container, stream, tally))
     for index, frame in enumerate(frames):
         if index == 0 and start_s > 0 and frame.time is not None:
             skip = max(0, round((origin_s + start_s - frame.time) * rate))
@@ -208,28 +256,74 @@ def _decode_middle(container: av.container.InputContainer, stream: av.AudioStrea
             n_decoded += out.samples
         if want is not None and n_decoded >= skip + want:
             break
+        if want is None and max_samples is not None and n_decoded > max_samples:
+            break  # a container that understates its duration: stop, report too long
     else:
         for out in resampler.resample(None):  # flush what the resampler holds back
             chunks.append(out.to_ndarray().mean(axis=0))
     samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     end = None if want is None else skip + want
+    if tally.bad:
+        logger.debug("skipped %d of %d packets that could not be decoded: %s",
+                     tally.bad, tally.packets, tally.last_error)
     return samples[skip:end].astype(np.float32, copy=False), expected
 
 
+@dataclass
+class _PacketTally:
+    """Packets read and packets that failed to decode, for :func:`_decoded_frames`."""
+
+    packets: int = 0
+    bad: int = 0
+    last_error: str = ""
+
+
+def _decoded_frames(container: av.container.InputContainer, stream: av.AudioStream,
+                    tally: _PacketTally, from_s: float | None = None) -> Iterator[av.AudioFrame]:
+    """Frames of ``stream`` from the container's current position.
+
+    Packets that end before ``from_s`` (seconds, stream clock) are read but not
+    decoded: reading is cheap, decoding is not, should a seek land early or a
+    late one make us read again from the start.
+
+    A packet FFmpeg finds invalid is skipped, so that a glitch (or the seam of
+    two concatenated MP3s) does not lose the track; ValueError once more than
+    _BAD_PACKETS of the packets read, and more than two, were invalid. A file
+    cut short usually fails on its last packet, then is reported as truncated.
+    """
+    time_base = float(stream.time_base) if stream.time_base else None
+    for packet in container.demux(stream):
+        if (from_s is not None and time_base and packet.pts is not None
+                and (packet.pts + (packet.duration or 0)) * time_base < from_s):
+            continue
+        tally.packets += 1
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as err:
+            tally.bad += 1
+            tally.last_error = str(err)
+            if tally.bad > max(2, _BAD_PACKETS * tally.packets):
+                raise ValueError(f"{tally.bad} of {tally.packets} packets could not be "
+                                 f"decoded: {err}") from err
+            continue
+        yield from frames
+
+
 def _frames_from(container: av.container.InputContainer, stream: av.AudioStream,
-                 start_s: float) -> Iterator[av.AudioFrame]:
+                 start_s: float, tally: _PacketTally) -> Iterator[av.AudioFrame]:
     """Decoded frames beginning at or before ``start_s`` (seconds, stream clock).
 
-    Seeks _PREROLL_S before ``start_s``: seeks land on packet boundaries, and the
-    first packets after a seek may decode to nothing (Vorbis) or to a settling
-    decoder (Opus). Should the first frame still begin late, decodes from the start.
+    Decodes from _PREROLL_S before ``start_s``: seeks land on packet boundaries,
+    and the first packets after a seek may decode to nothing (Vorbis) or to a
+    settling decoder (Opus). Should the first frame still begin late, reads again
+    from the start.
     """
     for seek_s in (start_s - _PREROLL_S, None):
         if seek_s is None:
             container.seek(stream.start_time or 0, stream=stream)
         elif seek_s > 0:
             container.seek(int(seek_s / stream.time_base), stream=stream)
-        frames = container.decode(stream)
+        frames = _decoded_frames(container, stream, tally, from_s=start_s - _PREROLL_S)
         first = next(frames, None)
         if first is None:
             return
@@ -292,51 +386,73 @@ class IsolatedDecoder:
     the call raises DecodeError naming the URI and the signal or timeout, and the
     next call starts a fresh child. Not thread-safe; use one per thread.
 
-    The child is started with multiprocessing's "spawn" (forking a process that
-    runs threads is unsafe), so a script using this must guard its entry point
-    with ``if __name__ == "__main__":``.
+    The child is a new interpreter (``python -c``) that imports only this module:
+    forking a process that runs threads is unsafe, and multiprocessing's "spawn"
+    would re-import the parent's main module (all of Beam, in a Beam worker),
+    seconds per start. ``decode`` is what the child runs instead of
+    decode_excerpt, with the same arguments; it must be importable by name.
     """
 
     def __init__(self, params: MelParams, *, timeout_s: float = 120.0,
-                 min_duration_s: float = 0.0, max_bytes: int | None = None) -> None:
+                 min_duration_s: float = 0.0, max_bytes: int | None = None,
+                 max_duration_s: float | None = None,
+                 decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
         self.params = params
         self.timeout_s = timeout_s
-        self._kwargs = {"min_duration_s": min_duration_s, "max_bytes": max_bytes}
-        self._context = multiprocessing.get_context("spawn")  # fork is unsafe under threads
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn = None
+        self._kwargs = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
+                        "max_duration_s": max_duration_s}
+        self._decode = decode
+        self._process: subprocess.Popen | None = None
+        self._conn: multiprocessing.connection.Connection | None = None
 
     def __call__(self, uri: str) -> np.ndarray:
-        if self._process is None or not self._process.is_alive():
-            self._start()
         try:
+            if self._process is None or self._process.poll() is not None:
+                self._start()
             self._conn.send(uri)
             if not self._conn.poll(self.timeout_s):
                 self.close()
                 raise DecodeError(f"{uri}: decoding timed out after {self.timeout_s:g} s")
             ok, result = self._conn.recv()
-        except (EOFError, BrokenPipeError, ConnectionResetError):
+            if ok:  # the samples follow as raw float32: no pickling, one copy less
+                samples = np.empty(result, np.float32)
+                self._conn.recv_bytes_into(samples)
+        except (EOFError, OSError):  # the child died: broken pipe, reset, closed
             raise DecodeError(f"{uri}: decoder process died ({self._exit_reason()})") from None
         if not ok:
             raise DecodeError(result)
-        return result
+        return samples
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running child, if any."""
+        return self._process.pid if self._process is not None else None
 
     def _start(self) -> None:
         self.close()
-        self._conn, child_conn = self._context.Pipe()
-        self._process = self._context.Process(
-            target=_serve, args=(child_conn, self.params.to_dict(), self._kwargs),
-            name="mel-decoder", daemon=True)
-        self._process.start()
-        child_conn.close()
+        self._conn, child_conn = multiprocessing.Pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", f"import jobs.mel; jobs.mel._serve({child_conn.fileno()})"],
+                pass_fds=[child_conn.fileno()], stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))})
+        finally:
+            child_conn.close()
+        # The parent's import path first, so that the child can then unpickle ``decode``.
+        self._conn.send(sys.path)
+        self._conn.send((self._decode, self.params.to_dict(), self._kwargs))
 
     def _exit_reason(self) -> str:
         process, self._process = self._process, None
         if process is None:
             return "not started"
-        process.join(5)
-        code = process.exitcode
-        if code is not None and code < 0:
+        try:
+            code = process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        if code < 0:
             return f"killed by {signal.Signals(-code).name}"
         return f"exit code {code}"
 
@@ -346,10 +462,10 @@ class IsolatedDecoder:
             self._conn.close()
             self._conn = None
         process, self._process = self._process, None
-        if process is not None and process.pid is not None:
-            if process.is_alive():
+        if process is not None:
+            if process.poll() is None:
                 process.kill()
-            process.join(5)
+            process.wait()
 
     def __enter__(self) -> IsolatedDecoder:
         return self
@@ -358,8 +474,23 @@ class IsolatedDecoder:
         self.close()
 
 
-def _serve(conn, params: dict, kwargs: dict) -> None:
-    """Child loop of IsolatedDecoder: receive URIs, send back (ok, samples or error)."""
+# Directory holding the ``jobs`` package, for the child's import path.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _serve(fd: int) -> None:
+    """Child loop of IsolatedDecoder on connection ``fd``.
+
+    Receives the parent's import path and its configuration, then URIs; answers
+    each with (True, n_samples) and the float32 samples as raw bytes, or with
+    (False, error message). Returns when the parent closes the pipe or dies.
+    """
+    conn = multiprocessing.connection.Connection(fd)
+    try:
+        sys.path.extend(path for path in conn.recv() if path not in sys.path)
+        decode, params, kwargs = conn.recv()
+    except EOFError:
+        return
     params = MelParams.from_dict(params)
     while True:
         try:
@@ -367,6 +498,9 @@ def _serve(conn, params: dict, kwargs: dict) -> None:
         except EOFError:  # the parent closed the pipe or died
             return
         try:
-            conn.send((True, decode_excerpt(uri, params, **kwargs)))
+            samples = np.ascontiguousarray(decode(uri, params, **kwargs), np.float32)
         except Exception as err:
             conn.send((False, str(err) if isinstance(err, DecodeError) else f"{uri}: {err!r}"))
+            continue
+        conn.send((True, len(samples)))
+        conn.send_bytes(samples)

@@ -11,8 +11,13 @@ only once the pipeline has succeeded. The job exits non-zero when the fraction o
 tracks that failed exceeds --max-bad-fraction; its outputs are then kept under
 <run_id>.rejected-<time> instead, so a rerun only retries the tracks that failed.
 
+Incremental: a track is skipped when a spectrogram for it exists in an earlier run
+with the same parameters, and also when a published (not rejected) run already
+sent the same track id and audio URI to the dead letters (--retry-dead-letters
+tries those again). Audio URIs are local paths or anything fsspec opens.
+
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
-Beam does not try to download the Prism runner) with 2 worker processes by default;
+Beam does not try to download the Prism runner) with one worker process per CPU;
 any other Beam pipeline option (--runner=DataflowRunner, --runner=FlinkRunner, ...)
 is passed through. --out must be a local or mounted filesystem: the run directory
 is published with an atomic rename.
@@ -28,27 +33,33 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from jobs import storage
-from jobs.mel import (MELS_PREFIX, DecodeError, IsolatedDecoder, MelParams, decode_excerpt,
-                      log_mel, mel_shards)
+from jobs.mel import (MELS_PREFIX, PAD_MODES, DecodeError, IsolatedDecoder, MelParams,
+                      decode_excerpt, log_mel, mel_shards)
 
 logger = logging.getLogger(__name__)
 
 DEAD_LETTERS = "dead_letters"
 DEAD_LETTERS_PREFIX = "dead_letters"
 SUFFIX = ".parquet"
-# Used to size row groups when tracks are kept whole (--excerpt-s 0).
-_TYPICAL_TRACK_S = 240.0
+# Runs set aside under <run_id>.<state>-<time>: rejected (too many failures) or
+# pending (the job stopped between finishing and deciding).
+_SET_ASIDE = re.compile(r"\.(pending|rejected)-\d{8}T\d{6}$")
+# Beam counters of the job, read back after the run.
+COUNTERS = "spectrograms"
 
 
 class MelOptions(PipelineOptions):
@@ -89,12 +100,18 @@ class MelOptions(PipelineOptions):
             "--log-offset", dest="log_offset", type=float, default=defaults.log_offset,
             help="Spectrograms are log(mel power + offset). Default: %(default)s.")
         parser.add_argument(
-            "--pad", default=defaults.pad, choices=["zeros", "wrap", "none"],
-            help="How tracks shorter than the excerpt are padded: zeros appends silence, "
-                 "wrap loops the audio, none keeps them short. Default: %(default)s.")
+            "--pad", default=defaults.pad, choices=PAD_MODES,
+            help="What happens to tracks shorter than the excerpt: zeros appends silence, "
+                 "wrap loops the audio, none keeps them short (fewer frames), reject sends "
+                 "them to the dead letters. Default: %(default)s.")
         parser.add_argument(
             "--min-duration-s", dest="min_duration_s", type=float, default=1.0,
             help="Tracks with less audio than this are dead letters ('too short'). "
+                 "Default: %(default)s.")
+        parser.add_argument(
+            "--max-duration-s", dest="max_duration_s", type=float, default=3 * 3600.0,
+            help="Tracks longer than this many seconds are dead letters ('too long'), "
+                 "whether the container says so or decoding finds it; 0 for no limit. "
                  "Default: %(default)s.")
         parser.add_argument(
             "--max-file-mb", dest="max_file_mb", type=float, default=1024.0,
@@ -116,6 +133,12 @@ class MelOptions(PipelineOptions):
             "--max-bad-fraction", dest="max_bad_fraction", type=float, default=0.05,
             help="Fail (exit 1) when more than this fraction of the tracks processed "
                  "become dead letters; outputs are kept. Default: %(default)s.")
+        parser.add_argument(
+            "--retry-dead-letters", dest="retry_dead_letters", action="store_true",
+            default=False,
+            help="Also retry tracks that a published earlier run sent to the dead letters "
+                 "with the same audio URI (by default they are skipped; tracks of rejected "
+                 "runs are always retried).")
         parser.add_argument(
             "--row-group-mb", dest="row_group_mb", type=float, default=32.0,
             help="Approximate size of a Parquet row group of spectrograms, in MiB "
@@ -156,6 +179,16 @@ def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{SUFFIX}"))
 
 
+def final_dead_letter_files(params_dir: str | os.PathLike) -> list[Path]:
+    """Dead letters of the published runs under ``params_dir``: failures taken as final.
+
+    Runs set aside as rejected or pending, and runs still being written, are left out.
+    """
+    runs = [path for path in sorted(Path(params_dir).glob("[!.]*"))
+            if path.is_dir() and not _SET_ASIDE.search(path.name)]
+    return [path for run in runs for path in dead_letter_files(run)]
+
+
 def existing_track_ids(params_dir: str | os.PathLike) -> set[str]:
     """Track ids that already have a spectrogram in a finished run under ``params_dir``.
 
@@ -179,22 +212,46 @@ def _dead_letter(row: dict, stage: str, error: object) -> dict:
 
 
 class PickOnePerTrack(beam.DoFn):
-    """(track_id, catalogue rows) -> one row to process.
+    """(track_id, {"rows", "done", "failed"}) -> the catalogue row to process, if any.
 
-    Duplicated track ids keep the row with the smallest audio_uri (rows without a
-    URI last); the others, and rows without a track id or audio URI, go to the dead
-    letters (stage "catalogue").
+    rows: the catalogue rows with this track id; done: not empty when the track
+    already has a spectrogram; failed: audio URIs that a published earlier run sent
+    to the dead letters for it. A done track, or one whose chosen URI failed before
+    (unless ``retry_dead_letters``), is skipped and counted. Duplicated track ids
+    keep the row with the smallest audio_uri (rows without a URI last); the others,
+    and rows without a track id or audio URI, go to the dead letters (stage
+    "catalogue").
     """
 
-    def process(self, keyed: tuple[str | None, Iterable[dict]]) -> Iterator:
-        track_id, rows = keyed
-        rows = sorted(rows, key=lambda row: (not row.get("audio_uri"), row.get("audio_uri") or ""))
+    def __init__(self, retry_dead_letters: bool = False) -> None:
+        self.retry_dead_letters = retry_dead_letters
+        self.catalogue_rows = Metrics.counter(COUNTERS, "catalogue_rows")
+        self.skipped_done = Metrics.counter(COUNTERS, "skipped_done")
+        self.skipped_failed = Metrics.counter(COUNTERS, "skipped_failed")
+
+    def process(self, keyed: tuple[str | None, dict[str, Iterable]]) -> Iterator:
+        track_id, joined = keyed
+        rows = sorted(joined["rows"], key=lambda row: (not row.get("audio_uri"),
+                                                       row.get("audio_uri") or ""))
+        if not rows:  # known from earlier runs, gone from the catalogue
+            return
+        self.catalogue_rows.inc(len(rows))
+        failed = set() if self.retry_dead_letters else set(joined["failed"])
         if not track_id:
             for row in rows:
+                if row.get("audio_uri") in failed:
+                    self.skipped_failed.inc()
+                    continue
                 yield beam.pvalue.TaggedOutput(
                     DEAD_LETTERS, _dead_letter(row, "catalogue", "missing track_id"))
             return
+        if any(True for _ in joined["done"]):
+            self.skipped_done.inc()
+            return
         first, *duplicates = rows
+        if first.get("audio_uri") in failed:
+            self.skipped_failed.inc()
+            return
         for row in duplicates:
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
                 row, "catalogue", f"duplicate track_id; kept {first.get('audio_uri')}"))
@@ -206,23 +263,31 @@ class PickOnePerTrack(beam.DoFn):
 
 
 class DecodeAudio(beam.DoFn):
-    """Catalogue row -> (row, samples: (n,) float32 mono); failures -> dead letters."""
+    """Catalogue row -> (row, samples: (n,) float32 mono); failures -> dead letters.
+
+    With ``isolate`` decoding runs in a child process (:class:`IsolatedDecoder`),
+    so that a crash in FFmpeg costs one track, not the worker. ``decode`` is the
+    function that decodes (decode_excerpt's signature); tests replace it.
+    """
 
     def __init__(self, params: MelParams, *, isolate: bool = True, timeout_s: float = 120.0,
-                 min_duration_s: float = 0.0, max_bytes: int | None = None) -> None:
+                 min_duration_s: float = 0.0, max_bytes: int | None = None,
+                 max_duration_s: float | None = None,
+                 decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
         self.params = params
         self.isolate = isolate
         self.timeout_s = timeout_s
-        self.min_duration_s = min_duration_s
-        self.max_bytes = max_bytes
+        self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
+                       "max_duration_s": max_duration_s}
+        self.decode = decode
         self._decode = None
 
     def setup(self) -> None:
-        limits = {"min_duration_s": self.min_duration_s, "max_bytes": self.max_bytes}
         if self.isolate:
-            self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s, **limits)
+            self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s,
+                                           decode=self.decode, **self.limits)
         else:
-            self._decode = functools.partial(decode_excerpt, params=self.params, **limits)
+            self._decode = functools.partial(self.decode, params=self.params, **self.limits)
 
     def process(self, row: dict) -> Iterator:
         try:
@@ -274,27 +339,39 @@ class MelOutputs:
 
 
 def build(rows: beam.PCollection, options: PipelineOptions,
-          skip: Collection[str] = frozenset()) -> MelOutputs:
+          done: beam.PCollection | None = None,
+          failed: beam.PCollection | None = None) -> MelOutputs:
     """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
 
-    Tracks whose id is in ``skip`` are left out. Grouping by track id removes
-    duplicates and spreads the tracks over the workers.
+    done: track ids that already have spectrograms; they are skipped. failed:
+    dead-letter rows (dicts with track_id and audio_uri) of earlier published runs;
+    tracks whose audio_uri is among them are skipped unless --retry-dead-letters.
+    Grouping by track id joins the three (nothing is held in memory whole),
+    removes duplicates and spreads the tracks over the workers.
     """
     mel_options = options.view_as(MelOptions)
     params = mel_params(options)
-    skip = frozenset(skip)
+    if done is None:
+        done = rows.pipeline | "NoEarlierSpectrograms" >> beam.Create([])
+    if failed is None:
+        failed = rows.pipeline | "NoEarlierFailures" >> beam.Create([])
     max_bytes = (int(mel_options.max_file_mb * 2**20)
                  if mel_options.max_file_mb and mel_options.max_file_mb > 0 else None)
+    max_duration_s = (mel_options.max_duration_s
+                      if mel_options.max_duration_s and mel_options.max_duration_s > 0 else None)
     tracks = (
-        rows
-        | "SkipExisting" >> beam.Filter(lambda row: row.get("track_id") not in skip)
-        | "GroupByTrack" >> beam.GroupBy(lambda row: row.get("track_id"))
-        | "PickOnePerTrack" >> beam.ParDo(PickOnePerTrack()).with_outputs(
+        {"rows": rows | "KeyRows" >> beam.Map(lambda row: (row.get("track_id"), row)),
+         "done": done | "KeyDone" >> beam.Map(lambda track_id: (track_id, True)),
+         "failed": failed | "KeyFailed" >> beam.Map(
+             lambda row: (row.get("track_id"), row.get("audio_uri")))}
+        | "JoinByTrack" >> beam.CoGroupByKey()
+        | "PickOnePerTrack" >> beam.ParDo(
+            PickOnePerTrack(mel_options.retry_dead_letters)).with_outputs(
             DEAD_LETTERS, main="tracks"))
     decoded = tracks.tracks | "Decode" >> beam.ParDo(DecodeAudio(
         params, isolate=mel_options.isolate_decoding,
-        timeout_s=mel_options.decode_timeout_s,
-        min_duration_s=mel_options.min_duration_s, max_bytes=max_bytes)).with_outputs(
+        timeout_s=mel_options.decode_timeout_s, min_duration_s=mel_options.min_duration_s,
+        max_bytes=max_bytes, max_duration_s=max_duration_s)).with_outputs(
             DEAD_LETTERS, main="samples")
     mels = decoded.samples | "LogMel" >> beam.ParDo(
         ComputeLogMel(params, torch_threads=mel_options.torch_threads)).with_outputs(
@@ -323,11 +400,42 @@ def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa
     ], schema=schema)
 
 
+class ParquetTableSink(FileBasedSink):
+    """Writes pyarrow Tables to Parquet files, each table one row group.
+
+    Dictionary encoding is used for string columns only: tried on float32
+    spectrogram values it is abandoned page after page, and costs more than
+    writing them. Values are stored uncompressed, like Beam's own Parquet sink.
+    """
+
+    def __init__(self, file_path_prefix: str, schema: pa.Schema,
+                 file_name_suffix: str = SUFFIX) -> None:
+        super().__init__(file_path_prefix, coder=None, file_name_suffix=file_name_suffix,
+                         mime_type="application/x-parquet",
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+        self.schema = schema
+
+    def open(self, temp_path: str):
+        handle = super().open(temp_path)
+        strings = [field.name for field in self.schema if pa.types.is_string(field.type)]
+        return handle, pq.ParquetWriter(handle, self.schema, compression="none",
+                                        use_dictionary=strings)
+
+    def write_record(self, file_and_writer, table: pa.Table) -> None:
+        file_and_writer[1].write_table(table, row_group_size=max(1, table.num_rows))
+
+    def close(self, file_and_writer) -> None:
+        handle, writer = file_and_writer
+        writer.close()
+        super().close(handle)
+
+
 def write(outputs: MelOutputs, directory: str | os.PathLike, options: PipelineOptions) -> None:
     """Write ``outputs`` as mels-*.parquet and dead_letters-*.parquet in ``directory``.
 
-    Spectrograms are batched into row groups of about --row-group-mb; an empty
-    output still yields a readable Parquet file with the schema.
+    Spectrograms are batched into row groups holding about --row-group-mb of
+    spectrogram values each (the last of a worker's batches may be smaller); an
+    empty output still yields a readable Parquet file with the schema.
     """
     params = mel_params(options)
     row_group_bytes = int(options.view_as(MelOptions).row_group_mb * 2**20)
@@ -337,8 +445,8 @@ def write(outputs: MelOutputs, directory: str | os.PathLike, options: PipelineOp
          min_batch_size=row_group_bytes, max_batch_size=row_group_bytes,
          element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
      | "ToArrow" >> beam.Map(mel_table, schema)
-     | "WriteMels" >> beam.io.WriteToParquetBatched(
-         os.path.join(directory, MELS_PREFIX), schema, file_name_suffix=SUFFIX))
+     | "WriteMels" >> beam.io.Write(
+         ParquetTableSink(os.path.join(directory, MELS_PREFIX), schema)))
     (outputs.dead_letters
      | "WriteDeadLetters" >> beam.io.WriteToParquet(
          os.path.join(directory, DEAD_LETTERS_PREFIX), dead_letter_schema(params),
@@ -353,9 +461,12 @@ class JobError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
+    """What a run did. skipped_done: tracks that already had spectrograms;
+    skipped_failed: tracks whose audio URI failed in a published earlier run."""
     run_dir: Path
-    catalogue_tracks: int
-    skipped: int
+    catalogue_rows: int
+    skipped_done: int
+    skipped_failed: int
     mels: int
     dead_letters: int
 
@@ -385,21 +496,37 @@ def catalogue_files(pattern: str) -> list[str]:
 CATALOGUE_COLUMNS = ["track_id", "audio_uri"]
 
 
-def _catalogue_track_ids(files: Sequence[str]) -> list:
-    """The track_id column of every catalogue file; JobError if one lacks a column."""
-    track_ids = []
+def check_catalogue(files: Sequence[str]) -> None:
+    """Raise JobError unless every file is Parquet with the CATALOGUE_COLUMNS.
+
+    Reads only the files' footers.
+    """
     for path in files:
         with FileSystems.open(path) as handle:
             try:
-                parquet = pq.ParquetFile(handle)
+                names = pq.ParquetFile(handle).schema_arrow.names
             except pa.ArrowInvalid as err:
                 raise JobError(f"catalogue {path} is not a Parquet file: {err}") from err
-            missing = [c for c in CATALOGUE_COLUMNS if c not in parquet.schema_arrow.names]
-            if missing:
-                raise JobError(f"catalogue {path} lacks columns {missing} "
-                               f"(has {parquet.schema_arrow.names})")
-            track_ids.extend(parquet.read(columns=["track_id"]).column(0).to_pylist())
-    return track_ids
+        missing = [column for column in CATALOGUE_COLUMNS if column not in names]
+        if missing:
+            raise JobError(f"catalogue {path} lacks columns {missing} (has {names})")
+
+
+def _read_parquet_rows(pipeline: beam.Pipeline, label: str, paths: Sequence[Path],
+                       columns: list[str]) -> beam.PCollection:
+    """Rows (dicts of ``columns``) of the Parquet files ``paths``, which may be none."""
+    return (pipeline
+            | f"List{label}" >> beam.Create([str(path) for path in paths])
+            | f"Read{label}" >> beam.io.ReadAllFromParquet(columns=columns))
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's COUNTERS, committed values where the runner has them."""
+    counters = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTERS))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (value or 0)
+    return counters
 
 
 def run(options: PipelineOptions) -> RunSummary:
@@ -414,14 +541,13 @@ def run(options: PipelineOptions) -> RunSummary:
         raise JobError(f"run directory {target} already exists; pick another --run-id")
 
     pattern = catalogue_pattern(mel_options.catalogue)
-    files = catalogue_files(pattern)
-    track_ids = _catalogue_track_ids(files)
-    done = existing_track_ids(target.parent)
-    skipped = sum(track_id in done for track_id in track_ids)
-    logger.info("params %s (%s): catalogue %s has %d tracks; %d already have "
-                "spectrograms and are skipped, %d to process", params.params_hash(),
-                params.to_dict(), mel_options.catalogue, len(track_ids), skipped,
-                len(track_ids) - skipped)
+    check_catalogue(catalogue_files(pattern))
+    earlier_mels = mel_shards(target.parent)
+    earlier_failures = [] if mel_options.retry_dead_letters else final_dead_letter_files(
+        target.parent)
+    logger.info("params %s (%s): catalogue %s; skipping the tracks of %d earlier spectrogram "
+                "shards and %d dead-letter files", params.params_hash(), params.to_dict(),
+                mel_options.catalogue, len(earlier_mels), len(earlier_failures))
 
     # Published under a pending name first: the run directory itself (what Luigi
     # checks) appears only if the bad fraction is within bounds. A rejected run keeps
@@ -432,16 +558,26 @@ def run(options: PipelineOptions) -> RunSummary:
         with beam.Pipeline(options=options) as pipeline:
             rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
                 pattern, columns=CATALOGUE_COLUMNS)
-            write(build(rows, options, skip=done), tmp, options)
+            done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
+                    | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
+            failed = _read_parquet_rows(pipeline, "EarlierFailures", earlier_failures,
+                                  CATALOGUE_COLUMNS)
+            write(build(rows, options, done, failed), tmp, options)
+        counters = _counters(pipeline.result)
         n_mels = _count_rows(tmp.glob(f"{MELS_PREFIX}-*{SUFFIX}"))
         n_dead = _count_rows(dead_letter_files(tmp))
-    summary = RunSummary(run_dir=target, catalogue_tracks=len(track_ids), skipped=skipped,
-                         mels=n_mels, dead_letters=n_dead)
+    summary = RunSummary(
+        run_dir=target, catalogue_rows=counters.get("catalogue_rows", 0),
+        skipped_done=counters.get("skipped_done", 0),
+        skipped_failed=counters.get("skipped_failed", 0), mels=n_mels, dead_letters=n_dead)
     if summary.bad_fraction > mel_options.max_bad_fraction:
-        summary = dataclasses.replace(summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
+        summary = dataclasses.replace(
+            summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
     os.rename(pending, summary.run_dir)
-    logger.info("wrote %d spectrograms and %d dead letters to %s",
-                summary.mels, summary.dead_letters, target)
+    logger.info("catalogue: %d rows; skipped %d tracks with spectrograms and %d that failed "
+                "before; wrote %d spectrograms and %d dead letters to %s",
+                summary.catalogue_rows, summary.skipped_done, summary.skipped_failed,
+                summary.mels, summary.dead_letters, summary.run_dir)
     return summary
 
 
@@ -461,8 +597,9 @@ def parse_options(argv: Sequence[str] | None = None) -> PipelineOptions:
         help="Beam runner. Default: %(default)s, the local engine of DirectRunner "
              "(DirectRunner itself first tries to download the Prism runner).")
     runner.add_argument(
-        "--direct_num_workers", type=int, default=2,
-        help="Local runner: number of workers (0 = one per CPU). Default: %(default)s.")
+        "--direct_num_workers", type=int, default=max(2, os.cpu_count() or 1),
+        help="Local runner: number of worker processes (0 = one per CPU). "
+             "Default: one per CPU, at least 2, here %(default)s.")
     runner.add_argument(
         "--direct_running_mode", default="multi_processing",
         choices=["in_memory", "multi_threading", "multi_processing"],

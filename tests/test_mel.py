@@ -1,7 +1,8 @@
-"""Decoding and log-mel on sine waves whose answers are known."""
+"""Decoding and log-mel on generated audio whose answers are known."""
+import ctypes
 import os
-import signal
-import threading
+import struct
+import time
 
 import av
 import numpy as np
@@ -9,24 +10,39 @@ import pytest
 
 from jobs.mel import DecodeError, IsolatedDecoder, MelParams, decode_excerpt, log_mel, mel_shards
 
-# (file name, codec, sample rate, channels). FFmpeg's own Vorbis encoder only
-# writes stereo; Opus only runs at 48 kHz.
+# (file name, codec, sample rate, channel layout): every container and codec the
+# job promises, mono, stereo and 5.1, 8 kHz to 96 kHz. FFmpeg's own Vorbis
+# encoder only writes stereo; Opus only runs at 48 kHz.
 FORMATS = [
-    ("stereo44.ogg", "vorbis", 44100, 2),
-    ("stereo22.ogg", "vorbis", 22050, 2),
-    ("mono48.opus", "libopus", 48000, 1),
-    ("mono44.mp3", "libmp3lame", 44100, 1),
-    ("stereo22.mp3", "libmp3lame", 22050, 2),
-    ("mono44.flac", "flac", 44100, 1),
-    ("stereo22.wav", "pcm_s16le", 22050, 2),
+    ("stereo44.ogg", "vorbis", 44100, "stereo"),
+    ("stereo22.ogg", "vorbis", 22050, "stereo"),
+    ("mono48.opus", "libopus", 48000, "mono"),
+    ("surround48.opus", "libopus", 48000, "5.1"),
+    ("mono44.mp3", "libmp3lame", 44100, "mono"),
+    ("stereo22.mp3", "libmp3lame", 22050, "stereo"),
+    ("mono8.mp3", "libmp3lame", 8000, "mono"),
+    ("mono44.flac", "flac", 44100, "mono"),
+    ("surround96.flac", "flac", 96000, "5.1"),
+    ("stereo22.wav", "pcm_s16le", 22050, "stereo"),
+    ("mono8.wav", "pcm_s16le", 8000, "mono"),
+    ("stereo96.wav", "pcm_s24le", 96000, "stereo"),
+    ("stereo44.m4a", "aac", 44100, "stereo"),
+    ("surround48.m4a", "aac", 48000, "5.1"),
+    ("mono8.m4a", "aac", 8000, "mono"),
 ]
+FORMAT_NAMES = [f[0] for f in FORMATS]
 
 
-def write_audio(path, samples: np.ndarray, rate: int, codec: str, channels: int = 1) -> str:
-    """Encode mono float ``samples`` to ``path`` (format from its extension)."""
-    layout = "mono" if channels == 1 else "stereo"
+def write_audio(path, samples: np.ndarray, rate: int, codec: str, layout: str = "mono") -> str:
+    """Encode mono float ``samples`` to ``path`` (format from its extension).
+
+    Every channel of ``layout`` carries ``samples`` except a low-frequency one,
+    which stays silent (encoders band-limit it).
+    """
+    channels = av.AudioLayout(layout).channels
+    planes = np.array([np.zeros(len(samples)) if channel.name == "LFE" else samples
+                       for channel in channels], np.float32)
     options = {"strict": "experimental"} if codec == "vorbis" else {}
-    planes = np.tile(np.asarray(samples, np.float32), (channels, 1))
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate, layout=layout, options=options)
         for start in range(0, planes.shape[1], 1024):
@@ -37,6 +53,12 @@ def write_audio(path, samples: np.ndarray, rate: int, codec: str, channels: int 
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return str(path)
+
+
+def loudness(layout: str, amplitude: float) -> float:
+    """Peak of the mono mix of write_audio's output: the mean over channels."""
+    channels = av.AudioLayout(layout).channels
+    return amplitude * sum(channel.name != "LFE" for channel in channels) / len(channels)
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -52,6 +74,60 @@ def onset_s(samples: np.ndarray, rate: int, threshold: float = 0.1) -> float:
     return int(np.argmax(np.abs(samples) > threshold)) / rate
 
 
+# -- Broken files, as catalogues hold them --------------------------------------------
+
+def write_truncated(path, source) -> str:
+    """The first 40% of the bytes of ``source``."""
+    data = open(source, "rb").read()
+    open(path, "wb").write(data[:int(len(data) * 0.4)])
+    return str(path)
+
+
+def write_unknown_codec(path, seconds: float = 1.0, rate: int = 22050) -> str:
+    """A WAV file whose audio format tag (0x7777) no FFmpeg decoder knows."""
+    data = np.zeros(round(seconds * rate), np.int16).tobytes()
+    fmt = struct.pack("<HHIIHH", 0x7777, 1, rate, 2 * rate, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack(
+        "<I", len(data)) + data
+    open(path, "wb").write(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return str(path)
+
+
+def write_video_only(path) -> str:
+    """An MP4 file with ten frames of video and no audio."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for index in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return str(path)
+
+
+def write_understated_mp3(path, seconds: float) -> str:
+    """An MP3 of ``seconds`` whose header (LAME's Info frame) claims 10 frames, 0.26 s."""
+    source = write_audio(str(path) + ".src.mp3", tone(440, seconds, 44100), 44100, "libmp3lame")
+    data = bytearray(open(source, "rb").read())
+    os.remove(source)
+    tag = data.find(b"Info")
+    assert tag > 0 and struct.unpack(">I", data[tag + 4:tag + 8])[0] & 1  # frame count present
+    data[tag + 8:tag + 12] = struct.pack(">I", 10)
+    open(path, "wb").write(data)
+    return str(path)
+
+
+def decode_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
+    """decode_excerpt, but a URI ending in .segfault crashes the process in native
+    code, as FFmpeg does on some broken input, and one ending in .hang hangs."""
+    if uri.endswith(".segfault"):
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+    if uri.endswith(".hang"):
+        time.sleep(3600)
+    return decode_excerpt(uri, params, **limits)
+
+
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("audio")
@@ -61,34 +137,46 @@ def audio_dir(tmp_path_factory):
 def half_silent(audio_dir):
     """6 s: silence, then a 440 Hz tone from 3 s on, in every format."""
     paths = {}
-    for name, codec, rate, channels in FORMATS:
+    for name, codec, rate, layout in FORMATS:
         signal_ = np.concatenate([np.zeros(3 * rate), tone(440, 3, rate)])
-        paths[name] = write_audio(audio_dir / f"half_{name}", signal_, rate, codec, channels)
+        paths[name] = write_audio(audio_dir / f"half_{name}", signal_, rate, codec, layout)
     return paths
 
 
 PARAMS = MelParams(excerpt_s=2.0)
 
 
-@pytest.mark.parametrize("name", [f[0] for f in FORMATS])
-def test_decode_is_mono_at_target_rate_and_excerpt_long(half_silent, name):
+@pytest.mark.parametrize("name, codec, rate, layout", FORMATS, ids=FORMAT_NAMES)
+def test_decode_is_mono_at_target_rate_and_excerpt_long(half_silent, name, codec, rate, layout):
+    with av.open(half_silent[name]) as container:  # the fixture is what it claims
+        stream = container.streams.audio[0]
+        assert (stream.rate, stream.channels) == (rate, av.AudioLayout(layout).nb_channels)
+
     samples = decode_excerpt(half_silent[name], PARAMS)
 
     assert samples.dtype == np.float32
     assert samples.shape == (2 * 22050,)
     # Channels are averaged: stereo is as loud as mono (FFmpeg's downmix gives 0.71).
-    assert np.abs(samples).max() == pytest.approx(0.5, abs=0.04)
+    assert np.abs(samples).max() == pytest.approx(loudness(layout, 0.5), abs=0.04)
     # The excerpt is 2..4 s: its second half is the tone, at its true pitch.
     assert dominant_hz(samples[22050 + 2048:], 22050) == pytest.approx(440, abs=3)
 
 
-@pytest.mark.parametrize("name", [f[0] for f in FORMATS])
+@pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_excerpt_is_the_middle_of_the_track(half_silent, name):
     samples = decode_excerpt(half_silent[name], PARAMS)
 
     # Middle 2 s of 6 s start at 2 s; the tone starts at 3 s, so 1 s in.
     assert onset_s(samples, 22050) == pytest.approx(1.0, abs=0.01)
     assert np.abs(samples[:20000]).max() < 0.05
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_whole_track_when_no_excerpt(half_silent, name):
+    samples = decode_excerpt(half_silent[name], MelParams(excerpt_s=0))
+
+    assert len(samples) == pytest.approx(6 * 22050, abs=0.03 * 22050)
+    assert onset_s(samples, 22050) == pytest.approx(3.0, abs=0.01)
 
 
 def test_excerpt_of_a_long_track_after_seeking(audio_dir):
@@ -99,7 +187,7 @@ def test_excerpt_of_a_long_track_after_seeking(audio_dir):
     t = np.arange(60 * rate) / rate
     blips = np.where((t % 1.0) < 0.1, tone(4000, 60, rate, 0.4), 0.0)
     path = write_audio(audio_dir / "long.ogg", tone(1000, 60, rate, 0.1) + blips, rate,
-                       "vorbis", 2)
+                       "vorbis", "stereo")
 
     samples = decode_excerpt(path, MelParams(excerpt_s=9.5))
 
@@ -120,6 +208,17 @@ def test_short_track_is_padded_as_asked(audio_dir, pad, tail_is_silent, length):
     assert (np.abs(samples[-1000:]).max() == 0) == tail_is_silent
 
 
+def test_short_track_is_rejected_when_asked(audio_dir):
+    short = write_audio(audio_dir / "short.flac", tone(440, 1.0, 44100), 44100, "flac")
+    exact = write_audio(audio_dir / "exact.flac", tone(440, 2.0, 44100), 44100, "flac")
+    params = MelParams(excerpt_s=2.0, pad="reject")
+
+    with pytest.raises(DecodeError, match="too short for the excerpt"):
+        decode_excerpt(short, params)
+    assert decode_excerpt(exact, params).shape == (2 * 22050,)
+    assert len(decode_excerpt(short, MelParams(excerpt_s=0, pad="reject"))) == 22050
+
+
 def test_file_and_fsspec_uris_decode_like_paths(half_silent):
     import fsspec
 
@@ -130,30 +229,62 @@ def test_file_and_fsspec_uris_decode_like_paths(half_silent):
     expected = decode_excerpt(path, PARAMS)
     np.testing.assert_array_equal(decode_excerpt(f"file://{path}", PARAMS), expected)
     np.testing.assert_array_equal(decode_excerpt("memory://tracks/t.ogg", PARAMS), expected)
+    with pytest.raises(DecodeError, match="memory://tracks/gone.ogg: FileNotFoundError"):
+        decode_excerpt("memory://tracks/gone.ogg", PARAMS)
 
 
-def test_whole_track_when_no_excerpt(half_silent):
-    samples = decode_excerpt(half_silent["mono44.flac"], MelParams(excerpt_s=0))
-
-    assert len(samples) == pytest.approx(6 * 22050, abs=50)
-
-
-def test_bad_inputs_raise_decode_error_naming_the_file(audio_dir):
+def test_bad_inputs_raise_decode_error_naming_the_file(audio_dir, half_silent):
     corrupt = audio_dir / "corrupt.mp3"
     corrupt.write_bytes(np.random.default_rng(0).bytes(20_000))
     empty = audio_dir / "empty.wav"
     empty.write_bytes(b"")
     short = write_audio(audio_dir / "half_second.wav", tone(440, 0.5, 22050), 22050, "pcm_s16le")
+    whole = MelParams(excerpt_s=0)
 
-    cases = [(str(corrupt), {}, "Invalid data"),
-             (str(audio_dir / "missing.ogg"), {}, "No such file"),
-             (str(empty), {}, "empty file"),
-             (short, {"min_duration_s": 1.0}, "too short"),
-             (short, {"max_bytes": 100}, "too large")]
-    for path, limits, reason in cases:
+    cases = [(str(corrupt), PARAMS, {}, "Invalid data"),
+             (str(audio_dir / "missing.ogg"), PARAMS, {}, "No such file"),
+             (str(empty), PARAMS, {}, "empty file"),
+             (write_truncated(audio_dir / "cut.mp3", half_silent["mono44.mp3"]), whole, {},
+              "truncated: decoded 2.*of the 6.00 s"),
+             (write_truncated(audio_dir / "cut.flac", half_silent["mono44.flac"]), PARAMS, {},
+              "truncated"),
+             (write_truncated(audio_dir / "cut.m4a", half_silent["stereo44.m4a"]), PARAMS, {},
+              "Invalid data"),
+             (write_unknown_codec(audio_dir / "unknown.wav"), PARAMS, {},
+              "unsupported audio codec"),
+             (write_video_only(audio_dir / "video.mp4"), PARAMS, {},
+              r"no audio stream \(streams: video\)"),
+             (half_silent["mono44.mp3"], PARAMS, {"max_duration_s": 5.0}, "too long: 6 s > 5 s"),
+             (short, PARAMS, {"min_duration_s": 1.0}, "too short"),
+             (short, PARAMS, {"max_bytes": 100}, "too large")]
+    for path, params, limits, reason in cases:
         with pytest.raises(DecodeError, match=reason) as caught:
-            decode_excerpt(path, PARAMS, **limits)
+            decode_excerpt(path, params, **limits)
         assert str(caught.value).startswith(path)
+
+
+def test_too_long_is_found_while_decoding_when_the_header_understates(audio_dir):
+    path = write_understated_mp3(audio_dir / "understated.mp3", seconds=6.0)
+    whole = MelParams(excerpt_s=0)
+
+    assert len(decode_excerpt(path, whole)) == pytest.approx(6 * 22050, abs=0.03 * 22050)
+    with pytest.raises(DecodeError, match="too long: more than 3 s"):
+        decode_excerpt(path, whole, max_duration_s=3.0)
+
+
+def test_concatenated_mp3s_decode_across_the_seam(audio_dir):
+    # The second file's header frame is an invalid packet in the middle of the stream:
+    # it is skipped, as FFmpeg's command line does, instead of losing the track.
+    first = write_audio(audio_dir / "first.mp3", tone(440, 1.0, 44100), 44100, "libmp3lame")
+    second = write_audio(audio_dir / "second.mp3", tone(660, 3.0, 44100), 44100, "libmp3lame")
+    joined = audio_dir / "joined.mp3"
+    joined.write_bytes(open(first, "rb").read() + open(second, "rb").read())
+
+    samples = decode_excerpt(str(joined), MelParams(excerpt_s=0))
+
+    assert len(samples) == pytest.approx(4 * 22050, abs=0.1 * 22050)
+    assert dominant_hz(samples[:20000], 22050) == pytest.approx(440, abs=3)
+    assert dominant_hz(samples[-40000:], 22050) == pytest.approx(660, abs=3)
 
 
 def mel_band_centres_hz(params: MelParams) -> np.ndarray:
@@ -197,7 +328,7 @@ def test_params_hash_is_stable_and_tracks_every_setting():
     assert MelParams(excerpt_s=0).params_hash() == MelParams(excerpt_s=None).params_hash()
     variants = [MelParams(sample_rate=16000), MelParams(n_fft=2048), MelParams(hop_length=256),
                 MelParams(n_mels=64), MelParams(excerpt_s=30), MelParams(log_offset=1e-3),
-                MelParams(pad="wrap")]
+                MelParams(pad="wrap"), MelParams(pad="reject")]
     hashes = {p.params_hash() for p in variants} | {MelParams().params_hash()}
     assert len(hashes) == len(variants) + 1
 
@@ -227,26 +358,31 @@ def test_isolated_decoder_matches_in_process_and_reports_errors(half_silent, aud
     path = half_silent["stereo44.ogg"]
     with IsolatedDecoder(PARAMS) as decode:
         np.testing.assert_array_equal(decode(path), decode_excerpt(path, PARAMS))
+        pid = decode.pid
         with pytest.raises(DecodeError, match="No such file"):
             decode(str(audio_dir / "missing.ogg"))
         assert decode(path).shape == (2 * 22050,)  # the child survives ordinary errors
+        assert decode.pid == pid
+    assert decode.pid is None
 
 
 def test_isolated_decoder_survives_a_crashing_and_a_hanging_child(half_silent):
     path = half_silent["mono44.flac"]
-    with IsolatedDecoder(PARAMS, timeout_s=2.0) as decode:
-        decode(path)
-        # A child that hangs: the call times out and names the file.
-        os.kill(decode._process.pid, signal.SIGSTOP)
-        with pytest.raises(DecodeError, match="timed out"):
-            decode(path)
-        # A child that dies mid-call (as FFmpeg does on some broken input).
-        decode(path)
-        os.kill(decode._process.pid, signal.SIGSTOP)
-        pid = decode._process.pid
-        threading.Timer(0.5, os.kill, (pid, signal.SIGKILL)).start()
-        with pytest.raises(DecodeError, match="SIGKILL") as caught:
-            decode(path)
-        assert str(caught.value).startswith(path)
+    with IsolatedDecoder(PARAMS, timeout_s=3.0, decode=decode_or_crash) as decode:
+        expected = decode(path)
+        crashed = decode.pid
+        # The child dies of a segmentation fault in native code, mid-call.
+        with pytest.raises(DecodeError, match="decoder process died .killed by SIGSEGV") as caught:
+            decode(path + ".segfault")
+        assert str(caught.value).startswith(path + ".segfault")
         # A fresh child takes over.
-        assert decode(path).shape == (2 * 22050,)
+        np.testing.assert_array_equal(decode(path), expected)
+        assert decode.pid != crashed
+        # A child that hangs: the call times out, names the file, and the child is killed.
+        hung = decode.pid
+        with pytest.raises(DecodeError, match="timed out after 3 s") as caught:
+            decode(path + ".hang")
+        assert str(caught.value).startswith(path + ".hang")
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)
+        np.testing.assert_array_equal(decode(path), expected)

@@ -1,4 +1,7 @@
 """The Beam spectrogram job: its graph under TestPipeline, its DoFns, and main."""
+import os
+import zipfile
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -10,35 +13,50 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
 from jobs import spectrograms
-from jobs.mel import MelParams, mel_shards
+from jobs.mel import MelParams
 from jobs.spectrograms import (ComputeLogMel, DecodeAudio, MelOptions, build, main, mel_params,
                                mel_table, parse_options, run_dir)
-from tests.test_mel import tone, write_audio
+from tests.test_mel import decode_or_crash, tone, write_audio
 
 EXCERPT_S = 1.0
 PARAMS = MelParams(excerpt_s=EXCERPT_S)
 FRAMES = 1 + round(EXCERPT_S * 22050) // 512
+CODECS = {"flac": "flac", "ogg": "vorbis", "mp3": "libmp3lame", "m4a": "aac"}
 # Each good track is a tone of its own frequency, so mixing tracks up shows.
 GOOD = {"low": (300.0, "flac", "mono"), "mid": (1200.0, "ogg", "stereo"),
         "high": (4000.0, "mp3", "mono")}
+IN_PROCESS = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+
+
+def write_catalogue(path, rows) -> str:
+    """The catalogue ``rows`` as Parquet; nulls allowed, as real catalogues have them."""
+    nullable = pa.schema([field.with_nullable(True) for field in schemas.CATALOGUE])
+    pq.write_table(pa.Table.from_pylist(rows, schema=nullable), path)
+    return str(path)
 
 
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
-    """A catalogue of three good tracks, a corrupt file and a missing one."""
+    """Three good tracks, a corrupt file and a missing one.
+
+    "high" lives inside a zip archive, reached through an fsspec URL, so that the
+    job's worker and decoder processes all open it through fsspec.
+    """
     root = tmp_path_factory.mktemp("catalogue")
-    codecs = {"flac": "flac", "ogg": "vorbis", "mp3": "libmp3lame"}
     rows = []
     for track_id, (freq, ext, layout) in GOOD.items():
         path = write_audio(root / f"{track_id}.{ext}", tone(freq, 2.0, 44100), 44100,
-                           codecs[ext], 1 if layout == "mono" else 2)
+                           CODECS[ext], layout)
         rows.append({"track_id": track_id, "audio_uri": path, "title": track_id})
+    with zipfile.ZipFile(root / "archive.zip", "w") as archive:
+        archive.write(rows[2]["audio_uri"], "tracks/high.mp3")
+    os.remove(rows[2]["audio_uri"])
+    rows[2]["audio_uri"] = f"zip://tracks/high.mp3::{root / 'archive.zip'}"
     (root / "corrupt.mp3").write_bytes(np.random.default_rng(1).bytes(30_000))
     rows.append({"track_id": "corrupt", "audio_uri": str(root / "corrupt.mp3")})
     rows.append({"track_id": "missing", "audio_uri": str(root / "missing.ogg")})
-    path = root / "catalogue.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.CATALOGUE), path)
-    return {"path": path, "rows": rows}
+    return {"path": write_catalogue(root / "catalogue.parquet", rows), "rows": rows,
+            "root": root}
 
 
 def peak_band(mel: np.ndarray) -> int:
@@ -48,6 +66,8 @@ def peak_band(mel: np.ndarray) -> int:
 def graph_options(*flags):
     return MelOptions(["--excerpt-s", str(EXCERPT_S), "--no-isolate-decoding", *flags])
 
+
+# -- The graph ------------------------------------------------------------------------
 
 def test_graph_computes_mels_and_routes_failures_to_dead_letters(catalogue):
     low_uri = catalogue["rows"][0]["audio_uri"]
@@ -61,12 +81,31 @@ def test_graph_computes_mels_and_routes_failures_to_dead_letters(catalogue):
         assert peak_band(by_id["low"]) < peak_band(by_id["high"])
 
     with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
-        outputs = build(pipeline | beam.Create(rows), graph_options(), skip={"mid"})
+        done = pipeline | "Done" >> beam.Create(["mid", "gone-from-catalogue"])
+        outputs = build(pipeline | beam.Create(rows), graph_options(), done)
         assert_that(outputs.mels, check_mels, label="CheckMels")
         assert_that(outputs.dead_letters | beam.Map(lambda d: (d["track_id"], d["stage"])),
                     equal_to([("corrupt", "decode"), ("missing", "decode"),
                               (None, "catalogue")]),
                     label="CheckDeadLetters")
+
+
+@pytest.mark.parametrize("retry", [False, True])
+def test_graph_skips_earlier_failures_of_the_same_uri_unless_retried(catalogue, retry):
+    low, corrupt = catalogue["rows"][0], catalogue["rows"][3]
+    earlier_failures = [corrupt, {**low, "audio_uri": "/old/low.flac"},
+                        {"track_id": None, "audio_uri": "x.ogg"}]
+    rows = [low, corrupt, {"track_id": None, "audio_uri": "x.ogg"}]
+    options = graph_options(*(["--retry-dead-letters"] if retry else []))
+
+    with BeamTestPipeline(runner="FnApiRunner", options=options) as pipeline:
+        failed = pipeline | "Failed" >> beam.Create(earlier_failures)
+        outputs = build(pipeline | beam.Create(rows), options, failed=failed)
+        # "low" failed before from another URI: its new one is tried.
+        assert_that(outputs.mels | beam.Map(lambda m: m["track_id"]), equal_to(["low"]),
+                    label="CheckMels")
+        assert_that(outputs.dead_letters | beam.Map(lambda d: d["track_id"]),
+                    equal_to(["corrupt", None] if retry else []), label="CheckDeadLetters")
 
 
 def test_duplicate_track_ids_keep_one_row(catalogue):
@@ -83,7 +122,26 @@ def test_duplicate_track_ids_keep_one_row(catalogue):
                     label="CheckDeadLetters")
 
 
-def test_decode_dofn_sends_failures_to_dead_letters(catalogue, tmp_path):
+def test_a_decoder_crash_costs_one_track_not_the_pipeline(catalogue):
+    # The decoder child really dies (SIGSEGV in native code) on one track.
+    low, mid = catalogue["rows"][0], catalogue["rows"][1]
+    crash = {"track_id": "crash", "audio_uri": low["audio_uri"] + ".segfault"}
+
+    with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
+        decoded = (pipeline | beam.Create([low, crash, mid])
+                   | beam.ParDo(DecodeAudio(PARAMS, isolate=True, decode=decode_or_crash))
+                   .with_outputs(spectrograms.DEAD_LETTERS, main="samples"))
+        assert_that(decoded.samples | beam.Map(lambda e: (e[0]["track_id"], e[1].shape)),
+                    equal_to([("low", (22050,)), ("mid", (22050,))]), label="CheckSamples")
+        died = "decoder process died (killed by SIGSEGV)"
+        assert_that(decoded[spectrograms.DEAD_LETTERS]
+                    | beam.Map(lambda d: (d["track_id"], d["stage"], died in d["error"])),
+                    equal_to([("crash", "decode", True)]), label="CheckDeadLetters")
+
+
+# -- DoFns ----------------------------------------------------------------------------
+
+def test_decode_dofn_sends_failures_to_dead_letters(catalogue):
     decode = DecodeAudio(PARAMS, isolate=False)
     decode.setup()
     good, corrupt = catalogue["rows"][0], catalogue["rows"][3]
@@ -123,20 +181,27 @@ def test_mel_table_round_trips_through_the_schema():
     assert mel_table([]).num_rows == 0
 
 
+# -- The job --------------------------------------------------------------------------
+
 def read_run(path):
     mels = [pq.read_table(p) for p in sorted(path.glob("mels-*.parquet"))]
     dead = [pq.read_table(p) for p in sorted(path.glob("dead_letters-*.parquet"))]
     return mels, dead
 
 
+def n_rows(tables) -> int:
+    return sum(table.num_rows for table in tables)
+
+
 def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
     out = tmp_path / "mels"
-    args = ["--catalogue", str(catalogue["path"]), "--out", str(out),
+    args = ["--catalogue", catalogue["path"], "--out", str(out),
             "--excerpt-s", str(EXCERPT_S), "--max-bad-fraction", "0.5"]
 
-    assert main([*args, "--run-id", "r1"]) == 0  # default: 2 worker processes
+    assert main([*args, "--run-id", "r1"]) == 0  # default: worker processes, isolated decoding
 
     first = run_dir(out, PARAMS, "r1")
+    assert first.parent.name == PARAMS.params_hash()
     mels, dead = read_run(first)
     assert mels and dead
     for table in mels:
@@ -149,40 +214,150 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
     assert peak_band(by_id["low"]) < peak_band(by_id["mid"]) < peak_band(by_id["high"])
     dead_letters = pa.concat_tables(dead)
     assert dead_letters.schema.equals(schemas.DEAD_LETTERS)
+    assert schemas.params_of(dead_letters.schema) == PARAMS.to_dict()
     reasons = {r["track_id"]: (r["stage"], r["error"]) for r in dead_letters.to_pylist()}
     assert reasons["corrupt"][0] == reasons["missing"][0] == "decode"
     assert "Invalid data" in reasons["corrupt"][1] and "No such file" in reasons["missing"][1]
     assert [p.name for p in first.parent.iterdir()] == ["r1"]  # no temp dirs left behind
 
-    # The rerun has only the two bad tracks left to try; they fail again, which is
-    # above the bound: non-zero exit, outputs kept aside, no spectrogram written twice.
-    assert main([*args, "--run-id", "r2", "--direct_running_mode", "in_memory"]) == 1
-    assert not run_dir(out, PARAMS, "r2").exists()
-    [rejected] = first.parent.glob("r2.rejected-*")
+    # The rerun processes no track: the good ones are done, the bad ones failed
+    # in a published run with the same URI.
+    summary = spectrograms.run(parse_options([*args, "--run-id", "r2", *IN_PROCESS]))
+    assert (summary.mels, summary.dead_letters) == (0, 0)
+    assert (summary.catalogue_rows, summary.skipped_done, summary.skipped_failed) == (5, 3, 2)
+    mels, dead = read_run(run_dir(out, PARAMS, "r2"))
+    assert n_rows(mels) == n_rows(dead) == 0 and mels[0].schema.equals(schemas.MEL_SHARD)
+
+    # Asked to, it retries them; they fail again, which is above the bound:
+    # non-zero exit, outputs kept aside, no spectrogram written twice.
+    assert main([*args, "--run-id", "r3", "--retry-dead-letters", *IN_PROCESS]) == 1
+    assert not run_dir(out, PARAMS, "r3").exists()
+    [rejected] = first.parent.glob("r3.rejected-*")
     mels, dead = read_run(rejected)
-    assert sum(t.num_rows for t in mels) == 0
-    assert sum(t.num_rows for t in dead) == 2
-    assert sorted(p.parent.name for p in mel_shards(first.parent))[-1] == rejected.name
+    assert (n_rows(mels), n_rows(dead)) == (0, 2)
     assert spectrograms.existing_track_ids(first.parent) == set(GOOD)
+
+
+def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
+    good = catalogue["rows"][:3]
+    new = []
+    for index, freq in enumerate([500.0, 700.0, 900.0, 1100.0, 1300.0]):
+        path = write_audio(tmp_path / f"new{index}.m4a", tone(freq, 1.5, 44100), 44100, "aac")
+        new.append({"track_id": f"new{index}", "audio_uri": path})
+    out = tmp_path / "mels"
+    # Row groups of about two spectrograms, to see them sized by the mel column.
+    mel_bytes = 128 * FRAMES * 4
+    args = ["--out", str(out), "--excerpt-s", str(EXCERPT_S), "--row-group-mb",
+            str(2 * mel_bytes / 2**20), *IN_PROCESS]
+
+    first = spectrograms.run(parse_options(
+        ["--catalogue", write_catalogue(tmp_path / "v1.parquet", good), "--run-id", "r1", *args]))
+    second = spectrograms.run(parse_options(
+        ["--catalogue", write_catalogue(tmp_path / "v2.parquet", good + new), "--run-id", "r2",
+         *args]))
+
+    assert (first.mels, first.dead_letters) == (3, 0)
+    assert (second.mels, second.dead_letters, second.skipped_done) == (5, 0, 3)
+    [shard] = sorted(second.run_dir.glob("mels-*.parquet"))
+    track_ids = pq.read_table(shard).column("track_id").to_pylist()
+    assert sorted(track_ids) == [row["track_id"] for row in new]
+    metadata = pq.ParquetFile(shard).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [2, 2, 1]
+
+
+def test_every_kind_of_bad_input_lands_once_in_the_dead_letters(catalogue, tmp_path):
+    from tests.test_mel import (write_truncated, write_unknown_codec, write_video_only)
+
+    good = catalogue["rows"][:2]
+    empty = tmp_path / "empty.ogg"
+    empty.write_bytes(b"")
+    full = write_audio(tmp_path / "full.mp3", tone(440, 4.0, 44100), 44100, "libmp3lame")
+    long = write_audio(tmp_path / "long.mp3", tone(440, 6.0, 44100), 44100, "libmp3lame")
+    bad = {
+        "empty": (str(empty), "empty file"),
+        "truncated": (write_truncated(tmp_path / "cut.mp3", full), "truncated"),
+        "random": (catalogue["rows"][3]["audio_uri"], "Invalid data"),
+        "missing": (str(tmp_path / "missing.flac"), "No such file"),
+        "unsupported": (write_unknown_codec(tmp_path / "odd.wav", seconds=2.0),
+                        "unsupported audio codec"),
+        "video": (write_video_only(tmp_path / "video.mp4"), "no audio stream"),
+        "too_long": (long, "too long: 6 s > 5 s"),
+    }
+    rows = good + [{"track_id": t, "audio_uri": uri} for t, (uri, _) in bad.items()]
+    rows += [{"track_id": "no_uri", "audio_uri": None}]
+    path = write_catalogue(tmp_path / "catalogue.parquet", rows)
+
+    code = main(["--catalogue", path, "--out", str(tmp_path / "mels"), "--run-id", "r1",
+                 "--excerpt-s", str(EXCERPT_S), "--max-duration-s", "5",
+                 "--max-bad-fraction", "0.9", *IN_PROCESS])
+
+    assert code == 0
+    mels, dead = read_run(run_dir(tmp_path / "mels", PARAMS, "r1"))
+    assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == ["low", "mid"]
+    dead_letters = pa.concat_tables(dead).to_pylist()
+    assert sorted(d["track_id"] for d in dead_letters) == sorted([*bad, "no_uri"])
+    for letter in dead_letters:
+        if letter["track_id"] == "no_uri":
+            assert (letter["stage"], letter["error"]) == ("catalogue", "missing audio_uri")
+            continue
+        uri, reason = bad[letter["track_id"]]
+        assert (letter["audio_uri"], letter["stage"]) == (uri, "decode")
+        assert letter["error"].startswith(uri) and reason in letter["error"]
+
+
+def test_audio_on_an_fsspec_filesystem(catalogue, tmp_path):
+    import fsspec
+
+    rows = []
+    for row in catalogue["rows"][:2]:
+        uri = f"memory://audio/{os.path.basename(row['audio_uri'])}"
+        with fsspec.open(uri, "wb") as remote:
+            remote.write(open(row["audio_uri"], "rb").read())
+        rows.append({"track_id": row["track_id"], "audio_uri": uri})
+    rows.append({"track_id": "gone", "audio_uri": "memory://audio/gone.ogg"})
+    path = write_catalogue(tmp_path / "catalogue.parquet", rows)
+
+    # The memory filesystem lives in this process: decode here, in one worker.
+    summary = spectrograms.run(parse_options(
+        ["--catalogue", path, "--out", str(tmp_path / "mels"), "--excerpt-s", str(EXCERPT_S),
+         "--no-isolate-decoding", "--max-bad-fraction", "0.5", *IN_PROCESS]))
+
+    assert (summary.mels, summary.dead_letters) == (2, 1)
+    mels, dead = read_run(summary.run_dir)
+    assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == ["low", "mid"]
+    [letter] = pa.concat_tables(dead).to_pylist()
+    assert letter["audio_uri"] == "memory://audio/gone.ogg"
+    assert "FileNotFoundError" in letter["error"]
 
 
 def test_main_fails_above_bad_fraction_but_keeps_outputs(catalogue, tmp_path, capsys):
     out = tmp_path / "mels"
 
-    code = main(["--catalogue", str(catalogue["path"]), "--out", str(out), "--run-id", "r1",
-                 "--excerpt-s", str(EXCERPT_S), "--direct_running_mode", "in_memory",
-                 "--direct_num_workers", "1"])
+    code = main(["--catalogue", catalogue["path"], "--out", str(out), "--run-id", "r1",
+                 "--excerpt-s", str(EXCERPT_S), *IN_PROCESS])
 
     assert code == 1
     log = capsys.readouterr().err  # main configures logging to stderr
-    assert str(catalogue["path"]) in log and "--max-bad-fraction" in log
+    assert catalogue["path"] in log and "--max-bad-fraction" in log
     # Not published as the run (a scheduler would take it for done), but kept: a
     # rerun skips the 3 good tracks and retries only the 2 bad ones.
     assert not run_dir(out, PARAMS, "r1").exists()
     [rejected] = run_dir(out, PARAMS, "r1").parent.glob("r1.rejected-*")
     mels, dead = read_run(rejected)
-    assert sum(t.num_rows for t in mels) == 3 and sum(t.num_rows for t in dead) == 2
+    assert (n_rows(mels), n_rows(dead)) == (3, 2)
     assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
+    assert spectrograms.final_dead_letter_files(rejected.parent) == []
+
+
+def test_final_dead_letters_come_from_published_runs_only(tmp_path):
+    for run in ("r1", "r2.rejected-20240101T000000", "r3.pending-20240101T000000", ".tmp-r4",
+                "2024.01.02"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "dead_letters-00000-of-00001.parquet").touch()
+
+    found = spectrograms.final_dead_letter_files(tmp_path)
+
+    assert [path.parent.name for path in found] == ["2024.01.02", "r1"]
 
 
 def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):
@@ -190,8 +365,8 @@ def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
     monkeypatch.setattr(spectrograms, "write", broken_write)
     out = tmp_path / "mels"
-    options = parse_options(["--catalogue", str(catalogue["path"]), "--out", str(out),
-                             "--run-id", "r1", "--direct_running_mode", "in_memory"])
+    options = parse_options(["--catalogue", catalogue["path"], "--out", str(out),
+                             "--run-id", "r1", *IN_PROCESS])
 
     with pytest.raises(RuntimeError, match="disk on fire"):
         spectrograms.run(options)
@@ -199,25 +374,30 @@ def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):
     assert list((out / mel_params(options).params_hash()).iterdir()) == []
 
 
-def test_existing_run_id_and_missing_catalogue_exit_2(catalogue, tmp_path):
+def test_existing_run_id_and_bad_catalogues_exit_2(catalogue, tmp_path):
     out = tmp_path / "mels"
     run_dir(out, MelParams(), "taken").mkdir(parents=True)
+    no_uri = tmp_path / "no_uri.parquet"
+    pq.write_table(pa.table({"track_id": ["a"]}), no_uri)
 
-    assert main(["--catalogue", str(catalogue["path"]), "--out", str(out),
+    assert main(["--catalogue", catalogue["path"], "--out", str(out),
                  "--run-id", "taken"]) == 2
     assert main(["--catalogue", str(tmp_path / "nope.parquet"), "--out", str(out)]) == 2
+    assert main(["--catalogue", str(no_uri), "--out", str(out)]) == 2
 
 
 def test_options_defaults_passthrough_and_help(capsys):
     options = parse_options(["--catalogue", "c.parquet", "--out", "o", "--n-mels", "64",
-                             "--job_name", "nightly"])
+                             "--pad", "reject", "--job_name", "nightly"])
     everything = options.get_all_options()
 
-    assert mel_params(options) == MelParams(n_mels=64)
+    assert mel_params(options) == MelParams(n_mels=64, pad="reject")
     assert everything["runner"] == "FnApiRunner"
-    assert everything["direct_num_workers"] == 2
+    assert everything["direct_num_workers"] == max(2, os.cpu_count())
     assert everything["direct_running_mode"] == "multi_processing"
     assert everything["job_name"] == "nightly"  # unknown here, Beam's own option
+    assert everything["retry_dead_letters"] is False
+    assert everything["max_duration_s"] == 3 * 3600
 
     with pytest.raises(SystemExit) as exited:
         parse_options(["--help"])
@@ -225,8 +405,9 @@ def test_options_defaults_passthrough_and_help(capsys):
     help_text = capsys.readouterr().out
     for flag in ["--catalogue", "--out", "--run-id", "--excerpt-s", "--max-bad-fraction",
                  "--sample-rate", "--n-fft", "--hop-length", "--n-mels", "--log-offset",
-                 "--pad", "--min-duration-s", "--max-file-mb", "--decode-timeout-s",
-                 "--no-isolate-decoding", "--torch-threads", "--row-group-mb", "--runner",
+                 "--pad", "--min-duration-s", "--max-duration-s", "--max-file-mb",
+                 "--decode-timeout-s", "--no-isolate-decoding", "--torch-threads",
+                 "--row-group-mb", "--retry-dead-letters", "--runner",
                  "--direct_num_workers", "--direct_running_mode"]:
         assert flag in help_text
 
