@@ -183,7 +183,7 @@ def child_pids(pid: int) -> list[int]:
 
 def test_killed_worker_is_restarted_and_resumes_from_snapshot(tmp_path):
     mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path, n=160)
-    cmd = torchrun(tmp_path, mels_dir, factors, "--max-restarts=1") + ["--epochs", "14",
+    cmd = torchrun(tmp_path, mels_dir, factors, "--max-restarts=3") + ["--epochs", "14",
                                                                        "--patience", "14"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
