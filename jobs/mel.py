@@ -347,7 +347,7 @@ def _pad(samples: np.ndarray, params: MelParams) -> np.ndarray:
     want = params.excerpt_samples
     if want is None or len(samples) >= want or params.pad == "none":
         return samples
-    mode = "constant" if params.pad == "zeros" else "wrap"
+    mode = "wrap" if params.pad == "wrap" else "constant"  # zeros, or what reject lets by
     return np.pad(samples, (0, want - len(samples)), mode=mode)
 
 

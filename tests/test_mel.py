@@ -211,11 +211,15 @@ def test_short_track_is_padded_as_asked(audio_dir, pad, tail_is_silent, length):
 def test_short_track_is_rejected_when_asked(audio_dir):
     short = write_audio(audio_dir / "short.flac", tone(440, 1.0, 44100), 44100, "flac")
     exact = write_audio(audio_dir / "exact.flac", tone(440, 2.0, 44100), 44100, "flac")
+    # A clip a hair shorter than the excerpt (a 30 s preview decoding to 29.98 s).
+    almost = write_audio(audio_dir / "almost.flac", tone(440, 1.95, 44100), 44100, "flac")
     params = MelParams(excerpt_s=2.0, pad="reject")
 
     with pytest.raises(DecodeError, match="too short for the excerpt"):
         decode_excerpt(short, params)
     assert decode_excerpt(exact, params).shape == (2 * 22050,)
+    padded = decode_excerpt(almost, params)
+    assert padded.shape == (2 * 22050,) and np.abs(padded[-1000:]).max() == 0
     assert len(decode_excerpt(short, MelParams(excerpt_s=0, pad="reject"))) == 22050
 
 
