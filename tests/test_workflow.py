@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -183,3 +184,34 @@ def test_noise_audio_fails_the_same_check(tmp_path):
     assert second.returncode == 0, second.stderr[-4000:]
     report = json.loads(only("runs/backfill/evaluation-*.json", tmp_path).read_text())
     assert not ranks_above_chance(report), report
+
+
+def test_user_triplet_plays_go_through_trainals(tmp_path):
+    """A user's own plays in the MSD triplet format, in a file whose extension says
+    nothing, named in luigi.cfg with 2% bad rows and a bound of 10%: TrainAls hands
+    format and bound to the job (by default it would read Parquet and allow 1%),
+    which quarantines the bad rows and factorises the rest."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    lines = [f"u{u}\tt{t}\t{int(rng.integers(1, 20))}"
+             for u in range(40) for t in rng.choice(30, 8, replace=False)]
+    bad = [(f"u{u}", "t0", "not-a-count") for u in range(7)]
+    for position, row in zip((5, 50, 100, 150, 200, 250, 300), bad):
+        lines.insert(position, "\t".join(row))
+    plays = tmp_path / "taste_profile.dat"
+    plays.write_text("\n".join(lines) + "\n")
+    pq.write_table(pa.table({"track_id": [f"t{t}" for t in range(30)]}), data / "catalogue.parquet")
+    config = tmp_path / "user.cfg"
+    config.write_text(f"[paths]\nplays = {plays}\n\n"
+                      "[TrainAls]\nrank = 4\niterations = 3\nplays_format = triplets\n"
+                      "max_bad_fraction = 0.1\n")
+    env = dict(os.environ, COLDSTART_DATA_ROOT=str(data), LUIGI_CONFIG_PATH=str(config))
+    done = subprocess.run([*LUIGI[:5], "TrainAls", "--local-scheduler"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = only("runs/backfill/als-*", tmp_path)
+    quarantined = pq.read_table(out / "quarantine").to_pylist()
+    assert sorted((q["user_id"], q["track_id"], q["plays"]) for q in quarantined) == bad
+    assert {q["reason"] for q in quarantined} == {"non-numeric play count"}
+    assert pq.read_table(out / "user_factors").num_rows == 40

@@ -36,7 +36,8 @@ class paths(luigi.Config):
     catalogue = luigi.OptionalPathParameter(
         default=None, description="catalogue Parquet; default DATA_ROOT/catalogue.parquet")
     plays = luigi.OptionalPathParameter(
-        default=None, description="play counts Parquet; default DATA_ROOT/plays.parquet")
+        default=None, description="play counts: a Parquet, CSV or triplet file or a directory "
+        "of them ([TrainAls] says how to read it); default DATA_ROOT/plays.parquet")
 
 
 def data_root() -> Path:
@@ -134,6 +135,20 @@ class TrainAls(RunTask, SparkSubmitTask):
     eps = luigi.FloatParameter(default=jobs.als.AlsParams.eps)
     iterations = luigi.IntParameter(default=jobs.als.AlsParams.iterations)
     seed = luigi.IntParameter(default=jobs.als.AlsParams.seed)
+    blocks = luigi.OptionalIntParameter(
+        default=None, description="ALS user and item blocks; default one per core")
+    # How to read the user's plays: they change what is read, not what is computed.
+    plays_format = luigi.ChoiceParameter(
+        choices=("auto",) + jobs.als.FORMATS, default="auto", significant=False,
+        description="parquet, csv or triplets; auto goes by the file extension")
+    user_column = luigi.Parameter(default=jobs.als.InputOptions.user_column, significant=False)
+    track_column = luigi.Parameter(default=jobs.als.InputOptions.track_column, significant=False)
+    plays_column = luigi.Parameter(default=jobs.als.InputOptions.plays_column, significant=False)
+    delimiter = luigi.Parameter(default=jobs.als.InputOptions.delimiter, significant=False,
+                                description="CSV field delimiter; \\t for tab")
+    max_bad_fraction = luigi.FloatParameter(
+        default=jobs.als.InputOptions.max_bad_fraction, significant=False,
+        description="fail when more than this fraction of play rows is quarantined")
     capture_output = False
     app = jobs.als.__file__
     name = "coldstart-als"
@@ -156,7 +171,11 @@ class TrainAls(RunTask, SparkSubmitTask):
     def app_options(self):
         return ["--plays", self.input()["plays"].path, "--out", self.output().path,
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
-                "--iterations", self.iterations, "--seed", self.seed]
+                "--iterations", self.iterations, "--seed", self.seed,
+                *(["--blocks", self.blocks] if self.blocks else []),
+                "--format", self.plays_format, "--user-column", self.user_column,
+                "--track-column", self.track_column, "--plays-column", self.plays_column,
+                "--delimiter", self.delimiter, "--max-bad-fraction", self.max_bad_fraction]
 
 
 class MelSpectrograms(RunTask, JobTask):
