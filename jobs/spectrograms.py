@@ -17,8 +17,8 @@ sent the same track id and audio URI to the dead letters (--retry-dead-letters
 tries those again). Audio URIs are local paths or anything fsspec opens.
 
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
-Beam does not try to download the Prism runner) with one worker process per CPU;
-any other Beam pipeline option (--runner=DataflowRunner, --runner=FlinkRunner, ...)
+Beam does not try to download the Prism runner) with one worker per CPU, each
+decoding in its own child process; any other Beam pipeline option (--runner=DataflowRunner, --runner=FlinkRunner, ...)
 is passed through. --out must be a local or mounted filesystem: the run directory
 is published with an atomic rename.
 """
@@ -598,15 +598,21 @@ def parse_options(argv: Sequence[str] | None = None) -> PipelineOptions:
              "(DirectRunner itself first tries to download the Prism runner).")
     runner.add_argument(
         "--direct_num_workers", type=int, default=max(2, os.cpu_count() or 1),
-        help="Local runner: number of worker processes (0 = one per CPU). "
-             "Default: one per CPU, at least 2, here %(default)s.")
+        help="Local runner: number of workers, each with its own decoder process "
+             "(0 = one per CPU). Default: one per CPU, at least 2, here %(default)s.")
     runner.add_argument(
-        "--direct_running_mode", default="multi_processing",
+        "--direct_running_mode", default=None,
         choices=["in_memory", "multi_threading", "multi_processing"],
-        help="Local runner: how workers run. Default: %(default)s.")
+        help="Local runner: how workers run. Default: multi_threading while decoding is "
+             "isolated, since each worker's decoding then runs in its own process and the "
+             "mel transform releases the GIL (this saves starting a Beam interpreter per "
+             "worker); multi_processing with --no-isolate-decoding.")
     args, beam_args = parser.parse_known_args(argv)
     if not args.catalogue or not args.out:
         parser.error("--catalogue and --out are required")
+    if args.direct_running_mode is None:
+        args.direct_running_mode = (
+            "multi_threading" if args.isolate_decoding else "multi_processing")
     return PipelineOptions(beam_args, **vars(args))
 
 

@@ -394,7 +394,9 @@ def test_options_defaults_passthrough_and_help(capsys):
     assert mel_params(options) == MelParams(n_mels=64, pad="reject")
     assert everything["runner"] == "FnApiRunner"
     assert everything["direct_num_workers"] == max(2, os.cpu_count())
-    assert everything["direct_running_mode"] == "multi_processing"
+    assert everything["direct_running_mode"] == "multi_threading"  # decoders are processes
+    assert parse_options(["--catalogue", "c", "--out", "o", "--no-isolate-decoding"]
+                         ).get_all_options()["direct_running_mode"] == "multi_processing"
     assert everything["job_name"] == "nightly"  # unknown here, Beam's own option
     assert everything["retry_dead_letters"] is False
     assert everything["max_duration_s"] == 3 * 3600
