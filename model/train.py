@@ -65,7 +65,13 @@ def setup_distributed() -> torch.device:
     if cuda:
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        # torchrun keeps one key-value store across worker restarts, and a restarted
+        # worker could read its dead peer's address left there by the last attempt and
+        # wait on it until the timeout: each attempt gets a key space of its own.
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
+                                store=dist.PrefixStore(f"attempt-{attempt}/", store))
     return device
 
 
