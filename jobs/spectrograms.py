@@ -18,9 +18,9 @@ tries those again). Audio URIs are local paths or anything fsspec opens.
 
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
 Beam does not try to download the Prism runner) with one worker per CPU, each
-decoding in its own child process; any other Beam pipeline option (--runner=DataflowRunner, --runner=FlinkRunner, ...)
-is passed through. --out must be a local or mounted filesystem: the run directory
-is published with an atomic rename.
+decoding in its own child process; any other Beam pipeline option
+(--runner=DataflowRunner, --runner=FlinkRunner, ...) is passed through. --out must
+be a local or mounted filesystem: the run directory is published with an atomic rename.
 """
 from __future__ import annotations
 
