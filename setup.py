@@ -10,9 +10,12 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["jobs", "jobs.*", "model", "model.*", "schemas",
                                     "schemas.*", "workflows", "workflows.*"]),
+    # Compatible ranges for installing into an environment of one's own; the README's
+    # commands install the exact set in requirements.lock. torchaudio's native library
+    # loads only against the torch it was built with, so the two are pinned as a pair.
     install_requires=[
-        "torch==2.11.*",
-        "torchaudio==2.11.*",
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
         "pyspark>=4.0,<5",
         "apache-beam>=2.60",
         "luigi>=3.5",
