@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -65,6 +67,24 @@ _REJECT_SLACK_S = 0.1
 
 class DecodeError(RuntimeError):
     """A track could not be decoded; the message starts with its URI."""
+
+
+class SystemicError(RuntimeError):
+    """The environment is broken, not one track: a library that does not load, no
+    memory, no disk space, a decoder process that cannot start. Stops the job."""
+
+
+# OS errors that say the machine, not the file, is at fault.
+_SYSTEMIC_ERRNOS = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT, errno.EMFILE,
+                              errno.ENFILE, errno.EROFS})
+
+
+def is_systemic(err: BaseException) -> bool:
+    """Whether ``err`` would hit every track alike, so it must stop the job instead
+    of sending each track to the dead letters."""
+    if isinstance(err, (SystemicError, ImportError, MemoryError)):
+        return True
+    return isinstance(err, OSError) and err.errno in _SYSTEMIC_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -165,6 +185,8 @@ def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
     except DecodeError:
         raise
     except Exception as err:  # FFmpeg, I/O and format errors alike: name the file.
+        if is_systemic(err):
+            raise
         raise DecodeError(f"{uri}: {type(err).__name__}: {err}") from err
 
     decoded_s = len(samples) / rate
@@ -358,8 +380,7 @@ def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
     (n_mels, n_frames) float32, log(power + log_offset), with
     n_frames = 1 + n_samples // hop_length (frames are centred).
     """
-    import torch
-
+    torch = _import("torch")
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1 or samples.size == 0:
         raise ValueError(f"expected non-empty mono samples, got shape {samples.shape}")
@@ -373,10 +394,36 @@ def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
-    import torchaudio
-
+    torchaudio = _import("torchaudio")
     return torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
+
+
+def _import(name: str):
+    """Import ``name``; a failure (a native library that does not load) is systemic."""
+    try:
+        return importlib.import_module(name)
+    except Exception as err:
+        raise SystemicError(f"{name} does not load: {type(err).__name__}: {err}") from err
+
+
+# Codecs FFmpeg must decode for the formats the job claims: mp3, ogg (Vorbis, Opus),
+# flac, wav, m4a (AAC, ALAC).
+CLAIMED_DECODERS = ("mp3", "vorbis", "opus", "flac", "pcm_s16le", "pcm_f32le", "aac", "alac")
+
+
+def check_environment(params: MelParams) -> None:
+    """Raise SystemicError unless this process can decode the claimed codecs and
+    compute a spectrogram: a cheap test before any track is touched."""
+    missing = []
+    for name in CLAIMED_DECODERS:
+        try:
+            av.codec.Codec(name, "r")
+        except Exception:
+            missing.append(name)
+    if missing:
+        raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
+    log_mel(np.zeros(params.n_fft, np.float32), params)
 
 
 class IsolatedDecoder:
@@ -406,20 +453,23 @@ class IsolatedDecoder:
         self._conn: multiprocessing.connection.Connection | None = None
 
     def __call__(self, uri: str) -> np.ndarray:
+        if self._process is None or self._process.poll() is not None:
+            self._start()
         try:
-            if self._process is None or self._process.poll() is not None:
-                self._start()
             self._conn.send(uri)
             if not self._conn.poll(self.timeout_s):
                 self.close()
                 raise DecodeError(f"{uri}: decoding timed out after {self.timeout_s:g} s")
-            ok, result = self._conn.recv()
-            if ok:  # the samples follow as raw float32: no pickling, one copy less
+            status, result = self._conn.recv()
+            if status == "ok":  # the samples follow as raw float32: no pickling, one copy less
                 samples = np.empty(result, np.float32)
                 self._conn.recv_bytes_into(samples)
         except (EOFError, OSError):  # the child died: broken pipe, reset, closed
             raise DecodeError(f"{uri}: decoder process died ({self._exit_reason()})") from None
-        if not ok:
+        if status == "broken":
+            self.close()
+            raise SystemicError(result)
+        if status != "ok":
             raise DecodeError(result)
         return samples
 
@@ -429,6 +479,8 @@ class IsolatedDecoder:
         return self._process.pid if self._process is not None else None
 
     def _start(self) -> None:
+        """Start the child; SystemicError when it cannot start or does not get ready
+        (its imports fail, say): that would fail every track alike."""
         self.close()
         self._conn, child_conn = multiprocessing.Pipe()
         try:
@@ -437,11 +489,20 @@ class IsolatedDecoder:
                 pass_fds=[child_conn.fileno()], stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
                     filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))})
+        except OSError as err:
+            raise SystemicError(f"cannot start a decoder process: {err}") from err
         finally:
             child_conn.close()
-        # The parent's import path first, so that the child can then unpickle ``decode``.
-        self._conn.send(sys.path)
-        self._conn.send((self._decode, self.params.to_dict(), self._kwargs))
+        try:
+            # The parent's import path first, so that the child can then unpickle ``decode``.
+            self._conn.send(sys.path)
+            self._conn.send((self._decode, self.params.to_dict(), self._kwargs))
+            ready = self._conn.poll(_START_TIMEOUT_S) and self._conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            raise SystemicError(f"the decoder process did not start ({self._exit_reason()}); "
+                                "its error, if any, is logged above")
 
     def _exit_reason(self) -> str:
         process, self._process = self._process, None
@@ -477,13 +538,18 @@ class IsolatedDecoder:
 # Directory holding the ``jobs`` package, for the child's import path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
+# Seconds a new decoder process has to import its modules and say it is ready.
+_START_TIMEOUT_S = 60.0
+
 
 def _serve(fd: int) -> None:
     """Child loop of IsolatedDecoder on connection ``fd``.
 
-    Receives the parent's import path and its configuration, then URIs; answers
-    each with (True, n_samples) and the float32 samples as raw bytes, or with
-    (False, error message). Returns when the parent closes the pipe or dies.
+    Receives the parent's import path and its configuration and answers "ready",
+    then receives URIs; answers each with ("ok", n_samples) and the float32 samples
+    as raw bytes, ("bad", error message) when the track is at fault, or ("broken",
+    error message) when the environment is (see :func:`is_systemic`). Returns when
+    the parent closes the pipe or dies.
     """
     conn = multiprocessing.connection.Connection(fd)
     try:
@@ -492,6 +558,7 @@ def _serve(fd: int) -> None:
     except EOFError:
         return
     params = MelParams.from_dict(params)
+    conn.send("ready")
     while True:
         try:
             uri = conn.recv()
@@ -500,7 +567,11 @@ def _serve(fd: int) -> None:
         try:
             samples = np.ascontiguousarray(decode(uri, params, **kwargs), np.float32)
         except Exception as err:
-            conn.send((False, str(err) if isinstance(err, DecodeError) else f"{uri}: {err!r}"))
+            if is_systemic(err):
+                conn.send(("broken", str(err) if isinstance(err, SystemicError)
+                           else f"{type(err).__name__}: {err}"))
+            else:
+                conn.send(("bad", str(err) if isinstance(err, DecodeError) else f"{uri}: {err!r}"))
             continue
-        conn.send((True, len(samples)))
+        conn.send(("ok", len(samples)))
         conn.send_bytes(samples)

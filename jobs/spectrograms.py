@@ -25,6 +25,7 @@ be a local or mounted filesystem: the run directory is published with an atomic 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import logging
@@ -48,7 +49,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from jobs import storage
 from jobs.mel import (MELS_PREFIX, PAD_MODES, DecodeError, IsolatedDecoder, MelParams,
-                      decode_excerpt, log_mel, mel_shards)
+                      SystemicError, check_environment, decode_excerpt, is_systemic, log_mel,
+                      mel_shards)
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +202,22 @@ def existing_track_ids(params_dir: str | os.PathLike) -> set[str]:
     return done
 
 
+def error_kind(error: str, audio_uri: str | None) -> str:
+    """A dead letter's error without its URI and figures: what groups like errors."""
+    if audio_uri and error.startswith(f"{audio_uri}: "):
+        error = error[len(audio_uri) + 2:]
+    return re.sub(r"\d+(\.\d+)?", "N", error.split(": ", 1)[0])
+
+
+def frequent_errors(paths: Iterable[Path], top: int = 3) -> list[tuple[str, int]]:
+    """The ``top`` most frequent error kinds of the dead-letter files, with counts."""
+    kinds = collections.Counter()
+    for path in paths:
+        table = pq.read_table(path, columns=["audio_uri", "error"]).to_pydict()
+        kinds.update(map(error_kind, table["error"], table["audio_uri"]))
+    return kinds.most_common(top)
+
+
 def _count_rows(paths: Iterable[Path]) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
@@ -292,7 +310,9 @@ class DecodeAudio(beam.DoFn):
     def process(self, row: dict) -> Iterator:
         try:
             samples = self._decode(row["audio_uri"])
-        except Exception as err:  # one bad file must never fail the bundle
+        except Exception as err:  # one bad file must never fail the bundle...
+            if is_systemic(err):  # ...but a broken environment must stop the job
+                raise
             message = err if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
             yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, "decode", message))
             return
@@ -325,6 +345,8 @@ class ComputeLogMel(beam.DoFn):
             if not np.isfinite(mel).all():
                 raise ValueError("spectrogram has non-finite values")
         except Exception as err:
+            if is_systemic(err):
+                raise
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTERS, _dead_letter(row, "mel", f"{type(err).__name__}: {err}"))
             return
@@ -529,6 +551,26 @@ def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return counters
 
 
+# How a worker's SystemicError reads once the runner has turned it into text.
+_SYSTEMIC_TEXT = re.compile(rf"{SystemicError.__name__}: (.+)")
+
+
+def systemic_failure(err: BaseException) -> str | None:
+    """What broke the environment, if that is why the pipeline failed, else None.
+
+    Runners hand a worker's exception back wrapped, often as the text of its
+    traceback, so both the exception chain and that text are searched.
+    """
+    seen = err
+    while seen is not None:
+        if is_systemic(seen):
+            return (str(seen) if isinstance(seen, SystemicError)
+                    else f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    found = _SYSTEMIC_TEXT.search(str(err))
+    return found.group(1).strip() if found else None
+
+
 def run(options: PipelineOptions) -> RunSummary:
     """Run the job the options describe and publish its run directory."""
     mel_options = options.view_as(MelOptions)
@@ -542,6 +584,7 @@ def run(options: PipelineOptions) -> RunSummary:
 
     pattern = catalogue_pattern(mel_options.catalogue)
     check_catalogue(catalogue_files(pattern))
+    check_environment(params)  # seconds, before any worker starts
     earlier_mels = mel_shards(target.parent)
     earlier_failures = [] if mel_options.retry_dead_letters else final_dead_letter_files(
         target.parent)
@@ -555,14 +598,20 @@ def run(options: PipelineOptions) -> RunSummary:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     pending = target.with_name(f"{run_id}.pending-{stamp}")
     with storage.atomic_dir(pending) as tmp:
-        with beam.Pipeline(options=options) as pipeline:
-            rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
-                pattern, columns=CATALOGUE_COLUMNS)
-            done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
-                    | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
-            failed = _read_parquet_rows(pipeline, "EarlierFailures", earlier_failures,
-                                  CATALOGUE_COLUMNS)
-            write(build(rows, options, done, failed), tmp, options)
+        try:
+            with beam.Pipeline(options=options) as pipeline:
+                rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
+                    pattern, columns=CATALOGUE_COLUMNS)
+                done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
+                        | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
+                failed = _read_parquet_rows(pipeline, "EarlierFailures", earlier_failures,
+                                            CATALOGUE_COLUMNS)
+                write(build(rows, options, done, failed), tmp, options)
+        except Exception as err:
+            systemic = systemic_failure(err)
+            if systemic is not None:
+                raise SystemicError(systemic) from err
+            raise
         counters = _counters(pipeline.result)
         n_mels = _count_rows(tmp.glob(f"{MELS_PREFIX}-*{SUFFIX}"))
         n_dead = _count_rows(dead_letter_files(tmp))
@@ -626,12 +675,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobError as err:
         logger.error("%s", err)
         return 2
+    except SystemicError as err:
+        logger.error("stopped: the environment is broken, not the audio (no track was set "
+                     "aside): %s", err)
+        return 1
     max_bad = options.view_as(MelOptions).max_bad_fraction
     if summary.bad_fraction > max_bad:
         logger.error("catalogue %s: %d of %d tracks (%.1f%%) failed, more than "
-                     "--max-bad-fraction %g; see %s", options.view_as(MelOptions).catalogue,
+                     "--max-bad-fraction %g; most frequent errors: %s; see %s",
+                     options.view_as(MelOptions).catalogue,
                      summary.dead_letters, summary.mels + summary.dead_letters,
                      100 * summary.bad_fraction, max_bad,
+                     "; ".join(f"{kind} ({count})" for kind, count in
+                               frequent_errors(dead_letter_files(summary.run_dir))),
                      summary.run_dir / f"{DEAD_LETTERS_PREFIX}-*{SUFFIX}")
         return 1
     return 0

@@ -1,6 +1,10 @@
 """The Beam spectrogram job: its graph under TestPipeline, its DoFns, and main."""
+import errno
 import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
@@ -13,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
 from jobs import spectrograms
-from jobs.mel import MelParams
+from jobs.mel import IsolatedDecoder, MelParams, SystemicError
 from jobs.spectrograms import (ComputeLogMel, DecodeAudio, MelOptions, build, main, mel_params,
                                mel_table, parse_options, run_dir)
 from tests.test_mel import decode_or_crash, tone, write_audio
@@ -26,6 +30,7 @@ CODECS = {"flac": "flac", "ogg": "vorbis", "mp3": "libmp3lame", "m4a": "aac"}
 GOOD = {"low": (300.0, "flac", "mono"), "mid": (1200.0, "ogg", "stereo"),
         "high": (4000.0, "mp3", "mono")}
 IN_PROCESS = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_catalogue(path, rows) -> str:
@@ -339,6 +344,8 @@ def test_main_fails_above_bad_fraction_but_keeps_outputs(catalogue, tmp_path, ca
     assert code == 1
     log = capsys.readouterr().err  # main configures logging to stderr
     assert catalogue["path"] in log and "--max-bad-fraction" in log
+    assert "most frequent errors: " in log
+    assert "InvalidDataError (1)" in log and "FileNotFoundError (1)" in log
     # Not published as the run (a scheduler would take it for done), but kept: a
     # rerun skips the 3 good tracks and retries only the 2 bad ones.
     assert not run_dir(out, PARAMS, "r1").exists()
@@ -418,3 +425,81 @@ def test_run_dir_rejects_hidden_or_nested_ids():
     for bad in ["", ".tmp", "a/b"]:
         with pytest.raises(ValueError):
             run_dir("out", MelParams(), bad)
+
+
+# -- A broken environment stops the job ------------------------------------------------
+
+def no_space_left(uri: str, params: MelParams, **limits) -> np.ndarray:
+    """A decoder on a machine whose disk is full: every track would fail alike."""
+    raise OSError(errno.ENOSPC, "No space left on device", uri)
+
+
+def fake_package(root, name: str, error: str) -> str:
+    """A directory holding a package ``name`` whose import raises ``error``."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(f"raise {error}\n")
+    return str(root)
+
+
+def test_a_mel_library_that_does_not_load_stops_the_job_with_no_dead_letters(catalogue,
+                                                                              tmp_path):
+    # What a torchaudio built for another torch does: its native library fails to load.
+    broken = fake_package(tmp_path / "site", "torchaudio",
+                          "OSError('Could not load this library: libtorchaudio.so')")
+    out = tmp_path / "mels"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([broken, str(REPO)]))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.spectrograms", "--catalogue", catalogue["path"],
+         "--out", str(out), "--excerpt-s", str(EXCERPT_S)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 1, result.stderr
+    assert "environment is broken" in result.stderr
+    assert "torchaudio does not load: OSError: Could not load this library" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not list(out.rglob("dead_letters-*"))
+
+
+def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
+    rows = catalogue["rows"][:3]
+    with pytest.raises(Exception) as raised:
+        with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
+            decoded = (pipeline | beam.Create(rows) | beam.ParDo(DecodeAudio(
+                PARAMS, isolate=True, decode=no_space_left)).with_outputs(
+                    spectrograms.DEAD_LETTERS, main="samples"))
+            assert_that(decoded[spectrograms.DEAD_LETTERS], equal_to([]))
+
+    assert "No space left on device" in spectrograms.systemic_failure(raised.value)
+    # A track's own failure is not mistaken for a broken environment.
+    assert spectrograms.systemic_failure(RuntimeError("x.mp3: InvalidDataError: bad")) is None
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_decode_dofn_raises_systemic_errors_instead_of_dead_letters(catalogue, isolate):
+    dofn = DecodeAudio(PARAMS, isolate=isolate, decode=no_space_left)
+    dofn.setup()
+    try:
+        with pytest.raises((SystemicError, OSError), match="No space left"):
+            list(dofn.process(catalogue["rows"][0]))
+    finally:
+        dofn.teardown()
+
+
+def test_a_decoder_process_that_cannot_start_is_systemic(catalogue, tmp_path, monkeypatch):
+    # The child imports PyAV afresh; here its FFmpeg libraries fail to load.
+    broken = fake_package(tmp_path / "site", "av", "ImportError('libavcodec.so.61: not found')")
+    monkeypatch.setenv("PYTHONPATH", broken)
+    with IsolatedDecoder(PARAMS) as decoder:
+        with pytest.raises(SystemicError, match="decoder process did not start"):
+            decoder(catalogue["rows"][0]["audio_uri"])
+
+
+def test_error_kinds_group_like_errors():
+    assert spectrograms.error_kind("/a/x.mp3: truncated: decoded 2.00 s of 10.00 s",
+                                   "/a/x.mp3") == "truncated"
+    assert spectrograms.error_kind("/a/y.mp3: InvalidDataError: [Errno 1094995529] Invalid",
+                                   "/a/y.mp3") == "InvalidDataError"
+    assert spectrograms.error_kind("/a/z.ogg: decoder process died (killed by SIGSEGV)",
+                                   "/a/z.ogg") == "decoder process died (killed by SIGSEGV)"
+    assert spectrograms.error_kind("x.ogg: too short: 0.50 s < 1 s", "x.ogg") == "too short"
