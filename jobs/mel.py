@@ -412,15 +412,21 @@ def _import(name: str):
 CLAIMED_DECODERS = ("mp3", "vorbis", "opus", "flac", "pcm_s16le", "pcm_f32le", "aac", "alac")
 
 
-def check_environment(params: MelParams) -> None:
-    """Raise SystemicError unless this process can decode the claimed codecs and
-    compute a spectrogram: a cheap test before any track is touched."""
+def missing_decoders() -> list[str]:
+    """The CLAIMED_DECODERS that PyAV's FFmpeg build lacks."""
     missing = []
     for name in CLAIMED_DECODERS:
         try:
             av.codec.Codec(name, "r")
         except Exception:
             missing.append(name)
+    return missing
+
+
+def check_environment(params: MelParams) -> None:
+    """Raise SystemicError unless this process can decode the claimed codecs and
+    compute a spectrogram: a cheap test before any track is touched."""
+    missing = missing_decoders()
     if missing:
         raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
     log_mel(np.zeros(params.n_fft, np.float32), params)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -38,9 +39,25 @@ def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
     return version
 
 
+class UnsafeFileError(ValueError):
+    """A model or snapshot file holds more than weights and plain values."""
+
+
+def load_weights(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """A file written by torch.save of tensors and plain values, loaded without
+    running code: a file that would need to import or call anything is refused."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise UnsafeFileError(f"{path}: refused to load: it holds objects other than weights "
+                              f"and plain values, and loading it could run code "
+                              f"({reason})") from None
+
+
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[FactorNet, dict]:
     """Rebuild the network from a model file; returns (model in eval mode, artefact)."""
-    artefact = torch.load(path, map_location=device, weights_only=False)
+    artefact = load_weights(path, device)
     model = build_net(NetConfig.from_dict(artefact["net_config"]))
     model.load_state_dict(artefact["state"])
     return model.to(device).eval(), artefact

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from jobs import storage
+from model.artefact import load_weights
 from model.data import ShardStream
 from model.net import FactorNet
 
@@ -138,7 +139,7 @@ class Trainer:
         os.replace(tmp, self.snapshot)
 
     def load_snapshot(self) -> None:
-        saved = torch.load(self.snapshot, map_location=self.device, weights_only=False)
+        saved = load_weights(self.snapshot, self.device)
         self.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.progress = Progress(**saved["progress"])

@@ -201,3 +201,38 @@ def test_killed_worker_is_restarted_and_resumes_from_snapshot(tmp_path):
     _, artefact = load_model(tmp_path / "model.pt")
     assert artefact["metrics"]["epochs"] == 14
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
+
+
+class RunsCode:
+    """What a crafted model file holds: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_model_and_snapshot_files_that_would_run_code_are_refused(tmp_path):
+    from model.artefact import UnsafeFileError, load_weights, save_model
+
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "crafted.pt"
+    torch.save({"version": "x", "state": {}, "payload": RunsCode(marker)}, crafted)
+
+    with pytest.raises(UnsafeFileError, match=f"{crafted}: refused to load"):
+        load_model(crafted)
+    with pytest.raises(UnsafeFileError):
+        load_weights(crafted)
+    assert not marker.exists()
+
+    # What the project writes itself loads.
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    net = build_net(config)
+    save_model(tmp_path / "model.pt", config, net.state_dict(), {"n_mels": 16}, 1.0,
+               {"loss": "mse", "validation_loss": float("inf")})
+    model, artefact = load_model(tmp_path / "model.pt")
+    assert artefact["metrics"]["loss"] == "mse"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 net.state_dict().values()))

@@ -201,7 +201,10 @@ def test_user_triplet_plays_go_through_trainals(tmp_path):
         lines.insert(position, "\t".join(row))
     plays = tmp_path / "taste_profile.dat"
     plays.write_text("\n".join(lines) + "\n")
-    pq.write_table(pa.table({"track_id": [f"t{t}" for t in range(30)]}), data / "catalogue.parquet")
+    pq.write_table(pa.Table.from_pylist(
+        [{"track_id": f"t{t}", "audio_uri": f"/audio/t{t}.mp3", "title": f"Track {t}",
+          "artist": "Someone", "duration_s": 180.0} for t in range(30)], schemas.CATALOGUE),
+        data / "catalogue.parquet")
     config = tmp_path / "user.cfg"
     config.write_text(f"[paths]\nplays = {plays}\n\n"
                       "[TrainAls]\nrank = 4\niterations = 3\nplays_format = triplets\n"

@@ -1,7 +1,10 @@
 """Luigi workflows: ``luigi --module workflows BackfillFactors`` or ``NightlyFactors``."""
 from workflows.tasks import (BackfillFactors, DemoCatalogue, EvaluateColdStart, Inputs,
-                             MelSpectrograms, NightlyFactors, ScoreColdTracks, TrainAls,
-                             TrainModel, UserInputs)
+                             MelSpectrograms, NightlyFactors, Preflight, ScoreColdTracks,
+                             TrainAls, TrainModel, UserInputs, configure_luigi)
+
+configure_luigi()
 
 __all__ = ["BackfillFactors", "DemoCatalogue", "EvaluateColdStart", "Inputs", "MelSpectrograms",
-           "NightlyFactors", "ScoreColdTracks", "TrainAls", "TrainModel", "UserInputs"]
+           "NightlyFactors", "Preflight", "ScoreColdTracks", "TrainAls", "TrainModel",
+           "UserInputs"]

@@ -12,12 +12,18 @@ everything downstream of it instead of reusing stale results.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import re
 import sys
+import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import luigi
-from luigi.contrib.external_program import ExternalProgramTask
+import luigi.lock
+from luigi.contrib.external_program import ExternalProgramRunError, ExternalProgramTask
 from luigi.contrib.spark import SparkSubmitTask
 
 import jobs.als
@@ -29,6 +35,12 @@ from model.net import ARCHS
 from model.trainer import TrainConfig
 
 BIN = Path(sys.executable).parent
+logger = logging.getLogger("luigi-interface")
+
+# Exit codes of `luigi --module workflows ...`, so that a scheduler sees every failure
+# even when no luigi.cfg is found; a luigi.cfg [retcode] section overrides them.
+RETCODES = {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
+            "scheduling_error": 35, "unhandled_exception": 40}
 
 
 class paths(luigi.Config):
@@ -42,6 +54,65 @@ class paths(luigi.Config):
 
 def data_root() -> Path:
     return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
+
+
+def lock_dir(root: Path) -> Path:
+    """Where luigi keeps its pid lock for runs on data root ``root``.
+
+    Luigi refuses a second process with the same command line while one runs; one
+    lock directory per data root makes that "the same command on the same data",
+    so pipelines on different data roots run side by side.
+    """
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"luigi-coldstart-{digest}"
+
+
+def configure_luigi() -> None:
+    """Defaults luigi takes from configuration: exit codes and the lock directory.
+
+    Called when `luigi --module workflows` imports this package, before luigi reads
+    them; values set in luigi.cfg win.
+    """
+    config = luigi.configuration.get_config()
+    for section in ("retcode", "core"):
+        if not config.has_section(section):
+            config.add_section(section)
+    for key, code in RETCODES.items():
+        if not config.has_option("retcode", key):
+            config.set("retcode", key, str(code))
+    if not config.has_option("core", "lock_pid_dir"):
+        config.set("core", "lock_pid_dir", str(lock_dir(data_root())))
+    explain_lock(Path(config.get("core", "lock_pid_dir")))
+
+
+def explain_lock(pid_dir: Path) -> None:
+    """Say why luigi is about to refuse this run, when another one holds its lock."""
+    if "--no-lock" in sys.argv:
+        return
+    my_pid, my_cmd, pid_file = luigi.lock.get_info(str(pid_dir))
+    try:
+        pids = {int(line) for line in Path(pid_file).read_text().split()}
+    except (OSError, ValueError):
+        return
+    running = sorted(pid for pid in pids if pid != my_pid and luigi.lock.getpcmd(pid) == my_cmd)
+    if running:
+        logger.error("refused: the same command is already running on data root %s (pid %s); "
+                     "two runs on one data root would redo and overwrite each other's work. "
+                     "A run on another data root (COLDSTART_DATA_ROOT) is not blocked.",
+                     data_root(), ", ".join(map(str, running)))
+
+
+class RunIdParameter(luigi.Parameter):
+    """A run's name: one plain path component under DATA_ROOT/runs/, never a way out
+    of the data root (no slashes, no leading dot, so no '..' either)."""
+    PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+    def normalize(self, x):
+        x = str(x)
+        if not self.PATTERN.fullmatch(x):
+            raise ValueError(f"run_id {x!r} must be letters, digits, '_', '-' and '.', "
+                             "starting with a letter or digit")
+        return x
 
 
 def user_inputs() -> tuple[Path, Path]:
@@ -58,6 +129,12 @@ def fingerprint(task: luigi.Task) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def configured_inputs() -> bool:
+    """Whether luigi.cfg names the catalogue or the plays ([paths])."""
+    cfg = paths()
+    return cfg.catalogue is not None or cfg.plays is not None
+
+
 def job_environment() -> dict:
     """Child processes use this interpreter and find its scripts (spark-submit, torchrun)."""
     env = os.environ.copy()
@@ -67,12 +144,29 @@ def job_environment() -> dict:
     return env
 
 
-class JobTask(ExternalProgramTask):
-    """A job run as a child process with this interpreter's environment."""
+class JobFailed(RuntimeError):
+    """A job's process failed; its own log, streamed above, says why."""
+
+
+class ChildProcess:
+    """Runs the task's job with this interpreter's environment; a failure is reported
+    with the command and exit code alone. luigi's own error text carries the whole
+    environment, tokens and passwords included, into logs and the scheduler's UI."""
     capture_output = False  # stream the job's own log to the console
 
     def program_environment(self):
         return job_environment()
+
+    def run(self):
+        try:
+            super().run()
+        except ExternalProgramRunError as err:
+            raise JobFailed(f"{err.message} {' '.join(map(str, err.args))}; its log above "
+                            "says why") from None
+
+
+class JobTask(ChildProcess, ExternalProgramTask):
+    """A job run as a child process with this interpreter's environment."""
 
 
 class DemoCatalogue(luigi.Task):
@@ -93,19 +187,27 @@ class DemoCatalogue(luigi.Task):
         demo_catalogue.generate(Path(self.output().path), config)
 
 
-class UserInputs(luigi.ExternalTask):
-    """A catalogue and play counts the user supplied."""
+class UserInputs(luigi.Task):
+    """A catalogue and play counts the user supplied; nothing makes them, so a
+    missing one fails with its path."""
 
     def output(self):
         catalogue, plays = user_inputs()
         return {"catalogue": luigi.LocalTarget(catalogue), "plays": luigi.LocalTarget(plays)}
 
+    def run(self):
+        where = "[paths] in luigi.cfg" if configured_inputs() else f"the data root {data_root()}"
+        missing = [f"{name} {target.path}" for name, target in self.output().items()
+                   if not target.exists()]
+        raise FileNotFoundError(f"{' and '.join(missing)} not found (from {where})")
+
 
 class Inputs(luigi.WrapperTask):
-    """The user's catalogue when the data root has one, else the demo catalogue."""
+    """The user's catalogue and plays when luigi.cfg names them or the data root holds
+    a catalogue; else the demo catalogue."""
 
     def uses_demo(self) -> bool:
-        return not user_inputs()[0].exists()
+        return not configured_inputs() and not user_inputs()[0].exists()
 
     def requires(self):
         return DemoCatalogue() if self.uses_demo() else UserInputs()
@@ -121,13 +223,51 @@ class Inputs(luigi.WrapperTask):
 
 class RunTask(luigi.Task):
     """A task of one pipeline run; its outputs live under DATA_ROOT/runs/<run_id>/."""
-    run_id = luigi.Parameter(default="backfill")
+    run_id = RunIdParameter(default="backfill")
 
     def run_path(self, name: str) -> Path:
         return data_root() / "runs" / self.run_id / f"{name}-{fingerprint(self)}"
 
 
-class TrainAls(RunTask, SparkSubmitTask):
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+class Preflight(RunTask, JobTask):
+    """`python -m jobs.doctor` on this run's inputs: the environment and the inputs'
+    columns, checked in seconds before any expensive stage starts.
+
+    Its report is keyed by the inputs' size and modification time and the installed
+    packages' versions, so it runs again when any of them changes.
+    """
+
+    def requires(self):
+        return Inputs()
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("preflight").with_suffix(".json"))
+
+    def run_path(self, name: str) -> Path:
+        stats = [(path, stat.st_size, stat.st_mtime_ns) if (stat := _stat(path)) else path
+                 for path in (self.input()["catalogue"].path, self.input()["plays"].path)]
+        versions = sorted((dist.metadata["Name"], dist.version) for dist in metadata.distributions())
+        digest = hashlib.sha1(json.dumps([stats, versions, fingerprint(self)]).encode())
+        return data_root() / "runs" / self.run_id / f"{name}-{digest.hexdigest()[:10]}"
+
+    def program_args(self):
+        als = TrainAls(run_id=self.run_id)
+        return [sys.executable, "-m", "jobs.doctor",
+                "--catalogue", self.input()["catalogue"].path,
+                "--plays", self.input()["plays"].path, "--plays-format", als.plays_format,
+                "--user-column", als.user_column, "--track-column", als.track_column,
+                "--plays-column", als.plays_column, "--delimiter", als.delimiter,
+                "--report", self.output().path]
+
+
+class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
     rank = luigi.IntParameter(default=jobs.als.AlsParams.rank)
     reg = luigi.FloatParameter(default=jobs.als.AlsParams.reg)
@@ -149,7 +289,6 @@ class TrainAls(RunTask, SparkSubmitTask):
     max_bad_fraction = luigi.FloatParameter(
         default=jobs.als.InputOptions.max_bad_fraction, significant=False,
         description="fail when more than this fraction of play rows is quarantined")
-    capture_output = False
     app = jobs.als.__file__
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
@@ -159,17 +298,14 @@ class TrainAls(RunTask, SparkSubmitTask):
         local = BIN / "spark-submit"
         return str(local) if local.exists() else super().spark_submit
 
-    def program_environment(self):
-        return job_environment()
-
     def requires(self):
-        return Inputs()
+        return {"inputs": Inputs(), "preflight": Preflight(run_id=self.run_id)}
 
     def output(self):
         return luigi.LocalTarget(self.run_path("als"))
 
     def app_options(self):
-        return ["--plays", self.input()["plays"].path, "--out", self.output().path,
+        return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
                 "--iterations", self.iterations, "--seed", self.seed,
                 *(["--blocks", self.blocks] if self.blocks else []),
@@ -188,7 +324,7 @@ class MelSpectrograms(RunTask, JobTask):
         return MelParams(excerpt_s=self.excerpt_s)
 
     def requires(self):
-        return Inputs()
+        return {"inputs": Inputs(), "preflight": Preflight(run_id=self.run_id)}
 
     def mels_dir(self) -> Path:
         return data_root() / "mels"
@@ -198,7 +334,7 @@ class MelSpectrograms(RunTask, JobTask):
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",
-                "--catalogue", self.input()["catalogue"].path, "--out", self.mels_dir(),
+                "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", self.mels_dir(),
                 "--run-id", self.run_id, "--excerpt-s", self.excerpt_s,
                 "--max-bad-fraction", self.max_bad_fraction,
                 "--direct_num_workers", self.workers]
@@ -298,7 +434,7 @@ class EvaluateColdStart(RunTask, JobTask):
 
 class BackfillFactors(luigi.WrapperTask):
     """Factors for every cold track of the catalogue (and, on demo data, their evaluation)."""
-    run_id = luigi.Parameter(default="backfill")
+    run_id = RunIdParameter(default="backfill")
 
     def requires(self):
         yield ScoreColdTracks(run_id=self.run_id)
