@@ -23,7 +23,6 @@ setup(
         "numpy>=1.26",
         "av>=14",
         "scikit-learn>=1.4",
-        "matplotlib>=3.8",
         "pandas<3",
         "tqdm>=4.60",
         "tensorboard>=2.14",

@@ -19,7 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from jobs.mel import MelParams, decode_excerpt
+from jobs.spectrograms.decode import decode_excerpt
+from schemas.config import MelParams
 
 # (extension, encoder, sample rate)
 FORMATS = [("mp3", "libmp3lame", 44100), ("ogg", "vorbis", 44100), ("opus", "libopus", 48000),

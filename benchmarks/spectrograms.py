@@ -8,7 +8,7 @@ times, over the same catalogue:
 
 1. a bare loop: decode_excerpt + log_mel for every track in this process, on one
    core, no Beam, no isolation, nothing written;
-2. the Beam job (jobs.spectrograms.run) as `python -m jobs.spectrograms` runs it
+2. the Beam job (jobs.spectrograms.job.run) as `python -m jobs.spectrograms` runs it
    by default: --direct_num_workers workers, decoding isolated in child processes,
    Parquet shards and dead letters written and published. Its wall time includes
    starting the workers.
@@ -43,8 +43,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from jobs import spectrograms
-from jobs.mel import DecodeError, MelParams, decode_excerpt, log_mel
+from jobs.spectrograms import job as spectrograms
+from jobs.spectrograms.decode import DecodeError, decode_excerpt
+from jobs.spectrograms.mel import log_mel
+from schemas.config import MelParams
 
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aac"}
 

@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 import schemas
-from jobs.score import factors_column
 from model.data import ShardStream, plan_pieces
-from model.net import ARCHS, NetConfig, build_net
+from model.net import NetConfig, build_net
+from schemas import factors_column
+from schemas.config import ARCHS
 
 # Dense bf16 tensor-core peaks, for model FLOP utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}

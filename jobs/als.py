@@ -54,63 +54,16 @@ from pyspark.sql.types import NumericType, StringType, StructField, StructType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import schemas  # noqa: E402
-from jobs import storage  # noqa: E402
+from schemas import cli, layout, storage  # noqa: E402
+from schemas.config import STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions  # noqa: E402
+from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
+                            plays_format)
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("parquet", "csv", "triplets")
-_FORMAT_OF_EXTENSION = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv",
-                        ".tsv": "triplets", ".txt": "triplets", ".triplets": "triplets"}
-_COMPRESSION_EXTENSIONS = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".snappy", ".deflate"}
 # Text readers put a line whose number of fields is wrong here (Spark's PERMISSIVE mode).
 MALFORMED = "_malformed_line"
-STORAGE_LEVELS = ("MEMORY_ONLY", "MEMORY_ONLY_SER", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER",
-                  "DISK_ONLY")
 
-
-class PlaysInputError(ValueError):
-    """The play-count input cannot be used; the message names the input and why."""
-
-
-@dataclass(frozen=True)
-class AlsParams:
-    """Hyper-parameters of the factorisation; all of them change the result.
-
-    ``blocks`` (user and item blocks of Spark's ALS) also fixes the random
-    initialisation; None means one block per core (Spark's default parallelism),
-    and the number used is recorded with the factors.
-    """
-    rank: int = 32
-    reg: float = 0.1
-    alpha: float = 10.0
-    eps: float = 1.0
-    iterations: int = 15
-    seed: int = 42
-    checkpoint_interval: int = 5
-    blocks: int | None = None
-
-
-@dataclass(frozen=True)
-class AlsTuning:
-    """Settings that change speed and memory use, never the factors."""
-    intermediate_storage: str = "MEMORY_AND_DISK"
-    final_storage: str = "MEMORY_AND_DISK"
-    cache_ratings: bool = True
-
-
-@dataclass(frozen=True)
-class InputOptions:
-    """How to read and validate the play-count table.
-
-    ``format`` is one of FORMATS or "auto" (by extension; Parquet when there is
-    none). The column names apply to Parquet and CSV; triplets are positional.
-    """
-    format: str = "auto"
-    user_column: str = "user_id"
-    track_column: str = "track_id"
-    plays_column: str = "plays"
-    delimiter: str = ","
-    max_bad_fraction: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -121,39 +74,6 @@ class ValidPlays:
     usable: DataFrame
     quarantined: DataFrame
     row_counts: dict
-
-
-def _format_of_name(name: str) -> str | None:
-    path = Path(name.rstrip("/"))
-    suffixes = [s.lower() for s in path.suffixes]
-    while suffixes and suffixes[-1] in _COMPRESSION_EXTENSIONS:
-        suffixes.pop()
-    return _FORMAT_OF_EXTENSION.get(suffixes[-1]) if suffixes else None
-
-
-def local_path(path: str) -> Path | None:
-    """``path`` on the local file system, or None for other file systems (hdfs://...)."""
-    if path.startswith("file:"):
-        return Path("/" + path.removeprefix("file:").lstrip("/"))
-    return None if "://" in path else Path(path)
-
-
-def plays_format(plays_path: str, requested: str = "auto") -> str:
-    """The input format: ``requested``, else by the extension of the path or of
-    the files in a local directory, else Parquet."""
-    if requested != "auto":
-        if requested not in FORMATS:
-            raise PlaysInputError(f"{plays_path}: unknown format {requested!r}; use one of {FORMATS}")
-        return requested
-    names = [plays_path]
-    local = local_path(plays_path)
-    if local is not None and local.is_dir():
-        names = [p.name for p in local.iterdir() if not p.name.startswith(("_", "."))]
-    found = {_format_of_name(name) for name in names} - {None}
-    if len(found) > 1:
-        raise PlaysInputError(f"{plays_path}: holds files of several formats {sorted(found)}; "
-                              "choose one with --format")
-    return found.pop() if found else "parquet"
 
 
 def _column(name: str) -> Column:
@@ -434,16 +354,16 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         # runs die of StackOverflowError on the factors' lineage.
         spark.sparkContext.setCheckpointDir(checkpoint_dir or str(tmp / "_checkpoints"))
         plays = read_valid_plays(spark, plays_path, options)
-        n_bad = write_parquet(plays.quarantined, tmp / "quarantine", schemas.QUARANTINED_PLAYS)
+        n_bad = write_parquet(plays.quarantined, tmp / layout.QUARANTINE, schemas.QUARANTINED_PLAYS)
         user_ids = index_ids(plays.usable, "user_id", "user_index")
         track_ids = index_ids(plays.usable, "track_id", "track_index")
         model = transform(plays.usable, user_ids, track_ids, params, tuning)
-        write_parquet(user_ids, tmp / "user_ids", schemas.USER_IDS)
-        write_parquet(track_ids, tmp / "track_ids", schemas.TRACK_IDS)
+        write_parquet(user_ids, tmp / layout.USER_IDS, schemas.USER_IDS)
+        write_parquet(track_ids, tmp / layout.TRACK_IDS, schemas.TRACK_IDS)
         n_users = write_parquet(named_factors(model.userFactors, user_ids, "user_id", "user_index"),
-                                tmp / "user_factors", schemas.USER_FACTORS, meta)
+                                tmp / layout.USER_FACTORS, schemas.USER_FACTORS, meta)
         n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
-                                tmp / "item_factors", schemas.ITEM_FACTORS, meta)
+                                tmp / layout.ITEM_FACTORS, schemas.ITEM_FACTORS, meta)
         for table in (plays.usable, plays.quarantined, user_ids, track_ids):
             table.unpersist()
         if checkpoint_dir is None:
@@ -543,22 +463,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     args = parse_args(argv)
+    return cli.run_job(lambda: run_job(args), logger, PlaysInputError)
+
+
+def run_job(args: argparse.Namespace) -> None:
     local = local_path(args.plays)
     if local is not None and not local.exists():  # say so before starting Spark
-        logger.error("cannot read plays from %s: no such file or directory", args.plays)
-        return 1
+        raise cli.JobError(f"cannot read plays from {args.plays}: no such file or directory")
+    if args.out.exists():
+        raise cli.UsageError(f"output {args.out} already exists; remove it to rebuild")
     spark = SparkSession.builder.appName("coldstart-als").getOrCreate()
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
             input_options(args), als_tuning(args))
-    except (PlaysInputError, FileExistsError) as err:
-        logger.error("%s", err)
-        return 1
     finally:
         spark.stop()
-    return 0
 
 
 if __name__ == "__main__":

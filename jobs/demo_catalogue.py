@@ -33,59 +33,13 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 import schemas
-from jobs import storage
+from schemas import cli, layout, storage
+from schemas.config import DemoConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything that determines the demo catalogue; equal configs give equal outputs."""
-
-    n_tracks: int = 400
-    """Number of tracks, warm and cold together."""
-    n_users: int = 3000
-    """Number of simulated listeners."""
-    duration_s: float = 12.0
-    """Length of every track, seconds."""
-    cold_fraction: float = 0.2
-    """Fraction of tracks, chosen at random, whose plays are held out (cold tracks)."""
-    seed: int = 0
-    """Seed of every random choice: styles, audio, popularity, tastes and plays."""
-    mean_tracks_per_user: float = 30.0
-    """Mean number of distinct tracks a user plays (geometric distribution)."""
-    min_tracks_per_user: int = 3
-    """Fewest distinct tracks a user plays."""
-    min_listeners_per_track: int = 5
-    """Fewest distinct users who play each track, so every track has some plays."""
-    popularity_exponent: float = 1.0
-    """Zipf exponent of track popularity: the r-th most popular track has weight r^-a."""
-    taste_concentration: float = 0.1
-    """Dirichlet concentration of a user's taste over styles; small means 1-2 styles."""
-    taste_noise: float = 0.05
-    """Share of a user's choices that follow popularity alone, ignoring style."""
-    play_count_exponent: float = 2.2
-    """Zipf exponent of the play count of one (user, track) pair; counts are >= 1."""
-    max_play_count: int = 500
-    """Largest play count of one (user, track) pair."""
-
-    def __post_init__(self) -> None:
-        if self.n_tracks < 1 or self.n_users < 1:
-            raise ValueError("n_tracks and n_users must be positive")
-        if self.duration_s <= 0:
-            raise ValueError("duration_s must be positive")
-        if not 0.0 <= self.cold_fraction < 1.0:
-            raise ValueError("cold_fraction must be in [0, 1)")
-        if self.mean_tracks_per_user < 1 or self.min_tracks_per_user < 1:
-            raise ValueError("users must play at least one track")
-        if self.taste_concentration <= 0 or not 0.0 <= self.taste_noise <= 1.0:
-            raise ValueError("taste_concentration must be > 0 and taste_noise in [0, 1]")
-        if self.play_count_exponent <= 1.0:
-            raise ValueError("play_count_exponent must be > 1 (numpy's Zipf needs it)")
 
 
 # Independent random streams, so that e.g. changing n_users leaves the audio alone.
@@ -715,17 +669,16 @@ def generate(out: Path, config: DemoConfig = DemoConfig(), workers: int | None =
     is_cold = pc.is_in(plays["track_id"], value_set=cold_ids)
     params = dataclasses.asdict(config)
     with storage.atomic_dir(out) as tmp:
+        files, final = layout.DemoFiles(tmp), layout.DemoFiles(out)
         names = [f"{tid}.{ENCODINGS[i % len(ENCODINGS)].ext}" for i, tid in enumerate(tracks.ids)]
-        (tmp / "audio").mkdir()
-        _encode_all(config, tracks, [tmp / "audio" / name for name in names], workers)
-        uris = [str(out / "audio" / name) for name in names]
-        storage.write_table(_catalogue_table(config, tracks, uris), tmp / "catalogue.parquet",
+        files.audio.mkdir()
+        _encode_all(config, tracks, [files.audio / name for name in names], workers)
+        uris = [str(final.audio / name) for name in names]
+        storage.write_table(_catalogue_table(config, tracks, uris), files.catalogue,
                             schemas.CATALOGUE, params)
-        storage.write_table(plays.filter(pc.invert(is_cold)), tmp / "plays.parquet",
-                            schemas.PLAYS, params)
-        storage.write_table(plays.filter(is_cold), tmp / "heldout_plays.parquet",
-                            schemas.PLAYS, params)
-        pq.write_table(_truth_table(tracks), tmp / "truth.parquet")
+        storage.write_table(plays.filter(pc.invert(is_cold)), files.plays, schemas.PLAYS, params)
+        storage.write_table(plays.filter(is_cold), files.heldout_plays, schemas.PLAYS, params)
+        storage.write_table(_truth_table(tracks), files.truth, schemas.DEMO_TRUTH, params)
     logger.info("demo catalogue of %d tracks (%d cold), %d users, %d play rows in %s "
                 "(%.1f s)", config.n_tracks, int(tracks.cold.sum()), config.n_users,
                 plays.num_rows, out, time.perf_counter() - started)
@@ -757,13 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="threads synthesising and encoding audio; does not change "
                              "the output (default: number of CPUs)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     config = DemoConfig(n_tracks=args.n_tracks, n_users=args.n_users,
                         duration_s=args.duration_s, cold_fraction=args.cold_fraction,
                         seed=args.seed)
-    generate(args.out, config, workers=args.workers)
-    return 0
+    return cli.run_job(lambda: generate(args.out, config, workers=args.workers), logger,
+                       FileExistsError)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import schemas
-from jobs import storage
+from schemas import cli, storage
+from schemas.config import InputOptions, MelParams
+from schemas.inputs import FORMATS, PlaysInputError, plays_format
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def check_import(name: str) -> Check:
 
 def check_spectrogram() -> Check:
     """torch and torchaudio load together and compute a log-mel spectrogram."""
-    from jobs.mel import MelParams, log_mel
+    from jobs.spectrograms.mel import log_mel
 
     name = "torch + torchaudio"
     try:
@@ -91,9 +93,9 @@ def check_spectrogram() -> Check:
 
 
 def check_decoders() -> Check:
-    from jobs.mel import CLAIMED_DECODERS, missing_decoders
-
     import av
+
+    from jobs.spectrograms.decode import CLAIMED_DECODERS, missing_decoders
 
     missing = missing_decoders()
     return Check("PyAV decoders", not missing,
@@ -137,8 +139,6 @@ def first_line(path: Path) -> str:
 
 def check_plays(path: Path, fmt: str, columns: Sequence[str], delimiter: str) -> Check:
     """The plays exist and have the user, track and plays columns (``columns``)."""
-    from jobs.als import PlaysInputError, plays_format
-
     name = f"plays {path}"
     if not path.exists():
         return Check(name, False, "does not exist")
@@ -160,7 +160,7 @@ def check_plays(path: Path, fmt: str, columns: Sequence[str], delimiter: str) ->
 
 
 def run_checks(catalogue: Path | None = None, plays: Path | None = None,
-               plays_format: str = "auto", plays_columns: Sequence[str] = schemas.PLAYS.names,
+               fmt: str = "auto", plays_columns: Sequence[str] = schemas.PLAYS.names,
                delimiter: str = ",") -> list[Check]:
     checks: list[Callable[[], Check]] = [
         check_java, lambda: check_import("pyspark"), lambda: check_import("apache_beam"),
@@ -168,7 +168,7 @@ def run_checks(catalogue: Path | None = None, plays: Path | None = None,
     if catalogue is not None:
         checks.append(lambda: check_catalogue(catalogue))
     if plays is not None:
-        checks.append(lambda: check_plays(plays, plays_format, plays_columns, delimiter))
+        checks.append(lambda: check_plays(plays, fmt, plays_columns, delimiter))
     return [Check("python", True, f"{sys.version.split()[0]} ({sys.executable})")] + [
         check() for check in checks]
 
@@ -186,20 +186,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--plays", type=Path,
                         help="play counts: Parquet, CSV or triplets, a file or a directory")
     parser.add_argument("--plays-format", default="auto",
-                        choices=("auto", "parquet", "csv", "triplets"),
+                        choices=("auto", *FORMATS),
                         help="format of --plays; auto goes by the extension. Default: auto")
-    parser.add_argument("--user-column", default="user_id", help="Default: %(default)s")
-    parser.add_argument("--track-column", default="track_id", help="Default: %(default)s")
-    parser.add_argument("--plays-column", default="plays", help="Default: %(default)s")
-    parser.add_argument("--delimiter", default=",", help="CSV delimiter; \\t for tab. "
-                        "Default: %(default)s")
+    defaults = InputOptions()
+    parser.add_argument("--user-column", default=defaults.user_column, help="Default: %(default)s")
+    parser.add_argument("--track-column", default=defaults.track_column,
+                        help="Default: %(default)s")
+    parser.add_argument("--plays-column", default=defaults.plays_column,
+                        help="Default: %(default)s")
+    parser.add_argument("--delimiter", default=defaults.delimiter,
+                        help="CSV delimiter; \\t for tab. Default: %(default)s")
     parser.add_argument("--report", type=Path, help="also write the checks here as JSON")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    cli.setup_logging()
     args = parse_args(argv)
     checks = run_checks(args.catalogue, args.plays, args.plays_format,
                         [args.user_column, args.track_column, args.plays_column],
@@ -207,13 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(checks), flush=True)
     wrong = [check.name for check in checks if not check.ok]
     if args.report is not None:
-        tmp = storage.atomic_file(args.report)
-        tmp.write_text(json.dumps([asdict(check) for check in checks], indent=2))
-        os.replace(tmp, args.report)
+        storage.write_text(args.report, json.dumps([asdict(check) for check in checks], indent=2))
     if wrong:
         logger.error("wrong: %s", "; ".join(wrong))
-        return 1
-    return 0
+        return cli.FAILED
+    return cli.OK
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,23 +31,12 @@ from pyspark.sql import functions as F
 # spark-submit runs this file as a script: make the repository importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs import als, storage  # noqa: E402
-from jobs.evaluate import average_precision_at  # noqa: E402
+from jobs import als  # noqa: E402  (this stage's own job: the same validation and fit)
+from schemas import cli, metrics, storage  # noqa: E402
+from schemas.config import AlsParams, AlsTuning, HoldoutOptions, InputOptions  # noqa: E402
+from schemas.inputs import PlaysInputError  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HoldoutOptions:
-    """Which plays to hold out and how to score them.
-
-    ``max_users`` evaluates a seeded sample of that many users (None: all); the
-    scoring runs on the driver, so sample when there are millions of users.
-    """
-    fraction: float = 0.2
-    k: int = 500
-    seed: int = 0
-    max_users: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,16 +93,6 @@ def _tracks_by_user(pairs: Pairs) -> dict[int, np.ndarray]:
     return dict(zip(users.tolist(), np.split(pairs.tracks[order], starts[1:])))
 
 
-def auc_of(positive: np.ndarray, negative: np.ndarray) -> float:
-    """AUC: the probability that a positive outscores a negative, ties counting half
-    (the Mann-Whitney statistic over n_pos * n_neg); O(n log n) per user instead
-    of the per-call overhead of sklearn's roc_auc_score, to which it is equal."""
-    ranked = np.sort(negative)
-    below = np.searchsorted(ranked, positive, side="left")
-    below_or_tied = np.searchsorted(ranked, positive, side="right")
-    return float((below + below_or_tied).sum() / (2.0 * len(positive) * len(negative)))
-
-
 def ranking_metrics(user_factors: np.ndarray, item_factors: np.ndarray, train: Pairs,
                     heldout: Pairs, k: int, chunk: int = 512) -> dict:
     """Mean per-user AUC, AP@k and recall@k of the held-out tracks.
@@ -127,7 +105,6 @@ def ranking_metrics(user_factors: np.ndarray, item_factors: np.ndarray, train: P
     held = _tracks_by_user(heldout)
     users = np.array(sorted(held), dtype=np.int64)
     n_tracks = item_factors.shape[0]
-    k_top = min(k, n_tracks)
     aucs, aps, recalls = [], [], []
     for start in range(0, len(users), chunk):
         block = users[start:start + chunk]
@@ -139,14 +116,13 @@ def ranking_metrics(user_factors: np.ndarray, item_factors: np.ndarray, train: P
             negative[held[user]] = False
             negative[trained.get(user, [])] = False
             if negative.any():
-                aucs.append(auc_of(row[relevant], row[negative]))
+                aucs.append(metrics.auc(row[relevant], row[negative]))
             row[trained.get(user, [])] = -np.inf  # never recommend what was played in training
-            aps.append(average_precision_at(row, relevant, k))
-            top = np.argpartition(-row, k_top - 1)[:k_top]
-            recalls.append(relevant[top].sum() / relevant.sum())
-    mean = (lambda values: float(np.mean(values)) if values else float("nan"))
+            aps.append(metrics.average_precision_at(row, relevant, k))
+            recalls.append(metrics.recall_at(row, relevant, k))
     return {"users": len(users), "tracks": n_tracks, "heldout_plays": int(len(heldout.users)),
-            "auc": mean(aucs), f"map@{k}": mean(aps), f"recall@{k}": mean(recalls)}
+            "auc": metrics.mean(aucs), f"map@{k}": metrics.mean(aps),
+            f"recall@{k}": metrics.mean(recalls)}
 
 
 @dataclass(frozen=True)
@@ -167,7 +143,7 @@ class Split:
 
 
 def prepare(spark: SparkSession, plays_path: str, holdout: HoldoutOptions = HoldoutOptions(),
-            options: als.InputOptions = als.InputOptions()) -> Split:
+            options: InputOptions = InputOptions()) -> Split:
     """Validate the plays as jobs/als.py does, split them, index the training plays."""
     plays = als.read_valid_plays(spark, plays_path, options)
     plays.quarantined.unpersist()
@@ -180,8 +156,8 @@ def prepare(spark: SparkSession, plays_path: str, holdout: HoldoutOptions = Hold
     return Split(train, heldout, user_ids, track_ids, user_ids.count(), track_ids.count())
 
 
-def fit_factors(split: Split, params: als.AlsParams,
-                tuning: als.AlsTuning = als.AlsTuning()) -> tuple[np.ndarray, np.ndarray]:
+def fit_factors(split: Split, params: AlsParams,
+                tuning: AlsTuning = AlsTuning()) -> tuple[np.ndarray, np.ndarray]:
     """Spark ALS on the training plays: (user_factors (n_users, rank), item_factors
     (n_tracks, rank)) float32, rows by index."""
     model = als.transform(split.train, split.user_ids, split.track_ids, params, tuning)
@@ -206,10 +182,10 @@ def score(split: Split, user_factors: np.ndarray, item_factors: np.ndarray,
     return report
 
 
-def evaluate(spark: SparkSession, plays_path: str, params: als.AlsParams, checkpoint_dir: str,
+def evaluate(spark: SparkSession, plays_path: str, params: AlsParams, checkpoint_dir: str,
              holdout: HoldoutOptions = HoldoutOptions(),
-             options: als.InputOptions = als.InputOptions(),
-             tuning: als.AlsTuning = als.AlsTuning()) -> dict:
+             options: InputOptions = InputOptions(),
+             tuning: AlsTuning = AlsTuning()) -> dict:
     """prepare, fit_factors and score; the report also records every setting.
 
     ``checkpoint_dir`` must be visible to every executor.
@@ -244,8 +220,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     args = parse_args(argv)
+    return cli.run_job(lambda: run_job(args), logger, PlaysInputError)
+
+
+def run_job(args: argparse.Namespace) -> None:
     holdout = HoldoutOptions(fraction=args.holdout, k=args.k, seed=args.split_seed,
                              max_users=args.max_users)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,17 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate(spark, args.plays, als.als_params(args),
                               args.checkpoint_dir or scratch, holdout,
                               als.input_options(args), als.als_tuning(args))
-    except als.PlaysInputError as err:
-        logger.error("%s", err)
-        return 1
     finally:
         spark.stop()
-    tmp = storage.atomic_file(args.out)
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    storage.write_text(args.out, json.dumps(report, indent=2) + "\n")
     logger.info("%s", json.dumps({key: value for key, value in report.items()
                                   if not isinstance(value, dict)}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,16 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 import schemas
-from jobs import storage
-from jobs.mel import mel_shards
 from model.artefact import load_model
-from model.data import factor_matrix, mel_array, read_mels, unit_rows
+from model.predict import predict_tracks
+from schemas import cli, layout, storage
+from schemas import factor_matrix, factors_column
 
 logger = logging.getLogger(__name__)
 
@@ -43,50 +41,13 @@ def check_mel_params(shards: list[Path], expected: dict) -> None:
             raise ValueError(f"{shard}: mel parameters {found} differ from the model's {expected}")
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
-            batch_size: int = 64) -> np.ndarray:
-    """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says.
-
-    Nets trained on directions give unit vectors times the ALS factor scale.
-    """
-    out = [model(torch.from_numpy(mels[i:i + batch_size])).numpy()
-           for i in range(0, len(mels), batch_size)]
-    pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
-    return unit_rows(pred) * artefact["factor_scale"] if artefact.get("unit_output", True) else pred
-
-
-def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
-                   track_ids: list[str]) -> tuple[list[str], np.ndarray]:
-    """Predicted factors of ``track_ids`` found in the shards, one shard at a time.
-
-    Returns (ids in the order found, factors (n, rank)); memory is bounded by a shard.
-    """
-    wanted, ids, parts = set(track_ids), [], []
-    for shard in shards:
-        table = read_mels([shard], wanted)
-        if table.num_rows:
-            ids += table.column("track_id").to_pylist()
-            parts.append(predict(model, artefact, mel_array(table)))
-            wanted -= set(ids)
-    rank = model.config.n_factors
-    return ids, (np.concatenate(parts) if parts else np.zeros((0, rank), np.float32))
-
-
-def factors_column(matrix: np.ndarray) -> pa.Array:
-    """(n, rank) float32 -> list<float32> column."""
-    rank = matrix.shape[1]
-    return pa.ListArray.from_arrays(np.arange(0, matrix.size + 1, rank, dtype=np.int32),
-                                    pa.array(matrix.astype(np.float32).ravel()))
-
-
 def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_path: Path,
           out: Path) -> None:
     model, artefact = load_model(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     warm = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
     cold = cold_track_ids(catalogue, warm)
-    shards = mel_shards(mels_dir)
+    shards = layout.mel_shards(mels_dir)
     check_mel_params(shards, artefact["mel_params"])
     ids, predicted = predict_tracks(model, artefact, shards, cold)
     version = artefact["version"]
@@ -106,18 +67,18 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
                          "stage": ["score"] * len(missing),
                          "error": ["no spectrogram for this track"] * len(missing)})
     with storage.atomic_dir(out) as tmp:
-        storage.write_table(predicted_table, tmp / "predicted_factors.parquet",
+        storage.write_table(predicted_table, tmp / layout.PREDICTED_FACTORS,
                             schemas.PREDICTED_FACTORS, {"model_version": version})
-        storage.write_table(combined, tmp / "track_factors.parquet", schemas.TRACK_FACTORS,
+        storage.write_table(combined, tmp / layout.TRACK_FACTORS, schemas.TRACK_FACTORS,
                             {"model_version": version})
-        storage.write_table(unscored, tmp / "unscored.parquet", schemas.DEAD_LETTERS)
+        storage.write_table(unscored, tmp / layout.UNSCORED, schemas.DEAD_LETTERS)
     if missing:
         logger.warning("%d cold tracks have no spectrogram (see unscored.parquet)", len(missing))
     logger.info("model %s: factors for %d of %d cold tracks -> %s", version, len(ids), len(cold), out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="jobs.score", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m jobs.score", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="model file from model.train")
     parser.add_argument("--mels", required=True, type=Path,
@@ -132,10 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     args = parse_args(argv)
-    score(args.model, args.mels, args.catalogue, args.item_factors, args.out)
-    return 0
+    return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
+                                     args.out), logger, ValueError, FileExistsError)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The trained model file: everything scoring needs, written atomically."""
+"""Writing and reading the model file (its contract: schemas/model_file.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from jobs import storage
 from model.net import FactorNet, NetConfig, build_net
+from schemas import model_file, storage
 
 
 def state_version(state: dict) -> str:
@@ -30,12 +30,12 @@ def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
     item factors, so it sits beside ALS factors; otherwise predictions are used as is.
     """
     version = state_version(state)
-    artefact = {"version": version, "net_config": config.to_dict(), "state": state,
+    artefact = {"format": model_file.FORMAT, "version": version,
+                "net_config": config.to_dict(), "state": state,
                 "mel_params": mel_params, "factor_scale": factor_scale,
                 "unit_output": unit_output, "metrics": metrics}
-    tmp = storage.atomic_file(path)
-    torch.save(artefact, tmp)
-    os.replace(tmp, path)
+    with storage.atomic_file(path) as tmp:
+        torch.save(artefact, tmp)
     return version
 
 
@@ -58,6 +58,7 @@ def load_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[FactorNet, dict]:
     """Rebuild the network from a model file; returns (model in eval mode, artefact)."""
     artefact = load_weights(path, device)
+    model_file.check(artefact, path)
     model = build_net(NetConfig.from_dict(artefact["net_config"]))
     model.load_state_dict(artefact["state"])
     return model.to(device).eval(), artefact

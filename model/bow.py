@@ -8,7 +8,6 @@ only rescales every coefficient by the same constant).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,14 +17,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 
-
-@dataclass(frozen=True)
-class BowConfig:
-    n_mfcc: int = 13
-    codebook: int = 4000  # the paper's size; small catalogues want far fewer words
-    pca_variance: float = 0.95
-    frames_per_track: int = 200  # frames sampled per track to fit the codebook
-    seed: int = 0
+from schemas.config import BowConfig
 
 
 def mfcc_frames(mels: np.ndarray, n_mfcc: int = 13) -> np.ndarray:

@@ -57,12 +57,6 @@ def mel_array(table: pa.Table) -> np.ndarray:
     return flat.reshape(table.num_rows, n_mels, n_frames).astype(np.float32)  # writable copy
 
 
-def factor_matrix(table: pa.Table) -> np.ndarray:
-    """The ``factors`` list column as (rows, rank) float32."""
-    flat = pc.list_flatten(table.column("factors")).to_numpy()
-    return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
-
-
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
     """Each row scaled to unit L2 norm (zero rows stay zero)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)

@@ -12,7 +12,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-LOSSES = ("mse", "cosine", "wpe")
+from schemas import feedback
+
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -46,7 +47,7 @@ class WeightedPredictionError(nn.Module):
         plays = sp.csr_matrix(plays)
         self.register_buffer("indptr", torch.from_numpy(plays.indptr.astype(np.int64)))
         self.register_buffer("users", torch.from_numpy(plays.indices.astype(np.int64)))
-        confidence = 1 + alpha * np.log1p(plays.data.astype(np.float64) / eps)
+        confidence = feedback.confidence(plays.data, alpha, eps)
         self.register_buffer("confidence", torch.from_numpy(confidence.astype(np.float32)))
         self.n_users = len(user_factors)
 

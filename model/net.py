@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
-ARCHS = ("dieleman2014", "vandenoord2013")
+from schemas.config import ARCHS
+
 
 
 @dataclass(frozen=True)

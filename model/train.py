@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import logging
 import math
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 
 import schemas
-from jobs import storage
-from jobs.mel import mel_shards
 from model import losses
 from model.artefact import save_model
-from model.data import (ShardStream, band_stats, factor_matrix, in_validation, plan_pieces,
-                        shard_track_ids)
-from model.net import ARCHS, NetConfig, build_net
-from model.trainer import TrainConfig, Trainer, is_main
+from model.data import ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids
+from model.net import NetConfig, build_net
+from model.trainer import Trainer, is_main
+from schemas import cli, factor_matrix, layout, storage
+from schemas.config import ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, TrainConfig
+from schemas.feedback import als_settings, plays_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -79,80 +80,94 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """What to train on and where to write it.
+
+    mels: the spectrograms of one parameter set (<mels root>/<params hash>);
+    item_factors: the ALS targets; user_factors and plays: needed by the wpe loss;
+    net: overrides of the seeds' network sizes (NetConfig fields: channels, pools,
+    dense, dropout, window_frames).
+    """
+    mels: Path
+    item_factors: Path
+    out: Path
+    user_factors: Path | None = None
+    plays: Path | None = None
+    snapshot: Path | None = None
+    tensorboard: Path | None = None
+    arch: str = DEFAULT_ARCH
+    loss: str = DEFAULT_LOSS
+    net: dict = dataclasses.field(default_factory=dict)
+    config: TrainConfig = TrainConfig()
+
+
 def wpe_loss(item_factors: Path, user_factors: Path, plays: Path,
              track_index: dict[str, int]) -> losses.WeightedPredictionError:
     """Eq. 5 against the ALS user factors, with the ALS run's own alpha and eps."""
     users = storage.read_table(user_factors, schemas.USER_FACTORS)
-    als = storage.read_params(item_factors)
-    user_row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
-    table = storage.read_table(plays, schemas.PLAYS)
-    pairs = [(track_index[t], user_row[u], n) for u, t, n in zip(
-        table.column("user_id").to_pylist(), table.column("track_id").to_pylist(),
-        table.column("plays").to_pylist()) if t in track_index and u in user_row and n > 0]
-    rows, cols, counts = (np.array(v) for v in zip(*pairs))
-    matrix = sp.csr_matrix((counts.astype(np.float64), (rows, cols)),
-                           shape=(len(track_index), users.num_rows))  # duplicates summed
+    als = als_settings(storage.read_params(item_factors), item_factors)
+    user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    matrix = plays_matrix(storage.read_table(plays, schemas.PLAYS), track_index, user_index)
     return losses.WeightedPredictionError(factor_matrix(users), matrix,
-                                          alpha=als.get("alpha", 1.0), eps=als.get("eps", 1.0))
+                                          alpha=als["alpha"], eps=als["eps"])
 
 
-def train(args: argparse.Namespace, config: TrainConfig) -> None:
-    """Stream warm examples, train under whatever process group exists, write ``args.out``."""
+def train(job: TrainJob) -> None:
+    """Stream warm examples, train under whatever process group exists, write ``job.out``."""
+    config = job.config
     device = setup_distributed()
     rank, world = rank_and_world()
     torch.manual_seed(config.seed + rank)
-    shards = mel_shards(args.mels)
+    shards = layout.mel_shards(job.mels)
     if not shards:
-        raise FileNotFoundError(f"{args.mels}: no mel shards to train on")
-    items = storage.read_table(args.item_factors, schemas.ITEM_FACTORS)
+        raise FileNotFoundError(f"{job.mels}: no mel shards to train on")
+    items = storage.read_table(job.item_factors, schemas.ITEM_FACTORS)
     track_index = {t: i for i, t in enumerate(items.column("track_id").to_pylist())}
     factors = factor_matrix(items)
     warm = sorted(set(shard_track_ids(shards)) & track_index.keys())
     n_val = sum(in_validation(t, config.val_fraction) for t in warm)
     if n_val == 0 or n_val == len(warm):
-        raise ValueError(f"{args.mels}: {len(warm)} warm tracks with spectrograms leave no "
+        raise ValueError(f"{job.mels}: {len(warm)} warm tracks with spectrograms leave no "
                          f"train/validation split at --val-fraction {config.val_fraction}")
     logger.info("%d warm tracks with spectrograms (%d for validation), world size %d",
                 len(warm), n_val, world)
 
     pieces = plan_pieces(shards, world * max(1, config.loader_workers))
     mean, std = band_stats(pieces, track_index)
-    model = build_net(NetConfig.for_arch(
-        args.arch, n_mels=len(mean), n_factors=factors.shape[1],
-        channels=tuple(args.channels) if args.channels else None,
-        pools=tuple(args.pools) if args.pools else None, dense=args.dense,
-        dropout=args.dropout, window_frames=args.window_frames))
+    model = build_net(NetConfig.for_arch(job.arch, n_mels=len(mean), n_factors=factors.shape[1],
+                                         **job.net))
     model.mel_mean, model.mel_std = mean, std
     crop = max(config.crop_frames, model.config.min_frames()) if config.crop_frames else None
-    if args.arch == "vandenoord2013":
+    if job.arch == "vandenoord2013":
         crop = model.config.window_frames  # trained on single windows, as in the paper
-    loss = wpe_loss(args.item_factors, args.user_factors, args.plays, track_index) \
-        if args.loss == "wpe" else getattr(losses, args.loss)
+    loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
+        if job.loss == "wpe" else getattr(losses, job.loss)
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
                   val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
     trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop, **stream),
-                      ShardStream(validation=True, **stream), config, device, args.snapshot,
-                      args.tensorboard, math.ceil((len(warm) - n_val) / world / config.batch_size))
+                      ShardStream(validation=True, **stream), config, device, job.snapshot,
+                      job.tensorboard, math.ceil((len(warm) - n_val) / world / config.batch_size))
     progress = trainer.train()
     if is_main():
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
-        unit = losses.wants_unit_targets(args.loss)
+        unit = losses.wants_unit_targets(job.loss)
         scale = float(np.median(np.linalg.norm(factors, axis=1))) if unit else 1.0
-        version = save_model(args.out, model.config, progress.best_state or model.state_dict(),
+        version = save_model(job.out, model.config, progress.best_state or model.state_dict(),
                              mel_params, scale,
-                             {"loss": args.loss, "validation_loss": progress.best_loss,
+                             {"loss": job.loss, "validation_loss": progress.best_loss,
                               "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
                               "val_tracks": n_val, "world_size": world},
                              unit_output=unit)
-        logger.info("model %s (%s, %s loss, validation %.4f) -> %s", version, args.arch,
-                    args.loss, progress.best_loss, args.out)
+        logger.info("model %s (%s, %s loss, validation %.4f) -> %s", version, job.arch,
+                    job.loss, progress.best_loss, job.out)
     if dist.is_initialized():
         dist.barrier()  # gloo aborts a rank that tears down while another still works
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t = TrainConfig()
-    parser = argparse.ArgumentParser(prog="model.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="torchrun -m model.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--mels", required=True, type=Path,
@@ -167,7 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="per-epoch snapshot file; resumed from when it exists")
     io.add_argument("--tensorboard", type=Path, help="TensorBoard log directory (rank 0 writes)")
     net = parser.add_argument_group("network (defaults: the seeds' sizes for --arch)")
-    net.add_argument("--arch", choices=ARCHS, default="dieleman2014",
+    net.add_argument("--arch", choices=ARCHS, default=DEFAULT_ARCH,
                      help="dieleman2014: 4 conv + global pooling; vandenoord2013: 2 conv + "
                           "2 dense on 3 s windows, averaged (default %(default)s)")
     net.add_argument("--channels", type=int, nargs="+", help="conv layer widths")
@@ -176,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     net.add_argument("--dropout", type=float, help="dropout rate")
     net.add_argument("--window-frames", type=int, help="vandenoord2013 window length in frames")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--loss", choices=losses.LOSSES, default="mse",
+    opt.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
                      help="mse on unit-normalised factors, cosine distance, or the weighted "
                           "prediction error of WMF (paper eq. 5) (default %(default)s)")
     opt.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs (default %(default)s)")
@@ -200,22 +215,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def job_of(args: argparse.Namespace) -> TrainJob:
+    """The TrainJob the command line describes."""
+    shape = {"channels": args.channels and tuple(args.channels),
+             "pools": args.pools and tuple(args.pools), "dense": args.dense,
+             "dropout": args.dropout, "window_frames": args.window_frames}
+    return TrainJob(
+        mels=args.mels, item_factors=args.item_factors, out=args.out,
+        user_factors=args.user_factors, plays=args.plays, snapshot=args.snapshot,
+        tensorboard=args.tensorboard, arch=args.arch, loss=args.loss,
+        net={key: value for key, value in shape.items() if value is not None},
+        config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           weight_decay=args.weight_decay, crop_frames=args.crop_frames,
+                           val_fraction=args.val_fraction, patience=args.patience,
+                           seed=args.seed, loader_workers=args.loader_workers))
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, crop_frames=args.crop_frames,
-                         val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
-                         loader_workers=args.loader_workers)
+    cli.setup_logging(prefix=f"rank{os.environ.get('RANK', '0')} ")
+    job = job_of(parse_args(argv))
     try:
-        train(args, config)
+        return cli.run_job(lambda: train(job), logger, ValueError, FileNotFoundError)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

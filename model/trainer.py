@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,28 +17,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from jobs import storage
 from model.artefact import load_weights
 from model.data import ShardStream
 from model.net import FactorNet
+from schemas import storage
+from schemas.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings."""
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
-    val_fraction: float = 0.1
-    patience: int = 5  # epochs without validation improvement before stopping
-    seed: int = 0
-    loader_workers: int = 0  # data-loader processes per rank
 
 
 @dataclass
@@ -133,10 +119,10 @@ class Trainer:
     def save_snapshot(self) -> None:
         if not is_main() or self.snapshot is None:
             return
-        tmp = storage.atomic_file(self.snapshot)
-        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "progress": dataclasses.asdict(self.progress)}, tmp)
-        os.replace(tmp, self.snapshot)
+        with storage.atomic_file(self.snapshot) as tmp:
+            torch.save({"model": self.module.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "progress": dataclasses.asdict(self.progress)}, tmp)
 
     def load_snapshot(self) -> None:
         saved = load_weights(self.snapshot, self.device)

@@ -10,11 +10,26 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCHEMA_VERSION = "1"
 
 FACTORS = pa.list_(pa.float32())
+
+
+def factors_column(matrix: np.ndarray) -> pa.Array:
+    """(n, rank) float32 -> a FACTORS column."""
+    rank = matrix.shape[1]
+    return pa.ListArray.from_arrays(np.arange(0, matrix.size + 1, rank, dtype=np.int32),
+                                    pa.array(matrix.astype(np.float32).ravel()))
+
+
+def factor_matrix(table: pa.Table) -> np.ndarray:
+    """A table's ``factors`` column (FACTORS) as (rows, rank) float32."""
+    flat = pc.list_flatten(table.column("factors")).to_numpy()
+    return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
 
 # Play counts: one row per (user, track) pair, counts of listens.
 PLAYS = pa.schema([
@@ -38,6 +53,15 @@ CATALOGUE = pa.schema([
     pa.field("title", pa.string()),
     pa.field("artist", pa.string()),
     pa.field("duration_s", pa.float32()),
+])
+
+# Ground truth of the built-in demo data, one row per track: its style, whether its
+# plays were held out (cold), and its popularity weight.
+DEMO_TRUTH = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("style", pa.string(), nullable=False),
+    pa.field("cold", pa.bool_(), nullable=False),
+    pa.field("popularity", pa.float64(), nullable=False),
 ])
 
 # String id -> dense int index used by Spark ALS. One table for users, one for tracks.

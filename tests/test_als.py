@@ -9,8 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from jobs import als, storage
-from model.data import factor_matrix
+from jobs import als
+from schemas import factor_matrix, storage
+from schemas.config import AlsParams, InputOptions
+from schemas.inputs import PlaysInputError, plays_format
 
 
 def checkerboard_plays(n_users=40, n_tracks=20, blocks=2, seed=0) -> pa.Table:
@@ -33,8 +35,8 @@ def als_out(spark, tmp_path_factory):
                     "track_id": ["t000", "t001", "t002", "t003", "t000", "t000"],
                     "plays": [0, 3, 4, -2, 5, 7]})
     pq.write_table(pa.concat_tables([table, bad]), root / "plays.parquet")
-    params = als.AlsParams(rank=4, iterations=10, reg=0.05)
-    options = als.InputOptions(max_bad_fraction=0.05)  # 4 bad rows of 231
+    params = AlsParams(rank=4, iterations=10, reg=0.05)
+    options = InputOptions(max_bad_fraction=0.05)  # 4 bad rows of 231
     als.run(spark, str(root / "plays.parquet"), root / "out", params, options=options)
     return root / "out", table, params, options
 
@@ -126,7 +128,7 @@ def dirty_triplets(tmp_path):
 
 
 def test_dirty_triplets_every_row_accounted_for(spark, dirty_triplets):
-    plays = als.read_valid_plays(spark, str(dirty_triplets), als.InputOptions(max_bad_fraction=1.0))
+    plays = als.read_valid_plays(spark, str(dirty_triplets), InputOptions(max_bad_fraction=1.0))
     assert sorted(map(tuple, plays.usable.collect())) == EXPECTED_USABLE
     reasons = [row.reason for row in plays.quarantined.collect()]
     assert {r: reasons.count(r) for r in set(reasons)} == EXPECTED_REASONS
@@ -137,21 +139,21 @@ def test_dirty_triplets_every_row_accounted_for(spark, dirty_triplets):
 
 
 def test_too_many_bad_rows_fail_naming_the_input(spark, dirty_triplets, tmp_path):
-    with pytest.raises(als.PlaysInputError, match=str(dirty_triplets)) as failure:
-        als.run(spark, str(dirty_triplets), tmp_path / "out", als.AlsParams(rank=2, iterations=1))
+    with pytest.raises(PlaysInputError, match=str(dirty_triplets)) as failure:
+        als.run(spark, str(dirty_triplets), tmp_path / "out", AlsParams(rank=2, iterations=1))
     message = str(failure.value)
     assert "--max-bad-fraction" in message and "malformed line" in message
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 @pytest.mark.parametrize("name, write, options", [
-    ("plays.parquet", lambda t, p: pq.write_table(t, p), als.InputOptions()),
+    ("plays.parquet", lambda t, p: pq.write_table(t, p), InputOptions()),
     ("plays.csv", lambda t, p: pacsv.write_csv(
         t.rename_columns(["listener", "song", "count"]), p),
-     als.InputOptions(user_column="listener", track_column="song", plays_column="count")),
+     InputOptions(user_column="listener", track_column="song", plays_column="count")),
     ("plays.tsv.gz", lambda t, p: p.write_bytes(gzip.compress("".join(
         f"{u}\t{s}\t{n}\n" for u, s, n in zip(*(t.column(c).to_pylist() for c in t.column_names))
-    ).encode())), als.InputOptions()),
+    ).encode())), InputOptions()),
 ])
 def test_formats_by_extension_read_alike(spark, tmp_path, name, write, options):
     table = pa.table({"user_id": ["a", "a", "b", "c"], "track_id": ["x", "x", "x", "y"],
@@ -164,16 +166,16 @@ def test_formats_by_extension_read_alike(spark, tmp_path, name, write, options):
 
 
 def test_format_from_extension_or_directory(tmp_path):
-    assert als.plays_format("hdfs:///msd/train_triplets.txt") == "triplets"
-    assert als.plays_format("s3a://bucket/plays.csv.gz") == "csv"
-    assert als.plays_format("hdfs:///warehouse/plays") == "parquet"
-    assert als.plays_format("plays.data", "csv") == "csv"
+    assert plays_format("hdfs:///msd/train_triplets.txt") == "triplets"
+    assert plays_format("s3a://bucket/plays.csv.gz") == "csv"
+    assert plays_format("hdfs:///warehouse/plays") == "parquet"
+    assert plays_format("plays.data", "csv") == "csv"
     (tmp_path / "part-00000.csv").write_text("user_id,track_id,plays\n")
     (tmp_path / "_SUCCESS").write_text("")
-    assert als.plays_format(str(tmp_path)) == "csv"
+    assert plays_format(str(tmp_path)) == "csv"
     (tmp_path / "part-00001.snappy.parquet").write_bytes(b"")
-    with pytest.raises(als.PlaysInputError, match="several formats"):
-        als.plays_format(str(tmp_path))
+    with pytest.raises(PlaysInputError, match="several formats"):
+        plays_format(str(tmp_path))
 
 
 def test_unreadable_inputs_fail_naming_the_input(spark, tmp_path):
@@ -187,7 +189,7 @@ def test_unreadable_inputs_fail_naming_the_input(spark, tmp_path):
     for path, what in [(missing, "cannot read"), (not_parquet, "cannot read"),
                        (wrong_columns, r"no column \['user_id', 'track_id', 'plays'\]"),
                        (header_only, "no rows")]:
-        with pytest.raises(als.PlaysInputError, match=what) as failure:
+        with pytest.raises(PlaysInputError, match=what) as failure:
             als.read_valid_plays(spark, str(path))
         assert str(path) in str(failure.value)
 
@@ -214,7 +216,7 @@ def test_index_ids_dense_in_sorted_order(spark):
 # the final item factors.
 
 N_USERS, N_TRACKS = 12, 9
-EXACT = als.AlsParams(rank=3, reg=0.5, alpha=2.0, eps=0.5, iterations=40, seed=1, blocks=2)
+EXACT = AlsParams(rank=3, reg=0.5, alpha=2.0, eps=0.5, iterations=40, seed=1, blocks=2)
 
 
 def small_play_matrix(seed=3, density=0.4) -> np.ndarray:
@@ -239,7 +241,7 @@ def exact_rows(fixed: np.ndarray, confidence: np.ndarray, preference: np.ndarray
 class Objective:
     """Spark's implicit-ALS objective on a dense play matrix (see above)."""
 
-    def __init__(self, plays: np.ndarray, params: als.AlsParams, confidence=None, per_play=True):
+    def __init__(self, plays: np.ndarray, params: AlsParams, confidence=None, per_play=True):
         self.p = (plays > 0).astype(float)
         self.c = (1 + params.alpha * np.log1p(plays / params.eps)) if confidence is None else confidence
         self.reg_users = params.reg * (self.p.sum(1) if per_play else np.ones(len(plays)))

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from jobs import storage
+from schemas import storage
 from tests.test_als import checkerboard_plays
 
 REPO = Path(__file__).resolve().parents[1]

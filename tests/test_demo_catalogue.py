@@ -12,9 +12,11 @@ import torch
 import torchaudio
 
 import schemas
-from jobs import demo_catalogue, storage
+from jobs import demo_catalogue
+from schemas import storage
+from schemas.config import DemoConfig
 
-TINY = demo_catalogue.DemoConfig(n_tracks=24, n_users=60, duration_s=3.0, cold_fraction=0.25,
+TINY = DemoConfig(n_tracks=24, n_users=60, duration_s=3.0, cold_fraction=0.25,
                                  mean_tracks_per_user=5.0, seed=7)
 
 
@@ -70,6 +72,8 @@ def test_tables_match_their_schemas(demo):
         assert schemas.params_of(written)["seed"] == TINY.seed
     truth = read(demo, "truth.parquet")
     assert truth.column_names == ["track_id", "style", "cold", "popularity"]
+    assert pq.read_schema(demo / "truth.parquet").equals(schemas.DEMO_TRUTH)
+    assert schemas.params_of(pq.read_schema(demo / "truth.parquet"))["seed"] == TINY.seed
     assert set(truth["style"].to_pylist()) == set(demo_catalogue.STYLES)
     assert sum(truth["popularity"].to_pylist()) == pytest.approx(1.0)
 
@@ -151,7 +155,7 @@ def test_nothing_but_audio_tells_the_style(demo):
 
 @pytest.fixture(scope="module")
 def simulated():
-    config = demo_catalogue.DemoConfig(n_tracks=300, n_users=1500, seed=3)
+    config = DemoConfig(n_tracks=300, n_users=1500, seed=3)
     tracks = demo_catalogue.make_tracks(config)
     plays = demo_catalogue.simulate_plays(config, tracks)
     index = {t: i for i, t in enumerate(tracks.ids)}
@@ -187,7 +191,7 @@ def test_failed_run_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo_catalogue, "encode", broken)
     out = tmp_path / "demo"
-    config = demo_catalogue.DemoConfig(n_tracks=3, n_users=5, duration_s=0.5)
+    config = DemoConfig(n_tracks=3, n_users=5, duration_s=0.5)
     with pytest.raises(OSError, match="disk full"):
         demo_catalogue.generate(out, config, workers=1)
     assert os.listdir(tmp_path) == []
@@ -200,9 +204,9 @@ def test_existing_output_is_refused(demo):
 
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError):
-        demo_catalogue.DemoConfig(cold_fraction=1.0)
+        DemoConfig(cold_fraction=1.0)
     with pytest.raises(ValueError):
-        demo_catalogue.DemoConfig(n_tracks=0)
+        DemoConfig(n_tracks=0)
 
 
 def test_cli_builds_a_catalogue(tmp_path, capsys):

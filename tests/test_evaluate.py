@@ -3,10 +3,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import scipy.sparse as sp
+import torch
 
-from jobs.evaluate import average_precision_at, cosine_distance, fold_in, markdown, rank_metrics
-from jobs.score import factors_column
-from model.bow import BagOfWords, BowConfig, mfcc_frames
+import schemas
+from jobs.evaluate import cosine_distance, evaluate, markdown, rank_metrics
+from jobs.evaluate import main as evaluate_main
+from model.bow import BagOfWords, mfcc_frames
+from model.net import NetConfig, build_net
+from schemas import factors_column, storage
+from schemas.config import BowConfig, EvaluateConfig, MelParams
+from schemas.feedback import als_settings, fold_in
+from schemas.layout import mel_shards
+from schemas.metrics import average_precision_at
 
 
 def table(ids, key, matrix):
@@ -77,3 +85,68 @@ def test_markdown_table_lists_every_method():
     report = {"k": 500, "users": 3, "heldout_tracks": 2,
               "methods": [{"method": "random", "map@500": 0.1, "auc": 0.5, "cosine_distance": 1.0}]}
     assert "| random | 0.1000 | 0.5000 | 1.0000 |" in markdown(report)
+
+
+def write_evaluation_set(root):
+    """Mel shards of 8 warm and 4 held-out tracks, ALS factors of 6 users, held-out plays."""
+    rng = np.random.default_rng(0)
+    params = MelParams(n_mels=16)
+    ids = [f"t{i}" for i in range(12)]
+    mels = rng.normal(0, 1, (12, 16, 120)).astype(np.float32)
+    run = root / "mels" / params.params_hash() / "r1"
+    run.mkdir(parents=True)
+    shard = pa.table({"track_id": ids, "n_mels": [16] * 12, "n_frames": [120] * 12,
+                      "mel": factors_column(mels.reshape(12, -1))})
+    storage.write_table(shard, run / "mels-00000-of-00001.parquet", schemas.MEL_SHARD,
+                        params.to_dict())
+    users = table([f"u{u}" for u in range(6)], "user_id", rng.normal(0, 1, (6, 4)))
+    items = table(ids[:8], "track_id", rng.normal(0, 1, (8, 4)))
+    heldout = pa.table({"user_id": [f"u{u}" for u in range(6)] * 2,
+                        "track_id": [ids[8 + u % 4] for u in range(12)],
+                        "plays": pa.array([3] * 12, pa.int64())})
+    return run.parent, users, items, heldout, params
+
+
+def tiny_model(path, params):
+    from model.artefact import save_model
+
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    torch.manual_seed(len(str(path)))
+    save_model(path, config, build_net(config).state_dict(), params.to_dict(), 1.0,
+               {"loss": "mse"})
+    return path
+
+
+def test_two_models_of_the_same_kind_keep_a_row_each(tmp_path):
+    mels_dir, users, items, heldout, params = write_evaluation_set(tmp_path)
+    models = [tiny_model(tmp_path / "first.pt", params), tiny_model(tmp_path / "second.pt", params)]
+
+    report = evaluate(users, items, {"alpha": 10.0, "eps": 1.0, "reg": 0.1}, heldout,
+                      mel_shards(mels_dir), models, BowConfig(codebook=4, frames_per_track=20),
+                      EvaluateConfig(k=10))
+
+    names = [row["method"] for row in report["methods"]]
+    assert names.count("CNN dieleman2014, mse loss") == 1
+    assert "CNN dieleman2014, mse loss (second.pt)" in names
+    assert len(names) == 5
+
+
+def test_factors_without_als_settings_are_refused_not_given_another_alpha(tmp_path):
+    mels_dir, users, items, heldout, _ = write_evaluation_set(tmp_path)
+    storage.write_table(users, tmp_path / "users.parquet", schemas.USER_FACTORS)
+    storage.write_table(items, tmp_path / "items.parquet", schemas.ITEM_FACTORS)  # no metadata
+    storage.write_table(heldout, tmp_path / "heldout.parquet", schemas.PLAYS)
+
+    code = evaluate_main(["--user-factors", str(tmp_path / "users.parquet"),
+                          "--item-factors", str(tmp_path / "items.parquet"),
+                          "--heldout-plays", str(tmp_path / "heldout.parquet"),
+                          "--mels", str(mels_dir), "--out", str(tmp_path / "report.json")])
+
+    assert code == 1
+    assert not (tmp_path / "report.json").exists()
+    with pytest.raises(ValueError, match=r"items.parquet: its metadata lacks the ALS settings "
+                                         r"\['alpha', 'eps', 'reg'\]"):
+        als_settings({}, tmp_path / "items.parquet")
+    assert als_settings({"alpha": 2, "eps": 0.5, "reg": 0.1, "rank": 8}, "x") == {
+        "alpha": 2.0, "eps": 0.5, "reg": 0.1}

@@ -3,18 +3,19 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jobs import als, evaluate_als
+from jobs import evaluate_als
+from schemas import metrics
+from schemas.config import AlsParams, HoldoutOptions, InputOptions
 from tests.test_als import checkerboard_plays
 
 logger = logging.getLogger(__name__)
 
 HETREC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lastfm-hetrec2011"
-HETREC_INPUT = als.InputOptions(format="csv", delimiter="\t", user_column="userID",
+HETREC_INPUT = InputOptions(format="csv", delimiter="\t", user_column="userID",
                                 track_column="artistID", plays_column="weight")
 
 
@@ -22,7 +23,7 @@ def test_auc_of_is_roc_auc_with_ties():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 20, 300).astype(float)  # many ties
     relevant = rng.random(300) < 0.1
-    assert evaluate_als.auc_of(scores[relevant], scores[~relevant]) == pytest.approx(
+    assert metrics.auc(scores[relevant], scores[~relevant]) == pytest.approx(
         roc_auc_score(relevant, scores))
 
 
@@ -56,8 +57,8 @@ def test_split_holds_out_a_fraction_of_each_user(spark):
 def test_evaluate_ranks_held_out_checkerboard_plays(spark, tmp_path):
     pq.write_table(checkerboard_plays(), tmp_path / "plays.parquet")
     report = evaluate_als.evaluate(
-        spark, str(tmp_path / "plays.parquet"), als.AlsParams(rank=4, iterations=5, reg=0.05),
-        str(tmp_path / "checkpoints"), evaluate_als.HoldoutOptions(fraction=0.25, k=5))
+        spark, str(tmp_path / "plays.parquet"), AlsParams(rank=4, iterations=5, reg=0.05),
+        str(tmp_path / "checkpoints"), HoldoutOptions(fraction=0.25, k=5))
     assert report["users"] == 40 and report["heldout_plays"] > 40
     # A held-out track ties at best with the user's unplayed tracks of the same block
     # (about 4 of 14 candidates); random factors would give AUC 0.5, recall@5 about 0.36.
@@ -77,8 +78,8 @@ def test_spark_matches_implicit_on_hetrec(spark, tmp_path):
     implicit_als = pytest.importorskip("implicit.cpu.als")
     sparse = pytest.importorskip("scipy.sparse")
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    params = als.AlsParams(rank=32, reg=0.01, alpha=2.0, eps=1.0, iterations=10, seed=0, blocks=2)
-    holdout = evaluate_als.HoldoutOptions(fraction=0.2, k=500, seed=0)
+    params = AlsParams(rank=32, reg=0.01, alpha=2.0, eps=1.0, iterations=10, seed=0, blocks=2)
+    holdout = HoldoutOptions(fraction=0.2, k=500, seed=0)
     spark.sparkContext.setCheckpointDir(str(tmp_path / "checkpoints"))
     split = evaluate_als.prepare(spark, str(HETREC / "user_artists.dat"), holdout, HETREC_INPUT)
     spark_report = evaluate_als.score(split, *evaluate_als.fit_factors(split, params), holdout)

@@ -8,7 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from jobs.mel import DecodeError, IsolatedDecoder, MelParams, decode_excerpt, log_mel, mel_shards
+from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt
+from jobs.spectrograms.mel import log_mel
+from schemas.config import MelParams
+from schemas.layout import mel_shards
 
 # (file name, codec, sample rate, channel layout): every container and codec the
 # job promises, mono, stereo and 5.1, 8 kHz to 96 kHz. FFmpeg's own Vorbis

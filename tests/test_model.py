@@ -15,9 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import schemas
-from jobs import storage
-from jobs.mel import MelParams
-from jobs.score import factors_column
+from schemas import factors_column, storage
+from schemas.config import MelParams
 from model import losses
 from model.artefact import load_model
 from model.data import ShardStream, band_stats, mel_array, plan_pieces, read_mels, unit_rows
@@ -236,3 +235,30 @@ def test_model_and_snapshot_files_that_would_run_code_are_refused(tmp_path):
     assert artefact["metrics"]["loss"] == "mse"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                  net.state_dict().values()))
+
+
+def test_model_files_carry_their_format_and_unknown_formats_are_refused(tmp_path):
+    from model.artefact import save_model
+    from schemas import model_file
+
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    state = build_net(config).state_dict()
+    path = tmp_path / "model.pt"
+    save_model(path, config, state, {"n_mels": 16}, 1.0, {"loss": "mse"})
+    artefact = torch.load(path, weights_only=True)
+    assert artefact["format"] == model_file.FORMAT
+
+    # A file written before the format was recorded is format 1, and still loads.
+    legacy = tmp_path / "legacy.pt"
+    torch.save({key: value for key, value in artefact.items() if key != "format"}, legacy)
+    assert load_model(legacy)[1]["version"] == artefact["version"]
+
+    future = tmp_path / "future.pt"
+    torch.save({**artefact, "format": 2}, future)
+    with pytest.raises(ValueError, match=f"{future}: model file format 2; this version"):
+        load_model(future)
+    broken = tmp_path / "broken.pt"
+    torch.save({key: value for key, value in artefact.items() if key != "factor_scale"}, broken)
+    with pytest.raises(ValueError, match=r"lacks \['factor_scale'\]"):
+        load_model(broken)

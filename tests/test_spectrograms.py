@@ -16,10 +16,14 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
-from jobs import spectrograms
-from jobs.mel import IsolatedDecoder, MelParams, SystemicError
-from jobs.spectrograms import (ComputeLogMel, DecodeAudio, MelOptions, build, main, mel_params,
-                               mel_table, parse_options, run_dir)
+from jobs.spectrograms import job as spectrograms
+from jobs.spectrograms.decode import IsolatedDecoder, SystemicError
+from jobs.spectrograms.job import main, parse_options
+from jobs.spectrograms.pipeline import (DEAD_LETTERS, ComputeLogMel, DecodeAudio, build,
+                                        mel_table)
+
+from schemas.config import MelParams, SpectrogramOptions
+from schemas.layout import final_dead_letter_files, run_dir
 from tests.test_mel import decode_or_crash, tone, write_audio
 
 EXCERPT_S = 1.0
@@ -68,8 +72,8 @@ def peak_band(mel: np.ndarray) -> int:
     return int(mel.mean(axis=1).argmax())
 
 
-def graph_options(*flags):
-    return MelOptions(["--excerpt-s", str(EXCERPT_S), "--no-isolate-decoding", *flags])
+def graph_options(**settings) -> SpectrogramOptions:
+    return SpectrogramOptions(isolate_decoding=False, **settings)
 
 
 # -- The graph ------------------------------------------------------------------------
@@ -85,9 +89,9 @@ def test_graph_computes_mels_and_routes_failures_to_dead_letters(catalogue):
         assert all(mel.shape == (128, FRAMES) for mel in by_id.values())
         assert peak_band(by_id["low"]) < peak_band(by_id["high"])
 
-    with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
+    with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         done = pipeline | "Done" >> beam.Create(["mid", "gone-from-catalogue"])
-        outputs = build(pipeline | beam.Create(rows), graph_options(), done)
+        outputs = build(pipeline | beam.Create(rows), PARAMS, graph_options(), done)
         assert_that(outputs.mels, check_mels, label="CheckMels")
         assert_that(outputs.dead_letters | beam.Map(lambda d: (d["track_id"], d["stage"])),
                     equal_to([("corrupt", "decode"), ("missing", "decode"),
@@ -101,11 +105,11 @@ def test_graph_skips_earlier_failures_of_the_same_uri_unless_retried(catalogue, 
     earlier_failures = [corrupt, {**low, "audio_uri": "/old/low.flac"},
                         {"track_id": None, "audio_uri": "x.ogg"}]
     rows = [low, corrupt, {"track_id": None, "audio_uri": "x.ogg"}]
-    options = graph_options(*(["--retry-dead-letters"] if retry else []))
+    options = graph_options(retry_dead_letters=retry)
 
-    with BeamTestPipeline(runner="FnApiRunner", options=options) as pipeline:
+    with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         failed = pipeline | "Failed" >> beam.Create(earlier_failures)
-        outputs = build(pipeline | beam.Create(rows), options, failed=failed)
+        outputs = build(pipeline | beam.Create(rows), PARAMS, options, failed=failed)
         # "low" failed before from another URI: its new one is tried.
         assert_that(outputs.mels | beam.Map(lambda m: m["track_id"]), equal_to(["low"]),
                     label="CheckMels")
@@ -118,8 +122,8 @@ def test_duplicate_track_ids_keep_one_row(catalogue):
     # Of duplicates, the row with the smallest audio_uri is kept.
     rows = [low, {**low, "audio_uri": "/zzz/nowhere.ogg"}, {"track_id": "x", "audio_uri": None}]
 
-    with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
-        outputs = build(pipeline | beam.Create(rows), graph_options())
+    with BeamTestPipeline(runner="FnApiRunner") as pipeline:
+        outputs = build(pipeline | beam.Create(rows), PARAMS, graph_options())
         assert_that(outputs.mels | beam.Map(lambda m: m["track_id"]), equal_to(["low"]),
                     label="CheckMels")
         assert_that(outputs.dead_letters | beam.Map(lambda d: (d["audio_uri"], d["stage"])),
@@ -132,14 +136,14 @@ def test_a_decoder_crash_costs_one_track_not_the_pipeline(catalogue):
     low, mid = catalogue["rows"][0], catalogue["rows"][1]
     crash = {"track_id": "crash", "audio_uri": low["audio_uri"] + ".segfault"}
 
-    with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
+    with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         decoded = (pipeline | beam.Create([low, crash, mid])
                    | beam.ParDo(DecodeAudio(PARAMS, isolate=True, decode=decode_or_crash))
-                   .with_outputs(spectrograms.DEAD_LETTERS, main="samples"))
+                   .with_outputs(DEAD_LETTERS, main="samples"))
         assert_that(decoded.samples | beam.Map(lambda e: (e[0]["track_id"], e[1].shape)),
                     equal_to([("low", (22050,)), ("mid", (22050,))]), label="CheckSamples")
         died = "decoder process died (killed by SIGSEGV)"
-        assert_that(decoded[spectrograms.DEAD_LETTERS]
+        assert_that(decoded[DEAD_LETTERS]
                     | beam.Map(lambda d: (d["track_id"], d["stage"], died in d["error"])),
                     equal_to([("crash", "decode", True)]), label="CheckDeadLetters")
 
@@ -155,7 +159,7 @@ def test_decode_dofn_sends_failures_to_dead_letters(catalogue):
     (dead,) = decode.process(corrupt)
 
     assert row is good and samples.shape == (22050,)
-    assert isinstance(dead, TaggedOutput) and dead.tag == spectrograms.DEAD_LETTERS
+    assert isinstance(dead, TaggedOutput) and dead.tag == DEAD_LETTERS
     assert dead.value["track_id"] == "corrupt" and dead.value["stage"] == "decode"
     assert corrupt["audio_uri"] in dead.value["error"]
 
@@ -169,7 +173,7 @@ def test_log_mel_dofn_outputs_mel_shard_rows():
 
     assert (mel_row["n_mels"], mel_row["n_frames"]) == (128, FRAMES)
     assert mel_row["mel"].shape == (128 * FRAMES,)
-    assert dead.tag == spectrograms.DEAD_LETTERS and dead.value["stage"] == "mel"
+    assert dead.tag == DEAD_LETTERS and dead.value["stage"] == "mel"
 
 
 def test_mel_table_round_trips_through_the_schema():
@@ -353,7 +357,7 @@ def test_main_fails_above_bad_fraction_but_keeps_outputs(catalogue, tmp_path, ca
     mels, dead = read_run(rejected)
     assert (n_rows(mels), n_rows(dead)) == (3, 2)
     assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
-    assert spectrograms.final_dead_letter_files(rejected.parent) == []
+    assert final_dead_letter_files(rejected.parent) == []
 
 
 def test_final_dead_letters_come_from_published_runs_only(tmp_path):
@@ -362,7 +366,7 @@ def test_final_dead_letters_come_from_published_runs_only(tmp_path):
         (tmp_path / run).mkdir()
         (tmp_path / run / "dead_letters-00000-of-00001.parquet").touch()
 
-    found = spectrograms.final_dead_letter_files(tmp_path)
+    found = final_dead_letter_files(tmp_path)
 
     assert [path.parent.name for path in found] == ["2024.01.02", "r1"]
 
@@ -378,10 +382,10 @@ def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk on fire"):
         spectrograms.run(options)
 
-    assert list((out / mel_params(options).params_hash()).iterdir()) == []
+    assert list((out / options.params.params_hash()).iterdir()) == []
 
 
-def test_existing_run_id_and_bad_catalogues_exit_2(catalogue, tmp_path):
+def test_an_existing_run_id_is_bad_usage_and_bad_catalogues_fail(catalogue, tmp_path):
     out = tmp_path / "mels"
     run_dir(out, MelParams(), "taken").mkdir(parents=True)
     no_uri = tmp_path / "no_uri.parquet"
@@ -389,21 +393,21 @@ def test_existing_run_id_and_bad_catalogues_exit_2(catalogue, tmp_path):
 
     assert main(["--catalogue", catalogue["path"], "--out", str(out),
                  "--run-id", "taken"]) == 2
-    assert main(["--catalogue", str(tmp_path / "nope.parquet"), "--out", str(out)]) == 2
-    assert main(["--catalogue", str(no_uri), "--out", str(out)]) == 2
+    assert main(["--catalogue", str(tmp_path / "nope.parquet"), "--out", str(out)]) == 1
+    assert main(["--catalogue", str(no_uri), "--out", str(out)]) == 1
 
 
 def test_options_defaults_passthrough_and_help(capsys):
     options = parse_options(["--catalogue", "c.parquet", "--out", "o", "--n-mels", "64",
                              "--pad", "reject", "--job_name", "nightly"])
-    everything = options.get_all_options()
+    everything = options.beam.get_all_options()
 
-    assert mel_params(options) == MelParams(n_mels=64, pad="reject")
+    assert options.params == MelParams(n_mels=64, pad="reject")
     assert everything["runner"] == "FnApiRunner"
     assert everything["direct_num_workers"] == max(2, os.cpu_count())
     assert everything["direct_running_mode"] == "multi_threading"  # decoders are processes
     assert parse_options(["--catalogue", "c", "--out", "o", "--no-isolate-decoding"]
-                         ).get_all_options()["direct_running_mode"] == "multi_processing"
+                         ).beam.get_all_options()["direct_running_mode"] == "multi_processing"
     assert everything["job_name"] == "nightly"  # unknown here, Beam's own option
     assert everything["retry_dead_letters"] is False
     assert everything["max_duration_s"] == 3 * 3600
@@ -464,11 +468,11 @@ def test_a_mel_library_that_does_not_load_stops_the_job_with_no_dead_letters(cat
 def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
     rows = catalogue["rows"][:3]
     with pytest.raises(Exception) as raised:
-        with BeamTestPipeline(runner="FnApiRunner", options=graph_options()) as pipeline:
+        with BeamTestPipeline(runner="FnApiRunner") as pipeline:
             decoded = (pipeline | beam.Create(rows) | beam.ParDo(DecodeAudio(
                 PARAMS, isolate=True, decode=no_space_left)).with_outputs(
-                    spectrograms.DEAD_LETTERS, main="samples"))
-            assert_that(decoded[spectrograms.DEAD_LETTERS], equal_to([]))
+                    DEAD_LETTERS, main="samples"))
+            assert_that(decoded[DEAD_LETTERS], equal_to([]))
 
     assert "No space left on device" in spectrograms.systemic_failure(raised.value)
     # A track's own failure is not mistaken for a broken environment.

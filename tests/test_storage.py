@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from jobs import storage
+from schemas import storage
 
 
 def test_atomic_dir_appears_only_on_success(tmp_path):
@@ -37,3 +37,15 @@ def test_read_table_names_the_bad_input(tmp_path):
     pq.write_table(pa.table({"user_id": ["u"]}), tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="bad.parquet"):
         storage.read_table(tmp_path / "bad.parquet", schemas.PLAYS)
+
+
+def test_atomic_file_replaces_on_success_and_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "report.json"
+    final.write_text("old")
+    with pytest.raises(RuntimeError):
+        with storage.atomic_file(final) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert final.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
+    storage.write_text(final, "new")
+    assert final.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]

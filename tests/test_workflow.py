@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from jobs import storage
 from jobs.demo_catalogue import ENCODINGS, encode
+from schemas import storage
 
 pytestmark = pytest.mark.slow
 

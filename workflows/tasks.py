@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 from importlib import metadata
@@ -26,15 +25,15 @@ import luigi.lock
 from luigi.contrib.external_program import ExternalProgramRunError, ExternalProgramTask
 from luigi.contrib.spark import SparkSubmitTask
 
-import jobs.als
-from jobs import demo_catalogue
-from jobs.mel import MelParams
-from jobs.spectrograms import run_dir
-from model.losses import LOSSES
-from model.net import ARCHS
-from model.trainer import TrainConfig
+from schemas import layout
+from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
+                            DemoConfig,
+                            EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
+                            TrainConfig)
+from schemas.inputs import FORMATS
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("luigi-interface")
 
 # Exit codes of `luigi --module workflows ...`, so that a scheduler sees every failure
@@ -54,6 +53,10 @@ class paths(luigi.Config):
 
 def data_root() -> Path:
     return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
+
+
+def root() -> layout.DataRoot:
+    return layout.DataRoot(data_root())
 
 
 def lock_dir(root: Path) -> Path:
@@ -104,22 +107,16 @@ def explain_lock(pid_dir: Path) -> None:
 
 class RunIdParameter(luigi.Parameter):
     """A run's name: one plain path component under DATA_ROOT/runs/, never a way out
-    of the data root (no slashes, no leading dot, so no '..' either)."""
-    PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+    of the data root (schemas.layout.check_run_id)."""
 
     def normalize(self, x):
-        x = str(x)
-        if not self.PATTERN.fullmatch(x):
-            raise ValueError(f"run_id {x!r} must be letters, digits, '_', '-' and '.', "
-                             "starting with a letter or digit")
-        return x
+        return layout.check_run_id(str(x))
 
 
 def user_inputs() -> tuple[Path, Path]:
     """(catalogue, plays) a user supplied, configured or at their default place."""
     cfg = paths()
-    return (Path(cfg.catalogue or data_root() / "catalogue.parquet"),
-            Path(cfg.plays or data_root() / "plays.parquet"))
+    return Path(cfg.catalogue or root().catalogue), Path(cfg.plays or root().plays)
 
 
 def fingerprint(task: luigi.Task) -> str:
@@ -169,22 +166,22 @@ class JobTask(ChildProcess, ExternalProgramTask):
     """A job run as a child process with this interpreter's environment."""
 
 
-class DemoCatalogue(luigi.Task):
+class DemoCatalogue(JobTask):
     """Synthesise the built-in demo catalogue (audio, catalogue, plays, held-out plays)."""
-    n_tracks = luigi.IntParameter(default=demo_catalogue.DemoConfig.n_tracks)
-    n_users = luigi.IntParameter(default=demo_catalogue.DemoConfig.n_users)
-    duration_s = luigi.FloatParameter(default=demo_catalogue.DemoConfig.duration_s)
-    cold_fraction = luigi.FloatParameter(default=demo_catalogue.DemoConfig.cold_fraction)
-    seed = luigi.IntParameter(default=demo_catalogue.DemoConfig.seed)
+    n_tracks = luigi.IntParameter(default=DemoConfig.n_tracks)
+    n_users = luigi.IntParameter(default=DemoConfig.n_users)
+    duration_s = luigi.FloatParameter(default=DemoConfig.duration_s)
+    cold_fraction = luigi.FloatParameter(default=DemoConfig.cold_fraction)
+    seed = luigi.IntParameter(default=DemoConfig.seed)
 
     def output(self):
-        return luigi.LocalTarget(data_root() / "demo")
+        return luigi.LocalTarget(root().demo.root)
 
-    def run(self):
-        config = demo_catalogue.DemoConfig(
-            n_tracks=self.n_tracks, n_users=self.n_users, duration_s=self.duration_s,
-            cold_fraction=self.cold_fraction, seed=self.seed)
-        demo_catalogue.generate(Path(self.output().path), config)
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.demo_catalogue", "--out", self.output().path,
+                "--n-tracks", self.n_tracks, "--n-users", self.n_users,
+                "--duration-s", self.duration_s, "--cold-fraction", self.cold_fraction,
+                "--seed", self.seed]
 
 
 class UserInputs(luigi.Task):
@@ -215,10 +212,10 @@ class Inputs(luigi.WrapperTask):
     def output(self):
         if not self.uses_demo():
             return self.input()
-        demo = Path(self.input().path)
-        return {"catalogue": luigi.LocalTarget(demo / "catalogue.parquet"),
-                "plays": luigi.LocalTarget(demo / "plays.parquet"),
-                "heldout_plays": luigi.LocalTarget(demo / "heldout_plays.parquet")}
+        demo = layout.DemoFiles(Path(self.input().path))
+        return {"catalogue": luigi.LocalTarget(demo.catalogue),
+                "plays": luigi.LocalTarget(demo.plays),
+                "heldout_plays": luigi.LocalTarget(demo.heldout_plays)}
 
 
 class RunTask(luigi.Task):
@@ -226,7 +223,7 @@ class RunTask(luigi.Task):
     run_id = RunIdParameter(default="backfill")
 
     def run_path(self, name: str) -> Path:
-        return data_root() / "runs" / self.run_id / f"{name}-{fingerprint(self)}"
+        return root().output(self.run_id, f"{name}-{fingerprint(self)}")
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -255,7 +252,7 @@ class Preflight(RunTask, JobTask):
                  for path in (self.input()["catalogue"].path, self.input()["plays"].path)]
         versions = sorted((dist.metadata["Name"], dist.version) for dist in metadata.distributions())
         digest = hashlib.sha1(json.dumps([stats, versions, fingerprint(self)]).encode())
-        return data_root() / "runs" / self.run_id / f"{name}-{digest.hexdigest()[:10]}"
+        return root().output(self.run_id, f"{name}-{digest.hexdigest()[:10]}")
 
     def program_args(self):
         als = TrainAls(run_id=self.run_id)
@@ -269,27 +266,27 @@ class Preflight(RunTask, JobTask):
 
 class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
-    rank = luigi.IntParameter(default=jobs.als.AlsParams.rank)
-    reg = luigi.FloatParameter(default=jobs.als.AlsParams.reg)
-    alpha = luigi.FloatParameter(default=jobs.als.AlsParams.alpha)
-    eps = luigi.FloatParameter(default=jobs.als.AlsParams.eps)
-    iterations = luigi.IntParameter(default=jobs.als.AlsParams.iterations)
-    seed = luigi.IntParameter(default=jobs.als.AlsParams.seed)
+    rank = luigi.IntParameter(default=AlsParams.rank)
+    reg = luigi.FloatParameter(default=AlsParams.reg)
+    alpha = luigi.FloatParameter(default=AlsParams.alpha)
+    eps = luigi.FloatParameter(default=AlsParams.eps)
+    iterations = luigi.IntParameter(default=AlsParams.iterations)
+    seed = luigi.IntParameter(default=AlsParams.seed)
     blocks = luigi.OptionalIntParameter(
         default=None, description="ALS user and item blocks; default one per core")
     # How to read the user's plays: they change what is read, not what is computed.
     plays_format = luigi.ChoiceParameter(
-        choices=("auto",) + jobs.als.FORMATS, default="auto", significant=False,
+        choices=("auto",) + FORMATS, default="auto", significant=False,
         description="parquet, csv or triplets; auto goes by the file extension")
-    user_column = luigi.Parameter(default=jobs.als.InputOptions.user_column, significant=False)
-    track_column = luigi.Parameter(default=jobs.als.InputOptions.track_column, significant=False)
-    plays_column = luigi.Parameter(default=jobs.als.InputOptions.plays_column, significant=False)
-    delimiter = luigi.Parameter(default=jobs.als.InputOptions.delimiter, significant=False,
+    user_column = luigi.Parameter(default=InputOptions.user_column, significant=False)
+    track_column = luigi.Parameter(default=InputOptions.track_column, significant=False)
+    plays_column = luigi.Parameter(default=InputOptions.plays_column, significant=False)
+    delimiter = luigi.Parameter(default=InputOptions.delimiter, significant=False,
                                 description="CSV field delimiter; \\t for tab")
     max_bad_fraction = luigi.FloatParameter(
-        default=jobs.als.InputOptions.max_bad_fraction, significant=False,
+        default=InputOptions.max_bad_fraction, significant=False,
         description="fail when more than this fraction of play rows is quarantined")
-    app = jobs.als.__file__
+    app = str(REPO / "jobs" / "als.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
 
@@ -317,33 +314,37 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
 class MelSpectrograms(RunTask, JobTask):
     """Log-mel excerpts of every catalogue track not done before, by the Beam job."""
     excerpt_s = luigi.FloatParameter(default=MelParams.excerpt_s)
-    workers = luigi.IntParameter(default=2, significant=False)
-    max_bad_fraction = luigi.FloatParameter(default=0.05, significant=False)
+    workers = luigi.OptionalIntParameter(
+        default=None, significant=False,
+        description="Beam workers; default: the job's (one per CPU, at least 2)")
+    max_bad_fraction = luigi.FloatParameter(default=SpectrogramOptions.max_bad_fraction,
+                                            significant=False)
 
     def params(self) -> MelParams:
         return MelParams(excerpt_s=self.excerpt_s)
 
+    def params_dir(self) -> Path:
+        """Every run's spectrograms made with these parameters (what training reads)."""
+        return layout.params_dir(root().mels, self.params())
+
     def requires(self):
         return {"inputs": Inputs(), "preflight": Preflight(run_id=self.run_id)}
 
-    def mels_dir(self) -> Path:
-        return data_root() / "mels"
-
     def output(self):
-        return luigi.LocalTarget(run_dir(self.mels_dir(), self.params(), self.run_id))
+        return luigi.LocalTarget(layout.run_dir(root().mels, self.params(), self.run_id))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",
-                "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", self.mels_dir(),
+                "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", root().mels,
                 "--run-id", self.run_id, "--excerpt-s", self.excerpt_s,
                 "--max-bad-fraction", self.max_bad_fraction,
-                "--direct_num_workers", self.workers]
+                *(["--direct_num_workers", self.workers] if self.workers else [])]
 
 
 class TrainModel(RunTask, JobTask):
     """Train the audio CNN on warm tracks under torchrun (DDP)."""
-    arch = luigi.ChoiceParameter(choices=ARCHS, default="dieleman2014")
-    loss = luigi.ChoiceParameter(choices=LOSSES, default="mse")
+    arch = luigi.ChoiceParameter(choices=ARCHS, default=DEFAULT_ARCH)
+    loss = luigi.ChoiceParameter(choices=LOSSES, default=DEFAULT_LOSS)
     epochs = luigi.IntParameter(default=TrainConfig.epochs)
     batch_size = luigi.IntParameter(default=TrainConfig.batch_size)
     lr = luigi.FloatParameter(default=TrainConfig.lr)
@@ -358,7 +359,7 @@ class TrainModel(RunTask, JobTask):
                                description="processes (GPUs) on this node")
     max_restarts = luigi.IntParameter(default=3, significant=False,
                                       description="torchrun restarts after a lost worker")
-    loader_workers = luigi.IntParameter(default=0, significant=False,
+    loader_workers = luigi.IntParameter(default=TrainConfig.loader_workers, significant=False,
                                         description="data-loader processes per rank")
 
     def requires(self):
@@ -370,6 +371,7 @@ class TrainModel(RunTask, JobTask):
 
     def program_args(self):
         out = Path(self.output().path)
+        snapshot, tensorboard = layout.model_companions(out)
         als = Path(self.input()["als"].path)
         shape = []
         for key, value in self.net.get(self.arch, {}).items():
@@ -377,11 +379,11 @@ class TrainModel(RunTask, JobTask):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
                 "-m", "model.train",
-                "--mels", Path(self.input()["mels"].path).parent,
-                "--item-factors", als / "item_factors", "--user-factors", als / "user_factors",
+                "--mels", self.requires()["mels"].params_dir(),
+                "--item-factors", als / layout.ITEM_FACTORS,
+                "--user-factors", als / layout.USER_FACTORS,
                 "--plays", self.input()["inputs"]["plays"].path,
-                "--out", out, "--snapshot", out.with_suffix(".snapshot"),
-                "--tensorboard", out.with_suffix(".tensorboard"),
+                "--out", out, "--snapshot", snapshot, "--tensorboard", tensorboard,
                 "--arch", self.arch, "--loss", self.loss,
                 "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
                 "--crop-frames", self.crop_frames, "--patience", self.patience,
@@ -400,18 +402,19 @@ class ScoreColdTracks(RunTask, JobTask):
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
-                "--mels", Path(self.input()["mels"].path).parent,
+                "--mels", self.requires()["mels"].params_dir(),
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
-                "--item-factors", Path(self.input()["als"].path) / "item_factors",
+                "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
                 "--out", self.output().path]
 
 
 class EvaluateColdStart(RunTask, JobTask):
     """The paper's table on the held-out tracks: random, bag-of-words, each CNN, upper bound."""
     models = luigi.ListParameter(
-        default=["dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe", "vandenoord2013:mse"],
+        default=list(EvaluateConfig.models),
         description="the CNNs to compare, as architecture:loss")
-    bow_codebook = luigi.IntParameter(default=256, description="k-means words of the baseline")
+    bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
+                                      description="k-means words of the baseline")
 
     def requires(self):
         models = [TrainModel(run_id=self.run_id, arch=m.split(":")[0], loss=m.split(":")[1])
@@ -426,9 +429,10 @@ class EvaluateColdStart(RunTask, JobTask):
         als = Path(self.input()["als"].path)
         models = [arg for target in self.input()["models"] for arg in ("--model", target.path)]
         return [sys.executable, "-m", "jobs.evaluate",
-                "--user-factors", als / "user_factors", "--item-factors", als / "item_factors",
+                "--user-factors", als / layout.USER_FACTORS,
+                "--item-factors", als / layout.ITEM_FACTORS,
                 "--heldout-plays", self.input()["inputs"]["heldout_plays"].path,
-                "--mels", Path(self.input()["mels"].path).parent, *models,
+                "--mels", self.requires()["mels"].params_dir(), *models,
                 "--bow-codebook", self.bow_codebook, "--out", self.output().path]
 
 

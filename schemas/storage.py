@@ -1,4 +1,4 @@
-"""Atomic outputs and schema-checked Parquet I/O shared by every job.
+"""Atomic outputs and schema-checked Parquet I/O shared by every stage.
 
 A stage writes into a hidden temporary sibling of its output directory and renames
 it into place only when everything inside is complete, so a run killed part-way
@@ -43,11 +43,25 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def atomic_file(final: str | os.PathLike) -> Path:
-    """A temporary path beside ``final``; ``os.replace`` it onto ``final`` when done."""
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; what is written there replaces
+    ``final`` on success, and is removed on an exception."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema,
@@ -55,9 +69,8 @@ def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema,
     """Write ``table`` conformed to ``schema`` (with ``params`` as metadata) atomically."""
     table = schemas.conform(table, schema).replace_schema_metadata(
         schemas.with_metadata(schema, params).metadata)
-    tmp = atomic_file(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
     logger.info("wrote %d rows to %s", table.num_rows, path)
 
 

@@ -1,20 +1,14 @@
-"""Decode the middle excerpt of a track and turn it into a log-mel spectrogram.
+"""Decode the middle excerpt of a track with PyAV, in-process or in a child process.
 
 No Beam here: these functions are what the spectrogram job runs per track, and are
-usable on their own (scoring a single file, notebooks, tests).
-
-torch and torchaudio are imported inside the functions that need them, so the child
-process of :class:`IsolatedDecoder`, which only decodes, starts fast and stays small.
+usable on their own (scoring a single file, notebooks, tests). This module imports
+no torch, so the child process of :class:`IsolatedDecoder`, which only decodes,
+starts fast and stays small.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import functools
-import hashlib
-import importlib
-import json
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -24,23 +18,15 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import av
 import numpy as np
 
+from schemas.config import MelParams, SpectrogramOptions
+
 logger = logging.getLogger(__name__)
-
-# How a track shorter than the excerpt is brought to full length:
-# "zeros" appends silence, "wrap" loops the audio, "none" keeps it short
-# (its spectrogram then has fewer frames), "reject" refuses it (DecodeError).
-PAD_MODES = ("zeros", "wrap", "none", "reject")
-
-# Spectrogram shards of one run are <params_dir>/<run_id>/mels-*.parquet; runs still
-# being written live in hidden directories (".tmp-...") and never match.
-MELS_PREFIX = "mels"
-MEL_SHARD_GLOB = f"[!.]*/{MELS_PREFIX}-*.parquet"
 
 # Decoding starts this long before the excerpt, for the decoder to settle.
 _PREROLL_S = 0.5
@@ -85,74 +71,6 @@ def is_systemic(err: BaseException) -> bool:
     if isinstance(err, (SystemicError, ImportError, MemoryError)):
         return True
     return isinstance(err, OSError) and err.errno in _SYSTEMIC_ERRNOS
-
-
-@dataclass(frozen=True)
-class MelParams:
-    """Everything that determines a spectrogram's values.
-
-    sample_rate: Hz after resampling. n_fft, hop_length: STFT window and hop, in
-    samples. n_mels: mel bands. excerpt_s: seconds taken from the middle of the
-    track; None (or 0) keeps the whole track. log_offset: added before the log,
-    log(mel + log_offset). pad: how a track shorter than the excerpt is padded,
-    one of PAD_MODES.
-    """
-
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 512
-    n_mels: int = 128
-    excerpt_s: float | None = 10.0
-    log_offset: float = 1e-6
-    pad: str = "zeros"
-
-    def __post_init__(self) -> None:
-        # Normalise types so that equal settings always hash equally (10 vs 10.0).
-        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
-            value = int(getattr(self, name))
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-            object.__setattr__(self, name, value)
-        excerpt = float(self.excerpt_s) if self.excerpt_s else None
-        if excerpt is not None and excerpt < 0:
-            raise ValueError(f"excerpt_s must be >= 0, got {excerpt}")
-        object.__setattr__(self, "excerpt_s", excerpt)
-        offset = float(self.log_offset)
-        if offset <= 0:
-            raise ValueError(f"log_offset must be positive, got {offset}")
-        object.__setattr__(self, "log_offset", offset)
-        if self.pad not in PAD_MODES:
-            raise ValueError(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MelParams:
-        """Inverse of :meth:`to_dict`; raises ValueError on unknown keys."""
-        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown mel parameters {sorted(unknown)}")
-        return cls(**values)
-
-    def params_hash(self) -> str:
-        """12 hex digits identifying these settings; part of every output path."""
-        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha1(payload).hexdigest()[:12]
-
-    @property
-    def excerpt_samples(self) -> int | None:
-        """Length of the excerpt in samples, or None for whole tracks."""
-        return round(self.excerpt_s * self.sample_rate) if self.excerpt_s else None
-
-
-def mel_shards(params_dir: str | os.PathLike) -> list[Path]:
-    """Every mels-*.parquet of the finished runs under ``params_dir``, sorted.
-
-    ``params_dir`` is <mels root>/<params_hash>. A run that had nothing new to do
-    holds a shard without rows.
-    """
-    return sorted(Path(params_dir).glob(MEL_SHARD_GLOB))
 
 
 def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
@@ -373,40 +291,6 @@ def _pad(samples: np.ndarray, params: MelParams) -> np.ndarray:
     return np.pad(samples, (0, want - len(samples)), mode=mode)
 
 
-def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
-    """Log-compressed mel power spectrogram of mono ``samples``.
-
-    samples: (n_samples,) float32 at ``params.sample_rate``. Returns mel:
-    (n_mels, n_frames) float32, log(power + log_offset), with
-    n_frames = 1 + n_samples // hop_length (frames are centred).
-    """
-    torch = _import("torch")
-    samples = np.asarray(samples, dtype=np.float32)
-    if samples.ndim != 1 or samples.size == 0:
-        raise ValueError(f"expected non-empty mono samples, got shape {samples.shape}")
-    if not samples.flags.writeable:  # torch.from_numpy warns on read-only arrays
-        samples = samples.copy()
-    transform = _mel_transform(params.sample_rate, params.n_fft, params.hop_length, params.n_mels)
-    with torch.inference_mode():
-        mel = transform(torch.from_numpy(samples))
-        return torch.log(mel + params.log_offset).numpy()
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
-    torchaudio = _import("torchaudio")
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0)
-
-
-def _import(name: str):
-    """Import ``name``; a failure (a native library that does not load) is systemic."""
-    try:
-        return importlib.import_module(name)
-    except Exception as err:
-        raise SystemicError(f"{name} does not load: {type(err).__name__}: {err}") from err
-
-
 # Codecs FFmpeg must decode for the formats the job claims: mp3, ogg (Vorbis, Opus),
 # flac, wav, m4a (AAC, ALAC).
 CLAIMED_DECODERS = ("mp3", "vorbis", "opus", "flac", "pcm_s16le", "pcm_f32le", "aac", "alac")
@@ -423,15 +307,6 @@ def missing_decoders() -> list[str]:
     return missing
 
 
-def check_environment(params: MelParams) -> None:
-    """Raise SystemicError unless this process can decode the claimed codecs and
-    compute a spectrogram: a cheap test before any track is touched."""
-    missing = missing_decoders()
-    if missing:
-        raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
-    log_mel(np.zeros(params.n_fft, np.float32), params)
-
-
 class IsolatedDecoder:
     """:func:`decode_excerpt` in a long-lived child process.
 
@@ -446,7 +321,8 @@ class IsolatedDecoder:
     decode_excerpt, with the same arguments; it must be importable by name.
     """
 
-    def __init__(self, params: MelParams, *, timeout_s: float = 120.0,
+    def __init__(self, params: MelParams, *,
+                 timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
                  max_duration_s: float | None = None,
                  decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
@@ -491,7 +367,8 @@ class IsolatedDecoder:
         self._conn, child_conn = multiprocessing.Pipe()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", f"import jobs.mel; jobs.mel._serve({child_conn.fileno()})"],
+                [sys.executable, "-c", "from jobs.spectrograms import decode; "
+                 f"decode._serve({child_conn.fileno()})"],
                 pass_fds=[child_conn.fileno()], stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(
                     filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))})
@@ -542,7 +419,7 @@ class IsolatedDecoder:
 
 
 # Directory holding the ``jobs`` package, for the child's import path.
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 # Seconds a new decoder process has to import its modules and say it is ready.
 _START_TIMEOUT_S = 60.0

@@ -1,0 +1,5 @@
+import sys
+
+from jobs.spectrograms.job import main
+
+sys.exit(main())

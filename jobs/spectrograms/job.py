@@ -1,0 +1,405 @@
+"""Stage 2: catalogue audio -> log-mel spectrogram Parquet shards (Apache Beam).
+
+Reads the catalogue (schemas.CATALOGUE), decodes the middle excerpt of every track
+not yet done for the same mel parameters, computes its log-mel spectrogram and writes
+
+    <out>/<params_hash>/<run_id>/mels-*.parquet          schemas.MEL_SHARD
+    <out>/<params_hash>/<run_id>/dead_letters-*.parquet  schemas.DEAD_LETTERS
+
+both with the mel parameters in their schema metadata. The run directory appears
+only once the pipeline has succeeded. The job exits non-zero when the fraction of
+tracks that failed exceeds --max-bad-fraction; its outputs are then kept under
+<run_id>.rejected-<time> instead, so a rerun only retries the tracks that failed.
+
+Incremental: a track is skipped when a spectrogram for it exists in an earlier run
+with the same parameters, and also when a published (not rejected) run already
+sent the same track id and audio URI to the dead letters (--retry-dead-letters
+tries those again). Audio URIs are local paths or anything fsspec opens.
+
+Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
+Beam does not try to download the Prism runner) with one worker per CPU, each
+decoding in its own child process; any other Beam pipeline option
+(--runner=DataflowRunner, --runner=FlinkRunner, ...) is passed through. --out must
+be a local or mounted filesystem: the run directory is published with an atomic rename.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from jobs.spectrograms.decode import SystemicError, is_systemic
+from jobs.spectrograms.mel import check_environment
+from jobs.spectrograms.pipeline import COUNTERS, build, write
+from schemas import cli, layout, storage
+from schemas.config import PAD_MODES, MelParams, SpectrogramOptions
+
+logger = logging.getLogger(__name__)
+
+
+class MelOptions(PipelineOptions):
+    """Options of the spectrogram job; every other flag goes to Beam."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        defaults, job = MelParams(), SpectrogramOptions()
+        parser.add_argument(
+            "--catalogue",
+            help="Catalogue Parquet file, directory or glob (schemas.CATALOGUE: track_id, "
+                 "audio_uri, ...). Required.")
+        parser.add_argument(
+            "--out",
+            help="Root directory of the spectrograms; the run is written to "
+                 "<out>/<params_hash>/<run_id>/. Local or mounted filesystem. Required.")
+        parser.add_argument(
+            "--run-id", dest="run_id", default=None,
+            help="Name of this run's directory; must not exist yet. "
+                 "Default: the UTC time, e.g. 20240131T120000Z.")
+        parser.add_argument(
+            "--excerpt-s", dest="excerpt_s", type=float, default=defaults.excerpt_s,
+            help="Seconds of audio taken from the middle of each track; 0 keeps whole "
+                 "tracks. Default: %(default)s.")
+        parser.add_argument(
+            "--sample-rate", dest="sample_rate", type=int, default=defaults.sample_rate,
+            help="Sample rate (Hz) audio is resampled to. Default: %(default)s.")
+        parser.add_argument(
+            "--n-fft", dest="n_fft", type=int, default=defaults.n_fft,
+            help="STFT window length in samples. Default: %(default)s.")
+        parser.add_argument(
+            "--hop-length", dest="hop_length", type=int, default=defaults.hop_length,
+            help="STFT hop in samples (one spectrogram frame per hop). Default: %(default)s.")
+        parser.add_argument(
+            "--n-mels", dest="n_mels", type=int, default=defaults.n_mels,
+            help="Number of mel bands. Default: %(default)s.")
+        parser.add_argument(
+            "--log-offset", dest="log_offset", type=float, default=defaults.log_offset,
+            help="Spectrograms are log(mel power + offset). Default: %(default)s.")
+        parser.add_argument(
+            "--pad", default=defaults.pad, choices=PAD_MODES,
+            help="What happens to tracks shorter than the excerpt: zeros appends silence, "
+                 "wrap loops the audio, none keeps them short (fewer frames), reject sends "
+                 "them to the dead letters. Default: %(default)s.")
+        parser.add_argument(
+            "--min-duration-s", dest="min_duration_s", type=float, default=job.min_duration_s,
+            help="Tracks with less audio than this are dead letters ('too short'). "
+                 "Default: %(default)s.")
+        parser.add_argument(
+            "--max-duration-s", dest="max_duration_s", type=float,
+            default=job.max_duration_s,
+            help="Tracks longer than this many seconds are dead letters ('too long'), "
+                 "whether the container says so or decoding finds it; 0 for no limit. "
+                 "Default: %(default)s.")
+        parser.add_argument(
+            "--max-file-mb", dest="max_file_mb", type=float, default=job.max_file_mb,
+            help="Audio files larger than this many MiB are dead letters ('too large'); "
+                 "0 for no limit. Default: %(default)s.")
+        parser.add_argument(
+            "--decode-timeout-s", dest="decode_timeout_s", type=float,
+            default=job.decode_timeout_s,
+            help="A track whose decoding takes longer is a dead letter. Default: %(default)s.")
+        parser.add_argument(
+            "--no-isolate-decoding", dest="isolate_decoding", action="store_false",
+            default=job.isolate_decoding,
+            help="Decode in the worker process itself instead of a child process. Faster "
+                 "to start, but a crash in FFmpeg then kills the worker and the run.")
+        parser.add_argument(
+            "--torch-threads", dest="torch_threads", type=int, default=job.torch_threads,
+            help="Threads torch may use for the mel transform in each worker; 0 leaves "
+                 "torch's default (one per core). Default: %(default)s.")
+        parser.add_argument(
+            "--max-bad-fraction", dest="max_bad_fraction", type=float,
+            default=job.max_bad_fraction,
+            help="Fail (exit 1) when more than this fraction of the tracks processed "
+                 "become dead letters; outputs are kept. Default: %(default)s.")
+        parser.add_argument(
+            "--retry-dead-letters", dest="retry_dead_letters", action="store_true",
+            default=job.retry_dead_letters,
+            help="Also retry tracks that a published earlier run sent to the dead letters "
+                 "with the same audio URI (by default they are skipped; tracks of rejected "
+                 "runs are always retried).")
+        parser.add_argument(
+            "--row-group-mb", dest="row_group_mb", type=float, default=job.row_group_mb,
+            help="Approximate size of a Parquet row group of spectrograms, in MiB "
+                 "(readers load one row group at a time). Default: %(default)s.")
+
+
+def configs(options: PipelineOptions) -> tuple[MelParams, SpectrogramOptions]:
+    """The typed settings the job's options describe."""
+    values = options.view_as(MelOptions).get_all_options()
+    return (MelParams(**{f.name: values[f.name] for f in dataclasses.fields(MelParams)}),
+            SpectrogramOptions(**{f.name: values[f.name]
+                                  for f in dataclasses.fields(SpectrogramOptions)}))
+
+
+def existing_track_ids(params_dir: str | os.PathLike) -> set[str]:
+    """Track ids that already have a spectrogram in a finished run under ``params_dir``.
+
+    ``params_dir`` is <out>/<params_hash>; see :func:`schemas.layout.mel_shards`.
+    """
+    done: set[str] = set()
+    for shard in layout.mel_shards(params_dir):
+        done.update(pq.read_table(shard, columns=["track_id"]).column(0).to_pylist())
+    return done
+
+
+def error_kind(error: str, audio_uri: str | None) -> str:
+    """A dead letter's error without its URI and figures: what groups like errors."""
+    if audio_uri and error.startswith(f"{audio_uri}: "):
+        error = error[len(audio_uri) + 2:]
+    return re.sub(r"\d+(\.\d+)?", "N", error.split(": ", 1)[0])
+
+
+def frequent_errors(paths: Iterable[Path], top: int = 3) -> list[tuple[str, int]]:
+    """The ``top`` most frequent error kinds of the dead-letter files, with counts."""
+    kinds = collections.Counter()
+    for path in paths:
+        table = pq.read_table(path, columns=["audio_uri", "error"]).to_pydict()
+        kinds.update(map(error_kind, table["error"], table["audio_uri"]))
+    return kinds.most_common(top)
+
+
+def _count_rows(paths: Iterable[Path]) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+
+
+# -- Running --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SpectrogramJob:
+    """One run of the job: the catalogue (file, directory or glob), the spectrograms'
+    root directory, the run's name (None: the UTC time), the mel parameters, how
+    inputs are treated, and the Beam options the pipeline runs with."""
+    catalogue: str
+    out: str
+    params: MelParams = MelParams()
+    options: SpectrogramOptions = SpectrogramOptions()
+    run_id: str | None = None
+    beam: PipelineOptions = dataclasses.field(default_factory=PipelineOptions)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a run did. skipped_done: tracks that already had spectrograms;
+    skipped_failed: tracks whose audio URI failed in a published earlier run."""
+    run_dir: Path
+    catalogue_rows: int
+    skipped_done: int
+    skipped_failed: int
+    mels: int
+    dead_letters: int
+
+    @property
+    def bad_fraction(self) -> float:
+        attempted = self.mels + self.dead_letters
+        return self.dead_letters / attempted if attempted else 0.0
+
+
+def catalogue_pattern(catalogue: str) -> str:
+    """The file pattern of a catalogue given as a file, a directory or a glob."""
+    return os.path.join(catalogue, f"*{layout.PARQUET}") if os.path.isdir(catalogue) else catalogue
+
+
+def catalogue_files(pattern: str) -> list[str]:
+    """Parquet files matching ``pattern``; raises JobError when there are none."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:
+        raise cli.JobError(f"cannot list catalogue {pattern}: {err}") from err
+    files = sorted(item.path for item in matched)
+    if not files:
+        raise cli.JobError(f"no catalogue files match {pattern}")
+    return files
+
+
+CATALOGUE_COLUMNS = ["track_id", "audio_uri"]
+
+
+def check_catalogue(files: Sequence[str]) -> None:
+    """Raise JobError unless every file is Parquet with the CATALOGUE_COLUMNS.
+
+    Reads only the files' footers.
+    """
+    for path in files:
+        with FileSystems.open(path) as handle:
+            try:
+                names = pq.ParquetFile(handle).schema_arrow.names
+            except pa.ArrowInvalid as err:
+                raise cli.JobError(f"catalogue {path} is not a Parquet file: {err}") from err
+        missing = [column for column in CATALOGUE_COLUMNS if column not in names]
+        if missing:
+            raise cli.JobError(f"catalogue {path} lacks columns {missing} (has {names})")
+
+
+def _read_parquet_rows(pipeline: beam.Pipeline, label: str, paths: Sequence[Path],
+                       columns: list[str]) -> beam.PCollection:
+    """Rows (dicts of ``columns``) of the Parquet files ``paths``, which may be none."""
+    return (pipeline
+            | f"List{label}" >> beam.Create([str(path) for path in paths])
+            | f"Read{label}" >> beam.io.ReadAllFromParquet(columns=columns))
+
+
+def _counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's COUNTERS, committed values where the runner has them."""
+    counters = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(COUNTERS))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + (value or 0)
+    return counters
+
+
+# How a worker's SystemicError reads once the runner has turned it into text.
+_SYSTEMIC_TEXT = re.compile(rf"{SystemicError.__name__}: (.+)")
+
+
+def systemic_failure(err: BaseException) -> str | None:
+    """What broke the environment, if that is why the pipeline failed, else None.
+
+    Runners hand a worker's exception back wrapped, often as the text of its
+    traceback, so both the exception chain and that text are searched.
+    """
+    seen = err
+    while seen is not None:
+        if is_systemic(seen):
+            return (str(seen) if isinstance(seen, SystemicError)
+                    else f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    found = _SYSTEMIC_TEXT.search(str(err))
+    return found.group(1).strip() if found else None
+
+
+def run(job: SpectrogramJob) -> RunSummary:
+    """Run the job and publish its run directory."""
+    params, options = job.params, job.options
+    run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = layout.run_dir(job.out, params, run_id)
+    if target.exists():
+        raise cli.UsageError(f"run directory {target} already exists; pick another --run-id")
+
+    pattern = catalogue_pattern(job.catalogue)
+    check_catalogue(catalogue_files(pattern))
+    check_environment(params)  # seconds, before any worker starts
+    earlier_mels = layout.mel_shards(target.parent)
+    earlier_failures = [] if options.retry_dead_letters else layout.final_dead_letter_files(
+        target.parent)
+    logger.info("params %s (%s): catalogue %s; skipping the tracks of %d earlier spectrogram "
+                "shards and %d dead-letter files", params.params_hash(), params.to_dict(),
+                job.catalogue, len(earlier_mels), len(earlier_failures))
+
+    # Published under a pending name first: the run directory itself (what Luigi
+    # checks) appears only if the bad fraction is within bounds. A rejected run keeps
+    # its spectrograms, so a rerun redoes only the tracks that failed.
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    pending = target.with_name(f"{run_id}.pending-{stamp}")
+    with storage.atomic_dir(pending) as tmp:
+        try:
+            with beam.Pipeline(options=job.beam) as pipeline:
+                rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
+                    pattern, columns=CATALOGUE_COLUMNS)
+                done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
+                        | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
+                failed = _read_parquet_rows(pipeline, "EarlierFailures", earlier_failures,
+                                            CATALOGUE_COLUMNS)
+                write(build(rows, params, options, done, failed), tmp, params,
+                      options.row_group_mb)
+        except Exception as err:
+            systemic = systemic_failure(err)
+            if systemic is not None:
+                raise SystemicError(systemic) from err
+            raise
+        counters = _counters(pipeline.result)
+        n_mels = _count_rows(tmp.glob(f"{layout.MELS_PREFIX}-*{layout.PARQUET}"))
+        n_dead = _count_rows(layout.dead_letter_files(tmp))
+    summary = RunSummary(
+        run_dir=target, catalogue_rows=counters.get("catalogue_rows", 0),
+        skipped_done=counters.get("skipped_done", 0),
+        skipped_failed=counters.get("skipped_failed", 0), mels=n_mels, dead_letters=n_dead)
+    if summary.bad_fraction > options.max_bad_fraction:
+        summary = dataclasses.replace(
+            summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
+    os.rename(pending, summary.run_dir)
+    logger.info("catalogue: %d rows; skipped %d tracks with spectrograms and %d that failed "
+                "before; wrote %d spectrograms and %d dead letters to %s",
+                summary.catalogue_rows, summary.skipped_done, summary.skipped_failed,
+                summary.mels, summary.dead_letters, summary.run_dir)
+    return summary
+
+
+# -- Command line ---------------------------------------------------------------------
+
+def parse_options(argv: Sequence[str] | None = None) -> SpectrogramJob:
+    """The job the command line describes; flags the job does not know go to Beam."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.spectrograms", allow_abbrev=False, description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other flag is a Beam pipeline option, passed through to Beam "
+               "(for example --runner=DataflowRunner --project=... --region=...).")
+    MelOptions._add_argparse_args(parser)
+    runner = parser.add_argument_group("runner")
+    runner.add_argument(
+        "--runner", default="FnApiRunner",
+        help="Beam runner. Default: %(default)s, the local engine of DirectRunner "
+             "(DirectRunner itself first tries to download the Prism runner).")
+    runner.add_argument(
+        "--direct_num_workers", type=int, default=max(2, os.cpu_count() or 1),
+        help="Local runner: number of workers, each with its own decoder process "
+             "(0 = one per CPU). Default: one per CPU, at least 2, here %(default)s.")
+    runner.add_argument(
+        "--direct_running_mode", default=None,
+        choices=["in_memory", "multi_threading", "multi_processing"],
+        help="Local runner: how workers run. Default: multi_threading while decoding is "
+             "isolated, since each worker's decoding then runs in its own process and the "
+             "mel transform releases the GIL (this saves starting a Beam interpreter per "
+             "worker); multi_processing with --no-isolate-decoding.")
+    args, beam_args = parser.parse_known_args(argv)
+    if not args.catalogue or not args.out:
+        parser.error("--catalogue and --out are required")
+    if args.direct_running_mode is None:
+        args.direct_running_mode = (
+            "multi_threading" if args.isolate_decoding else "multi_processing")
+    options = PipelineOptions(beam_args, **vars(args))
+    params, job_options = configs(options)
+    return SpectrogramJob(catalogue=args.catalogue, out=args.out, params=params,
+                          options=job_options, run_id=args.run_id, beam=options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cli.setup_logging()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    job = parse_options(argv)
+    return cli.run_job(lambda: report(job, run_or_stop(job)), logger)
+
+
+def run_or_stop(job: SpectrogramJob) -> RunSummary:
+    try:
+        return run(job)
+    except SystemicError as err:
+        raise cli.JobError("stopped: the environment is broken, not the audio (no track was "
+                           f"set aside): {err}") from None
+
+
+def report(job: SpectrogramJob, summary: RunSummary) -> int:
+    """Exit code of a finished run: FAILED, with the most frequent errors, above the bound."""
+    max_bad = job.options.max_bad_fraction
+    if summary.bad_fraction <= max_bad:
+        return cli.OK
+    logger.error("catalogue %s: %d of %d tracks (%.1f%%) failed, more than "
+                 "--max-bad-fraction %g; most frequent errors: %s; see %s",
+                 job.catalogue, summary.dead_letters, summary.mels + summary.dead_letters,
+                 100 * summary.bad_fraction, max_bad,
+                 "; ".join(f"{kind} ({count})" for kind, count in
+                           frequent_errors(layout.dead_letter_files(summary.run_dir))),
+                 summary.run_dir / f"{layout.DEAD_LETTERS_PREFIX}-*{layout.PARQUET}")
+    return cli.FAILED

@@ -1,0 +1,289 @@
+"""The Beam graph of the spectrogram job: catalogue rows -> log-mel rows and dead letters.
+
+Every step is labelled; a track's failure becomes a dead letter (track id, URI,
+stage, error), while a broken environment (see decode.is_systemic) fails the graph.
+Build it with :func:`build`, write it with :func:`write`; jobs.spectrograms.job runs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Callable, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+
+import schemas
+from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt, is_systemic
+from jobs.spectrograms.mel import log_mel
+from schemas import layout
+from schemas.config import MelParams, SpectrogramOptions
+
+logger = logging.getLogger(__name__)
+
+# The tag of the dead-letter outputs.
+DEAD_LETTERS = "dead_letters"
+# Beam counters of the job, read back after the run.
+COUNTERS = "spectrograms"
+
+
+def mel_schema(params: MelParams) -> pa.Schema:
+    return schemas.with_metadata(schemas.MEL_SHARD, params.to_dict())
+
+
+def dead_letter_schema(params: MelParams) -> pa.Schema:
+    return schemas.with_metadata(schemas.DEAD_LETTERS, params.to_dict())
+
+
+def _dead_letter(row: dict, stage: str, error: object) -> dict:
+    return {"track_id": row.get("track_id"), "audio_uri": row.get("audio_uri"),
+            "stage": stage, "error": str(error)}
+
+
+class PickOnePerTrack(beam.DoFn):
+    """(track_id, {"rows", "done", "failed"}) -> the catalogue row to process, if any.
+
+    rows: the catalogue rows with this track id; done: not empty when the track
+    already has a spectrogram; failed: audio URIs that a published earlier run sent
+    to the dead letters for it. A done track, or one whose chosen URI failed before
+    (unless ``retry_dead_letters``), is skipped and counted. Duplicated track ids
+    keep the row with the smallest audio_uri (rows without a URI last); the others,
+    and rows without a track id or audio URI, go to the dead letters (stage
+    "catalogue").
+    """
+
+    def __init__(self, retry_dead_letters: bool = False) -> None:
+        self.retry_dead_letters = retry_dead_letters
+        self.catalogue_rows = Metrics.counter(COUNTERS, "catalogue_rows")
+        self.skipped_done = Metrics.counter(COUNTERS, "skipped_done")
+        self.skipped_failed = Metrics.counter(COUNTERS, "skipped_failed")
+
+    def process(self, keyed: tuple[str | None, dict[str, Iterable]]) -> Iterator:
+        track_id, joined = keyed
+        rows = sorted(joined["rows"], key=lambda row: (not row.get("audio_uri"),
+                                                       row.get("audio_uri") or ""))
+        if not rows:  # known from earlier runs, gone from the catalogue
+            return
+        self.catalogue_rows.inc(len(rows))
+        failed = set() if self.retry_dead_letters else set(joined["failed"])
+        if not track_id:
+            for row in rows:
+                if row.get("audio_uri") in failed:
+                    self.skipped_failed.inc()
+                    continue
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTERS, _dead_letter(row, "catalogue", "missing track_id"))
+            return
+        if any(True for _ in joined["done"]):
+            self.skipped_done.inc()
+            return
+        first, *duplicates = rows
+        if first.get("audio_uri") in failed:
+            self.skipped_failed.inc()
+            return
+        for row in duplicates:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
+                row, "catalogue", f"duplicate track_id; kept {first.get('audio_uri')}"))
+        if not first.get("audio_uri"):
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, _dead_letter(first, "catalogue", "missing audio_uri"))
+            return
+        yield first
+
+
+class DecodeAudio(beam.DoFn):
+    """Catalogue row -> (row, samples: (n,) float32 mono); failures -> dead letters.
+
+    With ``isolate`` decoding runs in a child process (:class:`IsolatedDecoder`),
+    so that a crash in FFmpeg costs one track, not the worker. ``decode`` is the
+    function that decodes (decode_excerpt's signature); tests replace it.
+    """
+
+    def __init__(self, params: MelParams, *, isolate: bool = True,
+                 timeout_s: float = SpectrogramOptions.decode_timeout_s,
+                 min_duration_s: float = 0.0, max_bytes: int | None = None,
+                 max_duration_s: float | None = None,
+                 decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
+        self.params = params
+        self.isolate = isolate
+        self.timeout_s = timeout_s
+        self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
+                       "max_duration_s": max_duration_s}
+        self.decode = decode
+        self._decode = None
+
+    def setup(self) -> None:
+        if self.isolate:
+            self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s,
+                                           decode=self.decode, **self.limits)
+        else:
+            self._decode = functools.partial(self.decode, params=self.params, **self.limits)
+
+    def process(self, row: dict) -> Iterator:
+        try:
+            samples = self._decode(row["audio_uri"])
+        except Exception as err:  # one bad file must never fail the bundle...
+            if is_systemic(err):  # ...but a broken environment must stop the job
+                raise
+            message = err if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, "decode", message))
+            return
+        yield row, samples
+
+    def teardown(self) -> None:
+        if isinstance(self._decode, IsolatedDecoder):
+            self._decode.close()
+
+
+class ComputeLogMel(beam.DoFn):
+    """(row, samples) -> schemas.MEL_SHARD row, mel flattened; failures -> dead letters."""
+
+    def __init__(self, params: MelParams, *, torch_threads: int = 1) -> None:
+        self.params = params
+        self.torch_threads = torch_threads
+
+    def setup(self) -> None:
+        if self.torch_threads > 0:
+            import torch
+
+            # Workers are the parallelism; several OpenMP pools sharing the cores
+            # spin against each other and make each transform many times slower.
+            torch.set_num_threads(self.torch_threads)
+
+    def process(self, element: tuple[dict, np.ndarray]) -> Iterator:
+        row, samples = element
+        try:
+            mel = log_mel(samples, self.params)
+            if not np.isfinite(mel).all():
+                raise ValueError("spectrogram has non-finite values")
+        except Exception as err:
+            if is_systemic(err):
+                raise
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTERS, _dead_letter(row, "mel", f"{type(err).__name__}: {err}"))
+            return
+        yield {"track_id": row["track_id"], "n_mels": mel.shape[0], "n_frames": mel.shape[1],
+               "mel": mel.reshape(-1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MelOutputs:
+    mels: beam.PCollection          # schemas.MEL_SHARD rows, "mel" a flat float32 ndarray
+    dead_letters: beam.PCollection  # schemas.DEAD_LETTERS rows
+
+
+def build(rows: beam.PCollection, params: MelParams,
+          options: SpectrogramOptions = SpectrogramOptions(),
+          done: beam.PCollection | None = None,
+          failed: beam.PCollection | None = None) -> MelOutputs:
+    """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
+
+    done: track ids that already have spectrograms; they are skipped. failed:
+    dead-letter rows (dicts with track_id and audio_uri) of earlier published runs;
+    tracks whose audio_uri is among them are skipped unless
+    ``options.retry_dead_letters``. Grouping by track id joins the three (nothing is
+    held in memory whole), removes duplicates and spreads the tracks over the workers.
+    """
+    if done is None:
+        done = rows.pipeline | "NoEarlierSpectrograms" >> beam.Create([])
+    if failed is None:
+        failed = rows.pipeline | "NoEarlierFailures" >> beam.Create([])
+    tracks = (
+        {"rows": rows | "KeyRows" >> beam.Map(lambda row: (row.get("track_id"), row)),
+         "done": done | "KeyDone" >> beam.Map(lambda track_id: (track_id, True)),
+         "failed": failed | "KeyFailed" >> beam.Map(
+             lambda row: (row.get("track_id"), row.get("audio_uri")))}
+        | "JoinByTrack" >> beam.CoGroupByKey()
+        | "PickOnePerTrack" >> beam.ParDo(
+            PickOnePerTrack(options.retry_dead_letters)).with_outputs(
+            DEAD_LETTERS, main="tracks"))
+    decoded = tracks.tracks | "Decode" >> beam.ParDo(DecodeAudio(
+        params, isolate=options.isolate_decoding, timeout_s=options.decode_timeout_s,
+        min_duration_s=options.min_duration_s, max_bytes=options.max_bytes,
+        max_duration_s=options.duration_limit_s)).with_outputs(
+            DEAD_LETTERS, main="samples")
+    mels = decoded.samples | "LogMel" >> beam.ParDo(
+        ComputeLogMel(params, torch_threads=options.torch_threads)).with_outputs(
+        DEAD_LETTERS, main="mels")
+    dead_letters = ((tracks[DEAD_LETTERS], decoded[DEAD_LETTERS], mels[DEAD_LETTERS])
+                    | "CollectDeadLetters" >> beam.Flatten())
+    return MelOutputs(mels=mels.mels, dead_letters=dead_letters)
+
+
+def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa.Table:
+    """A batch of MEL_SHARD rows (``mel`` as flat float32 arrays) as one Arrow table.
+
+    Builds the list column from one concatenated buffer: converting arrays one by
+    one through pa.array is several times slower.
+    """
+    lengths = np.array([len(row["mel"]) for row in rows], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    values = (np.concatenate([row["mel"] for row in rows]).astype(np.float32, copy=False)
+              if rows else np.zeros(0, np.float32))
+    mel = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.Table.from_arrays([
+        pa.array([row["track_id"] for row in rows], pa.string()),
+        pa.array([row["n_mels"] for row in rows], pa.int32()),
+        pa.array([row["n_frames"] for row in rows], pa.int32()),
+        mel.cast(schema.field("mel").type),
+    ], schema=schema)
+
+
+class ParquetTableSink(FileBasedSink):
+    """Writes pyarrow Tables to Parquet files, each table one row group.
+
+    Dictionary encoding is used for string columns only: tried on float32
+    spectrogram values it is abandoned page after page, and costs more than
+    writing them. Values are stored uncompressed, like Beam's own Parquet sink.
+    """
+
+    def __init__(self, file_path_prefix: str, schema: pa.Schema,
+                 file_name_suffix: str = layout.PARQUET) -> None:
+        super().__init__(file_path_prefix, coder=None, file_name_suffix=file_name_suffix,
+                         mime_type="application/x-parquet",
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+        self.schema = schema
+
+    def open(self, temp_path: str):
+        handle = super().open(temp_path)
+        strings = [field.name for field in self.schema if pa.types.is_string(field.type)]
+        return handle, pq.ParquetWriter(handle, self.schema, compression="none",
+                                        use_dictionary=strings)
+
+    def write_record(self, file_and_writer, table: pa.Table) -> None:
+        file_and_writer[1].write_table(table, row_group_size=max(1, table.num_rows))
+
+    def close(self, file_and_writer) -> None:
+        handle, writer = file_and_writer
+        writer.close()
+        super().close(handle)
+
+
+def write(outputs: MelOutputs, directory: str | os.PathLike, params: MelParams,
+          row_group_mb: float = SpectrogramOptions.row_group_mb) -> None:
+    """Write ``outputs`` as mels-*.parquet and dead_letters-*.parquet in ``directory``.
+
+    Spectrograms are batched into row groups holding about ``row_group_mb`` MiB of
+    spectrogram values each (the last of a worker's batches may be smaller); an
+    empty output still yields a readable Parquet file with the schema.
+    """
+    row_group_bytes = int(row_group_mb * 2**20)
+    schema = mel_schema(params)
+    (outputs.mels
+     | "BatchMels" >> beam.BatchElements(
+         min_batch_size=row_group_bytes, max_batch_size=row_group_bytes,
+         element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
+     | "ToArrow" >> beam.Map(mel_table, schema)
+     | "WriteMels" >> beam.io.Write(
+         ParquetTableSink(os.path.join(directory, layout.MELS_PREFIX), schema)))
+    (outputs.dead_letters
+     | "WriteDeadLetters" >> beam.io.WriteToParquet(
+         os.path.join(directory, layout.DEAD_LETTERS_PREFIX), dead_letter_schema(params),
+         file_name_suffix=layout.PARQUET))

@@ -1,0 +1,262 @@
+"""Every stage's settings and their defaults, stated once.
+
+Jobs build these from their command lines and pass them to their core functions;
+the Luigi tasks take their parameter defaults from them; luigi.cfg and deploy/ only
+override. Plain Python: importing this module loads no engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+# -- ALS (jobs/als.py) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AlsParams:
+    """Hyper-parameters of the factorisation; all of them change the result.
+
+    ``blocks`` (user and item blocks of Spark's ALS) also fixes the random
+    initialisation; None means one block per core (Spark's default parallelism),
+    and the number used is recorded with the factors.
+    """
+    rank: int = 32
+    reg: float = 0.1
+    alpha: float = 10.0
+    eps: float = 1.0
+    iterations: int = 15
+    seed: int = 42
+    checkpoint_interval: int = 5
+    blocks: int | None = None
+
+
+@dataclass(frozen=True)
+class AlsTuning:
+    """Settings that change speed and memory use, never the factors."""
+    intermediate_storage: str = "MEMORY_AND_DISK"
+    final_storage: str = "MEMORY_AND_DISK"
+    cache_ratings: bool = True
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read and validate the play-count table.
+
+    ``format`` is one of FORMATS or "auto" (by extension; Parquet when there is
+    none). The column names apply to Parquet and CSV; triplets are positional.
+    """
+    format: str = "auto"
+    user_column: str = "user_id"
+    track_column: str = "track_id"
+    plays_column: str = "plays"
+    delimiter: str = ","
+    max_bad_fraction: float = 0.01
+
+
+STORAGE_LEVELS = ("MEMORY_ONLY", "MEMORY_ONLY_SER", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER",
+                  "DISK_ONLY")
+
+
+# -- Spectrograms (jobs/spectrograms) ---------------------------------------------------
+
+# How a track shorter than the excerpt is brought to full length:
+# "zeros" appends silence, "wrap" loops the audio, "none" keeps it short
+# (its spectrogram then has fewer frames), "reject" refuses it (DecodeError).
+PAD_MODES = ("zeros", "wrap", "none", "reject")
+
+
+@dataclass(frozen=True)
+class MelParams:
+    """Everything that determines a spectrogram's values.
+
+    sample_rate: Hz after resampling. n_fft, hop_length: STFT window and hop, in
+    samples. n_mels: mel bands. excerpt_s: seconds taken from the middle of the
+    track; None (or 0) keeps the whole track. log_offset: added before the log,
+    log(mel + log_offset). pad: how a track shorter than the excerpt is padded,
+    one of PAD_MODES.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 512
+    n_mels: int = 128
+    excerpt_s: float | None = 10.0
+    log_offset: float = 1e-6
+    pad: str = "zeros"
+
+    def __post_init__(self) -> None:
+        # Normalise types so that equal settings always hash equally (10 vs 10.0).
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+            value = int(getattr(self, name))
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+            object.__setattr__(self, name, value)
+        excerpt = float(self.excerpt_s) if self.excerpt_s else None
+        if excerpt is not None and excerpt < 0:
+            raise ValueError(f"excerpt_s must be >= 0, got {excerpt}")
+        object.__setattr__(self, "excerpt_s", excerpt)
+        offset = float(self.log_offset)
+        if offset <= 0:
+            raise ValueError(f"log_offset must be positive, got {offset}")
+        object.__setattr__(self, "log_offset", offset)
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> MelParams:
+        """Inverse of :meth:`to_dict`; raises ValueError on unknown keys."""
+        unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown mel parameters {sorted(unknown)}")
+        return cls(**values)
+
+    def params_hash(self) -> str:
+        """12 hex digits identifying these settings; part of every output path."""
+        payload = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha1(payload).hexdigest()[:12]
+
+    @property
+    def excerpt_samples(self) -> int | None:
+        """Length of the excerpt in samples, or None for whole tracks."""
+        return round(self.excerpt_s * self.sample_rate) if self.excerpt_s else None
+
+
+@dataclass(frozen=True)
+class SpectrogramOptions:
+    """How the spectrogram job treats its inputs; none of these change a spectrogram.
+
+    Tracks with less audio than ``min_duration_s``, more than ``max_duration_s``
+    (None: no limit), files over ``max_file_mb`` MiB (None: no limit) and decodes
+    slower than ``decode_timeout_s`` are dead letters. The job fails when more than
+    ``max_bad_fraction`` of the tracks it tried fail. ``row_group_mb`` sizes the
+    Parquet row groups readers load one at a time.
+    """
+    min_duration_s: float = 1.0
+    max_duration_s: float | None = 3 * 3600.0
+    max_file_mb: float | None = 1024.0
+    decode_timeout_s: float = 120.0
+    isolate_decoding: bool = True
+    torch_threads: int = 1
+    max_bad_fraction: float = 0.05
+    retry_dead_letters: bool = False
+    row_group_mb: float = 32.0
+
+    @property
+    def max_bytes(self) -> int | None:
+        """``max_file_mb`` in bytes; None (no limit) when it is None or not positive."""
+        return int(self.max_file_mb * 2**20) if self.max_file_mb and self.max_file_mb > 0 else None
+
+    @property
+    def duration_limit_s(self) -> float | None:
+        """``max_duration_s``; None (no limit) when it is None or not positive."""
+        return self.max_duration_s if self.max_duration_s and self.max_duration_s > 0 else None
+
+
+# -- Training (model/train.py) ----------------------------------------------------------
+
+# The networks and losses training offers; the first of each is the default.
+ARCHS = ("dieleman2014", "vandenoord2013")
+LOSSES = ("mse", "cosine", "wpe")
+DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
+    val_fraction: float = 0.1
+    patience: int = 5  # epochs without validation improvement before stopping
+    seed: int = 0
+    loader_workers: int = 0  # data-loader processes per rank
+
+
+# -- Evaluation (jobs/evaluate.py, jobs/evaluate_als.py) --------------------------------
+
+@dataclass(frozen=True)
+class BowConfig:
+    n_mfcc: int = 13
+    codebook: int = 4000  # the paper's size; small catalogues want far fewer words
+    pca_variance: float = 0.95
+    frames_per_track: int = 200  # frames sampled per track to fit the codebook
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """The cold-start evaluation: mAP@``k``, the CNNs to compare (architecture:loss),
+    how many warm tracks fit the bag-of-words baseline, and the seed."""
+    k: int = 500
+    models: tuple[str, ...] = ("dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe",
+                               "vandenoord2013:mse")
+    bow_train_tracks: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HoldoutOptions:
+    """Which plays to hold out and how to score them.
+
+    ``max_users`` evaluates a seeded sample of that many users (None: all); the
+    scoring runs on the driver, so sample when there are millions of users.
+    """
+    fraction: float = 0.2
+    k: int = 500
+    seed: int = 0
+    max_users: int | None = None
+
+
+# -- Demo data (jobs/demo_catalogue.py) -------------------------------------------------
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that determines the demo catalogue; equal configs give equal outputs."""
+
+    n_tracks: int = 400
+    """Number of tracks, warm and cold together."""
+    n_users: int = 3000
+    """Number of simulated listeners."""
+    duration_s: float = 12.0
+    """Length of every track, seconds."""
+    cold_fraction: float = 0.2
+    """Fraction of tracks, chosen at random, whose plays are held out (cold tracks)."""
+    seed: int = 0
+    """Seed of every random choice: styles, audio, popularity, tastes and plays."""
+    mean_tracks_per_user: float = 30.0
+    """Mean number of distinct tracks a user plays (geometric distribution)."""
+    min_tracks_per_user: int = 3
+    """Fewest distinct tracks a user plays."""
+    min_listeners_per_track: int = 5
+    """Fewest distinct users who play each track, so every track has some plays."""
+    popularity_exponent: float = 1.0
+    """Zipf exponent of track popularity: the r-th most popular track has weight r^-a."""
+    taste_concentration: float = 0.1
+    """Dirichlet concentration of a user's taste over styles; small means 1-2 styles."""
+    taste_noise: float = 0.05
+    """Share of a user's choices that follow popularity alone, ignoring style."""
+    play_count_exponent: float = 2.2
+    """Zipf exponent of the play count of one (user, track) pair; counts are >= 1."""
+    max_play_count: int = 500
+    """Largest play count of one (user, track) pair."""
+
+    def __post_init__(self) -> None:
+        if self.n_tracks < 1 or self.n_users < 1:
+            raise ValueError("n_tracks and n_users must be positive")
+        if self.duration_s <= 0:
+            raise ValueError("duration_s must be positive")
+        if not 0.0 <= self.cold_fraction < 1.0:
+            raise ValueError("cold_fraction must be in [0, 1)")
+        if self.mean_tracks_per_user < 1 or self.min_tracks_per_user < 1:
+            raise ValueError("users must play at least one track")
+        if self.taste_concentration <= 0 or not 0.0 <= self.taste_noise <= 1.0:
+            raise ValueError("taste_concentration must be > 0 and taste_noise in [0, 1]")
+        if self.play_count_exponent <= 1.0:
+            raise ValueError("play_count_exponent must be > 1 (numpy's Zipf needs it)")

@@ -1,0 +1,70 @@
+"""Implicit feedback as the pipeline models it (Hu, Koren & Volinsky 2008; NIPS 2013):
+the confidence of a play count, the play matrix, and the exact ALS item step.
+
+Spark's ALS is fed r' = log(1 + r / eps) (jobs/als.py), which makes its c = 1 + alpha r'
+this same confidence.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+# What an ALS run records in its factors' metadata, and what confidence and the
+# item step need from it.
+ALS_SETTINGS = ("alpha", "eps", "reg")
+
+
+def confidence(plays: np.ndarray, alpha: float, eps: float) -> np.ndarray:
+    """c = 1 + alpha * log(1 + r / eps), the paper's confidence of play counts r."""
+    return 1 + alpha * np.log1p(np.asarray(plays, dtype=np.float64) / eps)
+
+
+def als_settings(params: Mapping[str, object], source: str | os.PathLike) -> dict[str, float]:
+    """alpha, eps and reg of the ALS run whose factors carry ``params`` as metadata.
+
+    Raises ValueError naming ``source`` when they are missing: guessing would score
+    with another confidence than the one the factors were learned with.
+    """
+    missing = [name for name in ALS_SETTINGS if name not in params]
+    if missing:
+        raise ValueError(f"{source}: its metadata lacks the ALS settings {missing}; "
+                         "factors written by jobs/als.py carry them")
+    return {name: float(params[name]) for name in ALS_SETTINGS}
+
+
+def plays_matrix(plays: pa.Table, track_index: Mapping[str, int],
+                 user_index: Mapping[str, int]) -> sp.csr_matrix:
+    """(tracks x users) play counts of a schemas.PLAYS table, duplicates summed.
+
+    Rows whose track or user has no index, or whose count is not positive, are left out.
+    """
+    triples = [(track_index[t], user_index[u], n) for u, t, n in zip(
+        plays.column("user_id").to_pylist(), plays.column("track_id").to_pylist(),
+        plays.column("plays").to_pylist()) if t in track_index and u in user_index and n > 0]
+    rows, cols, counts = (np.array(v) for v in zip(*triples)) if triples else (np.zeros(0),) * 3
+    return sp.csr_matrix((counts.astype(np.float64), (rows.astype(int), cols.astype(int))),
+                         shape=(len(track_index), len(user_index)))
+
+
+def fold_in(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
+            reg: float) -> np.ndarray:
+    """The ALS item step for each row of ``plays`` (tracks x users) with users fixed.
+
+    y_i = (X'X + X' (C_i - I) X + reg * n_i * I)^-1 X' C_i p_i, with Spark's
+    regularisation scaled by the track's number of plays n_i. Returns (n_tracks, k)
+    float32.
+    """
+    x = user_factors.astype(np.float64)
+    gram = x.T @ x
+    out = np.zeros((plays.shape[0], x.shape[1]))
+    for i in range(plays.shape[0]):
+        users = plays.indices[plays.indptr[i]:plays.indptr[i + 1]]
+        c = confidence(plays.data[plays.indptr[i]:plays.indptr[i + 1]], alpha, eps)
+        xu = x[users]
+        a = gram + xu.T @ ((c - 1)[:, None] * xu) + reg * max(len(users), 1) * np.eye(x.shape[1])
+        out[i] = np.linalg.solve(a, xu.T @ c)
+    return out.astype(np.float32)

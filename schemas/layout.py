@@ -1,0 +1,149 @@
+"""Where every file lives on disk: stages write here, readers and tasks look here.
+
+    <data root>/
+        catalogue.parquet, plays.parquet     the user's inputs (or [paths] in luigi.cfg)
+        demo/                                DemoFiles: the built-in demo data
+        mels/<params hash>/<run id>/         mels-*.parquet, dead_letters-*.parquet
+        runs/<run id>/<stage>-<fp>...        one run's outputs (als, model, factors, ...)
+
+Directories starting with "." are work in progress (see schemas.storage) and are
+never read as outputs.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas.config import MelParams
+
+PARQUET = ".parquet"
+
+# A run's name: one plain path component, so that it cannot lead out of its parent
+# (no slashes, no leading dot, so no "..").
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` itself; ValueError when it is not one plain path component."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run_id {run_id!r} must be letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit")
+    return run_id
+
+
+# -- Spectrograms ---------------------------------------------------------------------
+
+MELS_PREFIX = "mels"
+DEAD_LETTERS_PREFIX = "dead_letters"
+MEL_SHARD_GLOB = f"[!.]*/{MELS_PREFIX}-*{PARQUET}"
+# Runs set aside under <run_id>.<state>-<time>: rejected (too many failures) or
+# pending (the job stopped between finishing and deciding).
+SET_ASIDE = re.compile(r"\.(pending|rejected)-\d{8}T\d{6}$")
+
+
+def params_dir(mels_root: str | os.PathLike, params: MelParams) -> Path:
+    """Directory holding every spectrogram run made with ``params``."""
+    return Path(mels_root) / params.params_hash()
+
+
+def run_dir(mels_root: str | os.PathLike, params: MelParams, run_id: str) -> Path:
+    """Directory of one finished spectrogram run: <mels root>/<params hash>/<run id>."""
+    return params_dir(mels_root, params) / check_run_id(run_id)
+
+
+def mel_shards(params_dir: str | os.PathLike) -> list[Path]:
+    """Every mels-*.parquet of the finished runs under ``params_dir``, sorted.
+
+    Runs still being written (hidden directories) never match; a run that had
+    nothing new to do holds a shard without rows.
+    """
+    return sorted(Path(params_dir).glob(MEL_SHARD_GLOB))
+
+
+def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{PARQUET}"))
+
+
+def final_dead_letter_files(params_dir: str | os.PathLike) -> list[Path]:
+    """Dead letters of the published runs under ``params_dir``: failures taken as final.
+
+    Runs set aside as rejected or pending, and runs still being written, are left out.
+    """
+    runs = [path for path in sorted(Path(params_dir).glob("[!.]*"))
+            if path.is_dir() and not SET_ASIDE.search(path.name)]
+    return [path for run in runs for path in dead_letter_files(run)]
+
+
+# -- ALS output directory (tables written by jobs/als.py) --------------------------------
+
+USER_FACTORS = "user_factors"
+ITEM_FACTORS = "item_factors"
+USER_IDS = "user_ids"
+TRACK_IDS = "track_ids"
+QUARANTINE = "quarantine"
+
+# -- Scoring output directory (jobs/score.py) -------------------------------------------
+
+PREDICTED_FACTORS = f"predicted_factors{PARQUET}"
+TRACK_FACTORS = f"track_factors{PARQUET}"
+UNSCORED = f"unscored{PARQUET}"
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """The demo data's files under ``root`` (jobs/demo_catalogue.py writes them)."""
+    root: Path
+
+    @property
+    def catalogue(self) -> Path:
+        return self.root / f"catalogue{PARQUET}"
+
+    @property
+    def plays(self) -> Path:
+        return self.root / f"plays{PARQUET}"
+
+    @property
+    def heldout_plays(self) -> Path:
+        return self.root / f"heldout_plays{PARQUET}"
+
+    @property
+    def truth(self) -> Path:
+        return self.root / f"truth{PARQUET}"
+
+    @property
+    def audio(self) -> Path:
+        return self.root / "audio"
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The pipeline's data root and what lives in it."""
+    path: Path
+
+    @property
+    def catalogue(self) -> Path:
+        return self.path / f"catalogue{PARQUET}"
+
+    @property
+    def plays(self) -> Path:
+        return self.path / f"plays{PARQUET}"
+
+    @property
+    def demo(self) -> DemoFiles:
+        return DemoFiles(self.path / "demo")
+
+    @property
+    def mels(self) -> Path:
+        return self.path / "mels"
+
+    def output(self, run_id: str, name: str, suffix: str = "") -> Path:
+        """runs/<run id>/<name><suffix>: one output of one pipeline run."""
+        return self.path / "runs" / check_run_id(run_id) / f"{name}{suffix}"
+
+
+def model_companions(model: str | os.PathLike) -> tuple[Path, Path]:
+    """(snapshot file, TensorBoard directory) kept beside a model file."""
+    model = Path(model)
+    return model.with_suffix(".snapshot"), model.with_suffix(".tensorboard")
