@@ -37,6 +37,7 @@ import dataclasses
 import logging
 import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ from pyspark.sql.types import NumericType, StringType, StructField, StructType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import schemas  # noqa: E402
-from schemas import cli, layout, storage  # noqa: E402
+from schemas import cli, layout, model_file, storage  # noqa: E402
 from schemas.config import STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions  # noqa: E402
 from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
                             plays_format)
@@ -229,6 +230,41 @@ def read_valid_plays(spark: SparkSession, plays_path: str,
     return ValidPlays(usable, quarantined, counts)
 
 
+# Why a usable play is set aside when its track is unknown to the catalogue.
+NOT_IN_CATALOGUE = "track not in catalogue"
+
+
+def restrict_to_catalogue(spark: SparkSession, plays: ValidPlays, plays_path: str,
+                          catalogue_path: str) -> ValidPlays:
+    """Set aside, with their reason, the usable plays of tracks the catalogue does not
+    list: they would get factors no track can be served with.
+
+    Raises PlaysInputError naming both files when no play names a catalogue track.
+    """
+    try:
+        listed = spark.read.parquet(catalogue_path).select("track_id").distinct()
+    except (PySparkException, Py4JJavaError) as err:
+        raise PlaysInputError(f"cannot read the catalogue {catalogue_path}: "
+                              f"{_first_line(err)}") from err
+    inside = plays.usable.join(listed, "track_id", "left_semi").persist(
+        StorageLevel.MEMORY_AND_DISK)
+    outside = plays.usable.join(listed, "track_id", "left_anti").select(
+        "user_id", "track_id", F.col("plays").cast("string").alias("plays"),
+        F.lit(NOT_IN_CATALOGUE).alias("reason"))
+    n_outside = outside.count()
+    if inside.count() == 0:
+        raise PlaysInputError(f"no play of {plays_path} names a track of the catalogue "
+                              f"{catalogue_path}: are they from the same service?")
+    quarantined = plays.quarantined.unionByName(outside).persist(StorageLevel.MEMORY_AND_DISK)
+    quarantined.count()
+    plays.usable.unpersist()
+    plays.quarantined.unpersist()
+    if n_outside:
+        logger.warning("%s: %d (user, track) pairs name tracks that the catalogue %s does not "
+                       "list; quarantined", plays_path, n_outside, catalogue_path)
+    return ValidPlays(inside, quarantined, {**plays.row_counts, NOT_IN_CATALOGUE: n_outside})
+
+
 def index_ids(plays: DataFrame, column: str, index_column: str) -> DataFrame:
     """A dense int index 0..n-1 of the distinct values of ``column``, in sorted order.
 
@@ -342,18 +378,23 @@ def resolve_blocks(spark: SparkSession, params: AlsParams) -> AlsParams:
 
 def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
-        tuning: AlsTuning = AlsTuning()) -> None:
+        tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None) -> None:
     """Extract, validate, factorise and write every output table under ``out``.
 
+    With ``catalogue_path``, plays of tracks it does not list are quarantined.
     Raises PlaysInputError (nothing written) when the input cannot be used.
     """
     params = resolve_blocks(spark, params)
-    meta = dataclasses.asdict(params)
+    # Every ALS run learns a space of its own (rotations, sign flips): its factors
+    # carry an id of that space, and a model trained on them records it.
+    meta = {**dataclasses.asdict(params), model_file.FACTOR_SPACE: uuid.uuid4().hex}
     with storage.atomic_dir(out) as tmp:
         # Without a checkpoint directory Spark silently skips checkpointing, and long
         # runs die of StackOverflowError on the factors' lineage.
         spark.sparkContext.setCheckpointDir(checkpoint_dir or str(tmp / "_checkpoints"))
         plays = read_valid_plays(spark, plays_path, options)
+        if catalogue_path is not None:
+            plays = restrict_to_catalogue(spark, plays, plays_path, catalogue_path)
         n_bad = write_parquet(plays.quarantined, tmp / layout.QUARANTINE, schemas.QUARANTINED_PLAYS)
         user_ids = index_ids(plays.usable, "user_id", "user_index")
         track_ids = index_ids(plays.usable, "track_id", "track_index")
@@ -458,6 +499,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_input_arguments(parser)
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory; must not exist, appears when complete")
+    parser.add_argument("--catalogue",
+                        help="catalogue Parquet (schemas.CATALOGUE); plays of tracks it does "
+                             "not list are quarantined, and none matching is an error")
     add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -477,7 +521,7 @@ def run_job(args: argparse.Namespace) -> None:
     spark = SparkSession.builder.appName("coldstart-als").getOrCreate()
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
-            input_options(args), als_tuning(args))
+            input_options(args), als_tuning(args), args.catalogue)
     finally:
         spark.stop()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
@@ -122,8 +123,23 @@ def check_catalogue(path: Path) -> Check:
     except Exception as err:
         return Check(name, False, f"is not readable Parquet: {err}")
     missing = [column for column in schemas.CATALOGUE.names if column not in names]
-    return Check(name, not missing, f"lacks columns {missing} (has {names})" if missing
-                 else f"columns {schemas.CATALOGUE.names}")
+    if missing:
+        return Check(name, False, f"lacks columns {missing} (has {names})")
+    repeated = duplicate_ids(path)
+    if repeated:
+        shown = ", ".join(repr(track) for track in repeated[:5])
+        return Check(name, False, f"{len(repeated)} track ids appear more than once, e.g. "
+                                  f"{shown}: each would take another track's audio")
+    return Check(name, True, f"columns {schemas.CATALOGUE.names}, track ids unique")
+
+
+def duplicate_ids(path: Path) -> list[str]:
+    """Track ids listed more than once in the catalogue at ``path``, sorted."""
+    ids = pq.read_table(path, columns=["track_id"]).column("track_id")
+    counts = pc.value_counts(ids)
+    return sorted(str(value) for value, count in zip(counts.field("values").to_pylist(),
+                                                      counts.field("counts").to_pylist())
+                  if count > 1)
 
 
 def first_line(path: Path) -> str:

@@ -34,7 +34,7 @@ from model.artefact import load_model
 from model.bow import BagOfWords
 from model.data import mel_array, read_mels, unit_rows
 from model.predict import predict_tracks
-from schemas import cli, layout, metrics, storage
+from schemas import cli, layout, metrics, model_file, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import BowConfig, EvaluateConfig
 from schemas.feedback import als_settings, fold_in, plays_matrix
@@ -83,10 +83,11 @@ def model_name(artefact: dict) -> str:
 
 def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: pa.Table,
              shards: list[Path], models: list[Path], bow: BowConfig,
-             config: EvaluateConfig = EvaluateConfig()) -> dict:
+             config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
-    ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings).
+    ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
+    with ``factor_space`` (the ALS factors' id) every model must have learned it.
     """
     k, seed = config.k, config.seed
     warm = set(items.column("track_id").to_pylist())
@@ -113,6 +114,9 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         mel_array(train), targets).predict(mel_array(held_mels))
     for path in models:
         model, artefact = load_model(path)
+        if factor_space is not None:
+            model_file.check_factor_space(artefact, path, {model_file.FACTOR_SPACE: factor_space},
+                                          "the ALS factors evaluated")
         ids, predicted = predict_tracks(model, artefact, shards, track_ids)
         order = {t: i for i, t in enumerate(ids)}
         name = model_name(artefact)
@@ -170,14 +174,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_job(args: argparse.Namespace) -> None:
+    factors_params = storage.read_params(args.item_factors)
     report = evaluate(storage.read_table(args.user_factors, schemas.USER_FACTORS),
                       storage.read_table(args.item_factors, schemas.ITEM_FACTORS),
-                      als_settings(storage.read_params(args.item_factors), args.item_factors),
+                      als_settings(factors_params, args.item_factors),
                       storage.read_table(args.heldout_plays, schemas.PLAYS),
                       layout.mel_shards(args.mels), args.model,
                       BowConfig(codebook=args.bow_codebook, seed=args.seed),
                       EvaluateConfig(k=args.k, bow_train_tracks=args.bow_train_tracks,
-                                     seed=args.seed))
+                                     seed=args.seed),
+                      factors_params.get(model_file.FACTOR_SPACE))
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))

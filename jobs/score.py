@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import schemas
 from model.artefact import load_model
 from model.predict import predict_tracks
-from schemas import cli, layout, storage
+from schemas import cli, layout, model_file, storage
 from schemas import factor_matrix, factors_column
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     warm = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
     cold = cold_track_ids(catalogue, warm)
+    model_file.check_factor_space(artefact, model_path, storage.read_params(item_factors_path),
+                                  item_factors_path)
     shards = layout.mel_shards(mels_dir)
     check_mel_params(shards, artefact["mel_params"])
     ids, predicted = predict_tracks(model, artefact, shards, cold)

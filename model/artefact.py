@@ -22,7 +22,8 @@ def state_version(state: dict) -> str:
 
 
 def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
-               factor_scale: float, metrics: dict, unit_output: bool = True) -> str:
+               factor_scale: float, metrics: dict, unit_output: bool = True,
+               factor_space: str | None = None) -> str:
     """Write the model file atomically and return its version.
 
     With ``unit_output`` (nets trained on directions: mse, cosine) scoring turns each
@@ -33,7 +34,8 @@ def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
     artefact = {"format": model_file.FORMAT, "version": version,
                 "net_config": config.to_dict(), "state": state,
                 "mel_params": mel_params, "factor_scale": factor_scale,
-                "unit_output": unit_output, "metrics": metrics}
+                "unit_output": unit_output, "metrics": metrics,
+                model_file.FACTOR_SPACE: factor_space}
     with storage.atomic_file(path) as tmp:
         torch.save(artefact, tmp)
     return version

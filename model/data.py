@@ -36,7 +36,8 @@ def read_mels(shards: Iterable[Path], track_ids: Iterable[str] | None = None) ->
     if not paths:
         return schemas.MEL_SHARD.empty_table()
     dataset = ds.dataset(paths, format="parquet")
-    wanted = None if track_ids is None else ds.field("track_id").isin(pa.array(list(track_ids)))
+    wanted = (None if track_ids is None
+              else ds.field("track_id").isin(pa.array(list(track_ids), pa.string())))
     table = schemas.conform(dataset.to_table(filter=wanted), schemas.MEL_SHARD)
     _, first = np.unique(table.column("track_id").to_numpy(zero_copy_only=False), return_index=True)
     return table.take(np.sort(first))

@@ -33,6 +33,8 @@ def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
     """
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
+        if not wanted:
+            break
         table = read_mels([shard], wanted)
         if table.num_rows:
             ids += table.column("track_id").to_pylist()

@@ -36,7 +36,7 @@ from model.artefact import save_model
 from model.data import ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids
 from model.net import NetConfig, build_net
 from model.trainer import Trainer, is_main
-from schemas import cli, factor_matrix, layout, storage
+from schemas import cli, factor_matrix, layout, model_file, storage
 from schemas.config import ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, TrainConfig
 from schemas.feedback import als_settings, plays_matrix
 
@@ -158,9 +158,12 @@ def train(job: TrainJob) -> None:
                              {"loss": job.loss, "validation_loss": progress.best_loss,
                               "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
                               "val_tracks": n_val, "world_size": world},
-                             unit_output=unit)
+                             unit_output=unit, factor_space=storage.read_params(
+                                 job.item_factors).get(model_file.FACTOR_SPACE))
         logger.info("model %s (%s, %s loss, validation %.4f) -> %s", version, job.arch,
                     job.loss, progress.best_loss, job.out)
+        if job.snapshot is not None:  # only a run that has not finished resumes from it
+            job.snapshot.unlink(missing_ok=True)
     if dist.is_initialized():
         dist.barrier()  # gloo aborts a rank that tears down while another still works
 

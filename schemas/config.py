@@ -214,6 +214,15 @@ class HoldoutOptions:
     max_users: int | None = None
 
 
+# -- Publishing (jobs/publish.py) --------------------------------------------------------
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """How many published snapshots (nights) are kept; older ones, and their runs'
+    outputs, are removed, never the latest."""
+    keep: int = 7
+
+
 # -- Demo data (jobs/demo_catalogue.py) -------------------------------------------------
 
 @dataclass(frozen=True)

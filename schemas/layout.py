@@ -91,6 +91,23 @@ TRACK_FACTORS = f"track_factors{PARQUET}"
 UNSCORED = f"unscored{PARQUET}"
 
 
+# -- Published snapshots (jobs/publish.py) ----------------------------------------------
+
+SNAPSHOT_USERS = f"user_factors{PARQUET}"
+SNAPSHOT_TRACKS = f"track_factors{PARQUET}"
+SNAPSHOT_MANIFEST = "snapshot.json"
+
+
+def snapshot_dir(published: str | os.PathLike, run_id: str) -> Path:
+    """One night's published snapshot: <published>/<run id>."""
+    return Path(published) / check_run_id(run_id)
+
+
+def latest(published: str | os.PathLike) -> Path:
+    """The link consumers read: always the newest complete snapshot."""
+    return Path(published) / "latest"
+
+
 @dataclass(frozen=True)
 class DemoFiles:
     """The demo data's files under ``root`` (jobs/demo_catalogue.py writes them)."""
@@ -138,9 +155,17 @@ class DataRoot:
     def mels(self) -> Path:
         return self.path / "mels"
 
+    @property
+    def published(self) -> Path:
+        return self.path / "published"
+
+    def run(self, run_id: str) -> Path:
+        """runs/<run id>: every output of one pipeline run."""
+        return self.path / "runs" / check_run_id(run_id)
+
     def output(self, run_id: str, name: str, suffix: str = "") -> Path:
         """runs/<run id>/<name><suffix>: one output of one pipeline run."""
-        return self.path / "runs" / check_run_id(run_id) / f"{name}{suffix}"
+        return self.run(run_id) / f"{name}{suffix}"
 
 
 def model_companions(model: str | os.PathLike) -> tuple[Path, Path]:

@@ -11,18 +11,22 @@ code) holding:
     factor_scale  norm given to predictions when unit_output
     unit_output   whether predictions are directions (mse, cosine losses)
     metrics       how training went (loss, validation_loss, epochs, ...)
+    factor_space  the id of the ALS run's factor space the network learned to predict
+                  (format 2 on); scoring refuses to fill another space with it
 
-Files written before the layout was versioned have every key but ``format``: they
-are format 1.
+Files written before the layout was versioned have the format 1 keys but ``format``.
 """
 from __future__ import annotations
 
 import os
 from typing import Mapping
 
-FORMAT = 1
-KEYS = ("version", "net_config", "state", "mel_params", "factor_scale", "unit_output",
-        "metrics")
+FORMAT = 2
+KEYS = {1: ("version", "net_config", "state", "mel_params", "factor_scale", "unit_output",
+            "metrics")}
+KEYS[2] = KEYS[1] + ("factor_space",)
+# The metadata key of ALS factors (and the model file key) naming their factor space.
+FACTOR_SPACE = "factor_space"
 
 
 def check(artefact: Mapping[str, object], path: str | os.PathLike) -> None:
@@ -31,10 +35,25 @@ def check(artefact: Mapping[str, object], path: str | os.PathLike) -> None:
     if not isinstance(artefact, Mapping):
         raise ValueError(f"{path}: not a model file (holds a {type(artefact).__name__})")
     found = artefact.get("format", 1)
-    if found != FORMAT:
+    if found not in KEYS:
         raise ValueError(f"{path}: model file format {found!r}; this version of the pipeline "
-                         f"reads format {FORMAT} (retrain, or score with the version that "
-                         "wrote it)")
-    missing = [key for key in KEYS if key not in artefact]
+                         f"reads formats {sorted(KEYS)} (retrain, or score with the version "
+                         "that wrote it)")
+    missing = [key for key in KEYS[found] if key not in artefact]
     if missing:
         raise ValueError(f"{path}: model file lacks {missing}")
+
+
+def check_factor_space(artefact: Mapping[str, object], path: str | os.PathLike,
+                       factors_params: Mapping[str, object],
+                       factors_path: str | os.PathLike) -> None:
+    """Raise ValueError unless the model at ``path`` learned the factor space of the
+    ALS factors at ``factors_path`` (whose metadata is ``factors_params``): its
+    predictions would sit in another space than the factors they are served with."""
+    learned, wanted = artefact.get(FACTOR_SPACE), factors_params.get(FACTOR_SPACE)
+    if learned is None:
+        raise ValueError(f"{path}: the model does not record which ALS factors it learned "
+                         f"(model file format {artefact.get('format', 1)}); retrain it")
+    if learned != wanted:
+        raise ValueError(f"{path}: the model learned the factor space {learned} but "
+                         f"{factors_path} is in {wanted}: retrain it on these factors")

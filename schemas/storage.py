@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -20,6 +23,53 @@ import pyarrow.parquet as pq
 import schemas
 
 logger = logging.getLogger(__name__)
+
+
+# Temporary siblings are named .tmp-<name>@<host>.<pid>.<random>, so that the leftovers
+# of a killed process can be told from the work of a live one.
+_OWNED = re.compile(r"^\.tmp-.+@(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}$")
+# Leftovers without an owner in their name are removed once this old.
+_STALE_AFTER_S = 24 * 3600
+
+
+def _temporary(final: Path) -> Path:
+    remove_stale(final.parent)
+    return final.parent / f".tmp-{final.name}@{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(parent: Path) -> list[Path]:
+    """Remove the temporary siblings in ``parent`` that killed processes left behind:
+    those of a process of this host that no longer runs, and unowned ones over a day
+    old. Returns what was removed."""
+    removed = []
+    try:
+        entries = [entry for entry in parent.iterdir() if entry.name.startswith(".tmp-")]
+    except FileNotFoundError:
+        return removed
+    host = socket.gethostname()
+    for entry in entries:
+        owner = _OWNED.match(entry.name)
+        try:
+            stale = (owner.group("host") == host and not _alive(int(owner.group("pid")))
+                     if owner else time.time() - entry.lstat().st_mtime > _STALE_AFTER_S)
+        except FileNotFoundError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(
+                missing_ok=True)
+            removed.append(entry)
+            logger.info("removed %s, left by a process that was killed", entry)
+    return removed
 
 
 @contextlib.contextmanager
@@ -33,7 +83,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     if final.exists():
         raise FileExistsError(f"output {final} already exists; remove it to rebuild")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = _temporary(final)
     tmp.mkdir()
     try:
         yield tmp
@@ -49,7 +99,7 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     ``final`` on success, and is removed on an exception."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp = _temporary(final)
     try:
         yield tmp
         os.replace(tmp, final)

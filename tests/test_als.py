@@ -310,3 +310,26 @@ def test_factors_reach_the_numpy_optimum(exact_case):
     assert objective(x, y) == pytest.approx(objective(x_np, y_np), rel=1e-5)
     np.testing.assert_allclose(x @ y.T, x_np @ y_np.T, atol=2e-3)  # factors up to a rotation
     np.testing.assert_allclose(y, objective.tracks_given(x), atol=1e-3)
+
+
+def test_plays_of_tracks_outside_the_catalogue_are_quarantined(spark, tmp_path):
+    plays = checkerboard_plays(n_users=12, n_tracks=8)
+    pq.write_table(plays, tmp_path / "plays.parquet")
+    listed = sorted(set(plays.column("track_id").to_pylist()))[:6]  # t006, t007 unknown
+    pq.write_table(pa.table({"track_id": listed}), tmp_path / "catalogue.parquet")
+
+    als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "out",
+            AlsParams(rank=2, iterations=2), catalogue_path=str(tmp_path / "catalogue.parquet"))
+
+    quarantined = pq.read_table(tmp_path / "out" / "quarantine").to_pylist()
+    unknown = {row["track_id"] for row in quarantined if row["reason"] == als.NOT_IN_CATALOGUE}
+    assert unknown == {"t006", "t007"}
+    items = pq.read_table(tmp_path / "out" / "item_factors").column("track_id").to_pylist()
+    assert sorted(items) == listed
+
+    pq.write_table(pa.table({"track_id": ["x1", "x2"]}), tmp_path / "other.parquet")
+    with pytest.raises(PlaysInputError, match=f"no play of {tmp_path / 'plays.parquet'} names "
+                                              f"a track of the catalogue {tmp_path / 'other.parquet'}"):
+        als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "out2",
+                AlsParams(rank=2, iterations=2), catalogue_path=str(tmp_path / "other.parquet"))
+    assert not (tmp_path / "out2").exists()

@@ -87,3 +87,15 @@ def test_a_broken_environment_is_reported(tmp_path):
                                             ("11.0.2", 11)])
 def test_java_major_version(version, major):
     assert doctor.java_major(version) == major
+
+
+def test_duplicate_track_ids_in_the_catalogue_are_named(tmp_path):
+    row = {"track_id": "t1", "audio_uri": "/a.mp3", "title": "T", "artist": "A", "duration_s": 1.0}
+    catalogue = tmp_path / "catalogue.parquet"
+    pq.write_table(pa.Table.from_pylist([row, {**row, "audio_uri": "/b.mp3"},
+                                         {**row, "track_id": "t2"}], schemas.CATALOGUE), catalogue)
+
+    check = doctor.check_catalogue(catalogue)
+
+    assert not check.ok
+    assert "1 track ids appear more than once, e.g. 't1'" in check.detail

@@ -105,6 +105,8 @@ def test_read_mels_selects_and_reshapes(tmp_path):
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), ids[2:5])
     assert table.column("track_id").to_pylist() == ids[2:5]
     assert mel_array(table).shape == (3, 16, 160)
+    # A night on which every cold track already has factors asks for none.
+    assert read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), []).num_rows == 0
 
 
 @pytest.mark.parametrize("world,workers", [(1, 0), (2, 2), (3, 2), (4, 1)])
@@ -255,10 +257,30 @@ def test_model_files_carry_their_format_and_unknown_formats_are_refused(tmp_path
     assert load_model(legacy)[1]["version"] == artefact["version"]
 
     future = tmp_path / "future.pt"
-    torch.save({**artefact, "format": 2}, future)
-    with pytest.raises(ValueError, match=f"{future}: model file format 2; this version"):
+    torch.save({**artefact, "format": 99}, future)
+    with pytest.raises(ValueError, match=f"{future}: model file format 99; this version"):
         load_model(future)
     broken = tmp_path / "broken.pt"
     torch.save({key: value for key, value in artefact.items() if key != "factor_scale"}, broken)
     with pytest.raises(ValueError, match=r"lacks \['factor_scale'\]"):
         load_model(broken)
+
+
+def test_a_model_is_tied_to_the_factor_space_it_learned(tmp_path):
+    from model.artefact import save_model
+    from schemas import model_file
+
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    path = tmp_path / "model.pt"
+    save_model(path, config, build_net(config).state_dict(), {"n_mels": 16}, 1.0,
+               {"loss": "mse"}, factor_space="night-1")
+    _, artefact = load_model(path)
+
+    model_file.check_factor_space(artefact, path, {"factor_space": "night-1"}, "f1")
+    with pytest.raises(ValueError, match="learned the factor space night-1 but f2 is in night-2"):
+        model_file.check_factor_space(artefact, path, {"factor_space": "night-2"}, "f2")
+    legacy = {key: value for key, value in artefact.items()
+              if key not in ("format", "factor_space")}
+    with pytest.raises(ValueError, match="does not record which ALS factors it learned"):
+        model_file.check_factor_space(legacy, path, {"factor_space": "night-1"}, "f1")

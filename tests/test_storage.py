@@ -49,3 +49,25 @@ def test_atomic_file_replaces_on_success_and_leaves_nothing_on_failure(tmp_path)
     assert final.read_text() == "old" and os.listdir(tmp_path) == ["report.json"]
     storage.write_text(final, "new")
     assert final.read_text() == "new" and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_leftovers_of_killed_processes_are_removed_live_ones_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    killed = tmp_path / f".tmp-als-abc@{host}.{dead}.0123abcd"
+    live = tmp_path / f".tmp-mels@{host}.{os.getpid()}.0123abcd"
+    ancient = tmp_path / ".tmp-model.pt-0123abcd"
+    for path in (killed, live, ancient):
+        path.mkdir()
+        (path / "part").write_text("x")
+    os.utime(ancient, (1, 1))
+
+    with storage.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "part").write_text("y")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])

@@ -150,3 +150,29 @@ def test_runs_on_two_data_roots_run_side_by_side_but_not_on_one(tmp_path):
     assert f"already running on data root {first_root / 'data'}" in same.stderr
     assert other.returncode == 0, other.stderr[-2000:]
     assert (other_root / "data" / "demo" / "catalogue.parquet").exists()
+
+
+def test_outputs_follow_the_content_of_the_inputs_not_their_paths(tmp_path, monkeypatch):
+    import luigi
+
+    from workflows.tasks import TrainAls
+
+    catalogue = write_catalogue(tmp_path / "catalogue.parquet", [
+        {"track_id": "t1", "audio_uri": "/a/t1.mp3", "title": "T", "artist": "A",
+         "duration_s": 10.0}])
+    plays = write_plays(tmp_path / "plays.parquet")
+    monkeypatch.setenv("COLDSTART_DATA_ROOT", str(tmp_path / "data"))
+    config = luigi.configuration.get_config()
+    monkeypatch.setattr(config, "get", lambda section, option, *args, **kwargs: (
+        {"catalogue": str(catalogue), "plays": str(plays)}[option] if section == "paths"
+        else type(config).get(config, section, option, *args, **kwargs)))
+
+    def als_output() -> str:
+        return TrainAls(run_id="night").output().path
+
+    first = als_output()
+    os.utime(plays, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
+    assert als_output() == first
+    pq.write_table(pa.table({"user_id": ["u1"], "track_id": ["t1"],
+                             "plays": pa.array([9], pa.int64())}), plays)  # rewritten
+    assert als_output() != first

@@ -1,10 +1,10 @@
 """Luigi workflows: ``luigi --module workflows BackfillFactors`` or ``NightlyFactors``."""
 from workflows.tasks import (BackfillFactors, DemoCatalogue, EvaluateColdStart, Inputs,
-                             MelSpectrograms, NightlyFactors, Preflight, ScoreColdTracks,
-                             TrainAls, TrainModel, UserInputs, configure_luigi)
+                             MelSpectrograms, NightlyFactors, Preflight, PublishFactors,
+                             ScoreColdTracks, TrainAls, TrainModel, UserInputs, configure_luigi)
 
 configure_luigi()
 
 __all__ = ["BackfillFactors", "DemoCatalogue", "EvaluateColdStart", "Inputs", "MelSpectrograms",
-           "NightlyFactors", "Preflight", "ScoreColdTracks", "TrainAls", "TrainModel",
-           "UserInputs"]
+           "NightlyFactors", "Preflight", "PublishFactors", "ScoreColdTracks", "TrainAls",
+           "TrainModel", "UserInputs"]

@@ -4,10 +4,11 @@ Each task runs a standalone job as a separate process (spark-submit, the Beam
 job, torchrun, the scoring job), so every stage stays runnable by hand. Jobs write
 their outputs atomically, so an output that exists is complete.
 
-Task parameters take their defaults from luigi.cfg sections named after the task
-([TrainAls] rank = 50, ...). Output names carry a fingerprint of the task's
-parameters and of its inputs' paths, so changing a setting upstream re-runs
-everything downstream of it instead of reusing stale results.
+Task parameters take their defaults from schemas/config.py, overridden by luigi.cfg
+sections named after the task ([TrainAls] rank = 50, ...). Output names carry a
+fingerprint of the task's parameters, its inputs' paths and the catalogue's and
+plays' content, so changing a setting or an input re-runs everything downstream of
+it instead of reusing stale results, and an unchanged input re-runs nothing.
 """
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ import luigi.lock
 from luigi.contrib.external_program import ExternalProgramRunError, ExternalProgramTask
 from luigi.contrib.spark import SparkSubmitTask
 
-from schemas import layout
+from schemas import layout, storage
 from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
-                            DemoConfig,
+                            DemoConfig, PublishConfig,
                             EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
                             TrainConfig)
 from schemas.inputs import FORMATS
@@ -119,10 +120,50 @@ def user_inputs() -> tuple[Path, Path]:
     return Path(cfg.catalogue or root().catalogue), Path(cfg.plays or root().plays)
 
 
+def content_digest(path: str | os.PathLike) -> str:
+    """sha1 of a file's bytes, or of a directory's visible files (names and bytes);
+    "missing" when there is nothing there.
+
+    Kept in DATA_ROOT/.cache/digests.json by path, size and modification time, so an
+    input is read once per change, and one that is touched but unchanged keeps its
+    digest (and nothing downstream of it runs again).
+    """
+    path = Path(path)
+    files = (sorted(p for p in path.rglob("*") if p.is_file()
+                    and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+             if path.is_dir() else [path] if path.exists() else [])
+    if not files:
+        return "missing"
+    cache_file = data_root() / ".cache" / "digests.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    combined, changed = hashlib.sha1(), False
+    for file in files:
+        stat = file.stat()
+        key, stamp = str(file.resolve()), [stat.st_size, stat.st_mtime_ns]
+        if cache.get(key, [None])[:2] != stamp:
+            digest = hashlib.sha1()
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            cache[key], changed = stamp + [digest.hexdigest()], True
+        combined.update(f"{file.relative_to(path) if path.is_dir() else ''}:{cache[key][2]}"
+                        .encode())
+    if changed:
+        storage.write_text(cache_file, json.dumps(cache))
+    return combined.hexdigest()
+
+
 def fingerprint(task: luigi.Task) -> str:
-    """Short hash of the task's significant parameters and its inputs' paths."""
-    inputs = luigi.task.flatten(task.input())
-    text = task.task_id + "".join(sorted(t.path for t in inputs))
+    """Short hash of the task's significant parameters, its inputs' paths, and the
+    content of the inputs nothing in the pipeline makes (catalogue, plays): those can
+    change in place, every other input's path already names its content."""
+    inputs = [target.path for target in luigi.task.flatten(task.input())]
+    external = {target.path for target in luigi.task.flatten(Inputs().output())}
+    contents = [content_digest(path) for path in sorted(set(inputs) & external)]
+    text = json.dumps([task.task_id, sorted(inputs), contents])
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
@@ -226,19 +267,12 @@ class RunTask(luigi.Task):
         return root().output(self.run_id, f"{name}-{fingerprint(self)}")
 
 
-def _stat(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
 class Preflight(RunTask, JobTask):
     """`python -m jobs.doctor` on this run's inputs: the environment and the inputs'
     columns, checked in seconds before any expensive stage starts.
 
-    Its report is keyed by the inputs' size and modification time and the installed
-    packages' versions, so it runs again when any of them changes.
+    Its report is keyed by the inputs' content and the installed packages' versions,
+    so it runs again when any of them changes.
     """
 
     def requires(self):
@@ -248,10 +282,8 @@ class Preflight(RunTask, JobTask):
         return luigi.LocalTarget(self.run_path("preflight").with_suffix(".json"))
 
     def run_path(self, name: str) -> Path:
-        stats = [(path, stat.st_size, stat.st_mtime_ns) if (stat := _stat(path)) else path
-                 for path in (self.input()["catalogue"].path, self.input()["plays"].path)]
         versions = sorted((dist.metadata["Name"], dist.version) for dist in metadata.distributions())
-        digest = hashlib.sha1(json.dumps([stats, versions, fingerprint(self)]).encode())
+        digest = hashlib.sha1(json.dumps([versions, fingerprint(self)]).encode())
         return root().output(self.run_id, f"{name}-{digest.hexdigest()[:10]}")
 
     def program_args(self):
@@ -303,6 +335,7 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
 
     def app_options(self):
         return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
+                "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
                 "--iterations", self.iterations, "--seed", self.seed,
                 *(["--blocks", self.blocks] if self.blocks else []),
@@ -436,12 +469,31 @@ class EvaluateColdStart(RunTask, JobTask):
                 "--bow-codebook", self.bow_codebook, "--out", self.output().path]
 
 
+class PublishFactors(RunTask, JobTask):
+    """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
+    snapshots (and runs) beyond the newest ``keep`` are removed."""
+    keep = luigi.IntParameter(default=PublishConfig.keep, significant=False)
+
+    def requires(self):
+        return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
+
+    def output(self):
+        return luigi.LocalTarget(layout.snapshot_dir(root().published, self.run_id))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.publish", "--run-id", self.run_id,
+                "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
+                "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
+                "--out", root().published, "--runs", root().run(self.run_id).parent,
+                "--keep", self.keep]
+
+
 class BackfillFactors(luigi.WrapperTask):
     """Factors for every cold track of the catalogue (and, on demo data, their evaluation)."""
     run_id = RunIdParameter(default="backfill")
 
     def requires(self):
-        yield ScoreColdTracks(run_id=self.run_id)
+        yield PublishFactors(run_id=self.run_id)
         if Inputs().uses_demo():
             yield EvaluateColdStart(run_id=self.run_id)
 

@@ -1,0 +1,120 @@
+"""Publish a run's factors as one snapshot, behind a stable "latest" pointer.
+
+    python -m jobs.publish --run-id 2026-11-30 --user-factors ALS/user_factors \\
+        --track-factors FACTORS/track_factors.parquet --out DATA/published
+
+A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parquet
+(warm tracks from ALS, cold ones from audio) and snapshot.json (run id, factor space,
+model version, row counts, time). Users and tracks of one snapshot share one factor
+space; consumers read <out>/latest/, a symbolic link switched atomically once the new
+snapshot is complete, so they never mix one night's users with another's tracks.
+
+Retention: after publishing, snapshots beyond the newest --keep are removed, never
+the one "latest" points to, and with --runs so are those runs' outputs
+(<runs>/<run id>/: ALS, models, factors).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import schemas
+from schemas import cli, layout, model_file, storage
+from schemas.config import PublishConfig
+
+logger = logging.getLogger(__name__)
+
+
+def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
+            keep: int = PublishConfig.keep, runs: Path | None = None) -> Path:
+    """Write the snapshot of ``run_id`` under ``out``, point ``latest`` at it, apply
+    retention (to ``runs``/<run id> too); returns the snapshot directory."""
+    users = storage.read_table(user_factors, schemas.USER_FACTORS)
+    tracks = storage.read_table(track_factors, schemas.TRACK_FACTORS)
+    space = storage.read_params(user_factors).get(model_file.FACTOR_SPACE)
+    versions = sorted({v for v in tracks.column("model_version").to_pylist() if v})
+    target = layout.snapshot_dir(out, run_id)
+    with storage.atomic_dir(target) as tmp:
+        storage.write_table(users, tmp / layout.SNAPSHOT_USERS, schemas.USER_FACTORS,
+                            {"run_id": run_id, model_file.FACTOR_SPACE: space})
+        storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS,
+                            {"run_id": run_id, model_file.FACTOR_SPACE: space})
+        storage.write_text(tmp / layout.SNAPSHOT_MANIFEST, json.dumps({
+            "run_id": run_id, "factor_space": space, "model_versions": versions,
+            "users": users.num_rows, "tracks": tracks.num_rows,
+            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
+    point_latest(out, target)
+    for old in expired(out, keep):
+        shutil.rmtree(old)
+        logger.info("retention: removed snapshot %s", old)
+        if runs is not None and (runs / old.name).is_dir():
+            shutil.rmtree(runs / old.name)
+            logger.info("retention: removed the outputs of run %s", runs / old.name)
+    logger.info("published %s: %d users, %d tracks, factor space %s; %s -> %s",
+                run_id, users.num_rows, tracks.num_rows, space, layout.latest(out), target.name)
+    return target
+
+
+def point_latest(out: Path, target: Path) -> None:
+    """Switch the "latest" link to ``target`` atomically (a new link, then a rename)."""
+    link = layout.latest(out)
+    tmp = out / f".tmp-latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target.name, tmp)
+    os.replace(tmp, link)
+
+
+def snapshots(out: Path) -> list[Path]:
+    """Published snapshots under ``out``, oldest first (by modification time)."""
+    found = [path for path in out.iterdir() if path.is_dir() and not path.is_symlink()
+             and not path.name.startswith(".")]
+    return sorted(found, key=lambda path: (path.stat().st_mtime, path.name))
+
+
+def expired(out: Path, keep: int) -> list[Path]:
+    """Snapshots beyond the newest ``keep``; never the one "latest" points to."""
+    current = layout.latest(out).resolve()
+    old = snapshots(out)[:-keep] if keep > 0 else snapshots(out)
+    return [path for path in old if path.resolve() != current]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.publish", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-id", required=True, help="name of the snapshot")
+    parser.add_argument("--user-factors", required=True, type=Path,
+                        help="ALS user factors of the run (schemas.USER_FACTORS)")
+    parser.add_argument("--track-factors", required=True, type=Path,
+                        help="the run's combined factor table (schemas.TRACK_FACTORS)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="directory of the snapshots and of the 'latest' link")
+    parser.add_argument("--runs", type=Path,
+                        help="directory of the runs' outputs (DATA/runs); removed with their "
+                             "snapshots")
+    parser.add_argument("--keep", type=int, default=PublishConfig.keep,
+                        help="snapshots kept, the newest; 0 keeps only the latest "
+                             "(default %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args = parse_args(argv)
+
+    def body() -> None:
+        target = layout.snapshot_dir(args.out, args.run_id)
+        if target.exists():
+            raise cli.UsageError(f"snapshot {target} already exists")
+        publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
+                args.runs)
+    return cli.run_job(body, logger, ValueError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
