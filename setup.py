@@ -30,6 +30,6 @@ setup(
         "fsspec>=2023.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "implicit>=0.7"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "implicit>=0.7", "pyyaml>=6"],
     },
 )

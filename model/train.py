@@ -113,23 +113,47 @@ def wpe_loss(item_factors: Path, user_factors: Path, plays: Path,
                                           alpha=als["alpha"], eps=als["eps"])
 
 
-def train(job: TrainJob) -> None:
-    """Stream warm examples, train under whatever process group exists, write ``job.out``."""
-    config = job.config
-    device = setup_distributed()
-    rank, world = rank_and_world()
-    torch.manual_seed(config.seed + rank)
+@dataclass(frozen=True)
+class Examples:
+    """What training reads: the shards, the ALS targets by track id, and the warm
+    tracks that have both (n_val of them held out for validation)."""
+    shards: list[Path]
+    track_index: dict[str, int]
+    factors: np.ndarray
+    warm: list[str]
+    n_val: int
+
+
+def examples(job: TrainJob) -> Examples:
+    """Check and gather the training examples; ValueError or FileNotFoundError naming
+    the input when there is nothing to train on. Cheap, and the same on every rank:
+    the launcher runs it alone first (``--check``), since restarting workers cannot
+    mend such an input."""
     shards = layout.mel_shards(job.mels)
     if not shards:
         raise FileNotFoundError(f"{job.mels}: no mel shards to train on")
     items = storage.read_table(job.item_factors, schemas.ITEM_FACTORS)
     track_index = {t: i for i, t in enumerate(items.column("track_id").to_pylist())}
-    factors = factor_matrix(items)
     warm = sorted(set(shard_track_ids(shards)) & track_index.keys())
-    n_val = sum(in_validation(t, config.val_fraction) for t in warm)
+    if not warm:
+        raise ValueError(f"{job.item_factors}: none of its tracks has a spectrogram in "
+                         f"{job.mels}: do the plays and the catalogue name the same tracks?")
+    n_val = sum(in_validation(t, job.config.val_fraction) for t in warm)
     if n_val == 0 or n_val == len(warm):
         raise ValueError(f"{job.mels}: {len(warm)} warm tracks with spectrograms leave no "
-                         f"train/validation split at --val-fraction {config.val_fraction}")
+                         f"train/validation split at --val-fraction {job.config.val_fraction}")
+    return Examples(shards, track_index, factor_matrix(items), warm, n_val)
+
+
+def train(job: TrainJob) -> None:
+    """Stream warm examples, train under whatever process group exists, write ``job.out``."""
+    config = job.config
+    found = examples(job)
+    shards, track_index, factors, warm, n_val = (found.shards, found.track_index,
+                                                 found.factors, found.warm, found.n_val)
+    device = setup_distributed()
+    rank, world = rank_and_world()
+    torch.manual_seed(config.seed + rank)
     logger.info("%d warm tracks with spectrograms (%d for validation), world size %d",
                 len(warm), n_val, world)
 
@@ -212,6 +236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opt.add_argument("--loader-workers", type=int, default=t.loader_workers,
                      help="data-loader processes per rank (default %(default)s)")
     opt.add_argument("--seed", type=int, default=t.seed, help="random seed (default %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the inputs (in one process, without torchrun) and "
+                             "exit: 0 when there is something to train on, 1 with the reason")
     args = parser.parse_args(argv)
     if args.loss == "wpe" and not (args.user_factors and args.plays):
         parser.error("--loss wpe needs --user-factors and --plays")
@@ -237,7 +264,12 @@ def job_of(args: argparse.Namespace) -> TrainJob:
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()
     cli.setup_logging(prefix=f"rank{os.environ.get('RANK', '0')} ")
-    job = job_of(parse_args(argv))
+    args = parse_args(argv)
+    job = job_of(args)
+    if args.check:
+        return cli.run_job(lambda: logger.info("%d warm tracks to train on",
+                                               len(examples(job).warm)),
+                           logger, ValueError, FileNotFoundError)
     try:
         return cli.run_job(lambda: train(job), logger, ValueError, FileNotFoundError)
     finally:

@@ -101,6 +101,19 @@ DEAD_LETTERS = pa.schema([
     pa.field("error", pa.string(), nullable=False),
 ])
 
+# Every track whose audio keeps failing, across the runs of one set of mel parameters:
+# its last stage and error, how often and when it was tried, and when it is next due.
+DEAD_LETTER_HISTORY = pa.schema([
+    pa.field("track_id", pa.string()),
+    pa.field("audio_uri", pa.string()),
+    pa.field("stage", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+    pa.field("attempts", pa.int32(), nullable=False),
+    pa.field("first_attempt", pa.timestamp("s", tz="UTC"), nullable=False),
+    pa.field("last_attempt", pa.timestamp("s", tz="UTC"), nullable=False),
+    pa.field("next_attempt", pa.timestamp("s", tz="UTC"), nullable=False),
+])
+
 # Factors predicted from audio for cold tracks.
 PREDICTED_FACTORS = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),

@@ -133,8 +133,10 @@ class SpectrogramOptions:
     Tracks with less audio than ``min_duration_s``, more than ``max_duration_s``
     (None: no limit), files over ``max_file_mb`` MiB (None: no limit) and decodes
     slower than ``decode_timeout_s`` are dead letters. The job fails when more than
-    ``max_bad_fraction`` of the tracks it tried fail. ``row_group_mb`` sizes the
-    Parquet row groups readers load one at a time.
+    ``max_bad_fraction`` of the catalogue's tracks are failing. A track that failed is
+    tried again ``retry_after_days`` after its first failure, then after twice as
+    long each time (all at once with ``retry_dead_letters``). ``row_group_mb`` sizes
+    the Parquet row groups readers load one at a time.
     """
     min_duration_s: float = 1.0
     max_duration_s: float | None = 3 * 3600.0
@@ -144,6 +146,7 @@ class SpectrogramOptions:
     torch_threads: int = 1
     max_bad_fraction: float = 0.05
     retry_dead_letters: bool = False
+    retry_after_days: float = 1.0
     row_group_mb: float = 32.0
 
     @property

@@ -66,6 +66,11 @@ def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{PARQUET}"))
 
 
+def dead_letter_history(params_dir: str | os.PathLike) -> Path:
+    """The table of every track still failing under ``params_dir`` (DEAD_LETTER_HISTORY)."""
+    return Path(params_dir) / f"{DEAD_LETTERS_PREFIX}{PARQUET}"
+
+
 def final_dead_letter_files(params_dir: str | os.PathLike) -> list[Path]:
     """Dead letters of the published runs under ``params_dir``: failures taken as final.
 

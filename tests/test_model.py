@@ -22,6 +22,8 @@ from model.artefact import load_model
 from model.data import ShardStream, band_stats, mel_array, plan_pieces, read_mels, unit_rows
 from model.net import NetConfig, build_net
 
+REPO = Path(__file__).resolve().parent.parent
+
 SMALL = dict(channels=(8, 8, 16, 16), dense=32, dropout=0.0)
 
 
@@ -284,3 +286,25 @@ def test_a_model_is_tied_to_the_factor_space_it_learned(tmp_path):
               if key not in ("format", "factor_space")}
     with pytest.raises(ValueError, match="does not record which ALS factors it learned"):
         model_file.check_factor_space(legacy, path, {"factor_space": "night-1"}, "f1")
+
+
+def test_an_input_with_nothing_to_train_on_is_found_by_the_check_alone(tmp_path):
+    mels_dir, items, ids, _, warm = write_toy_set(tmp_path)
+    strangers = tmp_path / "strangers.parquet"
+    storage.write_table(pa.table({"track_id": ["x1", "x2"],
+                                  "factors": factors_column(np.ones((2, 4), np.float32))}),
+                        strangers, schemas.ITEM_FACTORS)
+
+    def check(item_factors):
+        return subprocess.run(
+            [sys.executable, "-m", "model.train", "--check", "--mels", str(mels_dir),
+             "--item-factors", str(item_factors), "--out", str(tmp_path / "m.pt")],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    good, bad = check(items), check(strangers)
+    assert good.returncode == 0, good.stderr
+    assert f"{warm} warm tracks to train on" in good.stderr
+    assert bad.returncode == 1
+    assert f"{strangers}: none of its tracks has a spectrogram" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert not (tmp_path / "m.pt").exists()

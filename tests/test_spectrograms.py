@@ -1,4 +1,5 @@
 """The Beam spectrogram job: its graph under TestPipeline, its DoFns, and main."""
+import datetime
 import errno
 import os
 import subprocess
@@ -23,6 +24,7 @@ from jobs.spectrograms.pipeline import (DEAD_LETTERS, ComputeLogMel, DecodeAudio
                                         mel_table)
 
 from schemas.config import MelParams, SpectrogramOptions
+from schemas import layout
 from schemas.layout import final_dead_letter_files, run_dir
 from tests.test_mel import decode_or_crash, tone, write_audio
 
@@ -53,9 +55,9 @@ def catalogue(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("catalogue")
     rows = []
-    for track_id, (freq, ext, layout) in GOOD.items():
+    for track_id, (freq, ext, channels) in GOOD.items():
         path = write_audio(root / f"{track_id}.{ext}", tone(freq, 2.0, 44100), 44100,
-                           CODECS[ext], layout)
+                           CODECS[ext], channels)
         rows.append({"track_id": track_id, "audio_uri": path, "title": track_id})
     with zipfile.ZipFile(root / "archive.zip", "w") as archive:
         archive.write(rows[2]["audio_uri"], "tracks/high.mp3")
@@ -227,7 +229,8 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
     reasons = {r["track_id"]: (r["stage"], r["error"]) for r in dead_letters.to_pylist()}
     assert reasons["corrupt"][0] == reasons["missing"][0] == "decode"
     assert "Invalid data" in reasons["corrupt"][1] and "No such file" in reasons["missing"][1]
-    assert [p.name for p in first.parent.iterdir()] == ["r1"]  # no temp dirs left behind
+    # No temp dirs left behind; beside the run, the table of failing tracks.
+    assert sorted(p.name for p in first.parent.iterdir()) == ["dead_letters.parquet", "r1"]
 
     # The rerun processes no track: the good ones are done, the bad ones failed
     # in a published run with the same URI.
@@ -239,7 +242,8 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
 
     # Asked to, it retries them; they fail again, which is above the bound:
     # non-zero exit, outputs kept aside, no spectrogram written twice.
-    assert main([*args, "--run-id", "r3", "--retry-dead-letters", *IN_PROCESS]) == 1
+    assert main([*args, "--run-id", "r3", "--retry-dead-letters", *IN_PROCESS,
+                 "--max-bad-fraction", "0.3"]) == 1
     assert not run_dir(out, PARAMS, "r3").exists()
     [rejected] = first.parent.glob("r3.rejected-*")
     mels, dead = read_run(rejected)
@@ -507,3 +511,33 @@ def test_error_kinds_group_like_errors():
     assert spectrograms.error_kind("/a/z.ogg: decoder process died (killed by SIGSEGV)",
                                    "/a/z.ogg") == "decoder process died (killed by SIGSEGV)"
     assert spectrograms.error_kind("x.ogg: too short: 0.50 s < 1 s", "x.ogg") == "too short"
+
+
+def test_failing_tracks_are_retried_with_backoff_and_listed_with_their_history(catalogue, tmp_path):
+    out = tmp_path / "mels"
+    args = ["--catalogue", catalogue["path"], "--out", str(out), "--excerpt-s", str(EXCERPT_S),
+            "--max-bad-fraction", "0.5", *IN_PROCESS]
+    assert main([*args, "--run-id", "n1"]) == 0
+    params_dir = run_dir(out, PARAMS, "n1").parent
+    listed = pq.read_table(layout.dead_letter_history(params_dir)).to_pylist()
+    assert sorted(row["track_id"] for row in listed) == ["corrupt", "missing"]
+    assert {row["attempts"] for row in listed} == {1}
+    assert all(row["next_attempt"] - row["last_attempt"] == datetime.timedelta(days=1)
+               for row in listed)
+
+    # Not due yet: skipped, and still counted against the catalogue's bound.
+    second = spectrograms.run(parse_options([*args, "--run-id", "n2"]))
+    assert (second.mels, second.dead_letters, second.skipped_failed) == (0, 0, 2)
+    assert second.bad_fraction == pytest.approx(2 / 5)
+    # Due (a zero wait): tried again, and the wait doubles with each failure.
+    third = spectrograms.run(parse_options([*args, "--run-id", "n3", "--retry-after-days", "0"]))
+    assert (third.dead_letters, third.skipped_failed) == (2, 0)
+    listed = pq.read_table(layout.dead_letter_history(params_dir)).to_pylist()
+    assert {row["attempts"] for row in listed} == {2}
+    assert all(row["first_attempt"] <= row["last_attempt"] for row in listed)
+
+
+def test_the_bad_fraction_is_taken_over_the_catalogue():
+    one_new_bad = spectrograms.RunSummary(run_dir=Path("r"), catalogue_rows=140, skipped_done=135,
+                                          skipped_failed=0, mels=4, dead_letters=1)
+    assert one_new_bad.bad_fraction == pytest.approx(1 / 140)

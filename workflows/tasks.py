@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from importlib import metadata
@@ -306,6 +307,10 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     seed = luigi.IntParameter(default=AlsParams.seed)
     blocks = luigi.OptionalIntParameter(
         default=None, description="ALS user and item blocks; default one per core")
+    checkpoint_dir = luigi.OptionalParameter(
+        default=None, significant=False,
+        description="Spark checkpoint directory every executor reaches (hdfs://...); "
+                    "default: inside the output being written")
     # How to read the user's plays: they change what is read, not what is computed.
     plays_format = luigi.ChoiceParameter(
         choices=("auto",) + FORMATS, default="auto", significant=False,
@@ -339,6 +344,7 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
                 "--iterations", self.iterations, "--seed", self.seed,
                 *(["--blocks", self.blocks] if self.blocks else []),
+                *(["--checkpoint-dir", self.checkpoint_dir] if self.checkpoint_dir else []),
                 "--format", self.plays_format, "--user-column", self.user_column,
                 "--track-column", self.track_column, "--plays-column", self.plays_column,
                 "--delimiter", self.delimiter, "--max-bad-fraction", self.max_bad_fraction]
@@ -402,17 +408,30 @@ class TrainModel(RunTask, JobTask):
     def output(self):
         return luigi.LocalTarget(self.run_path(f"model-{self.arch}-{self.loss}").with_suffix(".pt"))
 
+    def run(self):
+        # A missing or empty input fails every attempt alike: check it once, alone,
+        # before torchrun would restart workers that cannot succeed.
+        check = self.train_args() + ["--check"]
+        logger.info("checking the training inputs: %s", " ".join(map(str, check)))
+        if subprocess.run([sys.executable, "-m", *map(str, check)], env=job_environment(),
+                          check=False).returncode != 0:
+            raise JobFailed("model.train --check failed; its log above says why")
+        super().run()
+
     def program_args(self):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
+                "-m", *self.train_args()]
+
+    def train_args(self) -> list:
+        """``model.train`` and its arguments."""
         out = Path(self.output().path)
         snapshot, tensorboard = layout.model_companions(out)
         als = Path(self.input()["als"].path)
         shape = []
         for key, value in self.net.get(self.arch, {}).items():
             shape += [f"--{key.replace('_', '-')}", *(value if isinstance(value, (list, tuple)) else [value])]
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
-                "-m", "model.train",
-                "--mels", self.requires()["mels"].params_dir(),
+        return ["model.train", "--mels", self.requires()["mels"].params_dir(),
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--user-factors", als / layout.USER_FACTORS,
                 "--plays", self.input()["inputs"]["plays"].path,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import datetime
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from jobs.spectrograms import failures
 from jobs.spectrograms.decode import SystemicError, is_systemic
 from jobs.spectrograms.mel import check_environment
 from jobs.spectrograms.pipeline import COUNTERS, build, write
@@ -127,9 +129,15 @@ class MelOptions(PipelineOptions):
         parser.add_argument(
             "--retry-dead-letters", dest="retry_dead_letters", action="store_true",
             default=job.retry_dead_letters,
-            help="Also retry tracks that a published earlier run sent to the dead letters "
-                 "with the same audio URI (by default they are skipped; tracks of rejected "
-                 "runs are always retried).")
+            help="Retry now every track that a published earlier run sent to the dead "
+                 "letters with the same audio URI (by default each is retried after "
+                 "--retry-after-days, then after twice as long each time; tracks of "
+                 "rejected runs are always retried).")
+        parser.add_argument(
+            "--retry-after-days", dest="retry_after_days", type=float,
+            default=job.retry_after_days,
+            help="Days before a track that failed is tried again; the wait doubles at "
+                 "each further failure. Default: %(default)s.")
         parser.add_argument(
             "--row-group-mb", dest="row_group_mb", type=float, default=job.row_group_mb,
             help="Approximate size of a Parquet row group of spectrograms, in MiB "
@@ -203,8 +211,12 @@ class RunSummary:
 
     @property
     def bad_fraction(self) -> float:
-        attempted = self.mels + self.dead_letters
-        return self.dead_letters / attempted if attempted else 0.0
+        """The share of the catalogue's tracks whose audio is failing: this run's dead
+        letters and the earlier failures not yet due again. Taken over the catalogue,
+        so that one bad file among a night's few new tracks does not fail the night."""
+        failing = self.dead_letters + self.skipped_failed
+        tracks = self.mels + self.skipped_done + failing
+        return failing / tracks if tracks else 0.0
 
 
 def catalogue_pattern(catalogue: str) -> str:
@@ -292,11 +304,12 @@ def run(job: SpectrogramJob) -> RunSummary:
     check_catalogue(catalogue_files(pattern))
     check_environment(params)  # seconds, before any worker starts
     earlier_mels = layout.mel_shards(target.parent)
-    earlier_failures = [] if options.retry_dead_letters else layout.final_dead_letter_files(
-        target.parent)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    earlier_failures = [] if options.retry_dead_letters else failures.not_due(
+        failures.history(target.parent, options.retry_after_days), now)
     logger.info("params %s (%s): catalogue %s; skipping the tracks of %d earlier spectrogram "
-                "shards and %d dead-letter files", params.params_hash(), params.to_dict(),
-                job.catalogue, len(earlier_mels), len(earlier_failures))
+                "shards and %d earlier failures not yet due again", params.params_hash(),
+                params.to_dict(), job.catalogue, len(earlier_mels), len(earlier_failures))
 
     # Published under a pending name first: the run directory itself (what Luigi
     # checks) appears only if the bad fraction is within bounds. A rejected run keeps
@@ -310,8 +323,7 @@ def run(job: SpectrogramJob) -> RunSummary:
                     pattern, columns=CATALOGUE_COLUMNS)
                 done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
                         | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
-                failed = _read_parquet_rows(pipeline, "EarlierFailures", earlier_failures,
-                                            CATALOGUE_COLUMNS)
+                failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
                 write(build(rows, params, options, done, failed), tmp, params,
                       options.row_group_mb)
         except Exception as err:
@@ -330,6 +342,10 @@ def run(job: SpectrogramJob) -> RunSummary:
         summary = dataclasses.replace(
             summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
     os.rename(pending, summary.run_dir)
+    failing = failures.history(target.parent, options.retry_after_days,
+                               recovered=existing_track_ids(target.parent))
+    logger.info("%d tracks are failing; see %s", failing.num_rows,
+                failures.write(target.parent, failing))
     logger.info("catalogue: %d rows; skipped %d tracks with spectrograms and %d that failed "
                 "before; wrote %d spectrograms and %d dead letters to %s",
                 summary.catalogue_rows, summary.skipped_done, summary.skipped_failed,
