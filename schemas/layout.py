@@ -48,6 +48,11 @@ def params_dir(mels_root: str | os.PathLike, params: MelParams) -> Path:
     return Path(mels_root) / params.params_hash()
 
 
+def params_lock(mels_root: str | os.PathLike, params: MelParams) -> Path:
+    """The lock runs with ``params`` take turns on (beside their directory)."""
+    return Path(mels_root) / f".{params.params_hash()}.lock"
+
+
 def run_dir(mels_root: str | os.PathLike, params: MelParams, run_id: str) -> Path:
     """Directory of one finished spectrogram run: <mels root>/<params hash>/<run id>."""
     return params_dir(mels_root, params) / check_run_id(run_id)

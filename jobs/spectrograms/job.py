@@ -293,10 +293,20 @@ def systemic_failure(err: BaseException) -> str | None:
 
 
 def run(job: SpectrogramJob) -> RunSummary:
-    """Run the job and publish its run directory."""
-    params, options = job.params, job.options
+    """Run the job and publish its run directory.
+
+    Runs with the same parameters take turns: each decides what is left to do only
+    once the one before it has published, so no track is decoded twice.
+    """
+    params = job.params
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = layout.run_dir(job.out, params, run_id)
+    with storage.exclusive(layout.params_lock(job.out, params)):
+        return _run(job, target, run_id)
+
+
+def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
+    params, options = job.params, job.options
     if target.exists():
         raise cli.UsageError(f"run directory {target} already exists; pick another --run-id")
 
