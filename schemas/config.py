@@ -136,7 +136,9 @@ class SpectrogramOptions:
     ``max_bad_fraction`` of the catalogue's tracks are failing. A track that failed is
     tried again ``retry_after_days`` after its first failure, then after twice as
     long each time (all at once with ``retry_dead_letters``). ``row_group_mb`` sizes
-    the Parquet row groups readers load one at a time.
+    the Parquet row groups readers load one at a time. A catalogue is done in parts
+    of about ``tracks_per_part`` tracks, each published when done, so a killed run
+    keeps what it finished.
     """
     min_duration_s: float = 1.0
     max_duration_s: float | None = 3 * 3600.0
@@ -148,6 +150,7 @@ class SpectrogramOptions:
     retry_dead_letters: bool = False
     retry_after_days: float = 1.0
     row_group_mb: float = 32.0
+    tracks_per_part: int = 10_000
 
     @property
     def max_bytes(self) -> int | None:

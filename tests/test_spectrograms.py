@@ -541,3 +541,34 @@ def test_the_bad_fraction_is_taken_over_the_catalogue():
     one_new_bad = spectrograms.RunSummary(run_dir=Path("r"), catalogue_rows=140, skipped_done=135,
                                           skipped_failed=0, mels=4, dead_letters=1)
     assert one_new_bad.bad_fraction == pytest.approx(1 / 140)
+
+
+def test_a_killed_run_keeps_the_parts_it_finished(catalogue, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "mels"
+    command = [sys.executable, "-m", "jobs.spectrograms", "--catalogue", catalogue["path"],
+               "--out", str(out), "--run-id", "r1", "--excerpt-s", str(EXCERPT_S),
+               "--tracks-per-part", "1", "--max-bad-fraction", "0.5"]
+    params_dir = run_dir(out, PARAMS, "r1").parent
+    killed = subprocess.Popen(command, cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list(params_dir.glob("r1.part-*"))) < 2 and time.time() < deadline:
+        assert killed.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    finished = {path.name: path.stat().st_ino for path in params_dir.glob("r1.part-*")}
+    assert len(finished) >= 2 and not run_dir(out, PARAMS, "r1").exists()
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stderr.count("was finished by an earlier attempt") == len(finished)
+    assert {name: (params_dir / name).stat().st_ino for name in finished} == finished
+    decoded = [track for shard in layout.mel_shards(params_dir)
+               for track in pq.read_table(shard, columns=["track_id"]).column(0).to_pylist()]
+    assert sorted(decoded) == sorted(GOOD), "every good track once, none twice"
+    assert not [path for path in params_dir.iterdir() if path.name.startswith(".tmp-")]

@@ -29,6 +29,7 @@ import collections
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import re
 import time
@@ -139,6 +140,12 @@ class MelOptions(PipelineOptions):
             help="Days before a track that failed is tried again; the wait doubles at "
                  "each further failure. Default: %(default)s.")
         parser.add_argument(
+            "--tracks-per-part", dest="tracks_per_part", type=int,
+            default=job.tracks_per_part,
+            help="The catalogue is done in parts of about this many tracks, each published "
+                 "when done, so that a killed run keeps what it finished. "
+                 "Default: %(default)s.")
+        parser.add_argument(
             "--row-group-mb", dest="row_group_mb", type=float, default=job.row_group_mb,
             help="Approximate size of a Parquet row group of spectrograms, in MiB "
                  "(readers load one row group at a time). Default: %(default)s.")
@@ -179,8 +186,13 @@ def frequent_errors(paths: Iterable[Path], top: int = 3) -> list[tuple[str, int]
     return kinds.most_common(top)
 
 
-def _count_rows(paths: Iterable[Path]) -> int:
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+def _count_rows(paths: Iterable[str | Path]) -> int:
+    """Rows of Parquet files, from their footers."""
+    total = 0
+    for path in paths:
+        with FileSystems.open(str(path)) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
 # -- Running --------------------------------------------------------------------------
@@ -309,49 +321,37 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
     params, options = job.params, job.options
     if target.exists():
         raise cli.UsageError(f"run directory {target} already exists; pick another --run-id")
-
     pattern = catalogue_pattern(job.catalogue)
-    check_catalogue(catalogue_files(pattern))
+    files = catalogue_files(pattern)
+    check_catalogue(files)
     check_environment(params)  # seconds, before any worker starts
-    earlier_mels = layout.mel_shards(target.parent)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    earlier_failures = [] if options.retry_dead_letters else failures.not_due(
-        failures.history(target.parent, options.retry_after_days), now)
-    logger.info("params %s (%s): catalogue %s; skipping the tracks of %d earlier spectrogram "
-                "shards and %d earlier failures not yet due again", params.params_hash(),
-                params.to_dict(), job.catalogue, len(earlier_mels), len(earlier_failures))
 
-    # Published under a pending name first: the run directory itself (what Luigi
-    # checks) appears only if the bad fraction is within bounds. A rejected run keeps
-    # its spectrograms, so a rerun redoes only the tracks that failed.
+    # The catalogue is done in parts, each published as a run of its own when it is
+    # done (<run_id>.part-<k>-of-<n>; the last one is the run directory itself), so a
+    # killed run keeps what it finished and a rerun skips those tracks.
+    parts = max(1, math.ceil(_count_rows(files) / options.tracks_per_part))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    pending = target.with_name(f"{run_id}.pending-{stamp}")
-    with storage.atomic_dir(pending) as tmp:
-        try:
-            with beam.Pipeline(options=job.beam) as pipeline:
-                rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
-                    pattern, columns=CATALOGUE_COLUMNS)
-                done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
-                        | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
-                failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
-                write(build(rows, params, options, done, failed), tmp, params,
-                      options.row_group_mb)
-        except Exception as err:
-            systemic = systemic_failure(err)
-            if systemic is not None:
-                raise SystemicError(systemic) from err
-            raise
-        counters = _counters(pipeline.result)
-        n_mels = _count_rows(tmp.glob(f"{layout.MELS_PREFIX}-*{layout.PARQUET}"))
-        n_dead = _count_rows(layout.dead_letter_files(tmp))
+    totals: collections.Counter = collections.Counter()
+    for part in range(parts):
+        last = part == parts - 1
+        # The last part is published under a pending name first: the run directory
+        # itself (what Luigi checks) appears only if the bad fraction is within
+        # bounds. A rejected run keeps its spectrograms, so a rerun redoes only the
+        # tracks that failed.
+        destination = (target.with_name(f"{run_id}.pending-{stamp}") if last
+                       else target.with_name(f"{run_id}.part-{part + 1}-of-{parts}"))
+        if destination.exists():
+            logger.info("part %d of %d was finished by an earlier attempt", part + 1, parts)
+            continue
+        totals.update(_run_part(job, pattern, (part, parts), destination))
     summary = RunSummary(
-        run_dir=target, catalogue_rows=counters.get("catalogue_rows", 0),
-        skipped_done=counters.get("skipped_done", 0),
-        skipped_failed=counters.get("skipped_failed", 0), mels=n_mels, dead_letters=n_dead)
+        run_dir=target, catalogue_rows=totals["catalogue_rows"],
+        skipped_done=totals["skipped_done"], skipped_failed=totals["skipped_failed"],
+        mels=totals["mels"], dead_letters=totals["dead_letters"])
     if summary.bad_fraction > options.max_bad_fraction:
         summary = dataclasses.replace(
             summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
-    os.rename(pending, summary.run_dir)
+    os.rename(target.with_name(f"{run_id}.pending-{stamp}"), summary.run_dir)
     failing = failures.history(target.parent, options.retry_after_days,
                                recovered=existing_track_ids(target.parent))
     logger.info("%d tracks are failing; see %s", failing.num_rows,
@@ -361,6 +361,40 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
                 summary.catalogue_rows, summary.skipped_done, summary.skipped_failed,
                 summary.mels, summary.dead_letters, summary.run_dir)
     return summary
+
+
+def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
+              destination: Path) -> dict[str, int]:
+    """Run the pipeline on one part of the catalogue and publish it as ``destination``;
+    returns its counters and the spectrograms and dead letters it wrote."""
+    params, options = job.params, job.options
+    params_dir = destination.parent
+    earlier_mels = layout.mel_shards(params_dir)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    earlier_failures = [] if options.retry_dead_letters else failures.not_due(
+        failures.history(params_dir, options.retry_after_days), now)
+    logger.info("params %s (%s), part %d of %d: catalogue %s; skipping the tracks of %d "
+                "earlier spectrogram shards and %d earlier failures not yet due again",
+                params.params_hash(), params.to_dict(), part[0] + 1, part[1], job.catalogue,
+                len(earlier_mels), len(earlier_failures))
+    with storage.atomic_dir(destination) as tmp:
+        try:
+            with beam.Pipeline(options=job.beam) as pipeline:
+                rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
+                    pattern, columns=CATALOGUE_COLUMNS)
+                done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
+                        | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
+                failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
+                write(build(rows, params, options, done, failed, part), tmp, params,
+                      options.row_group_mb)
+        except Exception as err:
+            systemic = systemic_failure(err)
+            if systemic is not None:
+                raise SystemicError(systemic) from err
+            raise
+        return {**_counters(pipeline.result),
+                "mels": _count_rows(tmp.glob(f"{layout.MELS_PREFIX}-*{layout.PARQUET}")),
+                "dead_letters": _count_rows(layout.dead_letter_files(tmp))}
 
 
 # -- Command line ---------------------------------------------------------------------

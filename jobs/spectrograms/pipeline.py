@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import os
+import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
@@ -179,10 +180,16 @@ class MelOutputs:
     dead_letters: beam.PCollection  # schemas.DEAD_LETTERS rows
 
 
+def in_part(row: dict, part: int, parts: int) -> bool:
+    """Whether the catalogue ``row`` belongs to ``part`` of ``parts``: by a stable hash
+    of its track id, so a track's duplicates share its part."""
+    return zlib.crc32((row.get("track_id") or "").encode()) % parts == part
+
+
 def build(rows: beam.PCollection, params: MelParams,
           options: SpectrogramOptions = SpectrogramOptions(),
           done: beam.PCollection | None = None,
-          failed: beam.PCollection | None = None) -> MelOutputs:
+          failed: beam.PCollection | None = None, part: tuple[int, int] = (0, 1)) -> MelOutputs:
     """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
 
     done: track ids that already have spectrograms; they are skipped. failed:
@@ -190,7 +197,10 @@ def build(rows: beam.PCollection, params: MelParams,
     tracks whose audio_uri is among them are skipped unless
     ``options.retry_dead_letters``. Grouping by track id joins the three (nothing is
     held in memory whole), removes duplicates and spreads the tracks over the workers.
+    ``part`` (index, count) keeps only the rows of that part of the catalogue.
     """
+    if part[1] > 1:
+        rows = rows | "ThisPart" >> beam.Filter(in_part, *part)
     if done is None:
         done = rows.pipeline | "NoEarlierSpectrograms" >> beam.Create([])
     if failed is None:
