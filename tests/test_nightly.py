@@ -217,3 +217,69 @@ def test_backfill_and_nightly_together_on_a_central_scheduler(tmp_path):
         snapshot = tmp_path / "data" / "published" / name
         tracks = set(pq.read_table(snapshot / layout.SNAPSHOT_TRACKS).column("track_id").to_pylist())
         assert service.catalogue_ids() <= tracks
+
+
+TRAINED = """
+[TrainAls]
+rank = 16
+iterations = 10
+
+[MelSpectrograms]
+excerpt_s = 6
+
+[TrainModel]
+epochs = 25
+patience = 6
+batch_size = 16
+crop_frames = 192
+net = {"dieleman2014": {"channels": [32, 32, 64, 64], "dense": 128, "dropout": 0.2}}
+"""
+
+
+def cold_auc(snapshot: Path, heldout: pa.Table) -> float:
+    """Mean per-user AUC of the snapshot's audio-predicted tracks on their held-out plays."""
+    from schemas.metrics import auc, mean
+
+    users = pq.read_table(snapshot / layout.SNAPSHOT_USERS)
+    tracks = pq.read_table(snapshot / layout.SNAPSHOT_TRACKS)
+    cold = tracks.filter(pc.equal(tracks["source"], "audio"))
+    column = {t: j for j, t in enumerate(cold.column("track_id").to_pylist())}
+    row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    scores = schemas.factor_matrix(users) @ schemas.factor_matrix(cold).T
+    played: dict[int, set[int]] = {}
+    for user, track in zip(heldout.column("user_id").to_pylist(),
+                           heldout.column("track_id").to_pylist()):
+        if user in row and track in column:
+            played.setdefault(row[user], set()).add(column[track])
+    aucs = []
+    for user, positives in played.items():
+        relevant = np.zeros(len(column), bool)
+        relevant[list(positives)] = True
+        if not relevant.all():
+            aucs.append(auc(scores[user][relevant], scores[user][~relevant]))
+    return mean(aucs)
+
+
+def test_cold_predictions_stay_meaningful_when_als_is_retrained(tmp_path):
+    (tmp_path / "nightly.cfg").write_text(TRAINED)
+    data = tmp_path / "data"
+    demo = tmp_path / "demo"
+    subprocess.run([sys.executable, "-m", "jobs.demo_catalogue", "--out", str(demo),
+                    "--n-tracks", "150", "--n-users", "900", "--duration-s", "7",
+                    "--seed", "1"], cwd=REPO, check=True, capture_output=True)
+    files = layout.DemoFiles(demo)
+    storage.write_table(pq.read_table(files.catalogue), data / "catalogue.parquet",
+                        schemas.CATALOGUE)
+    plays = pq.read_table(files.plays)
+    heldout = pq.read_table(files.heldout_plays)
+    spaces, aucs = [], []
+    for night, kept in zip(NIGHTS[:2], (plays, plays.slice(0, int(plays.num_rows * 0.9)))):
+        storage.write_table(kept, data / "plays.parquet", schemas.PLAYS)  # the plays change
+        result = nightly(tmp_path, night)
+        assert result.returncode == 0, result.stderr[-4000:]
+        snapshot = data / "published" / night
+        spaces.append(json.loads((snapshot / layout.SNAPSHOT_MANIFEST).read_text())["factor_space"])
+        aucs.append(cold_auc(snapshot, heldout))
+    assert spaces[0] != spaces[1], "ALS was retrained into a new space"
+    # Chance is 0.5; each night's predictions must rank in that night's space.
+    assert min(aucs) >= 0.65, aucs

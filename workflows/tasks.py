@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -158,14 +159,30 @@ def content_digest(path: str | os.PathLike) -> str:
 
 
 def fingerprint(task: luigi.Task) -> str:
-    """Short hash of the task's significant parameters, its inputs' paths, and the
-    content of the inputs nothing in the pipeline makes (catalogue, plays): those can
-    change in place, every other input's path already names its content."""
+    """Short hash of what a task's output depends on, whatever run it belongs to.
+
+    Its significant parameters but the run id; the content of the inputs nothing in
+    the pipeline makes (catalogue, plays), which can change in place; and for every
+    other input its name, which carries that input's own fingerprint (spectrograms:
+    their parameters, since every run of them adds to one set). Two runs whose task
+    has the same fingerprint would compute the same output.
+    """
     inputs = [target.path for target in luigi.task.flatten(task.input())]
     external = {target.path for target in luigi.task.flatten(Inputs().output())}
     contents = [content_digest(path) for path in sorted(set(inputs) & external)]
-    text = json.dumps([task.task_id, sorted(inputs), contents])
+    params = {name: value for name, value in task.to_str_params(only_significant=True).items()
+              if name != "run_id"}
+    names = sorted(_stable_name(Path(path)) for path in set(inputs) - external)
+    text = json.dumps([task.get_task_family(), params, names, contents], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def _stable_name(path: Path) -> str:
+    """An input's name without the run it came from."""
+    mels = root().mels
+    if mels in path.parents:
+        return str(path.relative_to(mels).parts[0])  # the spectrograms' parameter hash
+    return path.name
 
 
 def configured_inputs() -> bool:
@@ -267,6 +284,25 @@ class RunTask(luigi.Task):
     def run_path(self, name: str) -> Path:
         return root().output(self.run_id, f"{name}-{fingerprint(self)}")
 
+    def adopt_twin(self) -> bool:
+        """Take the same output from another run, when one computed it (same name, so
+        same fingerprint): hard links, written atomically; the other run's retention
+        then removes only its own links. Whether there was one."""
+        out = Path(self.output().path)
+        twins = sorted((path for path in root().path.glob(f"runs/*/{out.name}")
+                        if path.parent.name != self.run_id), key=lambda path: path.stat().st_mtime)
+        if not twins:
+            return False
+        twin = twins[-1]
+        logger.info("%s: the same output exists in run %s; linking it", self, twin.parent.name)
+        if twin.is_dir():
+            with storage.atomic_dir(out) as tmp:
+                shutil.copytree(twin, tmp, copy_function=os.link, dirs_exist_ok=True)
+        else:
+            with storage.atomic_file(out) as tmp:
+                os.link(twin, tmp)
+        return True
+
 
 class Preflight(RunTask, JobTask):
     """`python -m jobs.doctor` on this run's inputs: the environment and the inputs'
@@ -326,6 +362,10 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     app = str(REPO / "jobs" / "als.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
+
+    def run(self):
+        if not self.adopt_twin():  # the same plays, catalogue and settings: no need to refit
+            super().run()
 
     @property
     def spark_submit(self):
@@ -409,6 +449,8 @@ class TrainModel(RunTask, JobTask):
         return luigi.LocalTarget(self.run_path(f"model-{self.arch}-{self.loss}").with_suffix(".pt"))
 
     def run(self):
+        if self.adopt_twin():  # trained on the same factors with the same settings
+            return
         # A missing or empty input fails every attempt alike: check it once, alone,
         # before torchrun would restart workers that cannot succeed.
         check = self.train_args() + ["--check"]
