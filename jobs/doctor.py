@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import schemas
@@ -175,6 +178,48 @@ def check_plays(path: Path, fmt: str, columns: Sequence[str], delimiter: str) ->
                  else f"{fmt}, columns {list(columns)}")
 
 
+def played_track_ids(path: Path, fmt: str, track_column: str, delimiter: str) -> pa.Array:
+    """The track id of every play row (only that column is read)."""
+    fmt = plays_format(str(path), fmt)
+    if fmt == "parquet":
+        return ds.dataset(path, format="parquet").to_table(columns=[track_column]).column(0)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    if fmt == "csv":
+        options = dict(parse_options=pcsv.ParseOptions(delimiter=delimiter,
+                                                        invalid_row_handler=lambda row: "skip"),
+                       convert_options=pcsv.ConvertOptions(include_columns=[track_column],
+                                                           column_types={track_column: pa.string()}))
+    else:
+        options = dict(read_options=pcsv.ReadOptions(column_names=list(schemas.PLAYS.names)),
+                       parse_options=pcsv.ParseOptions(delimiter="\t",
+                                                       invalid_row_handler=lambda row: "skip"),
+                       convert_options=pcsv.ConvertOptions(include_columns=["track_id"],
+                                                           column_types={"track_id": pa.string()}))
+    return pa.chunked_array([pcsv.read_csv(file, **options).column(0) for file in files],
+                            pa.string())
+
+
+def check_overlap(catalogue: Path, plays: Path, fmt: str, track_column: str,
+                  delimiter: str) -> Check:
+    """How many play rows name tracks the catalogue lists: none is an error (the two
+    files are not of one service); some outside is a warning (they get no factors)."""
+    name = "plays vs catalogue"
+    try:
+        played = played_track_ids(plays, fmt, track_column, delimiter)
+        listed = pq.read_table(catalogue, columns=["track_id"]).column("track_id")
+    except (OSError, ValueError, PlaysInputError, pa.ArrowException) as err:
+        return Check(name, False, f"cannot compare: {err}")
+    inside = pc.sum(pc.is_in(played, value_set=listed)).as_py() or 0
+    if inside == 0:
+        return Check(name, False, f"no play of {plays} names a track of the catalogue "
+                                  f"{catalogue}: are they from the same service?")
+    outside = len(played) - inside
+    return Check(name, True, f"{outside} of {len(played)} play rows name tracks the catalogue "
+                             "does not list; they get no served factors" if outside
+                 else f"all {len(played)} play rows name catalogue tracks")
+
+
 def run_checks(catalogue: Path | None = None, plays: Path | None = None,
                fmt: str = "auto", plays_columns: Sequence[str] = schemas.PLAYS.names,
                delimiter: str = ",") -> list[Check]:
@@ -185,6 +230,8 @@ def run_checks(catalogue: Path | None = None, plays: Path | None = None,
         checks.append(lambda: check_catalogue(catalogue))
     if plays is not None:
         checks.append(lambda: check_plays(plays, fmt, plays_columns, delimiter))
+    if catalogue is not None and plays is not None:
+        checks.append(lambda: check_overlap(catalogue, plays, fmt, plays_columns[1], delimiter))
     return [Check("python", True, f"{sys.version.split()[0]} ({sys.executable})")] + [
         check() for check in checks]
 

@@ -7,6 +7,7 @@ Output directory (appears atomically):
     predicted_factors.parquet  schemas.PREDICTED_FACTORS: cold tracks, from audio
     track_factors.parquet      schemas.TRACK_FACTORS: warm from ALS + cold from audio
     unscored.parquet           schemas.DEAD_LETTERS: cold tracks with no spectrogram
+    unlisted.parquet           schemas.DEAD_LETTERS: played tracks the catalogue lacks
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
@@ -45,7 +47,12 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
           out: Path) -> None:
     model, artefact = load_model(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
-    warm = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
+    factors = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
+    listed = pc.is_in(factors["track_id"], value_set=catalogue["track_id"])
+    warm, outside = factors.filter(listed), factors.filter(pc.invert(listed))
+    if warm.num_rows == 0 and factors.num_rows:
+        raise ValueError(f"none of the {factors.num_rows} tracks of {item_factors_path} is in "
+                         f"the catalogue {catalogue_path}")
     cold = cold_track_ids(catalogue, warm)
     model_file.check_factor_space(artefact, model_path, storage.read_params(item_factors_path),
                                   item_factors_path)
@@ -68,12 +75,21 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     unscored = pa.table({"track_id": missing, "audio_uri": [uri_of[t] for t in missing],
                          "stage": ["score"] * len(missing),
                          "error": ["no spectrogram for this track"] * len(missing)})
+    # Played tracks the catalogue does not list get no served factors; kept aside.
+    unlisted = pa.table({"track_id": outside["track_id"],
+                         "audio_uri": pa.nulls(outside.num_rows, pa.string()),
+                         "stage": ["catalogue"] * outside.num_rows,
+                         "error": ["played, but not in the catalogue"] * outside.num_rows})
     with storage.atomic_dir(out) as tmp:
         storage.write_table(predicted_table, tmp / layout.PREDICTED_FACTORS,
                             schemas.PREDICTED_FACTORS, {"model_version": version})
         storage.write_table(combined, tmp / layout.TRACK_FACTORS, schemas.TRACK_FACTORS,
                             {"model_version": version})
         storage.write_table(unscored, tmp / layout.UNSCORED, schemas.DEAD_LETTERS)
+        storage.write_table(unlisted, tmp / layout.UNLISTED, schemas.DEAD_LETTERS)
+    if outside.num_rows:
+        logger.warning("%d played tracks are not in the catalogue %s; left out of the factor "
+                       "table (see %s)", outside.num_rows, catalogue_path, layout.UNLISTED)
     if missing:
         logger.warning("%d cold tracks have no spectrogram (see unscored.parquet)", len(missing))
     logger.info("model %s: factors for %d of %d cold tracks -> %s", version, len(ids), len(cold), out)

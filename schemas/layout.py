@@ -99,6 +99,7 @@ QUARANTINE = "quarantine"
 PREDICTED_FACTORS = f"predicted_factors{PARQUET}"
 TRACK_FACTORS = f"track_factors{PARQUET}"
 UNSCORED = f"unscored{PARQUET}"
+UNLISTED = f"unlisted{PARQUET}"
 
 
 # -- Published snapshots (jobs/publish.py) ----------------------------------------------

@@ -99,3 +99,18 @@ def test_duplicate_track_ids_in_the_catalogue_are_named(tmp_path):
 
     assert not check.ok
     assert "1 track ids appear more than once, e.g. 't1'" in check.detail
+
+
+def test_plays_are_compared_with_the_catalogue(inputs, tmp_path):
+    catalogue, _ = inputs  # lists t1
+    some = tmp_path / "some.csv"
+    some.write_text("user_id,track_id,plays\nu1,t1,3\nu2,elsewhere,4\nu3,t1,1\n")
+    none = tmp_path / "none.tsv"
+    none.write_text("u1\tx1\t3\nu2\tx2\t4\n")
+
+    partly = doctor.check_overlap(catalogue, some, "auto", "track_id", ",")
+    unrelated = doctor.check_overlap(catalogue, none, "triplets", "track_id", ",")
+
+    assert partly.ok and "1 of 3 play rows name tracks the catalogue does not list" in partly.detail
+    assert not unrelated.ok
+    assert f"no play of {none} names a track of the catalogue {catalogue}" in unrelated.detail

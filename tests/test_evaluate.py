@@ -107,14 +107,14 @@ def write_evaluation_set(root):
     return run.parent, users, items, heldout, params
 
 
-def tiny_model(path, params):
+def tiny_model(path, params, factor_space=None):
     from model.artefact import save_model
 
     config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
                        dense=8)
     torch.manual_seed(len(str(path)))
     save_model(path, config, build_net(config).state_dict(), params.to_dict(), 1.0,
-               {"loss": "mse"})
+               {"loss": "mse"}, factor_space=factor_space)
     return path
 
 

@@ -21,6 +21,7 @@ import pytest
 
 import schemas
 from schemas import layout, storage
+from tests.test_workflow import TINY
 
 pytestmark = pytest.mark.slow
 
@@ -219,21 +220,6 @@ def test_backfill_and_nightly_together_on_a_central_scheduler(tmp_path):
         assert service.catalogue_ids() <= tracks
 
 
-TRAINED = """
-[TrainAls]
-rank = 16
-iterations = 10
-
-[MelSpectrograms]
-excerpt_s = 6
-
-[TrainModel]
-epochs = 25
-patience = 6
-batch_size = 16
-crop_frames = 192
-net = {"dieleman2014": {"channels": [32, 32, 64, 64], "dense": 128, "dropout": 0.2}}
-"""
 
 
 def cold_auc(snapshot: Path, heldout: pa.Table) -> float:
@@ -261,7 +247,7 @@ def cold_auc(snapshot: Path, heldout: pa.Table) -> float:
 
 
 def test_cold_predictions_stay_meaningful_when_als_is_retrained(tmp_path):
-    (tmp_path / "nightly.cfg").write_text(TRAINED)
+    (tmp_path / "nightly.cfg").write_text(TINY)  # the end-to-end test's trained settings
     data = tmp_path / "data"
     demo = tmp_path / "demo"
     subprocess.run([sys.executable, "-m", "jobs.demo_catalogue", "--out", str(demo),

@@ -173,6 +173,9 @@ def test_outputs_follow_the_content_of_the_inputs_not_their_paths(tmp_path, monk
     first = als_output()
     os.utime(plays, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
     assert als_output() == first
+    write_catalogue(catalogue, [{"track_id": t, "audio_uri": f"/a/{t}.mp3", "title": "T",
+                                 "artist": "A", "duration_s": 10.0} for t in ("t1", "t2")])
+    assert als_output() == first  # new tracks alone do not change the factors
     pq.write_table(pa.table({"user_id": ["u1"], "track_id": ["t1"],
                              "plays": pa.array([9], pa.int64())}), plays)  # rewritten
     assert als_output() != first

@@ -158,7 +158,7 @@ def content_digest(path: str | os.PathLike) -> str:
     return combined.hexdigest()
 
 
-def fingerprint(task: luigi.Task) -> str:
+def fingerprint(task: luigi.Task, inputs: list | None = None) -> str:
     """Short hash of what a task's output depends on, whatever run it belongs to.
 
     Its significant parameters but the run id; the content of the inputs nothing in
@@ -167,7 +167,8 @@ def fingerprint(task: luigi.Task) -> str:
     their parameters, since every run of them adds to one set). Two runs whose task
     has the same fingerprint would compute the same output.
     """
-    inputs = [target.path for target in luigi.task.flatten(task.input())]
+    inputs = [target.path for target in luigi.task.flatten(
+        task.input() if inputs is None else inputs)]
     external = {target.path for target in luigi.task.flatten(Inputs().output())}
     contents = [content_digest(path) for path in sorted(set(inputs) & external)]
     params = {name: value for name, value in task.to_str_params(only_significant=True).items()
@@ -282,7 +283,11 @@ class RunTask(luigi.Task):
     run_id = RunIdParameter(default="backfill")
 
     def run_path(self, name: str) -> Path:
-        return root().output(self.run_id, f"{name}-{fingerprint(self)}")
+        return root().output(self.run_id, f"{name}-{fingerprint(self, self.data_inputs())}")
+
+    def data_inputs(self) -> list | None:
+        """The inputs the output is computed from (None: all of them)."""
+        return None
 
     def adopt_twin(self) -> bool:
         """Take the same output from another run, when one computed it (same name, so
@@ -375,12 +380,17 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     def requires(self):
         return {"inputs": Inputs(), "preflight": Preflight(run_id=self.run_id)}
 
+    def data_inputs(self):
+        # The factors depend on the plays alone (the catalogue is checked against them
+        # by the preflight and applied by scoring), so a night that only brings new
+        # tracks reuses the last night's ALS output.
+        return [self.input()["inputs"]["plays"]]
+
     def output(self):
         return luigi.LocalTarget(self.run_path("als"))
 
     def app_options(self):
         return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
-                "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
                 "--iterations", self.iterations, "--seed", self.seed,
                 *(["--blocks", self.blocks] if self.blocks else []),
@@ -444,6 +454,10 @@ class TrainModel(RunTask, JobTask):
     def requires(self):
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "mels": MelSpectrograms(run_id=self.run_id)}
+
+    def data_inputs(self):
+        # Not the catalogue: the warm tracks come from ALS (the wpe loss reads the plays).
+        return [self.input()["als"], self.input()["mels"], self.input()["inputs"]["plays"]]
 
     def output(self):
         return luigi.LocalTarget(self.run_path(f"model-{self.arch}-{self.loss}").with_suffix(".pt"))
