@@ -1,12 +1,11 @@
 """Scoring: the factor table covers the catalogue, and only the catalogue."""
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import schemas
 from jobs.score import score
-from schemas import factors_column, layout, storage
+from schemas import layout, storage
 from tests.test_evaluate import tiny_model, write_evaluation_set
 
 
