@@ -71,8 +71,11 @@ def test_the_systemd_units_run_production_settings_and_alert_on_failure():
     assert_runs_nightly(shlex.split(service["Service"]["ExecStart"])[2].replace("%%", "%"))
     assert timer["Timer"]["Unit"] == "coldstart-nightly.service" and timer["Timer"]["OnCalendar"]
     assert "ExecStart" in alert["Service"]
-    luigid = unit("luigid.service")["Service"]["ExecStart"]
-    assert "--address 127.0.0.1" in luigid
+    luigid = unit("luigid.service")["Service"]
+    words = luigid["ExecStart"].split()
+    assert words[words.index("--address") + 1] == "127.0.0.1"
+    # luigid does not start without its log directory: systemd makes it.
+    assert words[words.index("--logdir") + 1] == f"/var/log/{luigid['LogsDirectory']}"
 
 
 def test_the_kubernetes_cronjob_never_overlaps_and_runs_the_nightly_task():
