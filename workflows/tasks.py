@@ -215,6 +215,8 @@ class ChildProcess:
         return job_environment()
 
     def run(self):
+        if self.complete():  # its inputs, known only now, are ones an earlier run used
+            return
         try:
             super().run()
         except ExternalProgramRunError as err:
@@ -294,6 +296,8 @@ class RunTask(luigi.Task):
         same fingerprint): hard links, written atomically; the other run's retention
         then removes only its own links. Whether there was one."""
         out = Path(self.output().path)
+        if out.exists():  # its inputs, known only now, are ones an earlier run used
+            return True
         twins = sorted((path for path in root().path.glob(f"runs/*/{out.name}")
                         if path.parent.name != self.run_id), key=lambda path: path.stat().st_mtime)
         if not twins:
