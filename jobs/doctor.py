@@ -185,13 +185,17 @@ def played_track_ids(path: Path, fmt: str, track_column: str, delimiter: str) ->
         return ds.dataset(path, format="parquet").to_table(columns=[track_column]).column(0)
     files = [path] if path.is_file() else sorted(
         p for p in path.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+    # One thread: the reader calls back into Python for bad rows, and a failed read must
+    # leave no reader thread behind at exit.
     if fmt == "csv":
-        options = dict(parse_options=pcsv.ParseOptions(delimiter=delimiter,
-                                                        invalid_row_handler=lambda row: "skip"),
+        options = dict(read_options=pcsv.ReadOptions(use_threads=False),
+                       parse_options=pcsv.ParseOptions(delimiter=delimiter,
+                                                       invalid_row_handler=lambda row: "skip"),
                        convert_options=pcsv.ConvertOptions(include_columns=[track_column],
                                                            column_types={track_column: pa.string()}))
     else:
-        options = dict(read_options=pcsv.ReadOptions(column_names=list(schemas.PLAYS.names)),
+        options = dict(read_options=pcsv.ReadOptions(column_names=list(schemas.PLAYS.names),
+                                                     use_threads=False),
                        parse_options=pcsv.ParseOptions(delimiter="\t",
                                                        invalid_row_handler=lambda row: "skip"),
                        convert_options=pcsv.ConvertOptions(include_columns=["track_id"],
