@@ -55,7 +55,7 @@ from pyspark.sql.types import NumericType, StringType, StructField, StructType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import schemas  # noqa: E402
-from schemas import cli, layout, model_file, storage  # noqa: E402
+from schemas import cli, inputs, layout, model_file, storage  # noqa: E402
 from schemas.config import STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions  # noqa: E402
 from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
                             plays_format)
@@ -475,7 +475,7 @@ def add_als_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def input_options(args: argparse.Namespace) -> InputOptions:
-    delimiter = {"\\t": "\t"}.get(args.delimiter, args.delimiter)  # '\t' as typed in a shell
+    delimiter = inputs.delimiter(args.delimiter)
     return InputOptions(format=args.format, user_column=args.user_column,
                         track_column=args.track_column, plays_column=args.plays_column,
                         delimiter=delimiter, max_bad_fraction=args.max_bad_fraction)

@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 import schemas
-from schemas import cli, storage
+from schemas import cli, inputs, storage
 from schemas.config import InputOptions, MelParams
 from schemas.inputs import FORMATS, PlaysInputError, plays_format
 
@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     checks = run_checks(args.catalogue, args.plays, args.plays_format,
                         [args.user_column, args.track_column, args.plays_column],
-                        args.delimiter.replace("\\t", "\t"))
+                        inputs.delimiter(args.delimiter))
     print(table(checks), flush=True)
     wrong = [check.name for check in checks if not check.ok]
     if args.report is not None:

@@ -47,3 +47,8 @@ def plays_format(plays_path: str, requested: str = "auto") -> str:
         raise PlaysInputError(f"{plays_path}: holds files of several formats {sorted(found)}; "
                               "choose one with --format")
     return found.pop() if found else "parquet"
+
+
+def delimiter(text: str) -> str:
+    """A CSV delimiter as typed on a command line: '\\t' (backslash, t) is a tab."""
+    return "\t" if text == "\\t" else text
