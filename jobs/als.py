@@ -29,6 +29,7 @@ Output directory (appears atomically, every table a directory of Parquet parts):
     user_factors/  schemas.USER_FACTORS      item_factors/  schemas.ITEM_FACTORS
     user_ids/      schemas.USER_IDS          track_ids/     schemas.TRACK_IDS
     quarantine/    schemas.QUARANTINED_PLAYS (rows that could not be used, with why)
+    heldout_plays/ schemas.PLAYS, with --hold-out-tracks only: the held-out tracks' plays
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from py4j.protocol import Py4JJavaError
 from pyspark import StorageLevel
 from pyspark.errors import PySparkException
 from pyspark.ml.recommendation import ALS, ALSModel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
@@ -56,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import schemas  # noqa: E402
 from schemas import cli, inputs, layout, model_file, storage  # noqa: E402
-from schemas.config import STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions  # noqa: E402
+from schemas.config import (STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions,  # noqa: E402
+                            TrackHoldout)
 from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
                             plays_format)
 
@@ -265,6 +268,35 @@ def restrict_to_catalogue(spark: SparkSession, plays: ValidPlays, plays_path: st
     return ValidPlays(inside, quarantined, {**plays.row_counts, NOT_IN_CATALOGUE: n_outside})
 
 
+def hold_out_tracks(plays: DataFrame, holdout: TrackHoldout,
+                    artists: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
+    """Split usable plays into (train, held out): every play of ``holdout.fraction`` of
+    the tracks goes to the held-out side.
+
+    Stratified by artist (``artists``: track_id, artist) and popularity: the tracks,
+    ordered by artist, then listeners, then a seeded hash, are sampled systematically
+    (every 1/fraction-th from a seeded offset), so each artist and each popularity
+    level loses its share and the split depends on the data and the seed only.
+    """
+    tracks = plays.groupBy("track_id").agg(F.count(F.lit(1)).alias("_listeners"))
+    tracks = (tracks.join(artists, "track_id", "left") if artists is not None
+              else tracks.withColumn("artist", F.lit(None).cast("string")))
+    order = Window.orderBy(F.coalesce("artist", F.lit("")), F.desc("_listeners"),
+                           F.xxhash64(F.lit(holdout.seed), "track_id"), "track_id")
+    offset = np.random.default_rng(holdout.seed).random()
+    position = (F.row_number().over(order) - 1).cast("double")
+    chosen = (F.floor((position + 1) * holdout.fraction + offset)
+              > F.floor(position * holdout.fraction + offset))
+    held = tracks.withColumn("_held", chosen).where("_held").select("track_id")
+    return plays.join(held, "track_id", "left_anti"), plays.join(held, "track_id", "left_semi")
+
+
+def catalogue_artists(spark: SparkSession, catalogue_path: str) -> DataFrame | None:
+    """(track_id, artist) of the catalogue, or None when it has no artist column."""
+    catalogue = spark.read.parquet(catalogue_path)
+    return catalogue.select("track_id", "artist") if "artist" in catalogue.columns else None
+
+
 def index_ids(plays: DataFrame, column: str, index_column: str) -> DataFrame:
     """A dense int index 0..n-1 of the distinct values of ``column``, in sorted order.
 
@@ -378,11 +410,15 @@ def resolve_blocks(spark: SparkSession, params: AlsParams) -> AlsParams:
 
 def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
-        tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None) -> None:
+        tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None,
+        holdout: TrackHoldout = TrackHoldout(fraction=0.0)) -> None:
     """Extract, validate, factorise and write every output table under ``out``.
 
-    With ``catalogue_path``, plays of tracks it does not list are quarantined.
-    Raises PlaysInputError (nothing written) when the input cannot be used.
+    With ``catalogue_path``, plays of tracks it does not list are quarantined. With a
+    ``holdout`` fraction, the plays of that share of the tracks (stratified by the
+    catalogue's artists when there is one) are written to heldout_plays/ instead of
+    being learned from. Raises PlaysInputError (nothing written) when the input
+    cannot be used.
     """
     params = resolve_blocks(spark, params)
     # Every ALS run learns a space of its own (rotations, sign flips): its factors
@@ -396,16 +432,26 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         if catalogue_path is not None:
             plays = restrict_to_catalogue(spark, plays, plays_path, catalogue_path)
         n_bad = write_parquet(plays.quarantined, tmp / layout.QUARANTINE, schemas.QUARANTINED_PLAYS)
-        user_ids = index_ids(plays.usable, "user_id", "user_index")
-        track_ids = index_ids(plays.usable, "track_id", "track_index")
-        model = transform(plays.usable, user_ids, track_ids, params, tuning)
+        learned = plays.usable
+        if holdout.fraction > 0:
+            artists = catalogue_artists(spark, catalogue_path) if catalogue_path else None
+            learned, held = hold_out_tracks(plays.usable, holdout, artists)
+            learned = learned.persist(StorageLevel.MEMORY_AND_DISK)
+            n_held = write_parquet(held.select("user_id", "track_id", F.greatest(
+                F.lit(1), F.round("plays")).cast("long").alias("plays")),
+                tmp / layout.HELDOUT_PLAYS, schemas.PLAYS, dataclasses.asdict(holdout))
+            logger.info("held out every play of %.0f%% of the tracks (%d plays) for evaluation",
+                        100 * holdout.fraction, n_held)
+        user_ids = index_ids(learned, "user_id", "user_index")
+        track_ids = index_ids(learned, "track_id", "track_index")
+        model = transform(learned, user_ids, track_ids, params, tuning)
         write_parquet(user_ids, tmp / layout.USER_IDS, schemas.USER_IDS)
         write_parquet(track_ids, tmp / layout.TRACK_IDS, schemas.TRACK_IDS)
         n_users = write_parquet(named_factors(model.userFactors, user_ids, "user_id", "user_index"),
                                 tmp / layout.USER_FACTORS, schemas.USER_FACTORS, meta)
         n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
                                 tmp / layout.ITEM_FACTORS, schemas.ITEM_FACTORS, meta)
-        for table in (plays.usable, plays.quarantined, user_ids, track_ids):
+        for table in (plays.usable, learned, plays.quarantined, user_ids, track_ids):
             table.unpersist()
         if checkpoint_dir is None:
             shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
@@ -502,6 +548,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--catalogue",
                         help="catalogue Parquet (schemas.CATALOGUE); plays of tracks it does "
                              "not list are quarantined, and none matching is an error")
+    parser.add_argument("--hold-out-tracks", type=float, default=0.0, metavar="FRACTION",
+                        help="evaluation: write every play of this fraction of the tracks "
+                             "(stratified by the catalogue's artist, and by popularity) to "
+                             "heldout_plays/ instead of learning from them (default 0: none)")
+    parser.add_argument("--hold-out-seed", type=int, default=TrackHoldout.seed,
+                        help="seed of the track hold-out (default %(default)s)")
     add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -521,7 +573,8 @@ def run_job(args: argparse.Namespace) -> None:
     spark = SparkSession.builder.appName("coldstart-als").getOrCreate()
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
-            input_options(args), als_tuning(args), args.catalogue)
+            input_options(args), als_tuning(args), args.catalogue,
+            TrackHoldout(fraction=args.hold_out_tracks, seed=args.hold_out_seed))
     finally:
         spark.stop()
 

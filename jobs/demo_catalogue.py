@@ -1,8 +1,10 @@
 """Build the embedded demo catalogue: synthetic tracks in musical styles, and plays.
 
-Users' tastes follow styles and each style has its own tempo, register, timbre and
-percussion, but the catalogue, the track ids and the file formats say nothing about
-style: only the audio does. A model that predicts the collaborative-filtering
+Users' tastes follow styles, and within a style its register: each style has its
+own tempo, register, timbre and percussion, and every track is played in a low or a
+high register (the high one a fourth up and a third faster), so that knowing a
+track's style is not enough to know who likes it. The catalogue, the track ids and
+the file formats say nothing about either: only the audio does. A model that predicts the collaborative-filtering
 factors of cold tracks from their audio therefore has to learn from the sound.
 
 Output layout (``out`` appears only once complete)::
@@ -11,7 +13,7 @@ Output layout (``out`` appears only once complete)::
     out/catalogue.parquet                      schemas.CATALOGUE, every track
     out/plays.parquet                          schemas.PLAYS, plays of warm tracks only
     out/heldout_plays.parquet                  schemas.PLAYS, plays of cold tracks only
-    out/truth.parquet                          track_id, style, cold, popularity
+    out/truth.parquet                          track_id, style, register, cold, popularity
 
 Run ``python -m jobs.demo_catalogue --out DIR`` (``--help`` lists the knobs).
 """
@@ -408,16 +410,26 @@ STYLES: dict[str, StyleFn] = {
 }
 
 
+# The high register: the track played this much faster (a fourth up, a third quicker).
+HIGH_REGISTER_SPEED = 4.0 / 3.0
+REGISTERS = ("low", "high")
+
+
 def render_track(style: str, rng: np.random.Generator, duration_s: float,
-                 sr: int) -> np.ndarray:
-    """One track of ``style``: (n,) float32 mono at ``sr`` Hz, peak at most 0.8.
+                 sr: int, register: int = 0) -> np.ndarray:
+    """One track of ``style`` in ``register`` (an index into REGISTERS): (n,) float32
+    mono at ``sr`` Hz, peak at most 0.8.
 
     Loudness is drawn per track (RMS -22..-14 dBFS) so level alone does not
     identify a track; the peak is then held 2 dB below full scale, because lossy
     codecs overshoot the input's peak and would clip on decoding.
     """
     n = int(round(duration_s * sr))
-    audio = STYLES[style](rng, n, sr)
+    speed = HIGH_REGISTER_SPEED if register else 1.0
+    rendered = int(round(n * speed))
+    audio = STYLES[style](rng, rendered, sr)
+    if rendered != n:  # play it faster: every pitch up, every beat sooner
+        audio = np.interp(np.linspace(0, rendered - 1, n), np.arange(rendered), audio)
     ramp = np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.02 * sr)
     audio = audio * np.minimum(1.0, ramp).astype(np.float32)  # 20 ms fades at both ends
     rms = np.sqrt(np.mean(audio ** 2)) + 1e-12
@@ -489,11 +501,11 @@ def _to_channels(rng: np.random.Generator, mono: np.ndarray, channels: int) -> n
     return np.stack([mono * (1.0 - pan), mono * (1.0 + pan)]) / (1.0 + abs(pan))
 
 
-def _make_track(config: DemoConfig, index: int, style: str, path: Path) -> None:
+def _make_track(config: DemoConfig, index: int, style: str, register: int, path: Path) -> None:
     """Synthesise and encode track number ``index``; its audio depends on the seed only."""
     rng = _rng(config, _AUDIO_STREAM, index)
     encoding = ENCODINGS[index % len(ENCODINGS)]
-    mono = render_track(style, rng, config.duration_s, encoding.sample_rate)
+    mono = render_track(style, rng, config.duration_s, encoding.sample_rate, register)
     encode(path, _to_channels(rng, mono, encoding.channels).astype(np.float32), encoding)
 
 
@@ -511,20 +523,28 @@ _WORDS = ("amber", "echo", "harbour", "velvet", "signal", "lantern", "orbit", "m
 class Tracks:
     """Per-track ground truth, all arrays (n_tracks,).
 
-    style: int index into STYLES; popularity: float64 Zipf weights summing to 1;
-    cold: bool; title, artist: str lists drawn independently of style.
+    style: int index into STYLES; register: int index into REGISTERS; popularity:
+    float64 Zipf weights summing to 1; cold: bool; title, artist: str lists drawn
+    independently of the sound.
     """
 
     ids: list[str]
     style: np.ndarray
+    register: np.ndarray
     popularity: np.ndarray
     cold: np.ndarray
     title: list[str]
     artist: list[str]
 
+    @property
+    def kind(self) -> np.ndarray:
+        """What tastes follow: style and register, an int in [0, len(STYLES) * 2)."""
+        return self.style * len(REGISTERS) + self.register
+
 
 def make_tracks(config: DemoConfig) -> Tracks:
-    """Assign styles (balanced, in random order), popularity, cold split and metadata."""
+    """Assign styles (balanced, in random order), registers, popularity, cold split
+    and metadata."""
     rng = _rng(config, _CATALOGUE_STREAM)
     n = config.n_tracks
     style = rng.permutation(np.arange(n) % len(STYLES))
@@ -538,13 +558,14 @@ def make_tracks(config: DemoConfig) -> Tracks:
     n_artists = max(1, n // 5)
     artist = [f"Demo Artist {a:03d}" for a in rng.integers(n_artists, size=n)]
     ids = [f"trk{i:05d}" for i in range(n)]
-    return Tracks(ids, style, popularity, cold, title, artist)
+    register = rng.integers(len(REGISTERS), size=n)
+    return Tracks(ids, style, register, popularity, cold, title, artist)
 
 
 def _choice_weights(taste: np.ndarray, tracks: Tracks, taste_noise: float) -> np.ndarray:
-    """(users, n_tracks) float64 rows summing to 1: popularity x taste(style), mixed
-    with ``taste_noise`` of popularity alone. taste: (users, n_styles)."""
-    affinity = taste[:, tracks.style] * tracks.popularity[None, :]
+    """(users, n_tracks) float64 rows summing to 1: popularity x taste(kind), mixed
+    with ``taste_noise`` of popularity alone. taste: (users, n_kinds)."""
+    affinity = taste[:, tracks.kind] * tracks.popularity[None, :]
     affinity /= affinity.sum(axis=1, keepdims=True)
     return (1.0 - taste_noise) * affinity + taste_noise * tracks.popularity[None, :]
 
@@ -567,11 +588,11 @@ def _choose_tracks(rng: np.random.Generator, weights: np.ndarray,
 def _top_up_listeners(rng: np.random.Generator, taste: np.ndarray, tracks: Tracks,
                       users: np.ndarray, items: np.ndarray,
                       min_listeners: int) -> tuple[np.ndarray, np.ndarray]:
-    """Give every track at least ``min_listeners`` users, chosen by taste for its style."""
+    """Give every track at least ``min_listeners`` users, chosen by taste for its kind."""
     listeners = np.bincount(items, minlength=len(tracks.ids))
     extra_users, extra_items = [], []
     for item in np.flatnonzero(listeners < min_listeners):
-        weights = taste[:, tracks.style[item]].copy()
+        weights = taste[:, tracks.kind[item]].copy()
         weights[users[items == item]] = 0.0
         need = min(min_listeners - listeners[item], np.count_nonzero(weights))
         if need <= 0:
@@ -586,13 +607,14 @@ def _top_up_listeners(rng: np.random.Generator, taste: np.ndarray, tracks: Track
 def simulate_plays(config: DemoConfig, tracks: Tracks) -> pa.Table:
     """Play counts of every (user, track) pair, warm and cold: schemas.PLAYS columns.
 
-    A user's taste is a Dirichlet draw over styles; they pick distinct tracks with
-    probability ~ popularity x taste(style), mixed with ``taste_noise`` of pure
+    A user's taste is a Dirichlet draw over kinds (style and register); they pick
+    distinct tracks with probability ~ popularity x taste(kind), mixed with ``taste_noise`` of pure
     popularity, and play each a Zipf-distributed number of times.
     """
     rng = _rng(config, _PLAYS_STREAM)
     n_users, n_tracks = config.n_users, config.n_tracks
-    taste = rng.dirichlet(np.full(len(STYLES), config.taste_concentration), size=n_users)
+    taste = rng.dirichlet(np.full(len(STYLES) * len(REGISTERS), config.taste_concentration),
+                          size=n_users)
     counts = rng.geometric(1.0 / config.mean_tracks_per_user, size=n_users)
     counts = np.clip(counts, config.min_tracks_per_user, max(1, n_tracks // 2))
     chunk = max(1, _CHOICE_CELLS // n_tracks)  # bounds the (users, tracks) matrices
@@ -627,8 +649,9 @@ def _encode_all(config: DemoConfig, tracks: Tracks, paths: list[Path],
     """
     styles = list(STYLES)
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(_make_track, config, i, styles[style], path)
-                   for i, (style, path) in enumerate(zip(tracks.style, paths))]
+        futures = [pool.submit(_make_track, config, i, styles[style], register, path)
+                   for i, (style, register, path)
+                   in enumerate(zip(tracks.style, tracks.register, paths))]
         for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
                            desc="synthesise+encode", unit="track", disable=None):
             future.result()
@@ -649,6 +672,7 @@ def _truth_table(tracks: Tracks) -> pa.Table:
     return pa.table({
         "track_id": tracks.ids,
         "style": [names[s] for s in tracks.style],
+        "register": [REGISTERS[r] for r in tracks.register],
         "cold": pa.array(tracks.cold, pa.bool_()),
         "popularity": pa.array(tracks.popularity, pa.float64()),
     })

@@ -24,10 +24,12 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from model.artefact import load_model
@@ -43,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 
 def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Table,
-                 k: int = EvaluateConfig.k) -> dict:
-    """Mean per-user AUC and mAP@k over users with at least one held-out play.
+                 k: int = EvaluateConfig.k, recall_k: int = EvaluateConfig.recall_k) -> dict:
+    """Mean per-user AUC, mAP@k and recall@recall_k over users with a held-out play.
 
     Only tracks present in ``track_factors`` are ranked; users unknown to
     ``user_factors`` (no warm plays) cannot be scored and are counted apart.
@@ -60,7 +62,7 @@ def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Ta
             unknown_users.add(user)
         elif track in col_of:
             played.setdefault(row_of[user], []).append(col_of[track])
-    aucs, aps = [], []
+    aucs, aps, recalls = [], [], []
     for row, cols in played.items():
         relevant = np.zeros(len(tracks), dtype=bool)
         relevant[cols] = True
@@ -68,8 +70,10 @@ def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Ta
             continue  # AUC needs a track the user did not play
         aucs.append(metrics.auc(scores[row][relevant], scores[row][~relevant]))
         aps.append(metrics.average_precision_at(scores[row], relevant, k))
+        recalls.append(metrics.recall_at(scores[row], relevant, recall_k))
     return {"users": len(aucs), "tracks": len(tracks), "unknown_users": len(unknown_users),
-            "auc": metrics.mean(aucs), f"map@{k}": metrics.mean(aps)}
+            "auc": metrics.mean(aucs), f"map@{k}": metrics.mean(aps),
+            f"recall@{recall_k}": metrics.mean(recalls)}
 
 
 def cosine_distance(pred: np.ndarray, reference: np.ndarray) -> float:
@@ -77,17 +81,87 @@ def cosine_distance(pred: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(1 - np.sum(unit_rows(pred) * unit_rows(reference), axis=1)))
 
 
+def spread(pred: np.ndarray) -> float:
+    """1 - the mean pairwise cosine of the predictions: near 0 when a model predicts
+    nearly one direction for every track (a collapsed model)."""
+    unit = unit_rows(pred)
+    n = len(unit)
+    if n < 2:
+        return float("nan")
+    pairs = (unit @ unit.T).sum() - np.trace(unit @ unit.T)
+    return float(1 - pairs / (n * (n - 1)))
+
+
+def same_artist(pred: np.ndarray, artists: list[str | None], warm: np.ndarray,
+                warm_artists: list[str | None], n: int) -> float:
+    """How often a track's ``n`` nearest warm tracks (cosine) share its artist; NaN
+    without artists."""
+    known = [i for i, a in enumerate(artists) if a is not None]
+    if not known or not any(a is not None for a in warm_artists):
+        return float("nan")
+    similar = unit_rows(pred[known]) @ unit_rows(warm).T
+    nearest = np.argsort(-similar, axis=1, kind="stable")[:, :n]
+    labels = np.array(warm_artists, dtype=object)
+    return float(np.mean(labels[nearest] == np.array([artists[i] for i in known],
+                                                     dtype=object)[:, None]))
+
+
+def artist_oracle(track_ids: list[str], artist_of: dict[str, str | None], items: pa.Table,
+                  fallback: np.ndarray) -> tuple[np.ndarray, int]:
+    """The mean ALS factor of each track's artist's warm tracks; ``fallback`` (the mean
+    of all warm factors) for a track whose artist has none. Returns (factors, known)."""
+    warm = factor_matrix(items)
+    rows: dict[str, list[int]] = {}
+    for j, track in enumerate(items.column("track_id").to_pylist()):
+        if artist_of.get(track) is not None:
+            rows.setdefault(artist_of[track], []).append(j)
+    out = np.tile(fallback, (len(track_ids), 1)).astype(np.float32)
+    known = 0
+    for i, track in enumerate(track_ids):
+        mine = rows.get(artist_of.get(track))
+        if mine:
+            out[i], known = warm[mine].mean(axis=0), known + 1
+    return out, known
+
+
+def popularity_slices(heldout: pa.Table, track_ids: list[str], n: int = 3) -> dict[str, list[str]]:
+    """The held-out tracks in ``n`` equal parts by their number of listeners."""
+    listeners = Counter(heldout.column("track_id").to_pylist())
+    ordered = sorted(track_ids, key=lambda t: (listeners[t], t))
+    names = ("least popular", "middle", "most popular") if n == 3 else \
+        tuple(f"popularity {i + 1}/{n}" for i in range(n))
+    return {name: list(part) for name, part in zip(names, np.array_split(ordered, n))}
+
+
 def model_name(artefact: dict) -> str:
     return f"CNN {artefact['net_config']['arch']}, {artefact['metrics']['loss']} loss"
 
 
+def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: BowConfig,
+              config: EvaluateConfig) -> dict[str, np.ndarray]:
+    """The paper's bag-of-words baselines (section 4.1), fitted on a seeded sample of
+    warm tracks: linear regression and a multilayer perceptron on the same words."""
+    rng = np.random.default_rng(config.seed)
+    warm_ids = items.column("track_id").to_pylist()
+    train_ids = list(rng.choice(warm_ids, min(config.bow_train_tracks, len(warm_ids)),
+                                replace=False))
+    train = read_mels(shards, train_ids)
+    row_of = {t: i for i, t in enumerate(warm_ids)}
+    targets = factor_matrix(items)[[row_of[t] for t in train.column("track_id").to_pylist()]]
+    words = BagOfWords(bow).fit(mel_array(train), targets)
+    return {"bag-of-words + linear regression": words.predict(held_mels, "linear"),
+            "bag-of-words + MLP": words.predict(held_mels, "mlp")}
+
+
 def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: pa.Table,
              shards: list[Path], models: list[Path], bow: BowConfig,
-             config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None) -> dict:
+             config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None,
+             catalogue: pa.Table | None = None) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
     ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
     with ``factor_space`` (the ALS factors' id) every model must have learned it.
+    With a ``catalogue`` that names artists, the artist oracle and same_artist@n.
     """
     k, seed = config.k, config.seed
     warm = set(items.column("track_id").to_pylist())
@@ -100,18 +174,12 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     truth = fold_in(user_x, plays_matrix(heldout, {t: i for i, t in enumerate(track_ids)},
                                          user_index), als["alpha"], als["eps"], als["reg"])
     rank = user_x.shape[1]
+    artist_of = {} if catalogue is None or "artist" not in catalogue.column_names else dict(
+        zip(catalogue.column("track_id").to_pylist(), catalogue.column("artist").to_pylist()))
 
     methods: dict[str, np.ndarray] = {}
     methods["random"] = np.random.default_rng(seed).normal(size=(len(track_ids), rank)).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    warm_ids = items.column("track_id").to_pylist()
-    train_ids = list(rng.choice(warm_ids, min(config.bow_train_tracks, len(warm_ids)),
-                                replace=False))
-    train = read_mels(shards, train_ids)
-    row_of = {t: i for i, t in enumerate(warm_ids)}
-    targets = factor_matrix(items)[[row_of[t] for t in train.column("track_id").to_pylist()]]
-    methods["bag-of-words + linear regression"] = BagOfWords(bow).fit(
-        mel_array(train), targets).predict(mel_array(held_mels))
+    methods.update(baselines(items, shards, mel_array(held_mels), bow, config))
     for path in models:
         model, artefact = load_model(path)
         if factor_space is not None:
@@ -123,17 +191,36 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         if name in methods:  # two models of the same kind: each keeps its own row
             name = f"{name} ({Path(path).name})"
         methods[name] = predicted[[order[t] for t in track_ids]]
+    known_artists = 0
+    if any(a is not None for a in artist_of.values()):
+        methods["artist oracle (mean factor of the artist's warm tracks)"], known_artists = \
+            artist_oracle(track_ids, artist_of, items, factor_matrix(items).mean(axis=0))
     methods["upper bound (ALS sees the plays)"] = truth
 
+    warm_ids = items.column("track_id").to_pylist()
+    warm_artists = [artist_of.get(t) for t in warm_ids]
+    held_artists = [artist_of.get(t) for t in track_ids]
+    slices = popularity_slices(heldout, track_ids)
     results = []
     for name, factors in methods.items():
         table = pa.table({"track_id": track_ids, "factors": factors_column(factors)})
-        ranked = rank_metrics(users, table, heldout, k)
-        results.append({"method": name, "auc": ranked["auc"], f"map@{k}": ranked[f"map@{k}"],
-                        "cosine_distance": cosine_distance(factors, truth)})
-        logger.info("%s: %s", name, results[-1])
+        ranked = rank_metrics(users, table, heldout, k, config.recall_k)
+        row = {"method": name, **{key: ranked[key] for key in
+                                  ("auc", f"map@{k}", f"recall@{config.recall_k}")},
+               "cosine_distance": cosine_distance(factors, truth), "spread": spread(factors),
+               f"same_artist@{config.neighbours}": same_artist(
+                   factors, held_artists, factor_matrix(items), warm_artists, config.neighbours),
+               "slices": {}}
+        for slice_name, ids in slices.items():
+            part = rank_metrics(users, table.filter(pc.is_in(table["track_id"], pa.array(ids))),
+                                heldout, k, config.recall_k)
+            row["slices"][slice_name] = {"tracks": len(ids), "auc": part["auc"],
+                                         f"map@{k}": part[f"map@{k}"]}
+        results.append(row)
+        logger.info("%s: %s", name, {key: value for key, value in row.items() if key != "slices"})
     return {"users": ranked["users"], "heldout_tracks": len(track_ids), "k": k,
-            "methods": results}
+            "recall_k": config.recall_k, "neighbours": config.neighbours,
+            "tracks_with_known_artist": known_artists, "methods": results}
 
 
 def markdown(report: dict) -> str:
@@ -160,8 +247,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="mel-spectrogram directory of the models' parameter set")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="a trained model file; repeat for each loss/architecture")
+    parser.add_argument("--catalogue", type=Path,
+                        help="the catalogue (schemas.CATALOGUE); with artists, adds the artist "
+                             "oracle and how often a track's nearest warm tracks share its artist")
     parser.add_argument("--k", type=int, default=defaults.k,
                         help="cut-off of mAP@k (default %(default)s)")
+    parser.add_argument("--recall-k", type=int, default=defaults.recall_k,
+                        help="cut-off of recall@k (default %(default)s)")
     parser.add_argument("--bow-codebook", type=int, default=BowConfig.codebook,
                         help="k-means words of the bag-of-words baseline (default %(default)s)")
     parser.add_argument("--bow-train-tracks", type=int, default=defaults.bow_train_tracks,
@@ -181,9 +273,11 @@ def run_job(args: argparse.Namespace) -> None:
                       storage.read_table(args.heldout_plays, schemas.PLAYS),
                       layout.mel_shards(args.mels), args.model,
                       BowConfig(codebook=args.bow_codebook, seed=args.seed),
-                      EvaluateConfig(k=args.k, bow_train_tracks=args.bow_train_tracks,
-                                     seed=args.seed),
-                      factors_params.get(model_file.FACTOR_SPACE))
+                      EvaluateConfig(k=args.k, recall_k=args.recall_k,
+                                     bow_train_tracks=args.bow_train_tracks, seed=args.seed),
+                      factors_params.get(model_file.FACTOR_SPACE),
+                      storage.read_table(args.catalogue, schemas.CATALOGUE) if args.catalogue
+                      else None)
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))

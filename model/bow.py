@@ -2,7 +2,8 @@
 
 13 MFCCs with first and second differences per frame, vector-quantised against a
 k-means codebook, counted per track, reduced by PCA to 95% of the variance, then a
-linear regression to the unit-normalised factors. The MFCCs are the DCT of the
+linear regression, or a multilayer perceptron with one hidden layer, to the
+unit-normalised factors (the paper's two heads on the same words). The MFCCs are the DCT of the
 log-mel frames we already store (natural log; torchaudio's MFCC uses dB, which
 only rescales every coefficient by the same constant).
 """
@@ -15,6 +16,7 @@ import torchaudio.functional as AF
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LinearRegression
+from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 
 from schemas.config import BowConfig
@@ -49,11 +51,17 @@ class BagOfWords:
         sample = np.concatenate(take)
         words = min(cfg.codebook, len(sample) // 4)
         self.kmeans = MiniBatchKMeans(n_clusters=words, random_state=cfg.seed, n_init=3).fit(sample)
-        self.regression = make_pipeline(PCA(n_components=cfg.pca_variance, random_state=cfg.seed),
-                                         LinearRegression())
+        mlp = MLPRegressor(hidden_layer_sizes=(cfg.mlp_hidden,), alpha=cfg.mlp_l2,
+                           max_iter=cfg.mlp_epochs, random_state=cfg.seed)
+        self.heads = {head: make_pipeline(PCA(n_components=cfg.pca_variance, random_state=cfg.seed),
+                                          regressor)
+                      for head, regressor in (("linear", LinearRegression()), ("mlp", mlp))}
         unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
-        self.regression.fit(self.histograms(mels), unit)
+        words = self.histograms(mels)
+        for head in self.heads.values():
+            head.fit(words, unit)
         return self
 
-    def predict(self, mels: np.ndarray) -> np.ndarray:
-        return self.regression.predict(self.histograms(mels)).astype(np.float32)
+    def predict(self, mels: np.ndarray, head: str = "linear") -> np.ndarray:
+        """Unit-scale factors from the ``head`` regression ("linear" or "mlp")."""
+        return self.heads[head].predict(self.histograms(mels)).astype(np.float32)

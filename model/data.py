@@ -98,19 +98,21 @@ class ShardStream(IterableDataset):
     mel: (n_mels, crop_frames or n_frames) float32; target: (rank,) float32; the
     track index is the row of the track in ``targets`` (for the weighted loss).
     Only tracks in ``track_index`` and on the ``validation`` side of the split are
-    yielded. ``rank``/``world`` choose this process's share; data-loader workers
+    yielded, each as ``clips_per_track`` random crops (in shuffled order) when
+    cropping. ``rank``/``world`` choose this process's share; data-loader workers
     split it further. Call ``set_epoch`` before each epoch to reshuffle.
     """
 
     def __init__(self, pieces: Sequence[Piece], track_index: dict[str, int], targets: np.ndarray,
                  validation: bool, val_fraction: float, crop_frames: int | None = None,
-                 rank: int = 0, world: int = 1, seed: int = 0):
+                 rank: int = 0, world: int = 1, seed: int = 0, clips_per_track: int = 1):
         self.pieces = list(pieces)
         self.track_index = track_index
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
         self.validation = validation
         self.val_fraction = val_fraction
         self.crop = crop_frames or None
+        self.clips_per_track = clips_per_track if self.crop else 1
         self.rank, self.world, self.seed = rank, world, seed
         self.epoch = 0
 
@@ -139,7 +141,8 @@ class ShardStream(IterableDataset):
         table = table.take(keep)
         mels = torch.from_numpy(mel_array(table))
         ids = table.column("track_id").to_pylist()
-        rows = range(len(ids)) if self.validation else rng.permutation(len(ids))
+        rows = range(len(ids)) if self.validation else \
+            rng.permutation(np.repeat(np.arange(len(ids)), self.clips_per_track))
         for r in rows:
             mel = mels[r]
             if self.crop and self.crop < mel.shape[1]:

@@ -45,6 +45,10 @@ class NetConfig:
     dense: int = 2048
     dropout: float = 0.5
     window_frames: int = 130  # vandenoord2013 only: 130 frames of hop 512 at 22050 Hz = 3 s
+    # dieleman2014: the clip length it was trained on. A longer input is cut into
+    # consecutive clips of this length and their predictions averaged, so a track is
+    # scored on every excerpt the way it was trained (None: the input as one clip).
+    clip_frames: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +105,16 @@ class FactorNet(nn.Module):
     def standardise(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
 
+    def averaged(self, mel: torch.Tensor, window: int, predict) -> torch.Tensor:
+        """Mean of ``predict`` over the consecutive windows of each clip (B, n_mels, T);
+        a clip shorter than two windows is predicted whole."""
+        if mel.shape[2] < 2 * window:
+            return predict(mel)
+        windows = mel.unfold(2, window, window)  # (B, n_mels, n_windows, window)
+        batch, n_windows = mel.shape[0], windows.shape[2]
+        flat = windows.permute(0, 2, 1, 3).reshape(batch * n_windows, mel.shape[1], window)
+        return predict(flat).reshape(batch, n_windows, -1).mean(dim=1)
+
 
 class GlobalPool(nn.Module):
     """Mean, max and L2 norm over time: (B, C, T) -> (B, 3 * C)."""
@@ -123,7 +137,11 @@ class Dieleman2014(FactorNet):
         )
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(self.standardise(mel)))
+        def predict(clips: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(self.standardise(clips)))
+        if self.training or not self.config.clip_frames:
+            return predict(mel)
+        return self.averaged(mel, self.config.clip_frames, predict)
 
 
 class VanDenOord2013(FactorNet):
@@ -145,11 +163,10 @@ class VanDenOord2013(FactorNet):
         window = self.config.window_frames
         if mel.shape[2] < window:
             raise RuntimeError(f"clip of {mel.shape[2]} frames is shorter than a window of {window}")
-        windows = mel.unfold(2, window, window)  # (B, n_mels, n_windows, window)
-        batch, n_windows = mel.shape[0], windows.shape[2]
-        flat = windows.permute(0, 2, 1, 3).reshape(batch * n_windows, mel.shape[1], window)
-        pred = self.head(self.conv(self.standardise(flat)))
-        return pred.reshape(batch, n_windows, -1).mean(dim=1)
+        if mel.shape[2] < 2 * window:
+            mel = mel[:, :, :window]
+        return self.averaged(mel, window,
+                             lambda clips: self.head(self.conv(self.standardise(clips))))
 
 
 def build_net(config: NetConfig) -> FactorNet:

@@ -159,19 +159,24 @@ def train(job: TrainJob) -> None:
 
     pieces = plan_pieces(shards, world * max(1, config.loader_workers))
     mean, std = band_stats(pieces, track_index)
-    model = build_net(NetConfig.for_arch(job.arch, n_mels=len(mean), n_factors=factors.shape[1],
-                                         **job.net))
-    model.mel_mean, model.mel_std = mean, std
-    crop = max(config.crop_frames, model.config.min_frames()) if config.crop_frames else None
+    net = NetConfig.for_arch(job.arch, n_mels=len(mean), n_factors=factors.shape[1], **job.net)
+    crop = max(config.crop_frames, net.min_frames()) if config.crop_frames else None
     if job.arch == "vandenoord2013":
-        crop = model.config.window_frames  # trained on single windows, as in the paper
+        crop = net.window_frames  # trained on single windows, as in the paper
+    else:
+        net = dataclasses.replace(net, clip_frames=crop)
+    model = build_net(net)
+    model.mel_mean, model.mel_std = mean, std
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
                   val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
-    trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop, **stream),
+    trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop,
+                                               clips_per_track=config.clips_per_track, **stream),
                       ShardStream(validation=True, **stream), config, device, job.snapshot,
-                      job.tensorboard, math.ceil((len(warm) - n_val) / world / config.batch_size))
+                      job.tensorboard,
+                      math.ceil((len(warm) - n_val) * config.clips_per_track / world
+                                / config.batch_size))
     progress = trainer.train()
     if is_main():
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
@@ -181,11 +186,12 @@ def train(job: TrainJob) -> None:
                              mel_params, scale,
                              {"loss": job.loss, "validation_loss": progress.best_loss,
                               "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
-                              "val_tracks": n_val, "world_size": world},
+                              "val_tracks": n_val, "world_size": world,
+                              "validation_spread": progress.best_spread},
                              unit_output=unit, factor_space=storage.read_params(
                                  job.item_factors).get(model_file.FACTOR_SPACE))
-        logger.info("model %s (%s, %s loss, validation %.4f) -> %s", version, job.arch,
-                    job.loss, progress.best_loss, job.out)
+        logger.info("model %s (%s, %s loss, validation %.4f, spread %.3f) -> %s", version,
+                    job.arch, job.loss, progress.best_loss, progress.best_spread, job.out)
         if job.snapshot is not None:  # only a run that has not finished resumes from it
             job.snapshot.unlink(missing_ok=True)
     if dist.is_initialized():
@@ -229,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="L2 weight decay (default %(default)s)")
     opt.add_argument("--crop-frames", type=int, default=t.crop_frames,
                      help="random time-crop length in frames, 0 for none (default %(default)s)")
+    opt.add_argument("--clips-per-track", type=int, default=t.clips_per_track,
+                     help="random crops of each training track per epoch (default %(default)s)")
     opt.add_argument("--val-fraction", type=float, default=t.val_fraction,
                      help="fraction of tracks held out for validation (default %(default)s)")
     opt.add_argument("--patience", type=int, default=t.patience,
@@ -257,6 +265,7 @@ def job_of(args: argparse.Namespace) -> TrainJob:
         net={key: value for key, value in shape.items() if value is not None},
         config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, crop_frames=args.crop_frames,
+                           clips_per_track=args.clips_per_track,
                            val_fraction=args.val_fraction, patience=args.patience,
                            seed=args.seed, loader_workers=args.loader_workers))
 

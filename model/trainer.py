@@ -35,6 +35,11 @@ class Progress:
     best_loss: float = float("inf")
     bad_epochs: int = 0
     best_state: dict | None = None
+    best_spread: float = float("nan")
+
+
+class CollapsedModel(ValueError):
+    """Training ended on a model that predicts nearly one direction for every track."""
 
 
 def is_main() -> bool:
@@ -105,16 +110,29 @@ class Trainer:
         return (float(np.mean(losses)) if losses else float("nan")), clips
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean validation loss over all ranks' validation examples."""
+    def validate(self) -> tuple[float, float]:
+        """Mean validation loss over all ranks' validation examples, and the spread of
+        the predictions: 1 - their mean pairwise cosine (about 0 for a collapsed model,
+        which predicts nearly one direction whatever it hears)."""
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        rank = self.module.config.n_factors
+        total = torch.zeros(2 + rank, dtype=torch.float64, device=self.device)
         for mel, target, index in self.val_loader:
-            total[0] += self.batch_loss(mel, target, index) * len(mel)
+            mel, target, index = (mel.to(self.device, non_blocking=True),
+                                  target.to(self.device), index.to(self.device))
+            with self.autocast():
+                pred = self.model(mel).float()
+            total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
+            total[2:] += torch.nn.functional.normalize(pred, dim=1).sum(dim=0).double()
         if dist.is_initialized():
             dist.all_reduce(total)
-        return (total[0] / total[1]).item() if total[1] else float("nan")
+        n = total[1].item()
+        if not n:
+            return float("nan"), float("nan")
+        # sum over pairs i != j of cos(i, j) = |sum of unit vectors|^2 - n
+        pairs = (total[2:].square().sum().item() - n) / max(n * (n - 1), 1)
+        return (total[0] / n).item(), 1 - pairs
 
     def save_snapshot(self) -> None:
         if not is_main() or self.snapshot is None:
@@ -131,13 +149,16 @@ class Trainer:
         self.progress = Progress(**saved["progress"])
         logger.info("resumed from %s after epoch %d", self.snapshot, self.progress.epoch)
 
-    def log_epoch(self, train_loss: float, val_loss: float, clips: int, seconds: float) -> None:
+    def log_epoch(self, train_loss: float, val_loss: float, val_spread: float, clips: int,
+                  seconds: float) -> None:
         p = self.progress
-        logger.info("epoch %d: train loss %.4f, validation loss %.4f, %.0f clips/s on this rank",
-                    p.epoch, train_loss, val_loss, clips / max(seconds, 1e-9))
+        logger.info("epoch %d: train loss %.4f, validation loss %.4f (spread %.3f), "
+                    "%.0f clips/s on this rank", p.epoch, train_loss, val_loss, val_spread,
+                    clips / max(seconds, 1e-9))
         if self.writer is not None:
             self.writer.add_scalar("loss/train", train_loss, p.epoch)
             self.writer.add_scalar("loss/validation", val_loss, p.epoch)
+            self.writer.add_scalar("spread/validation", val_spread, p.epoch)
             self.writer.add_scalar("speed/clips_per_s_rank0", clips / max(seconds, 1e-9), p.epoch)
             self.writer.flush()
 
@@ -148,15 +169,21 @@ class Trainer:
             started = time.perf_counter()
             train_loss, clips = self.run_epoch(p.epoch)
             seconds = time.perf_counter() - started
-            val_loss = self.validate()
+            val_loss, val_spread = self.validate()
             p.epoch += 1
             if val_loss < p.best_loss:
-                p.best_loss, p.bad_epochs = val_loss, 0
+                p.best_loss, p.best_spread, p.bad_epochs = val_loss, val_spread, 0
                 p.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
             else:
                 p.bad_epochs += 1
-            self.log_epoch(train_loss, val_loss, clips, seconds)
+            self.log_epoch(train_loss, val_loss, val_spread, clips, seconds)
             self.save_snapshot()
         if self.writer is not None:
             self.writer.close()
+        if not p.best_spread >= self.config.min_spread:
+            raise CollapsedModel(
+                f"the trained model collapsed: its validation predictions have a spread of "
+                f"{p.best_spread:.3f} (1 - mean pairwise cosine; below {self.config.min_spread}), "
+                "so it would give every cold track nearly the same factors; more warm tracks, "
+                "more epochs or a smaller network may help")
         return p

@@ -179,10 +179,14 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
+    clips_per_track: int = 8  # random crops of each training track per epoch
     val_fraction: float = 0.1
     patience: int = 5  # epochs without validation improvement before stopping
     seed: int = 0
     loader_workers: int = 0  # data-loader processes per rank
+    # Training fails when the best model's validation predictions spread less than
+    # this (1 - mean pairwise cosine): a model that says the same for every track.
+    min_spread: float = 0.05
 
 
 # -- Evaluation (jobs/evaluate.py, jobs/evaluate_als.py) --------------------------------
@@ -193,17 +197,32 @@ class BowConfig:
     codebook: int = 4000  # the paper's size; small catalogues want far fewer words
     pca_variance: float = 0.95
     frames_per_track: int = 200  # frames sampled per track to fit the codebook
+    mlp_hidden: int = 1000  # the MLP head: one hidden layer of ReLUs
+    mlp_l2: float = 1e-2
+    mlp_epochs: int = 500
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The cold-start evaluation: mAP@``k``, the CNNs to compare (architecture:loss),
-    how many warm tracks fit the bag-of-words baseline, and the seed."""
+    """The cold-start evaluation: mAP@``k`` and recall@``recall_k``, the CNNs to
+    compare (architecture:loss), how many warm tracks fit the bag-of-words baselines,
+    and the seed."""
     k: int = 500
     models: tuple[str, ...] = ("dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe",
                                "vandenoord2013:mse")
     bow_train_tracks: int = 5000
+    seed: int = 0
+    recall_k: int = 10
+    neighbours: int = 5  # warm neighbours compared by artist (same_artist@n)
+
+
+@dataclass(frozen=True)
+class TrackHoldout:
+    """The evaluation's split (the paper's protocol): ``fraction`` of the warm tracks,
+    stratified by artist and popularity, chosen by ``seed``, lose all their plays to
+    the evaluation; ALS and the models are trained on the rest. 0 holds out nothing."""
+    fraction: float = 0.2
     seed: int = 0
 
 
@@ -254,7 +273,8 @@ class DemoConfig:
     popularity_exponent: float = 1.0
     """Zipf exponent of track popularity: the r-th most popular track has weight r^-a."""
     taste_concentration: float = 0.1
-    """Dirichlet concentration of a user's taste over styles; small means 1-2 styles."""
+    """Dirichlet concentration of a user's taste over kinds (style and register); small
+    means 1-2 kinds."""
     taste_noise: float = 0.05
     """Share of a user's choices that follow popularity alone, ignoring style."""
     play_count_exponent: float = 2.2

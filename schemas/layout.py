@@ -93,6 +93,7 @@ ITEM_FACTORS = "item_factors"
 USER_IDS = "user_ids"
 TRACK_IDS = "track_ids"
 QUARANTINE = "quarantine"
+HELDOUT_PLAYS = "heldout_plays"  # only with a track hold-out: every play of those tracks
 
 # -- Scoring output directory (jobs/score.py) -------------------------------------------
 

@@ -32,7 +32,7 @@ from schemas import layout, storage
 from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
                             DemoConfig, PublishConfig,
                             EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
-                            TrainConfig)
+                            TrackHoldout, TrainConfig)
 from schemas.inputs import FORMATS
 
 BIN = Path(sys.executable).parent
@@ -368,6 +368,10 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     max_bad_fraction = luigi.FloatParameter(
         default=InputOptions.max_bad_fraction, significant=False,
         description="fail when more than this fraction of play rows is quarantined")
+    holdout = luigi.FloatParameter(
+        default=0.0, description="evaluation only: the share of tracks whose plays are held "
+        "out (stratified by artist and popularity); 0 for the production factors")
+    holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
     app = str(REPO / "jobs" / "als.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
@@ -387,14 +391,19 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
     def data_inputs(self):
         # The factors depend on the plays alone (the catalogue is checked against them
         # by the preflight and applied by scoring), so a night that only brings new
-        # tracks reuses the last night's ALS output.
-        return [self.input()["inputs"]["plays"]]
+        # tracks reuses the last night's ALS output. A hold-out is stratified by the
+        # catalogue's artists.
+        inputs = self.input()["inputs"]
+        return [inputs["plays"]] + ([inputs["catalogue"]] if self.holdout else [])
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("als"))
+        return luigi.LocalTarget(self.run_path("als-heldout" if self.holdout else "als"))
 
     def app_options(self):
-        return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
+        holdout = ["--catalogue", self.input()["inputs"]["catalogue"].path,
+                   "--hold-out-tracks", self.holdout, "--hold-out-seed", self.holdout_seed] \
+            if self.holdout else []
+        return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path, *holdout,
                 "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
                 "--iterations", self.iterations, "--seed", self.seed,
                 *(["--blocks", self.blocks] if self.blocks else []),
@@ -454,17 +463,22 @@ class TrainModel(RunTask, JobTask):
                                       description="torchrun restarts after a lost worker")
     loader_workers = luigi.IntParameter(default=TrainConfig.loader_workers, significant=False,
                                         description="data-loader processes per rank")
+    clips_per_track = luigi.IntParameter(default=TrainConfig.clips_per_track)
+    holdout = luigi.FloatParameter(default=0.0, description="see TrainAls")
+    holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
 
     def requires(self):
-        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
-                "mels": MelSpectrograms(run_id=self.run_id)}
+        return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id),
+                "als": TrainAls(run_id=self.run_id, holdout=self.holdout,
+                                holdout_seed=self.holdout_seed)}
 
     def data_inputs(self):
         # Not the catalogue: the warm tracks come from ALS (the wpe loss reads the plays).
         return [self.input()["als"], self.input()["mels"], self.input()["inputs"]["plays"]]
 
     def output(self):
-        return luigi.LocalTarget(self.run_path(f"model-{self.arch}-{self.loss}").with_suffix(".pt"))
+        name = f"model-{'heldout-' if self.holdout else ''}{self.arch}-{self.loss}"
+        return luigi.LocalTarget(self.run_path(name).with_suffix(".pt"))
 
     def run(self):
         if self.adopt_twin():  # trained on the same factors with the same settings
@@ -499,6 +513,7 @@ class TrainModel(RunTask, JobTask):
                 "--arch", self.arch, "--loss", self.loss,
                 "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
                 "--crop-frames", self.crop_frames, "--patience", self.patience,
+                "--clips-per-track", self.clips_per_track,
                 "--seed", self.seed, "--loader-workers", self.loader_workers, *shape]
 
 
@@ -521,17 +536,28 @@ class ScoreColdTracks(RunTask, JobTask):
 
 
 class EvaluateColdStart(RunTask, JobTask):
-    """The paper's table on the held-out tracks: random, bag-of-words, each CNN, upper bound."""
+    """The paper's evaluation on any catalogue and plays: a stratified share of the
+    warm tracks is held out, ALS and every model are trained without their plays, and
+    random factors, the bag-of-words baselines, each CNN, the artist oracle and the
+    upper bound are compared on them. The production chain still uses every play.
+
+        luigi --module workflows EvaluateColdStart --local-scheduler
+    """
     models = luigi.ListParameter(
         default=list(EvaluateConfig.models),
         description="the CNNs to compare, as architecture:loss")
     bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
                                       description="k-means words of the baseline")
+    holdout = luigi.FloatParameter(default=TrackHoldout.fraction,
+                                   description="share of the warm tracks held out")
+    seed = luigi.IntParameter(default=EvaluateConfig.seed,
+                              description="seed of the hold-out and the baselines")
 
     def requires(self):
-        models = [TrainModel(run_id=self.run_id, arch=m.split(":")[0], loss=m.split(":")[1])
+        split = dict(run_id=self.run_id, holdout=self.holdout, holdout_seed=self.seed)
+        models = [TrainModel(arch=m.split(":")[0], loss=m.split(":")[1], **split)
                   for m in self.models]
-        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+        return {"inputs": Inputs(), "als": TrainAls(**split),
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def output(self):
@@ -543,9 +569,11 @@ class EvaluateColdStart(RunTask, JobTask):
         return [sys.executable, "-m", "jobs.evaluate",
                 "--user-factors", als / layout.USER_FACTORS,
                 "--item-factors", als / layout.ITEM_FACTORS,
-                "--heldout-plays", self.input()["inputs"]["heldout_plays"].path,
+                "--heldout-plays", als / layout.HELDOUT_PLAYS,
+                "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--mels", self.requires()["mels"].params_dir(), *models,
-                "--bow-codebook", self.bow_codebook, "--out", self.output().path]
+                "--bow-codebook", self.bow_codebook, "--seed", self.seed,
+                "--out", self.output().path]
 
 
 class PublishFactors(RunTask, JobTask):
