@@ -33,7 +33,8 @@ import torch.distributed as dist
 import schemas
 from model import losses
 from model.artefact import save_model
-from model.data import ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids
+from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
+                        unit_rows)
 from model.net import NetConfig, build_net
 from model.trainer import Trainer, is_main
 from schemas import cli, factor_matrix, layout, model_file, storage
@@ -171,10 +172,12 @@ def train(job: TrainJob) -> None:
         if job.loss == "wpe" else getattr(losses, job.loss)
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
                   val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
+    train_rows = [track_index[t] for t in warm if not in_validation(t, config.val_fraction)]
+    reference = torch.from_numpy(unit_rows(factors[train_rows]).mean(axis=0))
     trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop,
                                                clips_per_track=config.clips_per_track, **stream),
-                      ShardStream(validation=True, **stream), config, device, job.snapshot,
-                      job.tensorboard,
+                      ShardStream(validation=True, **stream), config, device, reference,
+                      job.snapshot, job.tensorboard,
                       math.ceil((len(warm) - n_val) * config.clips_per_track / world
                                 / config.batch_size))
     progress = trainer.train()
@@ -187,11 +190,13 @@ def train(job: TrainJob) -> None:
                              {"loss": job.loss, "validation_loss": progress.best_loss,
                               "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
                               "val_tracks": n_val, "world_size": world,
-                              "validation_spread": progress.best_spread},
+                              "validation_spread": progress.best_spread,
+                              "validation_score": progress.best_score},
                              unit_output=unit, factor_space=storage.read_params(
                                  job.item_factors).get(model_file.FACTOR_SPACE))
-        logger.info("model %s (%s, %s loss, validation %.4f, spread %.3f) -> %s", version,
-                    job.arch, job.loss, progress.best_loss, progress.best_spread, job.out)
+        logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
+                    "-> %s", version, job.arch, job.loss, progress.best_loss,
+                    progress.best_score, progress.best_spread, job.out)
         if job.snapshot is not None:  # only a run that has not finished resumes from it
             job.snapshot.unlink(missing_ok=True)
     if dist.is_initialized():
@@ -237,6 +242,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="random time-crop length in frames, 0 for none (default %(default)s)")
     opt.add_argument("--clips-per-track", type=int, default=t.clips_per_track,
                      help="random crops of each training track per epoch (default %(default)s)")
+    opt.add_argument("--min-spread", type=float, default=t.min_spread,
+                     help="fail unless some epoch's validation predictions spread at least "
+                          "this much (1 - mean pairwise cosine): a model that predicts one "
+                          "direction for every track is refused (default %(default)s)")
     opt.add_argument("--val-fraction", type=float, default=t.val_fraction,
                      help="fraction of tracks held out for validation (default %(default)s)")
     opt.add_argument("--patience", type=int, default=t.patience,
@@ -265,7 +274,7 @@ def job_of(args: argparse.Namespace) -> TrainJob:
         net={key: value for key, value in shape.items() if value is not None},
         config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, crop_frames=args.crop_frames,
-                           clips_per_track=args.clips_per_track,
+                           clips_per_track=args.clips_per_track, min_spread=args.min_spread,
                            val_fraction=args.val_fraction, patience=args.patience,
                            seed=args.seed, loader_workers=args.loader_workers))
 

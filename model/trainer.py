@@ -36,6 +36,7 @@ class Progress:
     bad_epochs: int = 0
     best_state: dict | None = None
     best_spread: float = float("nan")
+    best_score: float = -float("inf")
 
 
 class CollapsedModel(ValueError):
@@ -49,15 +50,23 @@ def is_main() -> bool:
 class Trainer:
     """Runs epochs, validates on all ranks, snapshots atomically and stops early.
 
+    The best epoch is the one whose validation predictions agree best with their
+    targets once the targets' common direction (``reference``, the mean unit target
+    of the training tracks) is taken from both: that direction adds the same to every
+    track's score for a user, so it ranks nothing, and a loss that rewards it picks a
+    model that predicts it for every track when the validation tracks are few.
+
     A snapshot (weights, optimiser, progress) is written by rank 0 after every epoch;
     a Trainer started where one exists resumes from it, which is how a run restarted
     by torchrun (--max-restarts) continues after losing a worker.
     """
 
     def __init__(self, model: FactorNet, loss: Loss, train_data: ShardStream, val_data: ShardStream,
-                 config: TrainConfig, device: torch.device, snapshot: Path | None = None,
-                 tensorboard: Path | None = None, steps_per_epoch: int | None = None):
+                 config: TrainConfig, device: torch.device, reference: torch.Tensor,
+                 snapshot: Path | None = None, tensorboard: Path | None = None,
+                 steps_per_epoch: int | None = None):
         self.config, self.device, self.snapshot = config, device, snapshot
+        self.reference = reference.to(device)
         self.module = model.to(device)
         self.loss = loss.to(device) if isinstance(loss, torch.nn.Module) else loss
         self.model = DistributedDataParallel(self.module) if dist.is_initialized() else self.module
@@ -110,13 +119,15 @@ class Trainer:
         return (float(np.mean(losses)) if losses else float("nan")), clips
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float]:
-        """Mean validation loss over all ranks' validation examples, and the spread of
-        the predictions: 1 - their mean pairwise cosine (about 0 for a collapsed model,
-        which predicts nearly one direction whatever it hears)."""
+    def validate(self) -> tuple[float, float, float]:
+        """Over all ranks' validation examples: the mean loss; the spread of the
+        predictions, 1 - their mean pairwise cosine (about 0 for a collapsed model,
+        which predicts nearly one direction whatever it hears); and the score, the
+        mean cosine of prediction and target, both unit and less the reference."""
         self.model.eval()
         rank = self.module.config.n_factors
-        total = torch.zeros(2 + rank, dtype=torch.float64, device=self.device)
+        total = torch.zeros(3 + rank, dtype=torch.float64, device=self.device)
+        normalize = torch.nn.functional.normalize
         for mel, target, index in self.val_loader:
             mel, target, index = (mel.to(self.device, non_blocking=True),
                                   target.to(self.device), index.to(self.device))
@@ -124,15 +135,18 @@ class Trainer:
                 pred = self.model(mel).float()
             total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
-            total[2:] += torch.nn.functional.normalize(pred, dim=1).sum(dim=0).double()
+            total[2] += torch.nn.functional.cosine_similarity(
+                normalize(pred, dim=1) - self.reference,
+                normalize(target, dim=1) - self.reference, dim=1).sum()
+            total[3:] += normalize(pred, dim=1).sum(dim=0).double()
         if dist.is_initialized():
             dist.all_reduce(total)
         n = total[1].item()
         if not n:
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), float("nan")
         # sum over pairs i != j of cos(i, j) = |sum of unit vectors|^2 - n
-        pairs = (total[2:].square().sum().item() - n) / max(n * (n - 1), 1)
-        return (total[0] / n).item(), 1 - pairs
+        pairs = (total[3:].square().sum().item() - n) / max(n * (n - 1), 1)
+        return (total[0] / n).item(), 1 - pairs, (total[2] / n).item()
 
     def save_snapshot(self) -> None:
         if not is_main() or self.snapshot is None:
@@ -149,41 +163,49 @@ class Trainer:
         self.progress = Progress(**saved["progress"])
         logger.info("resumed from %s after epoch %d", self.snapshot, self.progress.epoch)
 
-    def log_epoch(self, train_loss: float, val_loss: float, val_spread: float, clips: int,
-                  seconds: float) -> None:
+    def log_epoch(self, train_loss: float, val_loss: float, val_spread: float,
+                  val_score: float, clips: int, seconds: float) -> None:
         p = self.progress
-        logger.info("epoch %d: train loss %.4f, validation loss %.4f (spread %.3f), "
-                    "%.0f clips/s on this rank", p.epoch, train_loss, val_loss, val_spread,
-                    clips / max(seconds, 1e-9))
+        logger.info("epoch %d: train loss %.4f, validation loss %.4f, score %.3f, spread %.3f, "
+                    "%.0f clips/s on this rank", p.epoch, train_loss, val_loss, val_score,
+                    val_spread, clips / max(seconds, 1e-9))
         if self.writer is not None:
             self.writer.add_scalar("loss/train", train_loss, p.epoch)
             self.writer.add_scalar("loss/validation", val_loss, p.epoch)
             self.writer.add_scalar("spread/validation", val_spread, p.epoch)
+            self.writer.add_scalar("score/validation", val_score, p.epoch)
             self.writer.add_scalar("speed/clips_per_s_rank0", clips / max(seconds, 1e-9), p.epoch)
             self.writer.flush()
 
     def train(self) -> Progress:
-        """Train until ``epochs`` or ``patience`` epochs without improvement."""
+        """Train until ``epochs``, or ``patience`` epochs without improvement.
+
+        Epochs whose validation predictions spread less than ``min_spread`` are never
+        chosen; a run in which no epoch qualifies fails (CollapsedModel).
+        """
         p = self.progress
+        widest = p.best_spread if p.best_state is not None else 0.0
         while p.epoch < self.config.epochs and p.bad_epochs < self.config.patience:
             started = time.perf_counter()
             train_loss, clips = self.run_epoch(p.epoch)
             seconds = time.perf_counter() - started
-            val_loss, val_spread = self.validate()
+            val_loss, val_spread, val_score = self.validate()
             p.epoch += 1
-            if val_loss < p.best_loss:
-                p.best_loss, p.best_spread, p.bad_epochs = val_loss, val_spread, 0
+            widest = max(widest, val_spread)
+            if val_spread >= self.config.min_spread and val_score > p.best_score:
+                p.best_loss, p.best_spread, p.best_score = val_loss, val_spread, val_score
+                p.bad_epochs = 0
                 p.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-            else:
+            elif p.best_state is not None:  # patience counts from the first usable epoch
                 p.bad_epochs += 1
-            self.log_epoch(train_loss, val_loss, val_spread, clips, seconds)
+            self.log_epoch(train_loss, val_loss, val_spread, val_score, clips, seconds)
             self.save_snapshot()
         if self.writer is not None:
             self.writer.close()
-        if not p.best_spread >= self.config.min_spread:
+        if p.best_state is None:
             raise CollapsedModel(
-                f"the trained model collapsed: its validation predictions have a spread of "
-                f"{p.best_spread:.3f} (1 - mean pairwise cosine; below {self.config.min_spread}), "
-                "so it would give every cold track nearly the same factors; more warm tracks, "
-                "more epochs or a smaller network may help")
+                f"the trained model collapsed: in no epoch did its validation predictions "
+                f"spread more than {widest:.3f} (1 - mean pairwise cosine; {self.config.min_spread} "
+                "needed), so it would give every cold track nearly the same factors; more "
+                "warm tracks, more epochs or a smaller network may help")
         return p

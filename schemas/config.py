@@ -82,9 +82,11 @@ class MelParams:
     n_fft: int = 1024
     hop_length: int = 512
     n_mels: int = 128
-    excerpt_s: float | None = 10.0
+    # 30 s: three times the audio of 10 s, which on real music lifts the CNN's held-out
+    # AUC by about 0.05 (benchmarks/real_music.py); a shorter track is looped to length.
+    excerpt_s: float | None = 30.0
     log_offset: float = 1e-6
-    pad: str = "zeros"
+    pad: str = "wrap"
 
     def __post_init__(self) -> None:
         # Normalise types so that equal settings always hash equally (10 vs 10.0).

@@ -11,7 +11,7 @@ import pytest
 import schemas
 from jobs import als
 from schemas import factor_matrix, storage
-from schemas.config import AlsParams, InputOptions
+from schemas.config import AlsParams, InputOptions, TrackHoldout
 from schemas.inputs import PlaysInputError, plays_format
 
 
@@ -333,3 +333,33 @@ def test_plays_of_tracks_outside_the_catalogue_are_quarantined(spark, tmp_path):
         als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "out2",
                 AlsParams(rank=2, iterations=2), catalogue_path=str(tmp_path / "other.parquet"))
     assert not (tmp_path / "out2").exists()
+
+
+def test_track_holdout_is_stratified_by_artist_and_keeps_every_play(spark, tmp_path):
+    plays = checkerboard_plays(n_users=30, n_tracks=40)
+    pq.write_table(plays, tmp_path / "plays.parquet")
+    tracks = sorted(set(plays.column("track_id").to_pylist()))
+    artist = {t: f"artist{i % 4}" for i, t in enumerate(tracks)}  # 10 tracks each
+    pq.write_table(pa.table({"track_id": tracks, "artist": [artist[t] for t in tracks]}),
+                   tmp_path / "catalogue.parquet")
+
+    def held_tracks(seed, name):
+        out = tmp_path / name
+        als.run(spark, str(tmp_path / "plays.parquet"), out, AlsParams(rank=2, iterations=2),
+                catalogue_path=str(tmp_path / "catalogue.parquet"),
+                holdout=TrackHoldout(fraction=0.2, seed=seed))
+        held = pq.read_table(out / "heldout_plays")
+        learned = set(pq.read_table(out / "item_factors").column("track_id").to_pylist())
+        return out, held, learned
+
+    out, held, learned = held_tracks(0, "first")
+    assert pq.read_schema(next((out / "heldout_plays").glob("*.parquet"))).equals(
+        schemas.with_metadata(schemas.PLAYS, dataclasses.asdict(TrackHoldout(0.2, 0))))
+    chosen = set(held.column("track_id").to_pylist())
+    assert len(chosen) == 8 and not chosen & learned and chosen | learned == set(tracks)
+    assert sorted(artist[t] for t in chosen) == sorted([f"artist{i}" for i in range(4)] * 2)
+    # every play of a held-out track is there, none of the others
+    expected = plays.filter(pa.compute.is_in(plays["track_id"], pa.array(sorted(chosen))))
+    assert held.num_rows == expected.num_rows
+    assert set(held_tracks(0, "again")[1].column("track_id").to_pylist()) == chosen
+    assert set(held_tracks(1, "other")[1].column("track_id").to_pylist()) != chosen

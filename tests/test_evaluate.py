@@ -6,7 +6,8 @@ import scipy.sparse as sp
 import torch
 
 import schemas
-from jobs.evaluate import cosine_distance, evaluate, markdown, rank_metrics
+from jobs.evaluate import (artist_oracle, cosine_distance, evaluate, markdown,
+                           popularity_slices, rank_metrics, same_artist, spread)
 from jobs.evaluate import main as evaluate_main
 from model.bow import BagOfWords, mfcc_frames
 from model.net import NetConfig, build_net
@@ -129,7 +130,51 @@ def test_two_models_of_the_same_kind_keep_a_row_each(tmp_path):
     names = [row["method"] for row in report["methods"]]
     assert names.count("CNN dieleman2014, mse loss") == 1
     assert "CNN dieleman2014, mse loss (second.pt)" in names
-    assert len(names) == 5
+    assert names == ["random", "bag-of-words + linear regression", "bag-of-words + MLP",
+                     "CNN dieleman2014, mse loss", "CNN dieleman2014, mse loss (second.pt)",
+                     "upper bound (ALS sees the plays)"]
+    for row in report["methods"]:
+        assert set(row["slices"]) == {"least popular", "middle", "most popular"}
+        assert 0.0 <= row["recall@10"] <= 1.0
+
+
+def test_artists_add_the_oracle_and_the_neighbour_check(tmp_path):
+    mels_dir, users, items, heldout, params = write_evaluation_set(tmp_path)
+    # t0-t7 warm, t8-t11 held out; artists a (t0-t3, t8, t9) and b (t4-t7, t10), c (t11)
+    artist = ["a"] * 4 + ["b"] * 4 + ["a", "a", "b", "c"]
+    catalogue = pa.table({"track_id": [f"t{i}" for i in range(12)], "artist": artist})
+    noise = np.random.default_rng(1).normal(0, 0.1, (8, 4))
+    items = table([f"t{i}" for i in range(8)], "track_id", noise + np.repeat(np.eye(4)[:2], 4, 0))
+    report = evaluate(users, items, {"alpha": 10.0, "eps": 1.0, "reg": 0.1}, heldout,
+                      mel_shards(mels_dir), [], BowConfig(codebook=4, frames_per_track=20),
+                      EvaluateConfig(k=10, neighbours=4), catalogue=catalogue)
+    assert report["tracks_with_known_artist"] == 3  # c has no warm track
+    oracle = next(m for m in report["methods"] if m["method"].startswith("artist oracle"))
+    # each of a's and b's held-out tracks finds its artist's 4 warm tracks; c finds none
+    assert oracle["same_artist@4"] == pytest.approx(3 / 4)
+
+
+def test_artist_oracle_is_the_mean_of_the_artists_warm_factors():
+    items = table(["w1", "w2", "w3"], "track_id", [[1, 0], [3, 0], [0, 5]])
+    artist_of = {"w1": "a", "w2": "a", "w3": "b", "h1": "a", "h2": "z"}
+    factors, known = artist_oracle(["h1", "h2"], artist_of, items, np.array([9.0, 9.0]))
+    np.testing.assert_allclose(factors, [[2, 0], [9, 9]])
+    assert known == 1
+
+
+def test_spread_and_same_artist_tell_a_collapsed_model():
+    rng = np.random.default_rng(0)
+    constant = np.tile(rng.normal(size=8), (20, 1)) + rng.normal(scale=1e-3, size=(20, 8))
+    assert spread(constant) < 0.01 and spread(rng.normal(size=(20, 8))) > 0.8
+    warm = np.eye(4)
+    assert same_artist(np.eye(4)[[0, 1]], ["a", "b"], warm, ["a", "b", "c", "d"], 1) == 1.0
+    assert np.isnan(same_artist(np.eye(4)[[0]], [None], warm, [None] * 4, 1))
+
+
+def test_popularity_slices_split_by_listeners():
+    heldout = pa.table({"user_id": ["u"] * 6, "track_id": ["x", "y", "y", "z", "z", "z"]})
+    slices = popularity_slices(heldout, ["z", "x", "y"])
+    assert slices == {"least popular": ["x"], "middle": ["y"], "most popular": ["z"]}
 
 
 def test_factors_without_als_settings_are_refused_not_given_another_alpha(tmp_path):

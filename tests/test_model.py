@@ -19,7 +19,8 @@ from schemas import factors_column, storage
 from schemas.config import MelParams
 from model import losses
 from model.artefact import load_model
-from model.data import ShardStream, band_stats, mel_array, plan_pieces, read_mels, unit_rows
+from model.data import (ShardStream, band_stats, in_validation, mel_array, plan_pieces,
+                        read_mels, unit_rows)
 from model.net import NetConfig, build_net
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +47,18 @@ def test_vandenoord_averages_window_predictions():
     torch.testing.assert_close(net(clip), torch.stack(windows).mean(0))
     assert sum(isinstance(m, torch.nn.Conv1d) for m in net.modules()) == 2
     assert sum(isinstance(m, torch.nn.Linear) for m in net.modules()) == 2
+
+
+def test_dieleman_scores_a_long_clip_as_the_mean_of_clips_it_was_trained_on():
+    length = NetConfig.for_arch("dieleman2014", **SMALL).min_frames()
+    config = NetConfig.for_arch("dieleman2014", n_mels=16, n_factors=4, clip_frames=length,
+                                **SMALL)
+    net = build_net(config).eval()
+    clip = torch.randn(2, 16, 3 * length + 8)  # three whole clips; the last 8 frames dropped
+    parts = [net(clip[:, :, i * length:(i + 1) * length]) for i in range(3)]
+    torch.testing.assert_close(net(clip), torch.stack(parts).mean(0))
+    short = clip[:, :, :length + length // 2]  # shorter than two clips: predicted whole
+    torch.testing.assert_close(net(short), net.head(net.conv(net.standardise(short))))
 
 
 def test_wpe_matches_the_sum_over_all_users():
@@ -131,6 +144,25 @@ def test_stream_splits_by_rank_and_worker_without_loss_or_duplicates(tmp_path, w
     assert seen[True] and seen[False]
 
 
+def test_stream_gives_each_training_track_several_crops(tmp_path):
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=30, frames=160)
+    index = {t: i for i, t in enumerate(ids[:warm])}
+    pieces = plan_pieces(sorted(mels_dir.glob("*/mels-*.parquet")), 1)
+    stream = ShardStream(pieces, index, np.zeros((warm, 4)), validation=False, val_fraction=0.2,
+                         crop_frames=40, clips_per_track=3)
+    examples = list(stream)
+    tracks = [track for _, _, track in examples]
+    training = {index[t] for t in ids[:warm] if not in_validation(t, 0.2)}
+    assert set(tracks) == training and len(tracks) == 3 * len(training)
+    assert all(tracks.count(t) == 3 for t in set(tracks))
+    first = [mel for mel, _, track in examples if track == tracks[0]]
+    assert not torch.equal(first[0], first[1]) or not torch.equal(first[1], first[2])
+    validation = ShardStream(pieces, index, np.zeros((warm, 4)), validation=True,
+                             val_fraction=0.2, clips_per_track=3)
+    held = [track for _, _, track in validation]
+    assert len(held) == len(set(held)) and not set(held) & set(tracks)
+
+
 def test_band_stats_are_per_band(tmp_path):
     mels_dir, _, ids, kinds, warm = write_toy_set(tmp_path, n=40)
     pieces = plan_pieces(sorted(mels_dir.glob("*/mels-*.parquet")), 1)
@@ -145,7 +177,8 @@ def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2):
             *extra, "-m", "model.train", "--mels", str(mels_dir), "--item-factors", str(factors),
             "--out", str(tmp_path / "model.pt"), "--snapshot", str(tmp_path / "snap.pt"),
             "--batch-size", "8", "--crop-frames", "120", "--channels", "8", "8", "16", "16",
-            "--dense", "32", "--dropout", "0", "--lr", "0.003", "--val-fraction", "0.2"]
+            "--dense", "32", "--dropout", "0", "--lr", "0.003", "--val-fraction", "0.2",
+            "--clips-per-track", "1"]
 
 
 def direction_accuracy(model_path, mels_dir, ids, kinds, warm):
@@ -308,3 +341,22 @@ def test_an_input_with_nothing_to_train_on_is_found_by_the_check_alone(tmp_path)
     assert f"{strangers}: none of its tracks has a spectrogram" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_collapsed_model_fails_training_loudly(tmp_path, capfd):
+    """Every warm track has the same factors: the network can only learn one direction,
+    and training says so instead of writing a model that gives every track the same."""
+    from model.train import main as train_main
+
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=40)
+    same = np.tile(np.array([[1.0, 0.5, 0.0, 0.0]], np.float32), (warm, 1))
+    storage.write_table(pa.table({"track_id": ids[:warm], "factors": factors_column(same)}),
+                        tmp_path / "same.parquet", schemas.ITEM_FACTORS)
+    code = train_main(["--mels", str(mels_dir), "--item-factors", str(tmp_path / "same.parquet"),
+                       "--out", str(tmp_path / "model.pt"), "--epochs", "3",
+                       "--channels", "8", "8", "16", "16", "--dense", "32", "--crop-frames", "120",
+                       "--clips-per-track", "1", "--val-fraction", "0.3"])
+    assert code == 1
+    err = capfd.readouterr().err
+    assert "the trained model collapsed" in err and "spread more than 0.0" in err
+    assert not (tmp_path / "model.pt").exists()

@@ -464,6 +464,9 @@ class TrainModel(RunTask, JobTask):
     loader_workers = luigi.IntParameter(default=TrainConfig.loader_workers, significant=False,
                                         description="data-loader processes per rank")
     clips_per_track = luigi.IntParameter(default=TrainConfig.clips_per_track)
+    min_spread = luigi.FloatParameter(default=TrainConfig.min_spread,
+                                      description="refuse a model whose validation predictions "
+                                                  "spread less (a collapsed model)")
     holdout = luigi.FloatParameter(default=0.0, description="see TrainAls")
     holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
 
@@ -513,7 +516,7 @@ class TrainModel(RunTask, JobTask):
                 "--arch", self.arch, "--loss", self.loss,
                 "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
                 "--crop-frames", self.crop_frames, "--patience", self.patience,
-                "--clips-per-track", self.clips_per_track,
+                "--clips-per-track", self.clips_per_track, "--min-spread", self.min_spread,
                 "--seed", self.seed, "--loader-workers", self.loader_workers, *shape]
 
 
