@@ -33,63 +33,22 @@ import pyarrow.compute as pc
 
 import schemas
 from model.artefact import load_model
+from model import bow
 from model.bow import BagOfWords
 from model.data import mel_array, read_mels, unit_rows
 from model.predict import predict_tracks
 from schemas import cli, layout, metrics, model_file, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import BowConfig, EvaluateConfig
+from schemas.metrics import rank_metrics
 from schemas.feedback import als_settings, fold_in, plays_matrix
 
 logger = logging.getLogger(__name__)
 
 
-def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Table,
-                 k: int = EvaluateConfig.k, recall_k: int = EvaluateConfig.recall_k) -> dict:
-    """Mean per-user AUC, mAP@k and recall@recall_k over users with a held-out play.
-
-    Only tracks present in ``track_factors`` are ranked; users unknown to
-    ``user_factors`` (no warm plays) cannot be scored and are counted apart.
-    """
-    tracks = track_factors.column("track_id").to_pylist()
-    col_of = {t: j for j, t in enumerate(tracks)}
-    row_of = {u: i for i, u in enumerate(user_factors.column("user_id").to_pylist())}
-    scores = factor_matrix(user_factors) @ factor_matrix(track_factors).T
-    played: dict[int, list[int]] = {}
-    unknown_users = set()
-    for user, track in zip(heldout.column("user_id").to_pylist(), heldout.column("track_id").to_pylist()):
-        if user not in row_of:
-            unknown_users.add(user)
-        elif track in col_of:
-            played.setdefault(row_of[user], []).append(col_of[track])
-    aucs, aps, recalls = [], [], []
-    for row, cols in played.items():
-        relevant = np.zeros(len(tracks), dtype=bool)
-        relevant[cols] = True
-        if relevant.all():
-            continue  # AUC needs a track the user did not play
-        aucs.append(metrics.auc(scores[row][relevant], scores[row][~relevant]))
-        aps.append(metrics.average_precision_at(scores[row], relevant, k))
-        recalls.append(metrics.recall_at(scores[row], relevant, recall_k))
-    return {"users": len(aucs), "tracks": len(tracks), "unknown_users": len(unknown_users),
-            "auc": metrics.mean(aucs), f"map@{k}": metrics.mean(aps),
-            f"recall@{recall_k}": metrics.mean(recalls)}
-
-
 def cosine_distance(pred: np.ndarray, reference: np.ndarray) -> float:
     """Mean over tracks of 1 - cos(pred_i, reference_i)."""
     return float(np.mean(1 - np.sum(unit_rows(pred) * unit_rows(reference), axis=1)))
-
-
-def spread(pred: np.ndarray) -> float:
-    """1 - the mean pairwise cosine of the predictions: near 0 when a model predicts
-    nearly one direction for every track (a collapsed model)."""
-    unit = unit_rows(pred)
-    n = len(unit)
-    if n < 2:
-        return float("nan")
-    pairs = (unit @ unit.T).sum() - np.trace(unit @ unit.T)
-    return float(1 - pairs / (n * (n - 1)))
 
 
 def same_artist(pred: np.ndarray, artists: list[str | None], warm: np.ndarray,
@@ -134,6 +93,8 @@ def popularity_slices(heldout: pa.Table, track_ids: list[str], n: int = 3) -> di
 
 
 def model_name(artefact: dict) -> str:
+    if artefact["net_config"]["arch"] == bow.ARCH:
+        return "bag-of-words + linear regression (model file)"
     return f"CNN {artefact['net_config']['arch']}, {artefact['metrics']['loss']} loss"
 
 
@@ -207,7 +168,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         ranked = rank_metrics(users, table, heldout, k, config.recall_k)
         row = {"method": name, **{key: ranked[key] for key in
                                   ("auc", f"map@{k}", f"recall@{config.recall_k}")},
-               "cosine_distance": cosine_distance(factors, truth), "spread": spread(factors),
+               "cosine_distance": cosine_distance(factors, truth),
+               "spread": metrics.spread(factors),
                f"same_artist@{config.neighbours}": same_artist(
                    factors, held_artists, factor_matrix(items), warm_artists, config.neighbours),
                "slices": {}}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from model.net import FactorNet, NetConfig, build_net
+from model import bow
+from model.net import NetConfig, build_net
 from schemas import model_file, storage
 
 
@@ -21,7 +22,7 @@ def state_version(state: dict) -> str:
     return digest.hexdigest()[:12]
 
 
-def save_model(path: Path, config: NetConfig, state: dict, mel_params: dict,
+def save_model(path: Path, config: NetConfig | bow.BowShape, state: dict, mel_params: dict,
                factor_scale: float, metrics: dict, unit_output: bool = True,
                factor_space: str | None = None) -> str:
     """Write the model file atomically and return its version.
@@ -57,10 +58,13 @@ def load_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
                               f"({reason})") from None
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[FactorNet, dict]:
-    """Rebuild the network from a model file; returns (model in eval mode, artefact)."""
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the predictor from a model file (a CNN, or the bag-of-words baseline);
+    returns (model in eval mode, artefact)."""
     artefact = load_weights(path, device)
     model_file.check(artefact, path)
-    model = build_net(NetConfig.from_dict(artefact["net_config"]))
+    raw = artefact["net_config"]
+    model = bow.BagOfWordsNet(bow.BowShape.from_dict(raw)) if raw.get("arch") == bow.ARCH \
+        else build_net(NetConfig.from_dict(raw))
     model.load_state_dict(artefact["state"])
     return model.to(device).eval(), artefact

@@ -173,7 +173,7 @@ def train(job: TrainJob) -> None:
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
                   val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
     train_rows = [track_index[t] for t in warm if not in_validation(t, config.val_fraction)]
-    reference = torch.from_numpy(unit_rows(factors[train_rows]).mean(axis=0))
+    reference = unit_rows(factors[train_rows]).mean(axis=0)
     trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop,
                                                clips_per_track=config.clips_per_track, **stream),
                       ShardStream(validation=True, **stream), config, device, reference,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from model.artefact import load_weights
 from model.data import ShardStream
 from model.net import FactorNet
-from schemas import storage
+from schemas import metrics, storage
 from schemas.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ class Trainer:
     """
 
     def __init__(self, model: FactorNet, loss: Loss, train_data: ShardStream, val_data: ShardStream,
-                 config: TrainConfig, device: torch.device, reference: torch.Tensor,
+                 config: TrainConfig, device: torch.device, reference: np.ndarray,
                  snapshot: Path | None = None, tensorboard: Path | None = None,
                  steps_per_epoch: int | None = None):
         self.config, self.device, self.snapshot = config, device, snapshot
-        self.reference = reference.to(device)
+        self.reference = reference
         self.module = model.to(device)
         self.loss = loss.to(device) if isinstance(loss, torch.nn.Module) else loss
         self.model = DistributedDataParallel(self.module) if dist.is_initialized() else self.module
@@ -120,14 +120,11 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:
-        """Over all ranks' validation examples: the mean loss; the spread of the
-        predictions, 1 - their mean pairwise cosine (about 0 for a collapsed model,
-        which predicts nearly one direction whatever it hears); and the score, the
-        mean cosine of prediction and target, both unit and less the reference."""
+        """Over all ranks' validation examples: the mean loss, the spread of the
+        predictions and their agreement with the targets (schemas.metrics)."""
         self.model.eval()
-        rank = self.module.config.n_factors
-        total = torch.zeros(3 + rank, dtype=torch.float64, device=self.device)
-        normalize = torch.nn.functional.normalize
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        preds, targets = [], []
         for mel, target, index in self.val_loader:
             mel, target, index = (mel.to(self.device, non_blocking=True),
                                   target.to(self.device), index.to(self.device))
@@ -135,18 +132,19 @@ class Trainer:
                 pred = self.model(mel).float()
             total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
-            total[2] += torch.nn.functional.cosine_similarity(
-                normalize(pred, dim=1) - self.reference,
-                normalize(target, dim=1) - self.reference, dim=1).sum()
-            total[3:] += normalize(pred, dim=1).sum(dim=0).double()
+            preds.append(pred.cpu().numpy())
+            targets.append(target.cpu().numpy())
+        shares = [(preds, targets)]
         if dist.is_initialized():
             dist.all_reduce(total)
-        n = total[1].item()
-        if not n:
+            shares = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, (preds, targets))
+        pred = np.concatenate([p for share in shares for p in share[0]] or [np.zeros((0, 1))])
+        target = np.concatenate([t for share in shares for t in share[1]] or [np.zeros((0, 1))])
+        if not len(pred):
             return float("nan"), float("nan"), float("nan")
-        # sum over pairs i != j of cos(i, j) = |sum of unit vectors|^2 - n
-        pairs = (total[3:].square().sum().item() - n) / max(n * (n - 1), 1)
-        return (total[0] / n).item(), 1 - pairs, (total[2] / n).item()
+        return ((total[0] / total[1]).item(), metrics.spread(pred),
+                metrics.agreement(pred, target, self.reference))
 
     def save_snapshot(self) -> None:
         if not is_main() or self.snapshot is None:

@@ -191,6 +191,13 @@ class TrainConfig:
     min_spread: float = 0.05
 
 
+@dataclass(frozen=True)
+class ChooseConfig:
+    """The trained CNNs (architecture:loss) that compete to be shipped, with the
+    bag-of-words baseline (model/choose.py)."""
+    candidates: tuple[str, ...] = (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",)
+
+
 # -- Evaluation (jobs/evaluate.py, jobs/evaluate_als.py) --------------------------------
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """What the evaluations' figures mean: one definition of each, used by every report.
 
 Per user: ``scores`` (n_tracks,) the model's scores, ``relevant`` (n_tracks,) bool
-the tracks the user did play. Reports average them over users.
+the tracks the user did play. Reports average them over users. Per set of predicted
+factors ``pred`` (n, k): their spread, and their agreement with targets.
 """
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+
+import schemas
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -40,3 +44,57 @@ def recall_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
 def mean(values: list[float]) -> float:
     """The mean over users; NaN when no user could be scored."""
     return float(np.mean(values)) if values else float("nan")
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def spread(pred: np.ndarray) -> float:
+    """1 - the mean pairwise cosine of the rows: near 0 when a model predicts nearly one
+    direction for every track (a collapsed model); NaN for fewer than two rows."""
+    n = len(pred)
+    if n < 2:
+        return float("nan")
+    total = _unit(np.asarray(pred, np.float64)).sum(axis=0)
+    return float(1 - (total @ total - n) / (n * (n - 1)))  # pairs i != j
+
+
+def agreement(pred: np.ndarray, target: np.ndarray, reference: np.ndarray) -> float:
+    """Mean cosine of prediction and target, both unit and less ``reference`` (the mean
+    unit target): the targets' common direction adds the same to every track's score
+    for a user, so it ranks nothing, and predicting it alone scores about 0."""
+    a, b = _unit(pred) - reference, _unit(target) - reference
+    return float(np.mean(np.sum(_unit(a) * _unit(b), axis=1)))
+
+
+def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Table,
+                 k: int, recall_k: int) -> dict:
+    """Mean per-user AUC, mAP@k and recall@recall_k over users with a held-out play.
+
+    Only tracks present in ``track_factors`` are ranked; users unknown to
+    ``user_factors`` (no warm plays) cannot be scored and are counted apart.
+    """
+    tracks = track_factors.column("track_id").to_pylist()
+    col_of = {t: j for j, t in enumerate(tracks)}
+    row_of = {u: i for i, u in enumerate(user_factors.column("user_id").to_pylist())}
+    scores = schemas.factor_matrix(user_factors) @ schemas.factor_matrix(track_factors).T
+    played: dict[int, list[int]] = {}
+    unknown_users = set()
+    for user, track in zip(heldout.column("user_id").to_pylist(), heldout.column("track_id").to_pylist()):
+        if user not in row_of:
+            unknown_users.add(user)
+        elif track in col_of:
+            played.setdefault(row_of[user], []).append(col_of[track])
+    aucs, aps, recalls = [], [], []
+    for row, cols in played.items():
+        relevant = np.zeros(len(tracks), dtype=bool)
+        relevant[cols] = True
+        if relevant.all():
+            continue  # AUC needs a track the user did not play
+        aucs.append(auc(scores[row][relevant], scores[row][~relevant]))
+        aps.append(average_precision_at(scores[row], relevant, k))
+        recalls.append(recall_at(scores[row], relevant, recall_k))
+    return {"users": len(aucs), "tracks": len(tracks), "unknown_users": len(unknown_users),
+            "auc": mean(aucs), f"map@{k}": mean(aps),
+            f"recall@{recall_k}": mean(recalls)}

@@ -5,7 +5,8 @@ code) holding:
 
     format        FORMAT, the version of this layout
     version       content hash of the weights
-    net_config    model.net.NetConfig as a dict: enough to rebuild the network
+    net_config    model.net.NetConfig as a dict: enough to rebuild the network; from
+                  format 3 on, model.bow.BowShape when ``arch`` is "bag-of-words"
     state         the network's state_dict
     mel_params    schemas.config.MelParams as a dict: the spectrograms it reads
     factor_scale  norm given to predictions when unit_output
@@ -21,10 +22,11 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-FORMAT = 2
+FORMAT = 3
 KEYS = {1: ("version", "net_config", "state", "mel_params", "factor_scale", "unit_output",
             "metrics")}
 KEYS[2] = KEYS[1] + ("factor_space",)
+KEYS[3] = KEYS[2]  # the same keys; the predictor may be the bag-of-words baseline
 # The metadata key of ALS factors (and the model file key) naming their factor space.
 FACTOR_SPACE = "factor_space"
 

@@ -7,7 +7,8 @@ import torch
 
 import schemas
 from jobs.evaluate import (artist_oracle, cosine_distance, evaluate, markdown,
-                           popularity_slices, rank_metrics, same_artist, spread)
+                           popularity_slices, same_artist)
+from schemas.metrics import agreement, rank_metrics, spread
 from jobs.evaluate import main as evaluate_main
 from model.bow import BagOfWords, mfcc_frames
 from model.net import NetConfig, build_net
@@ -25,8 +26,10 @@ def table(ids, key, matrix):
 def test_rank_metrics_perfect_and_reversed():
     users = table(["a", "b"], "user_id", [[1, 0], [0, 1]])
     heldout = pa.table({"user_id": ["a", "b"], "track_id": ["x", "y"], "plays": [3, 1]})
-    good = rank_metrics(users, table(["x", "y", "z"], "track_id", [[1, 0], [0, 1], [0, 0]]), heldout)
-    bad = rank_metrics(users, table(["x", "y", "z"], "track_id", [[-1, 0], [0, -1], [0, 0]]), heldout)
+    good = rank_metrics(users, table(["x", "y", "z"], "track_id", [[1, 0], [0, 1], [0, 0]]),
+                        heldout, 500, 10)
+    bad = rank_metrics(users, table(["x", "y", "z"], "track_id", [[-1, 0], [0, -1], [0, 0]]),
+                       heldout, 500, 10)
     assert good["auc"] == 1.0 and good["map@500"] == 1.0 and good["users"] == 2
     assert bad["auc"] == 0.0
 
@@ -166,6 +169,12 @@ def test_spread_and_same_artist_tell_a_collapsed_model():
     rng = np.random.default_rng(0)
     constant = np.tile(rng.normal(size=8), (20, 1)) + rng.normal(scale=1e-3, size=(20, 8))
     assert spread(constant) < 0.01 and spread(rng.normal(size=(20, 8))) > 0.8
+    target = rng.normal(size=(20, 8)) + 5  # a strong common direction
+    reference = (target / np.linalg.norm(target, axis=1, keepdims=True)).mean(axis=0)
+    assert agreement(target, target, reference) == pytest.approx(1.0)
+    assert abs(agreement(constant * 0 + reference, target, reference)) < 0.2
+    assert agreement(constant, target, reference) < 0.5 < agreement(target + rng.normal(
+        scale=0.1, size=target.shape), target, reference)
     warm = np.eye(4)
     assert same_artist(np.eye(4)[[0, 1]], ["a", "b"], warm, ["a", "b", "c", "d"], 1) == 1.0
     assert np.isnan(same_artist(np.eye(4)[[0]], [None], warm, [None] * 4, 1))

@@ -1,10 +1,10 @@
 """Luigi workflows: ``luigi --module workflows BackfillFactors`` or ``NightlyFactors``."""
-from workflows.tasks import (BackfillFactors, DemoCatalogue, EvaluateColdStart, Inputs,
-                             MelSpectrograms, NightlyFactors, Preflight, PublishFactors,
+from workflows.tasks import (BackfillFactors, ChooseModel, DemoCatalogue, EvaluateColdStart,
+                             Inputs, MelSpectrograms, NightlyFactors, Preflight, PublishFactors,
                              ScoreColdTracks, TrainAls, TrainModel, UserInputs, configure_luigi)
 
 configure_luigi()
 
-__all__ = ["BackfillFactors", "DemoCatalogue", "EvaluateColdStart", "Inputs", "MelSpectrograms",
+__all__ = ["BackfillFactors", "ChooseModel", "DemoCatalogue", "EvaluateColdStart", "Inputs", "MelSpectrograms",
            "NightlyFactors", "Preflight", "PublishFactors", "ScoreColdTracks", "TrainAls",
            "TrainModel", "UserInputs"]

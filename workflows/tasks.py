@@ -30,6 +30,7 @@ from luigi.contrib.spark import SparkSubmitTask
 
 from schemas import layout, storage
 from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
+                            ChooseConfig,
                             DemoConfig, PublishConfig,
                             EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
                             TrackHoldout, TrainConfig)
@@ -520,12 +521,49 @@ class TrainModel(RunTask, JobTask):
                 "--seed", self.seed, "--loader-workers", self.loader_workers, *shape]
 
 
+class ChooseModel(RunTask, JobTask):
+    """The predictor to ship: the best on validation among the trained CNNs
+    (``candidates``, architecture:loss) and the bag-of-words baseline, by
+    `python -m model.choose`; its model file says which and why."""
+    candidates = luigi.ListParameter(default=list(ChooseConfig.candidates))
+    bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
+                                      description="k-means words of the baseline")
+
+    def requires(self):
+        models = [TrainModel(run_id=self.run_id, arch=c.split(":")[0], loss=c.split(":")[1])
+                  for c in self.candidates]
+        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+                "mels": MelSpectrograms(run_id=self.run_id), "models": models}
+
+    def data_inputs(self):
+        return [self.input()["als"], self.input()["mels"], self.input()["models"],
+                self.input()["inputs"]["plays"]]
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("model-chosen").with_suffix(".pt"))
+
+    def run(self):
+        if not self.adopt_twin():  # the same candidates, factors and plays: the same choice
+            super().run()
+
+    def program_args(self):
+        als = Path(self.input()["als"].path)
+        models = [arg for target in self.input()["models"] for arg in ("--candidate", target.path)]
+        return [sys.executable, "-m", "model.choose", "--mels", self.requires()["mels"].params_dir(),
+                "--item-factors", als / layout.ITEM_FACTORS,
+                "--user-factors", als / layout.USER_FACTORS,
+                "--plays", self.input()["inputs"]["plays"].path, *models,
+                # training's own setting: a model it would keep is never refused here
+                "--min-spread", TrainModel(run_id=self.run_id).min_spread,
+                "--bow-codebook", self.bow_codebook, "--out", self.output().path]
+
+
 class ScoreColdTracks(RunTask, JobTask):
     """Predicted factors for every cold track, and the combined factor table."""
 
     def requires(self):
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
-                "mels": MelSpectrograms(run_id=self.run_id), "model": TrainModel(run_id=self.run_id)}
+                "mels": MelSpectrograms(run_id=self.run_id), "model": ChooseModel(run_id=self.run_id)}
 
     def output(self):
         return luigi.LocalTarget(self.run_path("factors"))
