@@ -1,11 +1,12 @@
 """Build the embedded demo catalogue: synthetic tracks in musical styles, and plays.
 
-Users' tastes follow styles, and within a style its register: each style has its
-own tempo, register, timbre and percussion, and every track is played in a low or a
-high register (the high one a fourth up and a third faster), so that knowing a
-track's style is not enough to know who likes it. The catalogue, the track ids and
-the file formats say nothing about either: only the audio does. A model that predicts the collaborative-filtering
-factors of cold tracks from their audio therefore has to learn from the sound.
+Users' tastes follow styles, and within a style the tempo: each style has its own
+tempo, register, timbre and percussion, and every track is played at its style's tempo
+or 1.4 times faster with the same pitches, so that knowing a track's style is not
+enough to know who likes it, and a model must hear rhythm, not only timbre. The
+catalogue, the track ids and the file formats say nothing about either: only the audio
+does. A model that predicts the collaborative-filtering factors of cold tracks from
+their audio therefore has to learn from the sound.
 
 Output layout (``out`` appears only once complete)::
 
@@ -13,7 +14,7 @@ Output layout (``out`` appears only once complete)::
     out/catalogue.parquet                      schemas.CATALOGUE, every track
     out/plays.parquet                          schemas.PLAYS, plays of warm tracks only
     out/heldout_plays.parquet                  schemas.PLAYS, plays of cold tracks only
-    out/truth.parquet                          track_id, style, register, cold, popularity
+    out/truth.parquet                          track_id, style, tempo, cold, popularity
 
 Run ``python -m jobs.demo_catalogue --out DIR`` (``--help`` lists the knobs).
 """
@@ -238,15 +239,15 @@ def _voice_line(n: int, sr: int, onsets_s: np.ndarray, midi: np.ndarray,
 # ---------------------------------------------------------------------------------
 # Styles. Each renders (n,) float32 mono audio at ``sr`` Hz from its own rng.
 
-def _drone(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _drone(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """No beat: sine pads changing every 3-5 s over a held root (MIDI 36-59), a slow
     swell and low wind noise; no percussion."""
     t = np.arange(n) / sr
     root = 36 + int(rng.integers(12))
     scale = (MINOR, DORIAN, MAJOR)[rng.integers(3)]
-    onsets = np.arange(0.0, n / sr, rng.uniform(3.0, 5.0))
+    onsets = np.arange(0.0, n / sr, rng.uniform(3.0, 5.0) / tempo)
     degrees = _chords(rng, len(onsets))
-    lfo = 1.0 + 0.3 * _sine(rng.uniform(0.08, 0.25) * t + rng.uniform())
+    lfo = 1.0 + 0.3 * _sine(tempo * rng.uniform(0.08, 0.25) * t + rng.uniform())
     f0 = float(_hz(root))
     out = 0.6 * (_sine(f0 * t) + 0.4 * _sine(2.0 * f0 * t) + 0.5 * _sine(1.004 * f0 * t))
     detune = rng.uniform(1.002, 1.006)
@@ -259,10 +260,10 @@ def _drone(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return lfo * out + rng.uniform(0.0, 0.3) * wind
 
 
-def _four_on_the_floor(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _four_on_the_floor(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """~126 bpm: kick on every beat, off-beat hi-hats, low-passed saw bass in 16ths
     (MIDI 33-56), sometimes a clap on 2 and 4."""
-    beat = 60.0 / _tempo(rng, 126.0)
+    beat = 60.0 / (tempo * _tempo(rng, 126.0))
     dur = n / sr
     beats = np.arange(0.0, dur, beat)
     noise = _noise(rng, n)
@@ -282,10 +283,10 @@ def _four_on_the_floor(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
-def _chiptune(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _chiptune(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """~160 bpm: pulse-wave arpeggios in 16ths (MIDI 72-102), white-noise snare on 2
     and 4, sometimes a triangle bass two octaves down."""
-    beat = 60.0 / _tempo(rng, 160.0)
+    beat = 60.0 / (tempo * _tempo(rng, 160.0))
     dur = n / sr
     steps = np.arange(0.0, dur, beat / 4)
     root = 72 + int(rng.integers(12))
@@ -304,10 +305,10 @@ def _chiptune(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
-def _plucked(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _plucked(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """~100 bpm: fingerpicked Karplus-Strong strings in 8ths (MIDI 50-80), a soft
     shaker and a soft low tom."""
-    beat = 60.0 / _tempo(rng, 100.0)
+    beat = 60.0 / (tempo * _tempo(rng, 100.0))
     dur = n / sr
     root = 50 + int(rng.integers(12))
     scale = (MAJOR, MINOR, DORIAN)[rng.integers(3)]
@@ -331,10 +332,10 @@ def _plucked(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
-def _fm_bells(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _fm_bells(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """~70 bpm: sparse FM bells with inharmonic partials (MIDI 71-104), ringing over
     each other, with an echo; no percussion."""
-    beat = 60.0 / _tempo(rng, 70.0)
+    beat = 60.0 / (tempo * _tempo(rng, 70.0))
     dur = n / sr
     lengths = rng.choice([1.0, 1.0, 2.0, 0.5], size=int(4 * dur / beat) + 4)
     onsets = np.cumsum(np.concatenate([[0.0], lengths[:-1]])) * beat
@@ -354,10 +355,10 @@ def _fm_bells(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
-def _boom_bap(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+def _boom_bap(rng: np.random.Generator, n: int, sr: int, tempo: float = 1.0) -> np.ndarray:
     """~90 bpm: swung kick/snare groove, sine sub-bass on the kicks (MIDI 28-50),
     electric-piano chord stabs (MIDI 52-75) and vinyl crackle."""
-    beat = 60.0 / _tempo(rng, 90.0)
+    beat = 60.0 / (tempo * _tempo(rng, 90.0))
     dur = n / sr
     bars = np.arange(0.0, dur, 4 * beat)
     swing = rng.uniform(0.55, 0.62)  # the second 8th of each beat comes late
@@ -410,26 +411,22 @@ STYLES: dict[str, StyleFn] = {
 }
 
 
-# The high register: the track played this much faster (a fourth up, a third quicker).
-HIGH_REGISTER_SPEED = 4.0 / 3.0
-REGISTERS = ("low", "high")
+# Within a style, a track is played at its style's tempo or this much faster (the
+# pitches stay): what listeners' tastes follow besides the style.
+TEMPOS = {"steady": 1.0, "fast": 1.4}
 
 
 def render_track(style: str, rng: np.random.Generator, duration_s: float,
-                 sr: int, register: int = 0) -> np.ndarray:
-    """One track of ``style`` in ``register`` (an index into REGISTERS): (n,) float32
-    mono at ``sr`` Hz, peak at most 0.8.
+                 sr: int, tempo: int = 0) -> np.ndarray:
+    """One track of ``style`` at ``tempo`` (an index into TEMPOS): (n,) float32 mono at
+    ``sr`` Hz, peak at most 0.8.
 
     Loudness is drawn per track (RMS -22..-14 dBFS) so level alone does not
     identify a track; the peak is then held 2 dB below full scale, because lossy
     codecs overshoot the input's peak and would clip on decoding.
     """
     n = int(round(duration_s * sr))
-    speed = HIGH_REGISTER_SPEED if register else 1.0
-    rendered = int(round(n * speed))
-    audio = STYLES[style](rng, rendered, sr)
-    if rendered != n:  # play it faster: every pitch up, every beat sooner
-        audio = np.interp(np.linspace(0, rendered - 1, n), np.arange(rendered), audio)
+    audio = STYLES[style](rng, n, sr, list(TEMPOS.values())[tempo])
     ramp = np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.02 * sr)
     audio = audio * np.minimum(1.0, ramp).astype(np.float32)  # 20 ms fades at both ends
     rms = np.sqrt(np.mean(audio ** 2)) + 1e-12
@@ -501,11 +498,11 @@ def _to_channels(rng: np.random.Generator, mono: np.ndarray, channels: int) -> n
     return np.stack([mono * (1.0 - pan), mono * (1.0 + pan)]) / (1.0 + abs(pan))
 
 
-def _make_track(config: DemoConfig, index: int, style: str, register: int, path: Path) -> None:
+def _make_track(config: DemoConfig, index: int, style: str, tempo: int, path: Path) -> None:
     """Synthesise and encode track number ``index``; its audio depends on the seed only."""
     rng = _rng(config, _AUDIO_STREAM, index)
     encoding = ENCODINGS[index % len(ENCODINGS)]
-    mono = render_track(style, rng, config.duration_s, encoding.sample_rate, register)
+    mono = render_track(style, rng, config.duration_s, encoding.sample_rate, tempo)
     encode(path, _to_channels(rng, mono, encoding.channels).astype(np.float32), encoding)
 
 
@@ -523,14 +520,14 @@ _WORDS = ("amber", "echo", "harbour", "velvet", "signal", "lantern", "orbit", "m
 class Tracks:
     """Per-track ground truth, all arrays (n_tracks,).
 
-    style: int index into STYLES; register: int index into REGISTERS; popularity:
+    style: int index into STYLES; tempo: int index into TEMPOS; popularity:
     float64 Zipf weights summing to 1; cold: bool; title, artist: str lists drawn
     independently of the sound.
     """
 
     ids: list[str]
     style: np.ndarray
-    register: np.ndarray
+    tempo: np.ndarray
     popularity: np.ndarray
     cold: np.ndarray
     title: list[str]
@@ -538,12 +535,12 @@ class Tracks:
 
     @property
     def kind(self) -> np.ndarray:
-        """What tastes follow: style and register, an int in [0, len(STYLES) * 2)."""
-        return self.style * len(REGISTERS) + self.register
+        """What tastes follow: style and tempo, an int in [0, len(STYLES) * 2)."""
+        return self.style * len(TEMPOS) + self.tempo
 
 
 def make_tracks(config: DemoConfig) -> Tracks:
-    """Assign styles (balanced, in random order), registers, popularity, cold split
+    """Assign styles (balanced, in random order), tempos, popularity, cold split
     and metadata."""
     rng = _rng(config, _CATALOGUE_STREAM)
     n = config.n_tracks
@@ -558,8 +555,8 @@ def make_tracks(config: DemoConfig) -> Tracks:
     n_artists = max(1, n // 5)
     artist = [f"Demo Artist {a:03d}" for a in rng.integers(n_artists, size=n)]
     ids = [f"trk{i:05d}" for i in range(n)]
-    register = rng.integers(len(REGISTERS), size=n)
-    return Tracks(ids, style, register, popularity, cold, title, artist)
+    tempo = rng.integers(len(TEMPOS), size=n)
+    return Tracks(ids, style, tempo, popularity, cold, title, artist)
 
 
 def _choice_weights(taste: np.ndarray, tracks: Tracks, taste_noise: float) -> np.ndarray:
@@ -607,13 +604,13 @@ def _top_up_listeners(rng: np.random.Generator, taste: np.ndarray, tracks: Track
 def simulate_plays(config: DemoConfig, tracks: Tracks) -> pa.Table:
     """Play counts of every (user, track) pair, warm and cold: schemas.PLAYS columns.
 
-    A user's taste is a Dirichlet draw over kinds (style and register); they pick
+    A user's taste is a Dirichlet draw over kinds (style and tempo); they pick
     distinct tracks with probability ~ popularity x taste(kind), mixed with ``taste_noise`` of pure
     popularity, and play each a Zipf-distributed number of times.
     """
     rng = _rng(config, _PLAYS_STREAM)
     n_users, n_tracks = config.n_users, config.n_tracks
-    taste = rng.dirichlet(np.full(len(STYLES) * len(REGISTERS), config.taste_concentration),
+    taste = rng.dirichlet(np.full(len(STYLES) * len(TEMPOS), config.taste_concentration),
                           size=n_users)
     counts = rng.geometric(1.0 / config.mean_tracks_per_user, size=n_users)
     counts = np.clip(counts, config.min_tracks_per_user, max(1, n_tracks // 2))
@@ -649,9 +646,9 @@ def _encode_all(config: DemoConfig, tracks: Tracks, paths: list[Path],
     """
     styles = list(STYLES)
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(_make_track, config, i, styles[style], register, path)
-                   for i, (style, register, path)
-                   in enumerate(zip(tracks.style, tracks.register, paths))]
+        futures = [pool.submit(_make_track, config, i, styles[style], tempo, path)
+                   for i, (style, tempo, path)
+                   in enumerate(zip(tracks.style, tracks.tempo, paths))]
         for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
                            desc="synthesise+encode", unit="track", disable=None):
             future.result()
@@ -672,7 +669,7 @@ def _truth_table(tracks: Tracks) -> pa.Table:
     return pa.table({
         "track_id": tracks.ids,
         "style": [names[s] for s in tracks.style],
-        "register": [REGISTERS[r] for r in tracks.register],
+        "tempo": [list(TEMPOS)[t] for t in tracks.tempo],
         "cold": pa.array(tracks.cold, pa.bool_()),
         "popularity": pa.array(tracks.popularity, pa.float64()),
     })

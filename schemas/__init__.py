@@ -55,12 +55,12 @@ CATALOGUE = pa.schema([
     pa.field("duration_s", pa.float32()),
 ])
 
-# Ground truth of the built-in demo data, one row per track: its style and register
+# Ground truth of the built-in demo data, one row per track: its style and tempo
 # (what tastes follow), whether its plays were held out (cold), and its popularity.
 DEMO_TRUTH = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),
     pa.field("style", pa.string(), nullable=False),
-    pa.field("register", pa.string(), nullable=False),
+    pa.field("tempo", pa.string(), nullable=False),
     pa.field("cold", pa.bool_(), nullable=False),
     pa.field("popularity", pa.float64(), nullable=False),
 ])

@@ -71,7 +71,7 @@ def test_tables_match_their_schemas(demo):
         assert written.remove_metadata().equals(schema), name
         assert schemas.params_of(written)["seed"] == TINY.seed
     truth = read(demo, "truth.parquet")
-    assert truth.column_names == ["track_id", "style", "register", "cold", "popularity"]
+    assert truth.column_names == ["track_id", "style", "tempo", "cold", "popularity"]
     assert pq.read_schema(demo / "truth.parquet").equals(schemas.DEMO_TRUTH)
     assert schemas.params_of(pq.read_schema(demo / "truth.parquet"))["seed"] == TINY.seed
     assert set(truth["style"].to_pylist()) == set(demo_catalogue.STYLES)

@@ -178,7 +178,7 @@ def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2):
             "--out", str(tmp_path / "model.pt"), "--snapshot", str(tmp_path / "snap.pt"),
             "--batch-size", "8", "--crop-frames", "120", "--channels", "8", "8", "16", "16",
             "--dense", "32", "--dropout", "0", "--lr", "0.003", "--val-fraction", "0.2",
-            "--clips-per-track", "1"]
+            "--clips-per-track", "1", "--loss", "mse"]
 
 
 def direction_accuracy(model_path, mels_dir, ids, kinds, warm):
@@ -355,7 +355,7 @@ def test_a_collapsed_model_fails_training_loudly(tmp_path, capfd):
     code = train_main(["--mels", str(mels_dir), "--item-factors", str(tmp_path / "same.parquet"),
                        "--out", str(tmp_path / "model.pt"), "--epochs", "3",
                        "--channels", "8", "8", "16", "16", "--dense", "32", "--crop-frames", "120",
-                       "--clips-per-track", "1", "--val-fraction", "0.3"])
+                       "--clips-per-track", "1", "--val-fraction", "0.3", "--loss", "mse"])
     assert code == 1
     err = capfd.readouterr().err
     assert "the trained model collapsed" in err and "spread more than 0.0" in err

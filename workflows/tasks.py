@@ -621,6 +621,9 @@ class PublishFactors(RunTask, JobTask):
     """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
     snapshots (and runs) beyond the newest ``keep`` are removed."""
     keep = luigi.IntParameter(default=PublishConfig.keep, significant=False)
+    # Luigi runs a task's dependencies at its priority: the night's product is
+    # published before the evaluation, which only reports on it, starts.
+    priority = 10
 
     def requires(self):
         return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
