@@ -128,8 +128,10 @@ class Trainer:
         for mel, target, index in self.val_loader:
             mel, target, index = (mel.to(self.device, non_blocking=True),
                                   target.to(self.device), index.to(self.device))
+            # The bare module: a DDP forward may broadcast buffers, a collective that
+            # would hang or garble when ranks hold different numbers of batches.
             with self.autocast():
-                pred = self.model(mel).float()
+                pred = self.module(mel).float()
             total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
             preds.append(pred.cpu().numpy())
@@ -189,8 +191,9 @@ class Trainer:
             seconds = time.perf_counter() - started
             val_loss, val_spread, val_score = self.validate()
             p.epoch += 1
-            widest = max(widest, val_spread)
-            if val_spread >= self.config.min_spread and val_score > p.best_score:
+            widest = max(widest, val_spread) if val_spread == val_spread else widest
+            # a single validation track has no spread to measure: it is not refused for it
+            if not val_spread < self.config.min_spread and val_score > p.best_score:
                 p.best_loss, p.best_spread, p.best_score = val_loss, val_spread, val_score
                 p.bad_epochs = 0
                 p.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}

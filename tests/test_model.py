@@ -205,6 +205,18 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
 
 
+def test_a_rank_without_validation_tracks_trains_and_validates_with_the_others(tmp_path):
+    """One row group per shard, one shard per rank, and the only validation track in the
+    first: the second rank validates nothing, yet must take part in every collective."""
+    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path, n=40, row_group=40)
+    assert [t for t in ids[:warm] if in_validation(t, 0.13)] == [ids[18]]  # shard 0 of 2
+    cmd = torchrun(tmp_path, mels_dir, factors) + ["--epochs", "2", "--val-fraction", "0.13",
+                                                   "--clips-per-track", "3", "--min-spread", "0"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 2:" in result.stderr
+
+
 def child_pids(pid: int) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
