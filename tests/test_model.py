@@ -343,7 +343,8 @@ def test_an_input_with_nothing_to_train_on_is_found_by_the_check_alone(tmp_path)
     def check(item_factors):
         return subprocess.run(
             [sys.executable, "-m", "model.train", "--check", "--mels", str(mels_dir),
-             "--item-factors", str(item_factors), "--out", str(tmp_path / "m.pt")],
+             "--item-factors", str(item_factors), "--out", str(tmp_path / "m.pt"),
+             "--loss", "mse"],
             cwd=REPO, capture_output=True, text=True, timeout=300)
 
     good, bad = check(items), check(strangers)
