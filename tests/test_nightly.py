@@ -43,8 +43,11 @@ crop_frames = 104
 clips_per_track = 2
 net = {"dieleman2014": {"channels": [8, 8, 8, 8], "dense": 16, "dropout": 0.1}}
 # Three epochs of a tiny network may well learn one direction; these nights test what
-# is kept and redone, not what is learned (test_two_nights_... checks that).
+# is kept and redone, not what is learned (test_cold_predictions_... checks that).
 min_spread = 0
+
+[ChooseModel]
+bow_codebook = 16
 """
 NIGHTS = ["2026-11-0%d" % day for day in range(1, 8)]
 
