@@ -186,10 +186,18 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
 
 
 def markdown(report: dict) -> str:
+    """The report's table; the columns a report lacks are left out."""
     k = report["k"]
+    columns = [(f"map@{k}", f"mAP@{k}"), ("auc", "AUC"),
+               (f"recall@{report.get('recall_k')}", f"recall@{report.get('recall_k')}"),
+               ("cosine_distance", "cosine distance"), ("spread", "spread"),
+               (f"same_artist@{report.get('neighbours')}",
+                f"same artist @{report.get('neighbours')}")]
+    columns = [(key, title) for key, title in columns if key in report["methods"][0]]
     lines = [f"Held-out tracks: {report['heldout_tracks']}, users: {report['users']}", "",
-             f"| method | mAP@{k} | AUC | cosine distance |", "|---|---|---|---|"]
-    lines += [f"| {m['method']} | {m[f'map@{k}']:.4f} | {m['auc']:.4f} | {m['cosine_distance']:.4f} |"
+             "| method | " + " | ".join(title for _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join([m["method"]] + [f"{m[key]:.4f}" for key, _ in columns]) + " |"
               for m in report["methods"]]
     return "\n".join(lines) + "\n"
 
