@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 import schemas
+from schemas.metrics import unit_rows  # noqa: F401  (re-exported: model/ reads it here)
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,6 @@ def mel_array(table: pa.Table) -> np.ndarray:
     n_mels, n_frames = shapes.pop()
     flat = pc.list_flatten(table.column("mel")).to_numpy()
     return flat.reshape(table.num_rows, n_mels, n_frames).astype(np.float32)  # writable copy
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
 
 
 def in_validation(track_id: str, val_fraction: float) -> bool:

@@ -46,8 +46,10 @@ def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _unit(matrix: np.ndarray) -> np.ndarray:
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
 
 
 def spread(pred: np.ndarray) -> float:
@@ -56,7 +58,7 @@ def spread(pred: np.ndarray) -> float:
     n = len(pred)
     if n < 2:
         return float("nan")
-    total = _unit(np.asarray(pred, np.float64)).sum(axis=0)
+    total = unit_rows(np.asarray(pred, np.float64)).sum(axis=0)
     return float(1 - (total @ total - n) / (n * (n - 1)))  # pairs i != j
 
 
@@ -64,8 +66,8 @@ def agreement(pred: np.ndarray, target: np.ndarray, reference: np.ndarray) -> fl
     """Mean cosine of prediction and target, both unit and less ``reference`` (the mean
     unit target): the targets' common direction adds the same to every track's score
     for a user, so it ranks nothing, and predicting it alone scores about 0."""
-    a, b = _unit(pred) - reference, _unit(target) - reference
-    return float(np.mean(np.sum(_unit(a) * _unit(b), axis=1)))
+    a, b = unit_rows(pred) - reference, unit_rows(target) - reference
+    return float(np.mean(np.sum(unit_rows(a) * unit_rows(b), axis=1)))
 
 
 def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Table,
