@@ -3,11 +3,15 @@
 ALS was trained without the held-out tracks' plays. For every user with held-out
 plays, each held-out track i is scored x_u . y_i; the tracks the user played should
 rank first. Reported over users: mean AUC and mAP@K, and over tracks the mean cosine
-distance to the upper bound's factors. Always on the same split, for:
+distance to the upper bound's factors; also by the held-out tracks' popularity and,
+where the catalogue has artists, by whether the artist has warm tracks (known) or not
+(new). Always on the same split, for:
 
 - random: Gaussian factors;
 - bag-of-words: 13 MFCC + deltas, k-means words, PCA, linear regression (model/bow.py);
-- each CNN model given (one per loss and architecture);
+- each CNN model given (one per loss and architecture); one with a metadata branch
+  (late fusion) twice: with the catalogue's metadata, and with the artist withheld,
+  as for a track of an artist never seen;
 - upper bound: the factors ALS gives the held-out tracks when it sees their plays,
   i.e. the exact ALS item step (same alpha, eps and regularisation as the run) against
   the trained user factors, so they live in the same space as the predictions.
@@ -33,10 +37,10 @@ import pyarrow.compute as pc
 
 import schemas
 from model.artefact import load_model
-from model import bow
+from model import bow, metadata
 from model.bow import BagOfWords
 from model.data import mel_array, read_mels, unit_rows
-from model.predict import predict_tracks
+from model.predict import predict_tracks, vocabulary
 from schemas import cli, layout, metrics, model_file, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import BowConfig, EvaluateConfig
@@ -92,10 +96,23 @@ def popularity_slices(heldout: pa.Table, track_ids: list[str], n: int = 3) -> di
     return {name: list(part) for name, part in zip(names, np.array_split(ordered, n))}
 
 
+def artist_slices(track_ids: list[str], artist_of: dict[str, str | None],
+                  warm_ids: list[str]) -> dict[str, list[str]]:
+    """The held-out tracks whose artist has warm tracks, and those of a new artist
+    (tracks without an artist are in neither); empty parts are left out."""
+    known = {artist_of.get(t) for t in warm_ids} - {None}
+    parts = {"known artist": [t for t in track_ids if artist_of.get(t) in known],
+             "new artist": [t for t in track_ids
+                            if artist_of.get(t) is not None and artist_of[t] not in known]}
+    return {name: ids for name, ids in parts.items() if ids}
+
+
 def model_name(artefact: dict) -> str:
-    if artefact["net_config"]["arch"] == bow.ARCH:
+    config = artefact["net_config"]
+    if config["arch"] == bow.ARCH:
         return "bag-of-words + linear regression (model file)"
-    return f"CNN {artefact['net_config']['arch']}, {artefact['metrics']['loss']} loss"
+    fused = " + metadata" if config.get("metadata_vocab") else ""
+    return f"CNN {config['arch']}, {artefact['metrics']['loss']} loss{fused}"
 
 
 def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: BowConfig,
@@ -117,12 +134,13 @@ def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: B
 def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: pa.Table,
              shards: list[Path], models: list[Path], bow: BowConfig,
              config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None,
-             catalogue: pa.Table | None = None) -> dict:
+             catalogue: pa.Table | None = None, tokens: metadata.Tokens | None = None) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
     ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
     with ``factor_space`` (the ALS factors' id) every model must have learned it.
-    With a ``catalogue`` that names artists, the artist oracle and same_artist@n.
+    With a ``catalogue`` that names artists, the artist oracle, same_artist@n and the
+    artist slices; models with a metadata branch read the catalogue's ``tokens``.
     """
     k, seed = config.k, config.seed
     warm = set(items.column("track_id").to_pylist())
@@ -146,12 +164,18 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         if factor_space is not None:
             model_file.check_factor_space(artefact, path, {model_file.FACTOR_SPACE: factor_space},
                                           "the ALS factors evaluated")
-        ids, predicted = predict_tracks(model, artefact, shards, track_ids)
-        order = {t: i for i, t in enumerate(ids)}
         name = model_name(artefact)
         if name in methods:  # two models of the same kind: each keeps its own row
             name = f"{name} ({Path(path).name})"
-        methods[name] = predicted[[order[t] for t in track_ids]]
+        if vocabulary(model) and tokens is None:
+            raise ValueError(f"{path}: the model reads catalogue metadata: give the catalogue")
+        variants = {name: ()}
+        if vocabulary(model):
+            variants[f"{name}, artist withheld (as if new)"] = ("artist",)
+        for variant, withhold in variants.items():
+            ids, predicted = predict_tracks(model, artefact, shards, track_ids, tokens, withhold)
+            order = {t: i for i, t in enumerate(ids)}
+            methods[variant] = predicted[[order[t] for t in track_ids]]
     known_artists = 0
     if any(a is not None for a in artist_of.values()):
         methods["artist oracle (mean factor of the artist's warm tracks)"], known_artists = \
@@ -161,7 +185,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     warm_ids = items.column("track_id").to_pylist()
     warm_artists = [artist_of.get(t) for t in warm_ids]
     held_artists = [artist_of.get(t) for t in track_ids]
-    slices = popularity_slices(heldout, track_ids)
+    slices = {**popularity_slices(heldout, track_ids),
+              **artist_slices(track_ids, artist_of, warm_ids)}
     results = []
     for name, factors in methods.items():
         table = pa.table({"track_id": track_ids, "factors": factors_column(factors)})
@@ -199,6 +224,15 @@ def markdown(report: dict) -> str:
              "|---|" + "---|" * len(columns)]
     lines += ["| " + " | ".join([m["method"]] + [f"{m[key]:.4f}" for key, _ in columns]) + " |"
               for m in report["methods"]]
+    slices = list(report["methods"][0].get("slices", {}))
+    if slices:
+        first = report["methods"][0]["slices"]
+        lines += ["", "AUC by slice of the held-out tracks (tracks in each):", "",
+                  "| method | " + " | ".join(f"{s} ({first[s]['tracks']})" for s in slices) + " |",
+                  "|---|" + "---|" * len(slices)]
+        lines += ["| " + " | ".join([m["method"]] + [f"{m['slices'][s]['auc']:.4f}"
+                                                     for s in slices]) + " |"
+                  for m in report["methods"]]
     return "\n".join(lines) + "\n"
 
 
@@ -219,7 +253,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a trained model file; repeat for each loss/architecture")
     parser.add_argument("--catalogue", type=Path,
                         help="the catalogue (schemas.CATALOGUE); with artists, adds the artist "
-                             "oracle and how often a track's nearest warm tracks share its artist")
+                             "oracle, how often a track's nearest warm tracks share its artist "
+                             "and the known/new artist slices; models with a metadata branch "
+                             "need it")
     parser.add_argument("--k", type=int, default=defaults.k,
                         help="cut-off of mAP@k (default %(default)s)")
     parser.add_argument("--recall-k", type=int, default=defaults.recall_k,
@@ -247,7 +283,8 @@ def run_job(args: argparse.Namespace) -> None:
                                      bow_train_tracks=args.bow_train_tracks, seed=args.seed),
                       factors_params.get(model_file.FACTOR_SPACE),
                       storage.read_table(args.catalogue, schemas.CATALOGUE) if args.catalogue
-                      else None)
+                      else None,
+                      metadata.read_tokens(args.catalogue) if args.catalogue else None)
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from model import metadata
 from model.artefact import load_model
-from model.predict import predict_tracks
+from model.predict import predict_tracks, vocabulary
 from schemas import cli, layout, model_file, storage
 from schemas import factor_matrix, factors_column
 
@@ -58,7 +59,8 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
                                   item_factors_path)
     shards = layout.mel_shards(mels_dir)
     check_mel_params(shards, artefact["mel_params"])
-    ids, predicted = predict_tracks(model, artefact, shards, cold)
+    tokens = metadata.read_tokens(catalogue_path) if vocabulary(model) else None
+    ids, predicted = predict_tracks(model, artefact, shards, cold, tokens)
     version = artefact["version"]
 
     predicted_table = pa.table({"track_id": ids, "factors": factors_column(predicted),

@@ -25,10 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from model import metadata
 from model.artefact import load_model, save_model
 from model.bow import BagOfWords
 from model.data import in_validation, mel_array, read_mels, shard_track_ids, unit_rows
-from model.predict import predict_tracks
+from model.predict import predict_tracks, vocabulary
 from schemas import cli, factor_matrix, factors_column, layout, metrics, model_file, storage
 from schemas.config import BowConfig, EvaluateConfig, TrainConfig
 
@@ -53,10 +54,12 @@ def bag_of_words(shards: list[Path], train_ids: list[str], targets: np.ndarray,
 def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
            candidates: list[Path], out: Path, val_fraction: float = TrainConfig.val_fraction,
            min_spread: float = TrainConfig.min_spread, bow: BowConfig = BowConfig(),
-           bow_train_tracks: int = EvaluateConfig.bow_train_tracks) -> dict:
+           bow_train_tracks: int = EvaluateConfig.bow_train_tracks,
+           catalogue: Path | None = None) -> dict:
     """Judge every candidate and the baseline; write the winner to ``out``. Returns the
     selection record (also in the model file's metrics). ValueError when nothing
-    qualifies or there is nothing to judge on."""
+    qualifies or there is nothing to judge on. Candidates with a metadata branch read
+    the ``catalogue``'s tokens."""
     shards = layout.mel_shards(mels)
     items = storage.read_table(item_factors, schemas.ITEM_FACTORS)
     factor_space = storage.read_params(item_factors).get(model_file.FACTOR_SPACE)
@@ -78,13 +81,18 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
 
     judged = {}
     options = {path.name: load_model(path) for path in candidates}
+    tokens = None
+    if any(vocabulary(model) for model, _ in options.values()):
+        if catalogue is None:
+            raise ValueError("a candidate reads catalogue metadata: give --catalogue")
+        tokens = metadata.read_tokens(catalogue)
     options["bag-of-words + linear regression"] = bag_of_words(
         shards, sample, factors[[row_of[t] for t in sample]], factor_space, bow)
     for name, (model, artefact) in options.items():
         if factor_space is not None:  # factors that name their space: it must be theirs
             model_file.check_factor_space(artefact, name,
                                           {model_file.FACTOR_SPACE: factor_space}, item_factors)
-        ids, pred = predict_tracks(model, artefact, shards, val)
+        ids, pred = predict_tracks(model, artefact, shards, val, tokens)
         ranked = metrics.rank_metrics(users, pa.table({"track_id": ids,
                                                        "factors": factors_column(pred)}),
                                       listened, EvaluateConfig.k, EvaluateConfig.recall_k)
@@ -129,6 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the plays ALS learned from (schemas.PLAYS)")
     parser.add_argument("--candidate", type=Path, action="append", default=[],
                         help="a trained model file; repeat for each")
+    parser.add_argument("--catalogue", type=Path,
+                        help="the catalogue; needed by candidates with a metadata branch")
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
                         help="training's validation share (default %(default)s)")
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         choose(args.mels, args.item_factors, args.user_factors, args.plays, args.candidate,
-               args.out, args.val_fraction, args.min_spread, BowConfig(codebook=args.bow_codebook))
+               args.out, args.val_fraction, args.min_spread, BowConfig(codebook=args.bow_codebook),
+               catalogue=args.catalogue)
     return cli.run_job(body, logger, ValueError, FileNotFoundError)
 
 

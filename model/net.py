@@ -21,6 +21,13 @@ time with the mel bands as input channels (1-D convolutions, as in the papers).
 
     A clip longer than one window is cut into consecutive windows and the window
     predictions are averaged, as in the paper.
+
+Late fusion of metadata (the 2017 slides), when ``metadata_vocab`` is not empty: the
+catalogue tokens of a track (model/metadata.py) are embedded and averaged
+(``metadata_dim``), then joined to the audio features after the first dense layer of
+either head, before the last dense layers. Training drops each token with
+probability ``metadata_dropout``, so the network also learns to predict tracks whose
+artist it never saw from their audio.
 """
 from __future__ import annotations
 
@@ -49,13 +56,17 @@ class NetConfig:
     # consecutive clips of this length and their predictions averaged, so a track is
     # scored on every excerpt the way it was trained (None: the input as one clip).
     clip_frames: int | None = None
+    metadata_vocab: tuple[str, ...] = ()  # catalogue tokens of the training tracks
+    metadata_dim: int = 32
+    metadata_dropout: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "NetConfig":
-        raw = dict(raw, channels=tuple(raw["channels"]), pools=tuple(raw["pools"]))
+        raw = dict(raw, channels=tuple(raw["channels"]), pools=tuple(raw["pools"]),
+                   metadata_vocab=tuple(raw.get("metadata_vocab", ())))
         return cls(**raw)
 
     @classmethod
@@ -89,8 +100,12 @@ def conv_stack(config: NetConfig) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), width
 
 
+FUSE_AT = 4  # index in either head of the dense layer that also sees the metadata
+
+
 class FactorNet(nn.Module):
-    """Base of both architectures: log-mel (B, n_mels, T) float32 -> (B, n_factors).
+    """Base of both architectures: log-mel (B, n_mels, T) float32 and, with a metadata
+    branch, token ids (B, MAX_TOKENS) int64 (0: none) -> (B, n_factors).
 
     ``mel_mean`` and ``mel_std`` (n_mels,) standardise each band with statistics of
     the training set; they are buffers, so they travel with the weights.
@@ -101,19 +116,46 @@ class FactorNet(nn.Module):
         self.config = config
         self.register_buffer("mel_mean", torch.zeros(config.n_mels))
         self.register_buffer("mel_std", torch.ones(config.n_mels))
+        self.metadata = nn.EmbeddingBag(len(config.metadata_vocab) + 1, config.metadata_dim,
+                                        mode="mean", padding_idx=0) \
+            if config.metadata_vocab else None
+
+    def fused_width(self) -> int:
+        """Extra inputs of the dense layer at FUSE_AT."""
+        return self.config.metadata_dim if self.metadata is not None else 0
 
     def standardise(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
 
-    def averaged(self, mel: torch.Tensor, window: int, predict) -> torch.Tensor:
-        """Mean of ``predict`` over the consecutive windows of each clip (B, n_mels, T);
-        a clip shorter than two windows is predicted whole."""
+    def embed(self, tokens: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """(B, metadata_dim): the mean embedding of each track's tokens (zeros for a
+        track without any); None without a metadata branch."""
+        if self.metadata is None:
+            return None
+        if tokens is None:
+            tokens = torch.zeros(batch, 1, dtype=torch.long, device=self.mel_mean.device)
+        if self.training and self.config.metadata_dropout:
+            keep = torch.rand(tokens.shape, device=tokens.device) >= self.config.metadata_dropout
+            tokens = tokens * keep
+        return self.metadata(tokens)
+
+    def run_head(self, features: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+        hidden = self.head[:FUSE_AT](features)
+        if meta is not None:
+            hidden = torch.cat([hidden, meta.to(hidden.dtype)], dim=1)
+        return self.head[FUSE_AT:](hidden)
+
+    def averaged(self, mel: torch.Tensor, meta: torch.Tensor | None, window: int,
+                 predict) -> torch.Tensor:
+        """Mean of ``predict(clips, meta)`` over the consecutive windows of each clip
+        (B, n_mels, T); a clip shorter than two windows is predicted whole."""
         if mel.shape[2] < 2 * window:
-            return predict(mel)
+            return predict(mel, meta)
         windows = mel.unfold(2, window, window)  # (B, n_mels, n_windows, window)
         batch, n_windows = mel.shape[0], windows.shape[2]
         flat = windows.permute(0, 2, 1, 3).reshape(batch * n_windows, mel.shape[1], window)
-        return predict(flat).reshape(batch, n_windows, -1).mean(dim=1)
+        meta = None if meta is None else meta.repeat_interleave(n_windows, dim=0)
+        return predict(flat, meta).reshape(batch, n_windows, -1).mean(dim=1)
 
 
 class GlobalPool(nn.Module):
@@ -132,16 +174,18 @@ class Dieleman2014(FactorNet):
         self.head = nn.Sequential(
             GlobalPool(),
             nn.Linear(3 * width, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
-            nn.Linear(config.dense, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
+            nn.Linear(config.dense + self.fused_width(), config.dense), nn.ReLU(),
+            nn.Dropout(config.dropout),
             nn.Linear(config.dense, config.n_factors),
         )
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        def predict(clips: torch.Tensor) -> torch.Tensor:
-            return self.head(self.conv(self.standardise(clips)))
+    def forward(self, mel: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        def predict(clips: torch.Tensor, meta: torch.Tensor | None) -> torch.Tensor:
+            return self.run_head(self.conv(self.standardise(clips)), meta)
+        meta = self.embed(tokens, mel.shape[0])
         if self.training or not self.config.clip_frames:
-            return predict(mel)
-        return self.averaged(mel, self.config.clip_frames, predict)
+            return predict(mel, meta)
+        return self.averaged(mel, meta, self.config.clip_frames, predict)
 
 
 class VanDenOord2013(FactorNet):
@@ -155,18 +199,19 @@ class VanDenOord2013(FactorNet):
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(flat, config.dense), nn.ReLU(), nn.Dropout(config.dropout),
-            nn.Linear(config.dense, config.n_factors),
+            nn.Linear(config.dense + self.fused_width(), config.n_factors),
         )
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of the predictions for the consecutive windows of each clip."""
         window = self.config.window_frames
         if mel.shape[2] < window:
             raise RuntimeError(f"clip of {mel.shape[2]} frames is shorter than a window of {window}")
         if mel.shape[2] < 2 * window:
             mel = mel[:, :, :window]
-        return self.averaged(mel, window,
-                             lambda clips: self.head(self.conv(self.standardise(clips))))
+        return self.averaged(mel, self.embed(tokens, mel.shape[0]), window,
+                             lambda clips, meta: self.run_head(self.conv(self.standardise(clips)),
+                                                               meta))
 
 
 def build_net(config: NetConfig) -> FactorNet:

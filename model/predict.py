@@ -1,44 +1,67 @@
 """Factors predicted from spectrograms by a trained model, as its model file says.
 
-Shared by scoring (jobs/score.py) and evaluation (jobs/evaluate.py).
+Shared by scoring (jobs/score.py), evaluation (jobs/evaluate.py) and model choice.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from model import metadata
 from model.data import mel_array, read_mels, unit_rows
+
+
+def vocabulary(model: torch.nn.Module) -> tuple[str, ...]:
+    """The metadata tokens a model reads; empty when it reads audio only."""
+    return tuple(getattr(model.config, "metadata_vocab", ()))
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
-            batch_size: int = 64) -> np.ndarray:
-    """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says.
+            token_ids: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+    """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says;
+    ``token_ids`` (n, MAX_TOKENS) feed a metadata branch.
 
     Nets trained on directions give unit vectors times the ALS factor scale.
     """
-    out = [model(torch.from_numpy(mels[i:i + batch_size])).numpy()
-           for i in range(0, len(mels), batch_size)]
+    out = []
+    for i in range(0, len(mels), batch_size):
+        inputs = [torch.from_numpy(mels[i:i + batch_size])]
+        if token_ids is not None:
+            inputs.append(torch.from_numpy(token_ids[i:i + batch_size]))
+        out.append(model(*inputs).numpy())
     pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
     return unit_rows(pred) * artefact["factor_scale"] if artefact["unit_output"] else pred
 
 
 def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
-                   track_ids: list[str]) -> tuple[list[str], np.ndarray]:
+                   track_ids: list[str], tokens: metadata.Tokens | None = None,
+                   withhold: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
     """Predicted factors of ``track_ids`` found in the shards, one shard at a time.
 
-    Returns (ids in the order found, factors (n, rank)); memory is bounded by a shard.
+    A model with a metadata branch needs the catalogue's ``tokens``
+    (metadata.read_tokens); ``withhold`` names columns to leave out (("artist",):
+    predict each track as if its artist were new). Returns (ids in the order found,
+    factors (n, rank)); memory is bounded by a shard.
     """
+    vocab = vocabulary(model)
+    if vocab and tokens is None:
+        raise ValueError("the model reads catalogue metadata (artist, genre, tags): give it "
+                         "the catalogue")
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
         if not wanted:
             break
         table = read_mels([shard], wanted)
         if table.num_rows:
-            ids += table.column("track_id").to_pylist()
-            parts.append(predict(model, artefact, mel_array(table)))
-            wanted -= set(ids)
+            found = table.column("track_id").to_pylist()
+            ids += found
+            parts.append(predict(model, artefact, mel_array(table),
+                                 metadata.token_ids(vocab, tokens, found, withhold)
+                                 if vocab else None))
+            wanted -= set(found)
     rank = model.config.n_factors
     return ids, (np.concatenate(parts) if parts else np.zeros((0, rank), np.float32))

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 import schemas
-from model import losses
+from model import losses, metadata
 from model.artefact import save_model
 from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
                         unit_rows)
@@ -88,7 +88,8 @@ class TrainJob:
     mels: the spectrograms of one parameter set (<mels root>/<params hash>);
     item_factors: the ALS targets; user_factors and plays: needed by the wpe loss;
     net: overrides of the seeds' network sizes (NetConfig fields: channels, pools,
-    dense, dropout, window_frames).
+    dense, dropout, window_frames); catalogue: when given, its metadata columns feed
+    the network's metadata branch (late fusion, model/metadata.py).
     """
     mels: Path
     item_factors: Path
@@ -100,6 +101,7 @@ class TrainJob:
     arch: str = DEFAULT_ARCH
     loss: str = DEFAULT_LOSS
     net: dict = dataclasses.field(default_factory=dict)
+    catalogue: Path | None = None
     config: TrainConfig = TrainConfig()
 
 
@@ -117,12 +119,14 @@ def wpe_loss(item_factors: Path, user_factors: Path, plays: Path,
 @dataclass(frozen=True)
 class Examples:
     """What training reads: the shards, the ALS targets by track id, and the warm
-    tracks that have both (n_val of them held out for validation)."""
+    tracks that have both (n_val of them held out for validation); with a catalogue,
+    the tracks' metadata tokens."""
     shards: list[Path]
     track_index: dict[str, int]
     factors: np.ndarray
     warm: list[str]
     n_val: int
+    tokens: dict[str, tuple[str, ...]] | None = None
 
 
 def examples(job: TrainJob) -> Examples:
@@ -143,7 +147,13 @@ def examples(job: TrainJob) -> Examples:
     if n_val == 0 or n_val == len(warm):
         raise ValueError(f"{job.mels}: {len(warm)} warm tracks with spectrograms leave no "
                          f"train/validation split at --val-fraction {job.config.val_fraction}")
-    return Examples(shards, track_index, factor_matrix(items), warm, n_val)
+    tokens = None
+    if job.catalogue is not None:
+        tokens = metadata.read_tokens(job.catalogue)
+        if not metadata.vocabulary(tokens, warm):
+            raise ValueError(f"{job.catalogue}: none of the {len(warm)} warm tracks has a value "
+                             f"in the metadata columns {list(metadata.COLUMNS)}")
+    return Examples(shards, track_index, factor_matrix(items), warm, n_val, tokens)
 
 
 def train(job: TrainJob) -> None:
@@ -166,20 +176,26 @@ def train(job: TrainJob) -> None:
         crop = net.window_frames  # trained on single windows, as in the paper
     else:
         net = dataclasses.replace(net, clip_frames=crop)
+    train_ids = [t for t in warm if not in_validation(t, config.val_fraction)]
+    tokens = None
+    if found.tokens is not None:  # the vocabulary: what the training tracks say
+        net = dataclasses.replace(net, metadata_vocab=metadata.vocabulary(found.tokens, train_ids))
+        by_index = sorted(track_index, key=track_index.get)
+        tokens = torch.from_numpy(metadata.token_ids(net.metadata_vocab, found.tokens, by_index))
+        logger.info("metadata branch: %d tokens from %s", len(net.metadata_vocab), job.catalogue)
     model = build_net(net)
     model.mel_mean, model.mel_std = mean, std
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
                   val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
-    train_rows = [track_index[t] for t in warm if not in_validation(t, config.val_fraction)]
-    reference = unit_rows(factors[train_rows]).mean(axis=0)
+    reference = unit_rows(factors[[track_index[t] for t in train_ids]]).mean(axis=0)
     trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop,
                                                clips_per_track=config.clips_per_track, **stream),
                       ShardStream(validation=True, **stream), config, device, reference,
                       job.snapshot, job.tensorboard,
                       math.ceil((len(warm) - n_val) * config.clips_per_track / world
-                                / config.batch_size))
+                                / config.batch_size), tokens)
     progress = trainer.train()
     if is_main():
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
@@ -191,7 +207,8 @@ def train(job: TrainJob) -> None:
                               "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
                               "val_tracks": n_val, "world_size": world,
                               "validation_spread": progress.best_spread,
-                              "validation_score": progress.best_score},
+                              "validation_score": progress.best_score,
+                              "metadata_tokens": len(net.metadata_vocab)},
                              unit_output=unit, factor_space=storage.read_params(
                                  job.item_factors).get(model_file.FACTOR_SPACE))
         logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
@@ -215,6 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     io.add_argument("--user-factors", type=Path,
                     help="ALS user factors; needed by --loss wpe")
     io.add_argument("--plays", type=Path, help="the play counts ALS saw; needed by --loss wpe")
+    io.add_argument("--catalogue", type=Path,
+                    help="late fusion: feed this catalogue's artist, genre and tags columns "
+                         "(those it has) to a metadata branch beside the audio")
     io.add_argument("--out", required=True, type=Path, help="model file to write")
     io.add_argument("--snapshot", type=Path,
                     help="per-epoch snapshot file; resumed from when it exists")
@@ -272,6 +292,7 @@ def job_of(args: argparse.Namespace) -> TrainJob:
         user_factors=args.user_factors, plays=args.plays, snapshot=args.snapshot,
         tensorboard=args.tensorboard, arch=args.arch, loss=args.loss,
         net={key: value for key, value in shape.items() if value is not None},
+        catalogue=args.catalogue,
         config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, crop_frames=args.crop_frames,
                            clips_per_track=args.clips_per_track, min_spread=args.min_spread,

@@ -59,13 +59,17 @@ class Trainer:
     A snapshot (weights, optimiser, progress) is written by rank 0 after every epoch;
     a Trainer started where one exists resumes from it, which is how a run restarted
     by torchrun (--max-restarts) continues after losing a worker.
+
+    ``tokens`` (tracks, MAX_TOKENS), by the examples' track index, feed a network's
+    metadata branch (model/metadata.py).
     """
 
     def __init__(self, model: FactorNet, loss: Loss, train_data: ShardStream, val_data: ShardStream,
                  config: TrainConfig, device: torch.device, reference: np.ndarray,
                  snapshot: Path | None = None, tensorboard: Path | None = None,
-                 steps_per_epoch: int | None = None):
+                 steps_per_epoch: int | None = None, tokens: torch.Tensor | None = None):
         self.config, self.device, self.snapshot = config, device, snapshot
+        self.tokens = None if tokens is None else tokens.to(device)
         self.reference = reference
         self.module = model.to(device)
         self.loss = loss.to(device) if isinstance(loss, torch.nn.Module) else loss
@@ -89,10 +93,15 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def batch_loss(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def inputs(self, mel: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The network's inputs for a batch: the spectrograms, and the tracks' tokens
+        when it has a metadata branch."""
         mel = mel.to(self.device, non_blocking=True)
+        return (mel,) if self.tokens is None else (mel, self.tokens[index.to(self.device)])
+
+    def batch_loss(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            pred = self.model(mel)
+            pred = self.model(*self.inputs(mel, index))
         return self.loss(pred.float(), target.to(self.device), index.to(self.device))
 
     def run_batch(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> float:
@@ -126,12 +135,12 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
         preds, targets = [], []
         for mel, target, index in self.val_loader:
-            mel, target, index = (mel.to(self.device, non_blocking=True),
-                                  target.to(self.device), index.to(self.device))
+            inputs = self.inputs(mel, index)
+            target, index = target.to(self.device), index.to(self.device)
             # The bare module: a DDP forward may broadcast buffers, a collective that
             # would hang or garble when ranks hold different numbers of batches.
             with self.autocast():
-                pred = self.module(mel).float()
+                pred = self.module(*inputs).float()
             total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
             preds.append(pred.cpu().numpy())

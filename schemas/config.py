@@ -195,8 +195,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ChooseConfig:
-    """The trained CNNs (architecture:loss) that compete to be shipped, with the
-    bag-of-words baseline (model/choose.py)."""
+    """The trained CNNs (architecture:loss, or architecture:loss:meta for one with a
+    metadata branch) that compete to be shipped, with the bag-of-words baseline
+    (model/choose.py)."""
     candidates: tuple[str, ...] = (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",)
 
 
@@ -217,11 +218,11 @@ class BowConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     """The cold-start evaluation: mAP@``k`` and recall@``recall_k``, the CNNs to
-    compare (architecture:loss), how many warm tracks fit the bag-of-words baselines,
+    compare (architecture:loss[:meta]), how many warm tracks fit the bag-of-words baselines,
     and the seed."""
     k: int = 500
     models: tuple[str, ...] = ("dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe",
-                               "vandenoord2013:mse")
+                               "vandenoord2013:mse", "dieleman2014:wpe:meta")
     bow_train_tracks: int = 5000
     seed: int = 0
     recall_k: int = 10

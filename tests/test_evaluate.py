@@ -111,11 +111,11 @@ def write_evaluation_set(root):
     return run.parent, users, items, heldout, params
 
 
-def tiny_model(path, params, factor_space=None):
+def tiny_model(path, params, factor_space=None, metadata_vocab=()):
     from model.artefact import save_model
 
     config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
-                       dense=8)
+                       dense=8, metadata_vocab=metadata_vocab)
     torch.manual_seed(len(str(path)))
     save_model(path, config, build_net(config).state_dict(), params.to_dict(), 1.0,
                {"loss": "mse"}, factor_space=factor_space)
@@ -204,3 +204,36 @@ def test_factors_without_als_settings_are_refused_not_given_another_alpha(tmp_pa
         als_settings({}, tmp_path / "items.parquet")
     assert als_settings({"alpha": 2, "eps": 0.5, "reg": 0.1, "rank": 8}, "x") == {
         "alpha": 2.0, "eps": 0.5, "reg": 0.1}
+
+
+def test_a_fused_model_is_reported_with_and_without_the_artist_and_by_artist_slice(tmp_path):
+    from model.artefact import save_model
+    from model import metadata
+
+    mels_dir, users, items, heldout, params = write_evaluation_set(tmp_path)
+    # held out: t8, t9 of artist a (known), t10, t11 of c (no warm track)
+    artist = ["a"] * 4 + ["b"] * 4 + ["a", "a", "c", "c"]
+    catalogue = pa.table({"track_id": [f"t{i}" for i in range(12)], "artist": artist})
+    tokens = metadata.tokens_of(catalogue)
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8, metadata_vocab=metadata.vocabulary(tokens, [f"t{i}" for i in range(8)]))
+    torch.manual_seed(0)
+    save_model(tmp_path / "fused.pt", config, build_net(config).state_dict(), params.to_dict(),
+               1.0, {"loss": "wpe"})
+    run = dict(als={"alpha": 10.0, "eps": 1.0, "reg": 0.1}, heldout=heldout,
+               shards=mel_shards(mels_dir), models=[tmp_path / "fused.pt"],
+               bow=BowConfig(codebook=4, frames_per_track=20), config=EvaluateConfig(k=10))
+    with pytest.raises(ValueError, match="fused.pt: the model reads catalogue metadata"):
+        evaluate(users, items, **run)
+    report = evaluate(users, items, **run, catalogue=catalogue, tokens=tokens)
+
+    rows = {row["method"]: row for row in report["methods"]}
+    fused, withheld = rows["CNN dieleman2014, wpe loss + metadata"], \
+        rows["CNN dieleman2014, wpe loss + metadata, artist withheld (as if new)"]
+    assert fused["cosine_distance"] != withheld["cosine_distance"]
+    for row in rows.values():
+        assert row["slices"]["known artist"]["tracks"] == 2
+        assert row["slices"]["new artist"]["tracks"] == 2
+    # the new artist's tracks are predicted the same either way: no token of theirs is known
+    assert fused["slices"]["new artist"]["auc"] == withheld["slices"]["new artist"]["auc"]
+    assert "new artist (2)" in markdown(report)

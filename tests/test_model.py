@@ -373,3 +373,92 @@ def test_a_collapsed_model_fails_training_loudly(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "the trained model collapsed" in err and "spread more than 0.0" in err
     assert not (tmp_path / "model.pt").exists()
+
+
+def write_artists(root, ids, warm, factors_path, seed=1):
+    """Give each track one of four artists, and add to each warm track's factors a
+    direction only its artist tells (dims 2 and 3), which its audio cannot. Returns
+    (catalogue path, the artist-only bit of every track)."""
+    rng = np.random.default_rng(seed)
+    artist = rng.integers(0, 4, len(ids))
+    catalogue = root / "catalogue.parquet"
+    pq.write_table(pa.table({"track_id": ids, "audio_uri": [f"/audio/{t}.ogg" for t in ids],
+                             "artist": [f"Artist {a}" for a in artist],
+                             "genre": ["game"] * len(ids)}), catalogue)
+    items = storage.read_table(factors_path, schemas.ITEM_FACTORS)
+    x = schemas.factor_matrix(items).copy()
+    x[np.arange(warm), 2 + artist[:warm] % 2] += 2.0
+    storage.write_table(pa.table({"track_id": ids[:warm], "factors": factors_column(x)}),
+                        factors_path, schemas.ITEM_FACTORS)
+    return catalogue, artist % 2
+
+
+def test_late_fusion_learns_what_only_the_artist_tells_and_still_hears_the_audio(tmp_path):
+    from model import metadata
+    from model.predict import predict_tracks
+
+    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path)
+    catalogue, artist_bit = write_artists(tmp_path, ids, warm, factors)
+    cmd = torchrun(tmp_path, mels_dir, factors) + ["--epochs", "15", "--loss", "cosine",
+                                                   "--catalogue", str(catalogue)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model, artefact = load_model(tmp_path / "model.pt")
+    assert "artist=artist 0" in model.config.metadata_vocab and "genre=game" in model.config.metadata_vocab
+    assert artefact["metrics"]["metadata_tokens"] == len(model.config.metadata_vocab)
+    shards = sorted(mels_dir.glob("*/mels-*.parquet"))
+    tokens, cold = metadata.read_tokens(catalogue), ids[warm:]
+    with pytest.raises(ValueError, match="give it the catalogue"):
+        predict_tracks(model, artefact, shards, cold)
+
+    def accuracy(withhold):
+        found, pred = predict_tracks(model, artefact, shards, cold, tokens, withhold)
+        rows = [ids.index(t) for t in found]
+        return (np.mean(np.argmax(pred[:, :2], axis=1) == kinds[rows]),
+                np.mean(np.argmax(pred[:, 2:], axis=1) == artist_bit[rows]))
+
+    audio, artist = accuracy(())
+    assert audio > 0.9 and artist > 0.9
+    # a cold track of an artist never seen is predicted from its audio alone
+    audio, artist = accuracy(("artist",))
+    assert audio > 0.9 and artist < 0.8
+
+
+def test_metadata_tokens_from_artist_genre_and_tags(tmp_path):
+    from model import metadata
+
+    table = pa.table({"track_id": ["a", "b", "c"], "artist": ["The Band", None, " "],
+                      "genre": ["Rock", "jazz", None], "tags": ["loud, live", None, "calm"]})
+    tokens = metadata.tokens_of(table)
+    assert tokens == {"a": ("artist=the band", "genre=rock", "tag=loud", "tag=live"),
+                      "b": ("genre=jazz",), "c": ("tag=calm",)}
+    listed = metadata.tokens_of(pa.table({"track_id": ["d"], "tags": [["Ambient", "8-bit"]]}))
+    assert listed == {"d": ("tag=ambient", "tag=8-bit")}
+    vocab = metadata.vocabulary(tokens, ["a", "b"])
+    assert vocab == ("artist=the band", "genre=jazz", "genre=rock", "tag=live", "tag=loud")
+    ids = metadata.token_ids(vocab, tokens, ["a", "c", "unknown"])
+    assert ids.shape == (3, metadata.MAX_TOKENS)
+    assert list(ids[0, :4]) == [1, 3, 5, 4] and not ids[1].any() and not ids[2].any()
+    assert list(metadata.token_ids(vocab, tokens, ["a"], ("artist", "tags"))[0, :2]) == [3, 0]
+    pq.write_table(table.drop(["artist", "genre", "tags"]), tmp_path / "bare.parquet")
+    with pytest.raises(ValueError, match="bare.parquet.*none of the metadata columns"):
+        metadata.read_tokens(tmp_path / "bare.parquet")
+
+
+def test_a_fused_network_without_tokens_predicts_from_audio_and_keeps_its_shape():
+    vocab = ("artist=a", "artist=b")
+    shapes = {"dieleman2014": dict(SMALL, clip_frames=110),
+              "vandenoord2013": dict(channels=(8, 8), pools=(4, 2), dense=32)}
+    for arch, frames in (("dieleman2014", 220), ("vandenoord2013", 400)):
+        net = build_net(NetConfig.for_arch(arch, n_mels=16, n_factors=4, metadata_vocab=vocab,
+                                           **shapes[arch])).eval()
+        mel = torch.randn(3, 16, frames)
+        tokens = torch.tensor([[1, 0], [2, 0], [0, 0]])
+        with torch.no_grad():
+            fused, bare = net(mel, tokens), net(mel)
+        assert fused.shape == (3, 4)
+        # a track without tokens is exactly a track given none
+        assert torch.allclose(fused[2], bare[2], atol=1e-6)
+        assert not torch.allclose(fused[0], bare[0])
+        restored = NetConfig.from_dict(net.config.to_dict())
+        assert restored == net.config and restored.metadata_vocab == vocab

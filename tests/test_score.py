@@ -1,10 +1,14 @@
 """Scoring: the factor table covers the catalogue, and only the catalogue."""
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import schemas
 from jobs.score import score
+from model.artefact import load_model
+from model.data import mel_array, read_mels
+from model.predict import predict
 from schemas import layout, storage
 from tests.test_evaluate import tiny_model, write_evaluation_set
 
@@ -34,3 +38,29 @@ def test_played_tracks_outside_the_catalogue_are_set_aside_not_served(tmp_path):
     with pytest.raises(ValueError, match="none of the 8 tracks of .* is in the catalogue"):
         score(model, mels_dir, tmp_path / "other.parquet", tmp_path / "items.parquet",
               tmp_path / "out2")
+
+
+def test_a_model_with_a_metadata_branch_reads_the_catalogues_artists(tmp_path):
+    mels_dir, _, items, _, params = write_evaluation_set(tmp_path)  # t0..t7 warm, t8..t11 cold
+    storage.write_table(items, tmp_path / "items.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "night"})
+    model = tiny_model(tmp_path / "model.pt", params, factor_space="night",
+                       metadata_vocab=("artist=a", "artist=b"))
+    predicted = {}
+    for artist in ("a", "b", "someone new"):
+        catalogue = tmp_path / f"catalogue-{artist}.parquet"
+        pq.write_table(pa.Table.from_pylist(
+            [{"track_id": f"t{i}", "audio_uri": f"/a/t{i}.mp3", "title": f"t{i}", "artist": artist,
+              "duration_s": 1.0} for i in range(12)], schemas.CATALOGUE), catalogue)
+        score(model, mels_dir, catalogue, tmp_path / "items.parquet", tmp_path / artist)
+        table = pq.read_table(tmp_path / artist / layout.PREDICTED_FACTORS)
+        predicted[artist] = table.column("factors").to_pylist()
+        assert table.num_rows == 4
+    assert predicted["a"] != predicted["b"]  # the artist is heard
+    # an artist the model never saw is no token at all: the audio alone decides
+    net, artefact = load_model(model)
+    cold = read_mels(layout.mel_shards(mels_dir), [f"t{i}" for i in range(8, 12)])
+    alone = predict(net, artefact, mel_array(cold), np.zeros((4, 1), np.int64))
+    order = pq.read_table(tmp_path / "someone new" / layout.PREDICTED_FACTORS)["track_id"]
+    assert order.to_pylist() == cold["track_id"].to_pylist()
+    np.testing.assert_allclose(predicted["someone new"], alone, rtol=1e-5)

@@ -51,8 +51,9 @@ net = {"dieleman2014": {"channels": [32, 32, 64, 64], "dense": 128, "dropout": 0
 
 [EvaluateColdStart]
 bow_codebook = 64
-# two of the four networks, to keep the suite short; jobs.evaluate's tests take any number
-models = ["dieleman2014:wpe", "vandenoord2013:mse"]
+# two networks, to keep the suite short (the second with the metadata branch);
+# jobs.evaluate's tests take any number
+models = ["dieleman2014:wpe", "vandenoord2013:mse:meta"]
 
 [ChooseModel]
 bow_codebook = 64
@@ -188,8 +189,9 @@ def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
     evaluation = only("runs/backfill/evaluation-*.json", root)
     report = json.loads(evaluation.read_text())
     auc = {m["method"]: m["auc"] for m in report["methods"]}
+    fused = "CNN vandenoord2013, mse loss + metadata"
     assert set(auc) == {"random", "bag-of-words + linear regression", "bag-of-words + MLP", CNN,
-                        "CNN vandenoord2013, mse loss",
+                        fused, f"{fused}, artist withheld (as if new)",
                         "artist oracle (mean factor of the artist's warm tracks)",
                         "upper bound (ALS sees the plays)"}
     assert auc["random"] < auc["bag-of-words + linear regression"] < auc[CNN] < \
@@ -199,6 +201,11 @@ def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
     warm = sum(not row["cold"] for row in truth)
     assert report["heldout_tracks"] == pytest.approx(0.2 * warm, abs=2)
     assert "| method | mAP@500 | AUC |" in evaluation.with_suffix(".md").read_text()
+    # the demo's artists have warm tracks: every held-out track is of a known artist
+    assert method(report, fused)["slices"]["known artist"]["tracks"] == report["heldout_tracks"]
+    fused_model = only("runs/backfill/model-heldout-vandenoord2013-mse-meta-*.pt", root)
+    vocab = torch.load(fused_model, weights_only=True)["net_config"]["metadata_vocab"]
+    assert any(token.startswith("artist=demo artist") for token in vocab)
 
 
 def test_the_quality_check_fails_for_a_model_of_one_direction(killed_then_resumed, tmp_path):

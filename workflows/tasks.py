@@ -470,6 +470,19 @@ class TrainModel(RunTask, JobTask):
                                                   "spread less (a collapsed model)")
     holdout = luigi.FloatParameter(default=0.0, description="see TrainAls")
     holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
+    metadata = luigi.BoolParameter(default=False,
+                                   description="late fusion: the catalogue's artist, genre and "
+                                               "tags feed a metadata branch beside the audio")
+
+    @classmethod
+    def of_spec(cls, spec: str, **params) -> "TrainModel":
+        """The model a spec names: ``architecture:loss``, or ``architecture:loss:meta``
+        for one with a metadata branch."""
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or parts[2:] not in ([], ["meta"]):
+            raise ValueError(f"model {spec!r}: write architecture:loss or "
+                             "architecture:loss:meta (e.g. dieleman2014:wpe:meta)")
+        return cls(arch=parts[0], loss=parts[1], metadata=len(parts) == 3, **params)
 
     def requires(self):
         return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id),
@@ -477,11 +490,15 @@ class TrainModel(RunTask, JobTask):
                                 holdout_seed=self.holdout_seed)}
 
     def data_inputs(self):
-        # Not the catalogue: the warm tracks come from ALS (the wpe loss reads the plays).
-        return [self.input()["als"], self.input()["mels"], self.input()["inputs"]["plays"]]
+        # The catalogue only for its metadata: the warm tracks come from ALS (the wpe
+        # loss reads the plays).
+        inputs = self.input()["inputs"]
+        return [self.input()["als"], self.input()["mels"], inputs["plays"]] \
+            + ([inputs["catalogue"]] if self.metadata else [])
 
     def output(self):
-        name = f"model-{'heldout-' if self.holdout else ''}{self.arch}-{self.loss}"
+        name = (f"model-{'heldout-' if self.holdout else ''}{self.arch}-{self.loss}"
+                f"{'-meta' if self.metadata else ''}")
         return luigi.LocalTarget(self.run_path(name).with_suffix(".pt"))
 
     def run(self):
@@ -518,26 +535,31 @@ class TrainModel(RunTask, JobTask):
                 "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
                 "--crop-frames", self.crop_frames, "--patience", self.patience,
                 "--clips-per-track", self.clips_per_track, "--min-spread", self.min_spread,
-                "--seed", self.seed, "--loader-workers", self.loader_workers, *shape]
+                "--seed", self.seed, "--loader-workers", self.loader_workers, *shape,
+                *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.metadata
+                  else [])]
 
 
 class ChooseModel(RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
-    (``candidates``, architecture:loss) and the bag-of-words baseline, by
+    (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
     `python -m model.choose`; its model file says which and why."""
     candidates = luigi.ListParameter(default=list(ChooseConfig.candidates))
     bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
                                       description="k-means words of the baseline")
 
     def requires(self):
-        models = [TrainModel(run_id=self.run_id, arch=c.split(":")[0], loss=c.split(":")[1])
-                  for c in self.candidates]
+        models = [TrainModel.of_spec(c, run_id=self.run_id) for c in self.candidates]
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def data_inputs(self):
         return [self.input()["als"], self.input()["mels"], self.input()["models"],
-                self.input()["inputs"]["plays"]]
+                self.input()["inputs"]["plays"]] \
+            + ([self.input()["inputs"]["catalogue"]] if self.fused() else [])
+
+    def fused(self) -> bool:
+        return any(model.metadata for model in self.requires()["models"])
 
     def output(self):
         return luigi.LocalTarget(self.run_path("model-chosen").with_suffix(".pt"))
@@ -555,7 +577,9 @@ class ChooseModel(RunTask, JobTask):
                 "--plays", self.input()["inputs"]["plays"].path, *models,
                 # training's own setting: a model it would keep is never refused here
                 "--min-spread", TrainModel(run_id=self.run_id).min_spread,
-                "--bow-codebook", self.bow_codebook, "--out", self.output().path]
+                "--bow-codebook", self.bow_codebook, "--out", self.output().path,
+                *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.fused()
+                  else [])]
 
 
 class ScoreColdTracks(RunTask, JobTask):
@@ -586,7 +610,8 @@ class EvaluateColdStart(RunTask, JobTask):
     """
     models = luigi.ListParameter(
         default=list(EvaluateConfig.models),
-        description="the CNNs to compare, as architecture:loss")
+        description="the CNNs to compare, as architecture:loss, or architecture:loss:meta "
+                    "with a metadata branch (late fusion)")
     bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
                                       description="k-means words of the baseline")
     holdout = luigi.FloatParameter(default=TrackHoldout.fraction,
@@ -596,8 +621,7 @@ class EvaluateColdStart(RunTask, JobTask):
 
     def requires(self):
         split = dict(run_id=self.run_id, holdout=self.holdout, holdout_seed=self.seed)
-        models = [TrainModel(arch=m.split(":")[0], loss=m.split(":")[1], **split)
-                  for m in self.models]
+        models = [TrainModel.of_spec(m, **split) for m in self.models]
         return {"inputs": Inputs(), "als": TrainAls(**split),
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
