@@ -103,7 +103,7 @@ class ShardStream(IterableDataset):
                  rank: int = 0, world: int = 1, seed: int = 0, clips_per_track: int = 1):
         self.pieces = list(pieces)
         self.track_index = track_index
-        self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+        self.targets = torch.tensor(targets, dtype=torch.float32)  # a copy: factors read from Arrow are read-only
         self.validation = validation
         self.val_fraction = val_fraction
         self.crop = crop_frames or None
