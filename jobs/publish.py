@@ -4,8 +4,10 @@
         --track-factors FACTORS/track_factors.parquet --out DATA/published
 
 A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parquet
-(warm tracks from ALS, cold ones from audio) and snapshot.json (run id, factor space,
-model version, row counts, time). Users and tracks of one snapshot share one factor
+(warm tracks from ALS, cold ones from audio), with --catalogue the title and artist
+of those tracks (catalogue.parquet), with --audience the new releases' audience
+(audience.parquet, jobs/audience.py), and snapshot.json (run id, factor space, model
+version, row counts, time, the catalogue and plays it was made from). Users and tracks of one snapshot share one factor
 space; consumers read <out>/latest/, a symbolic link switched atomically once the new
 snapshot is complete, so they never mix one night's users with another's tracks.
 
@@ -24,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
+
 import schemas
 from schemas import cli, layout, model_file, storage
 from schemas.config import PublishConfig
@@ -32,11 +36,17 @@ logger = logging.getLogger(__name__)
 
 
 def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
-            keep: int = PublishConfig.keep, runs: Path | None = None) -> Path:
+            keep: int = PublishConfig.keep, runs: Path | None = None,
+            catalogue: Path | None = None, plays: Path | None = None,
+            audience: Path | None = None) -> Path:
     """Write the snapshot of ``run_id`` under ``out``, point ``latest`` at it, apply
     retention (to ``runs``/<run id> too); returns the snapshot directory."""
     users = storage.read_table(user_factors, schemas.USER_FACTORS)
     tracks = storage.read_table(track_factors, schemas.TRACK_FACTORS)
+    names = None
+    if catalogue is not None:
+        names = storage.read_table(catalogue, schemas.CATALOGUE)
+        names = names.filter(pc.is_in(names["track_id"], value_set=tracks["track_id"]))
     space = storage.read_params(user_factors).get(model_file.FACTOR_SPACE)
     versions = sorted({v for v in tracks.column("model_version").to_pylist() if v})
     target = layout.snapshot_dir(out, run_id)
@@ -45,9 +55,15 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
         storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
+        if names is not None:
+            storage.write_table(names, tmp / layout.SNAPSHOT_CATALOGUE, schemas.SNAPSHOT_CATALOGUE)
+        if audience is not None:
+            shutil.copyfile(audience, tmp / layout.AUDIENCE)
         storage.write_text(tmp / layout.SNAPSHOT_MANIFEST, json.dumps({
             "run_id": run_id, "factor_space": space, "model_versions": versions,
             "users": users.num_rows, "tracks": tracks.num_rows,
+            "inputs": {"catalogue": catalogue and str(Path(catalogue).resolve()),
+                       "plays": plays and str(Path(plays).resolve())},
             "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
     point_latest(out, target)
     for old in expired(out, keep):
@@ -94,6 +110,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the run's combined factor table (schemas.TRACK_FACTORS)")
     parser.add_argument("--out", required=True, type=Path,
                         help="directory of the snapshots and of the 'latest' link")
+    parser.add_argument("--catalogue", type=Path,
+                        help="the catalogue: titles and artists of the tracks are kept")
+    parser.add_argument("--plays", type=Path,
+                        help="the plays the run learned from (recorded, for queries that leave "
+                             "out what a user played)")
+    parser.add_argument("--audience", type=Path,
+                        help="the new releases' audience table (jobs/audience.py) to include")
     parser.add_argument("--runs", type=Path,
                         help="directory of the runs' outputs (DATA/runs); removed with their "
                              "snapshots")
@@ -112,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if target.exists():
             raise cli.UsageError(f"snapshot {target} already exists")
         publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
-                args.runs)
+                args.runs, args.catalogue, args.plays, args.audience)
     return cli.run_job(body, logger, ValueError)
 
 

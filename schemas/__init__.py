@@ -55,6 +55,13 @@ CATALOGUE = pa.schema([
     pa.field("duration_s", pa.float32()),
 ])
 
+# What a published snapshot keeps of the catalogue, to name the tracks it answers with.
+SNAPSHOT_CATALOGUE = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("artist", pa.string()),
+])
+
 # Ground truth of the built-in demo data, one row per track: its style and tempo
 # (what tastes follow), whether its plays were held out (cold), and its popularity.
 DEMO_TRUTH = pa.schema([
@@ -120,6 +127,15 @@ PREDICTED_FACTORS = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),
     pa.field("factors", FACTORS, nullable=False),
     pa.field("model_version", pa.string(), nullable=False),
+])
+
+# The audience of a new release: for each cold track, the users most likely to like it
+# by predicted preference x_u . y_i, best first (rank 1).
+AUDIENCE = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),
 ])
 
 # Every track of the catalogue that has factors: warm ones from ALS, cold ones

@@ -260,6 +260,17 @@ class PublishConfig:
     keep: int = 7
 
 
+@dataclass(frozen=True)
+class QueryConfig:
+    """The factors at work (jobs/audience.py, jobs/query.py): users kept per new
+    release, rows of a query's answer, the share of cold tracks in a user's
+    recommendations, and how many users are scored at once (memory stays flat)."""
+    audience: int = 100
+    top: int = 10
+    cold_share: float = 0.2
+    user_batch: int = 8192
+
+
 # -- Demo data (jobs/demo_catalogue.py) -------------------------------------------------
 
 @dataclass(frozen=True)

@@ -108,6 +108,13 @@ UNLISTED = f"unlisted{PARQUET}"
 SNAPSHOT_USERS = f"user_factors{PARQUET}"
 SNAPSHOT_TRACKS = f"track_factors{PARQUET}"
 SNAPSHOT_MANIFEST = "snapshot.json"
+SNAPSHOT_CATALOGUE = f"catalogue{PARQUET}"  # title and artist of every track of the snapshot
+AUDIENCE = f"audience{PARQUET}"  # also the name of a run's audience table (jobs/audience.py)
+
+
+def data_root() -> Path:
+    """The pipeline's data root: COLDSTART_DATA_ROOT, default ./data."""
+    return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
 
 
 def snapshot_dir(published: str | os.PathLike, run_id: str) -> Path:

@@ -31,7 +31,7 @@ from luigi.contrib.spark import SparkSubmitTask
 from schemas import layout, storage
 from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
                             ChooseConfig,
-                            DemoConfig, PublishConfig,
+                            DemoConfig, PublishConfig, QueryConfig,
                             EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
                             TrackHoldout, TrainConfig)
 from schemas.inputs import FORMATS
@@ -56,7 +56,7 @@ class paths(luigi.Config):
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
+    return layout.data_root()
 
 
 def root() -> layout.DataRoot:
@@ -641,6 +641,23 @@ class EvaluateColdStart(RunTask, JobTask):
                 "--out", self.output().path]
 
 
+class NewReleaseAudience(RunTask, JobTask):
+    """For every cold track, the users most likely to like it (jobs/audience.py)."""
+    k = luigi.IntParameter(default=QueryConfig.audience, description="users per track")
+
+    def requires(self):
+        return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path("audience").with_suffix(".parquet"))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.audience",
+                "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
+                "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
+                "--k", self.k, "--out", self.output().path]
+
+
 class PublishFactors(RunTask, JobTask):
     """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
     snapshots (and runs) beyond the newest ``keep`` are removed."""
@@ -650,15 +667,20 @@ class PublishFactors(RunTask, JobTask):
     priority = 10
 
     def requires(self):
-        return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
+        return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
+                "factors": ScoreColdTracks(run_id=self.run_id),
+                "audience": NewReleaseAudience(run_id=self.run_id)}
 
     def output(self):
         return luigi.LocalTarget(layout.snapshot_dir(root().published, self.run_id))
 
     def program_args(self):
+        inputs = self.input()["inputs"]
         return [sys.executable, "-m", "jobs.publish", "--run-id", self.run_id,
                 "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
+                "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
+                "--audience", self.input()["audience"].path,
                 "--out", root().published, "--runs", root().run(self.run_id).parent,
                 "--keep", self.keep]
 

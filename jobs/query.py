@@ -1,0 +1,193 @@
+"""Ask the latest published factors: similar tracks, a track's audience, a user's mix.
+
+    python -m jobs.query similar --track ID        tracks nearest by cosine
+    python -m jobs.query audience --track ID       users of highest x_u . y_i
+    python -m jobs.query recommend --user ID       tracks of highest x_u . y_i that the
+                                                   user has not played, with a share of
+                                                   cold tracks (--cold-share)
+
+Reads DATA_ROOT/published/latest (--published to read another directory of
+snapshots), prints a table naming each track by title and artist (the snapshot's
+catalogue), its score and where its factors came from ("als": plays, "audio": the
+audio model), or JSON with --json. An id the snapshot does not know is an error
+naming it. ``recommend`` leaves out what the user played, read from the plays the
+snapshot was made from (--plays to read others; Parquet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+import schemas
+from schemas import cli, factor_matrix, layout, storage
+from schemas.config import QueryConfig
+from schemas.metrics import unit_rows
+from schemas.ranking import top_k, top_users
+
+logger = logging.getLogger(__name__)
+
+
+class Snapshot:
+    """One published snapshot: users, tracks and their names, read once."""
+
+    def __init__(self, published: Path):
+        self.path = layout.latest(published).resolve()
+        manifest = self.path / layout.SNAPSHOT_MANIFEST
+        if not manifest.exists():
+            raise cli.JobError(f"{published}: no published snapshot (no {layout.latest(published)}"
+                               f"/{layout.SNAPSHOT_MANIFEST}); run the workflow first")
+        self.manifest = json.loads(manifest.read_text())
+        self.users = storage.read_table(self.path / layout.SNAPSHOT_USERS, schemas.USER_FACTORS)
+        self.tracks = storage.read_table(self.path / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS)
+        self.user_ids = self.users.column("user_id").to_pylist()
+        self.track_ids = self.tracks.column("track_id").to_pylist()
+        self.sources = self.tracks.column("source").to_pylist()
+        self.names: dict[str, tuple[str | None, str | None]] = {}
+        catalogue = self.path / layout.SNAPSHOT_CATALOGUE
+        if catalogue.exists():
+            names = storage.read_table(catalogue, schemas.SNAPSHOT_CATALOGUE).to_pydict()
+            self.names = dict(zip(names["track_id"], zip(names["title"], names["artist"])))
+
+    def track_row(self, track_id: str) -> int:
+        try:
+            return self.track_ids.index(track_id)
+        except ValueError:
+            raise cli.JobError(f"track {track_id!r} is not in the snapshot {self.path.name} "
+                               f"({len(self.track_ids)} tracks)") from None
+
+    def user_row(self, user_id: str) -> int:
+        try:
+            return self.user_ids.index(user_id)
+        except ValueError:
+            raise cli.JobError(f"user {user_id!r} is not in the snapshot {self.path.name} "
+                               f"({len(self.user_ids)} users)") from None
+
+    def track(self, row: int, score: float) -> dict:
+        title, artist = self.names.get(self.track_ids[row], (None, None))
+        return {"track_id": self.track_ids[row], "title": title, "artist": artist,
+                "score": round(float(score), 4), "source": self.sources[row]}
+
+
+def similar(snap: Snapshot, track_id: str, n: int) -> list[dict]:
+    """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors."""
+    row = snap.track_row(track_id)
+    y = unit_rows(factor_matrix(snap.tracks))
+    cosine = y @ y[row]
+    cosine[row] = -np.inf  # not itself
+    best, scores = top_k(cosine[None, :], min(n, len(cosine) - 1))
+    return [snap.track(j, s) for j, s in zip(best[0], scores[0])]
+
+
+def audience(snap: Snapshot, track_id: str, n: int) -> list[dict]:
+    """The ``n`` users of highest predicted preference for ``track_id``."""
+    row = snap.track_row(track_id)
+    best, scores = top_users(factor_matrix(snap.users), factor_matrix(snap.tracks)[row:row + 1],
+                             n, QueryConfig.user_batch)
+    return [{"user_id": snap.user_ids[u], "score": round(float(s), 4)}
+            for u, s in zip(best[0], scores[0])]
+
+
+def played_by(plays: Path, user_id: str) -> set[str]:
+    """The tracks ``user_id`` played, from a Parquet file or directory (schemas.PLAYS)."""
+    try:
+        table = ds.dataset(plays, format="parquet").to_table(
+            columns=["track_id"], filter=ds.field("user_id") == user_id)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise cli.JobError(f"{plays}: cannot read the plays (Parquet with user_id and "
+                           f"track_id): {err}") from None
+    return set(table.column("track_id").to_pylist())
+
+
+def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
+              played: set[str]) -> list[dict]:
+    """The ``n`` tracks of highest x_u . y_i the user has not played: about
+    ``cold_share`` of them cold (factors from audio), the rest warm, each part the
+    best of its kind, merged by score."""
+    x = factor_matrix(snap.users)[snap.user_row(user_id)]
+    scores = factor_matrix(snap.tracks) @ x
+    open_ = np.array([t not in played for t in snap.track_ids])
+    cold = np.array([s == "audio" for s in snap.sources])
+    n_cold = min(int(round(n * cold_share)), int((open_ & cold).sum()))
+    n_warm = min(n - n_cold, int((open_ & ~cold).sum()))
+    n_cold = min(n - n_warm, int((open_ & cold).sum()))  # fill up with cold when warm run out
+    picked = []
+    for mask, count in ((open_ & cold, n_cold), (open_ & ~cold, n_warm)):
+        rows = np.flatnonzero(mask)
+        best, _ = top_k(scores[rows][None, :], count)
+        picked += list(rows[best[0]])
+    picked.sort(key=lambda j: (-scores[j], j))
+    return [snap.track(j, scores[j]) for j in picked]
+
+
+def render(rows: list[dict]) -> str:
+    """A plain table of ``rows`` (the keys of the first as columns)."""
+    if not rows:
+        return "(nothing)"
+    columns = list(rows[0])
+    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = QueryConfig()
+    parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--published", type=Path, default=layout.data_root() / "published",
+                        help="directory of the published snapshots (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("-n", type=int, default=defaults.top, help="rows (default %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("similar", help="tracks nearest to a track").add_argument(
+        "--track", required=True)
+    commands.add_parser("audience", help="users most likely to like a track").add_argument(
+        "--track", required=True)
+    mix = commands.add_parser("recommend", help="tracks for a user")
+    mix.add_argument("--user", required=True)
+    mix.add_argument("--cold-share", type=float, default=defaults.cold_share,
+                     help="share of cold tracks (factors from audio) (default %(default)s)")
+    mix.add_argument("--plays", type=Path,
+                     help="plays to leave out (default: those the snapshot was made from)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("-n must be at least 1")
+    if args.command == "recommend" and not 0.0 <= args.cold_share <= 1.0:
+        parser.error("--cold-share must be between 0 and 1")
+    return args
+
+
+def answer(args: argparse.Namespace) -> list[dict]:
+    snap = Snapshot(args.published)
+    if args.command == "similar":
+        return similar(snap, args.track, args.n)
+    if args.command == "audience":
+        return audience(snap, args.track, args.n)
+    plays = args.plays or snap.manifest.get("inputs", {}).get("plays")
+    if plays is None:
+        raise cli.JobError(f"{snap.path}: the snapshot does not say which plays it was made "
+                           "from; give --plays")
+    return recommend(snap, args.user, args.n, args.cold_share, played_by(Path(plays), args.user))
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args = parse_args(argv)
+
+    def body() -> None:
+        rows = answer(args)
+        print(json.dumps(rows, indent=2) if args.json else render(rows))
+    return cli.run_job(body, logger, ValueError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

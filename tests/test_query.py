@@ -1,0 +1,123 @@
+"""The factors at work: the new releases' audience, and the query command."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import schemas
+from jobs.audience import audience
+from jobs.publish import publish
+from jobs.query import main as query_main
+from schemas import factors_column, layout, storage
+from schemas.ranking import top_k, top_users
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    """A published snapshot of 50 users, 30 warm and 10 cold tracks, with plays."""
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(50)]
+    tracks = [f"t{i}" for i in range(40)]
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(40, 6))
+    storage.write_table(pa.table({"user_id": users, "factors": factors_column(x)}),
+                        tmp_path / "users.parquet", schemas.USER_FACTORS, {"factor_space": "s"})
+    storage.write_table(pa.table({"track_id": tracks, "factors": factors_column(y),
+                                  "source": ["als"] * 30 + ["audio"] * 10,
+                                  "model_version": [None] * 30 + ["v1"] * 10}),
+                        tmp_path / "tracks.parquet", schemas.TRACK_FACTORS)
+    pq.write_table(pa.table({"track_id": tracks, "audio_uri": [f"/a/{t}.ogg" for t in tracks],
+                             "title": [f"Song {t}" for t in tracks],
+                             "artist": [f"Band {i % 4}" for i in range(40)],
+                             "duration_s": pa.array([1.0] * 40, pa.float32())}),
+                   tmp_path / "catalogue.parquet")
+    played = [(u, t) for u in users for t in tracks[:30] if rng.random() < 0.3]
+    pq.write_table(pa.table({"user_id": [u for u, _ in played], "track_id": [t for _, t in played],
+                             "plays": pa.array([1] * len(played), pa.int64())}),
+                   tmp_path / "plays.parquet")
+    audience(tmp_path / "users.parquet", tmp_path / "tracks.parquet", tmp_path / "audience.parquet",
+             k=5, user_batch=7, track_batch=3)
+    publish("night-1", tmp_path / "users.parquet", tmp_path / "tracks.parquet",
+            tmp_path / "published", catalogue=tmp_path / "catalogue.parquet",
+            plays=tmp_path / "plays.parquet", audience=tmp_path / "audience.parquet")
+    return tmp_path, x, y, played
+
+
+def query(capsys, root, *args):
+    code = query_main(["--published", str(root / "published"), *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_top_users_in_batches_is_the_exact_top_k():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(1000, 8)).astype(np.float32), rng.normal(size=(20, 8)).astype(np.float32)
+    exact, exact_scores = top_k(y @ x.T, 9)
+    for batch in (1, 7, 100, 5000):
+        best, scores = top_users(x, y, 9, batch)
+        assert (best == exact).all() and np.allclose(scores, exact_scores)
+    assert top_users(x[:3], y, 9, 2)[0].shape == (20, 3)  # fewer users than k
+
+
+def test_the_audience_of_every_new_release(snapshot):
+    root, x, y, _ = snapshot
+    table = pq.read_table(root / "published" / "latest" / layout.AUDIENCE).to_pydict()
+    assert sorted(set(table["track_id"])) == sorted(f"t{i}" for i in range(30, 40))
+    assert len(table["track_id"]) == 10 * 5
+    t35 = [u for t, u in zip(table["track_id"], table["user_id"]) if t == "t35"]
+    assert t35 == [f"u{i}" for i in np.argsort(-(x @ y[35]), kind="stable")[:5]]
+    assert table["rank"][:5] == [1, 2, 3, 4, 5]
+
+
+def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
+    root, _, y, _ = snapshot
+    code, out, _ = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33")
+    assert code == 0
+    rows = json.loads(out)
+    unit = y / np.linalg.norm(y, axis=1, keepdims=True)
+    cosine = unit @ unit[33]
+    cosine[33] = -np.inf
+    assert [r["track_id"] for r in rows] == [f"t{i}" for i in np.argsort(-cosine)[:4]]
+    assert rows[0]["title"] == f"Song {rows[0]['track_id']}" and rows[0]["artist"].startswith("Band")
+    assert {r["source"] for r in rows} <= {"als", "audio"}
+    code, out, _ = query(capsys, root, "similar", "--track", "t33")
+    assert code == 0 and out.splitlines()[0].split() == ["track_id", "title", "artist", "score",
+                                                         "source"]
+
+
+def test_a_tracks_audience_matches_the_published_table(snapshot, capsys):
+    root, _, _, _ = snapshot
+    code, out, _ = query(capsys, root, "--json", "-n", "5", "audience", "--track", "t31")
+    assert code == 0
+    table = pq.read_table(root / "published" / "latest" / layout.AUDIENCE).to_pydict()
+    assert [r["user_id"] for r in json.loads(out)] == \
+        [u for t, u in zip(table["track_id"], table["user_id"]) if t == "t31"]
+
+
+def test_recommendations_leave_out_what_was_played_and_mix_in_cold_tracks(snapshot, capsys):
+    root, x, y, played = snapshot
+    code, out, _ = query(capsys, root, "--json", "-n", "10", "recommend", "--user", "u3",
+                         "--cold-share", "0.3")
+    assert code == 0
+    rows = json.loads(out)
+    mine = {t for u, t in played if u == "u3"}
+    assert len(rows) == 10 and not mine & {r["track_id"] for r in rows}
+    assert [r["source"] for r in rows].count("audio") == 3
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    best_cold = sorted(range(30, 40), key=lambda i: -(x[3] @ y[i]))[:3]
+    assert {r["track_id"] for r in rows if r["source"] == "audio"} == {f"t{i}" for i in best_cold}
+    code, out, _ = query(capsys, root, "--json", "-n", "10", "recommend", "--user", "u3",
+                         "--cold-share", "0")
+    assert code == 0 and all(r["source"] == "als" for r in json.loads(out))
+
+
+def test_unknown_ids_and_a_missing_snapshot_are_errors_naming_them(snapshot, capsys, tmp_path):
+    root, _, _, _ = snapshot
+    code, _, err = query(capsys, root, "similar", "--track", "nope")
+    assert code == 1 and "track 'nope' is not in the snapshot night-1" in err
+    code, _, err = query(capsys, root, "recommend", "--user", "nobody")
+    assert code == 1 and "user 'nobody' is not in the snapshot" in err
+    code = query_main(["--published", str(tmp_path / "empty"), "audience", "--track", "t1"])
+    assert code == 1 and "no published snapshot" in capsys.readouterr().err
