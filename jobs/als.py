@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import schemas  # noqa: E402
 from schemas import cli, inputs, layout, model_file, storage  # noqa: E402
 from schemas.config import (STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions,  # noqa: E402
-                            TrackHoldout)
+                            SemiColdConfig, TrackHoldout)
 from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
                             plays_format)
 
@@ -411,14 +411,16 @@ def resolve_blocks(spark: SparkSession, params: AlsParams) -> AlsParams:
 def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
         tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None,
-        holdout: TrackHoldout = TrackHoldout(fraction=0.0)) -> None:
+        holdout: TrackHoldout = TrackHoldout(fraction=0.0),
+        semi_cold: int = SemiColdConfig.max_listeners) -> None:
     """Extract, validate, factorise and write every output table under ``out``.
 
     With ``catalogue_path``, plays of tracks it does not list are quarantined. With a
     ``holdout`` fraction, the plays of that share of the tracks (stratified by the
     catalogue's artists when there is one) are written to heldout_plays/ instead of
-    being learned from. Raises PlaysInputError (nothing written) when the input
-    cannot be used.
+    being learned from. Every play of the tracks with at most ``semi_cold``
+    listeners goes to sparse_plays/, for scoring to blend with their audio. Raises
+    PlaysInputError (nothing written) when the input cannot be used.
     """
     params = resolve_blocks(spark, params)
     # Every ALS run learns a space of its own (rotations, sign flips): its factors
@@ -442,6 +444,7 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
                 tmp / layout.HELDOUT_PLAYS, schemas.PLAYS, dataclasses.asdict(holdout))
             logger.info("held out every play of %.0f%% of the tracks (%d plays) for evaluation",
                         100 * holdout.fraction, n_held)
+        write_play_counts(learned, tmp, semi_cold)
         user_ids = index_ids(learned, "user_id", "user_index")
         track_ids = index_ids(learned, "track_id", "track_index")
         model = transform(learned, user_ids, track_ids, params, tuning)
@@ -457,6 +460,22 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
             shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
     logger.info("ALS rank %d, %d blocks: %d users, %d tracks, %d quarantined rows -> %s",
                 params.rank, params.blocks, n_users, n_items, n_bad, out)
+
+
+def write_play_counts(learned: DataFrame, out: Path, semi_cold: int) -> None:
+    """track_plays/: listeners and plays of every track; sparse_plays/: every play of
+    the tracks with at most ``semi_cold`` listeners."""
+    counts = learned.select("user_id", "track_id", F.greatest(
+        F.lit(1), F.round("plays")).cast("long").alias("plays"))
+    per_track = (counts.groupBy("track_id")
+                 .agg(F.count("*").alias("listeners"), F.sum("plays").alias("plays"))
+                 .persist(StorageLevel.MEMORY_AND_DISK))
+    write_parquet(per_track, out / layout.TRACK_PLAYS, schemas.TRACK_PLAYS)
+    sparse = per_track.filter(F.col("listeners") <= semi_cold).select("track_id")
+    n = write_parquet(counts.join(sparse, "track_id").select("user_id", "track_id", "plays"),
+                      out / layout.SPARSE_PLAYS, schemas.PLAYS, {"max_listeners": semi_cold})
+    per_track.unpersist()
+    logger.info("%d plays of tracks with at most %d listeners (semi-cold)", n, semi_cold)
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -554,6 +573,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "heldout_plays/ instead of learning from them (default 0: none)")
     parser.add_argument("--hold-out-seed", type=int, default=TrackHoldout.seed,
                         help="seed of the track hold-out (default %(default)s)")
+    parser.add_argument("--semi-cold-listeners", type=int, default=SemiColdConfig.max_listeners,
+                        help="tracks with at most this many listeners are semi-cold: their "
+                             "plays go to sparse_plays/ (default %(default)s)")
     add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -574,7 +596,8 @@ def run_job(args: argparse.Namespace) -> None:
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
             input_options(args), als_tuning(args), args.catalogue,
-            TrackHoldout(fraction=args.hold_out_tracks, seed=args.hold_out_seed))
+            TrackHoldout(fraction=args.hold_out_tracks, seed=args.hold_out_seed),
+            args.semi_cold_listeners)
     finally:
         spark.stop()
 

@@ -16,6 +16,9 @@ where the catalogue has artists, by whether the artist has warm tracks (known) o
   i.e. the exact ALS item step (same alpha, eps and regularisation as the run) against
   the trained user factors, so they live in the same space as the predictions.
 
+Then semi-cold tracks (jobs/evaluate_semicold.py): 1, 2, 5 and 10 plays of each
+held-out track revealed, ALS on them against the best CNN's audio alone and the blend.
+
     python -m jobs.evaluate --user-factors ALS/user_factors --item-factors ALS/item_factors \\
         --mels DATA/mels/<hash> --heldout-plays heldout.parquet --model m1.pt --model m2.pt \\
         --out report.json
@@ -41,6 +44,7 @@ from model import bow, metadata
 from model.bow import BagOfWords
 from model.data import mel_array, read_mels, unit_rows
 from model.predict import predict_tracks, vocabulary
+from jobs.evaluate_semicold import evaluate_semicold, markdown as semicold_markdown
 from schemas import cli, layout, metrics, model_file, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import BowConfig, EvaluateConfig
@@ -205,9 +209,16 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
                                          f"map@{k}": part[f"map@{k}"]}
         results.append(row)
         logger.info("%s: %s", name, {key: value for key, value in row.items() if key != "slices"})
-    return {"users": ranked["users"], "heldout_tracks": len(track_ids), "k": k,
-            "recall_k": config.recall_k, "neighbours": config.neighbours,
-            "tracks_with_known_artist": known_artists, "methods": results}
+    report = {"users": ranked["users"], "heldout_tracks": len(track_ids), "k": k,
+              "recall_k": config.recall_k, "neighbours": config.neighbours,
+              "tracks_with_known_artist": known_artists, "methods": results}
+    cnns = [row for row in results if row["method"].startswith("CNN")
+            and "withheld" not in row["method"] and np.isfinite(row["auc"])]
+    if cnns:  # semi-cold tracks: a few plays revealed, with the best audio model
+        best = max(cnns, key=lambda row: row["auc"])["method"]
+        report["semi_cold"] = {"audio": best, **evaluate_semicold(
+            users, heldout, track_ids, methods[best], als, k, config.recall_k, seed)}
+    return report
 
 
 def markdown(report: dict) -> str:
@@ -233,6 +244,8 @@ def markdown(report: dict) -> str:
         lines += ["| " + " | ".join([m["method"]] + [f"{m['slices'][s]['auc']:.4f}"
                                                      for s in slices]) + " |"
                   for m in report["methods"]]
+    if "semi_cold" in report:
+        lines += ["", semicold_markdown(report["semi_cold"], k)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,11 +1,18 @@
 """Predict factors for every cold track (in the catalogue, without ALS factors).
 
     python -m jobs.score --model model.pt --mels DATA/mels/<hash> \\
-        --catalogue catalogue.parquet --item-factors DATA/als/item_factors --out DIR
+        --catalogue catalogue.parquet --item-factors DATA/als/item_factors --out DIR \\
+        [--als DATA/als]
+
+With --als (the ALS run's directory), semi-cold tracks, those whose few plays the
+run kept in sparse_plays/, get the ALS item step held toward their audio prediction
+(schemas.feedback.fold_in_toward, strength --semi-cold-reg) instead of their ALS
+factors, and every track's listeners and plays are recorded.
 
 Output directory (appears atomically):
     predicted_factors.parquet  schemas.PREDICTED_FACTORS: cold tracks, from audio
-    track_factors.parquet      schemas.TRACK_FACTORS: warm from ALS + cold from audio
+    track_factors.parquet      schemas.TRACK_FACTORS: warm from ALS, semi-cold from
+                               ALS + audio, cold from audio
     unscored.parquet           schemas.DEAD_LETTERS: cold tracks with no spectrogram
     unlisted.parquet           schemas.DEAD_LETTERS: played tracks the catalogue lacks
 """
@@ -16,6 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,6 +34,8 @@ from model.artefact import load_model
 from model.predict import predict_tracks, vocabulary
 from schemas import cli, layout, model_file, storage
 from schemas import factor_matrix, factors_column
+from schemas.config import SemiColdConfig
+from schemas.feedback import als_settings, fold_in_toward, plays_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +54,24 @@ def check_mel_params(shards: list[Path], expected: dict) -> None:
             raise ValueError(f"{shard}: mel parameters {found} differ from the model's {expected}")
 
 
+def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
+              warm_ids: list[str], reg: float) -> tuple[list[str], np.ndarray]:
+    """(ids, factors) of the semi-cold tracks with spectrograms: their plays in
+    ``als_dir``/sparse_plays, held toward their audio prediction with strength ``reg``."""
+    sparse = storage.read_table(als_dir / layout.SPARSE_PLAYS, schemas.PLAYS)
+    warm = set(warm_ids)
+    wanted = sorted({t for t in sparse.column("track_id").to_pylist() if t in warm})
+    ids, audio = predict_tracks(model, artefact, shards, wanted, tokens)
+    users = storage.read_table(als_dir / layout.USER_FACTORS, schemas.USER_FACTORS)
+    user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    als = als_settings(storage.read_params(als_dir / layout.ITEM_FACTORS), als_dir)
+    matrix = plays_matrix(sparse, {t: i for i, t in enumerate(ids)}, user_index)
+    return ids, fold_in_toward(factor_matrix(users), matrix, als["alpha"], als["eps"], reg, audio)
+
+
 def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_path: Path,
-          out: Path) -> None:
+          out: Path, als_dir: Path | None = None,
+          semi_cold_reg: float = SemiColdConfig.reg) -> None:
     model, artefact = load_model(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     factors = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
@@ -63,13 +89,33 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     ids, predicted = predict_tracks(model, artefact, shards, cold, tokens)
     version = artefact["version"]
 
+    warm_ids = warm.column("track_id").to_pylist()
+    warm_x = factor_matrix(warm).copy()
+    sources = ["als"] * warm.num_rows
+    counts: dict[str, tuple[int, int]] = {}
+    if als_dir is not None:
+        table = storage.read_table(als_dir / layout.TRACK_PLAYS, schemas.TRACK_PLAYS).to_pydict()
+        counts = dict(zip(table["track_id"], zip(table["listeners"], table["plays"])))
+        semi_ids, blended = semi_cold(model, artefact, shards, tokens, als_dir, warm_ids,
+                                      semi_cold_reg)
+        row_of = {t: i for i, t in enumerate(warm_ids)}
+        for track, factors in zip(semi_ids, blended):
+            warm_x[row_of[track]] = factors
+            sources[row_of[track]] = "als+audio"
+        logger.info("%d semi-cold tracks: their plays held toward their audio (reg %g)",
+                    len(semi_ids), semi_cold_reg)
     predicted_table = pa.table({"track_id": ids, "factors": factors_column(predicted),
                                 "model_version": [version] * len(ids)})
     combined = pa.table({
-        "track_id": warm.column("track_id").to_pylist() + ids,
-        "factors": pa.concat_arrays([factors_column(factor_matrix(warm)), factors_column(predicted)]),
-        "source": ["als"] * warm.num_rows + ["audio"] * len(ids),
-        "model_version": [None] * warm.num_rows + [version] * len(ids),
+        "track_id": warm_ids + ids,
+        "factors": pa.concat_arrays([factors_column(warm_x), factors_column(predicted)]),
+        "source": sources + ["audio"] * len(ids),
+        "model_version": [version if s == "als+audio" else None for s in sources]
+        + [version] * len(ids),
+        "listeners": pa.array([counts.get(t, (None, None))[0] for t in warm_ids] + [0] * len(ids),
+                              pa.int64()),
+        "plays": pa.array([counts.get(t, (None, None))[1] for t in warm_ids] + [0] * len(ids),
+                          pa.int64()),
     })
     missing = sorted(set(cold) - set(ids))
     uri_of = dict(zip(catalogue.column("track_id").to_pylist(),
@@ -109,6 +155,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ALS item factors: tracks listed here are warm, the rest are cold")
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory; must not exist, appears when complete")
+    parser.add_argument("--als", type=Path,
+                        help="the ALS run's directory: blend its semi-cold tracks "
+                             "(sparse_plays/) with their audio, and record plays")
+    parser.add_argument("--semi-cold-reg", type=float, default=SemiColdConfig.reg,
+                        help="how strongly a semi-cold track is held toward its audio "
+                             "prediction (default %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -116,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     args = parse_args(argv)
     return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
-                                     args.out), logger, ValueError, FileExistsError)
+                                     args.out, args.als, args.semi_cold_reg),
+                       logger, ValueError, FileExistsError)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ QUARANTINED_PLAYS = pa.schema([
     pa.field("reason", pa.string(), nullable=False),
 ])
 
+# How often each track ALS learned from was played: its listeners (users with a play
+# count) and the sum of their counts.
+TRACK_PLAYS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("listeners", pa.int64(), nullable=False),
+    pa.field("plays", pa.int64(), nullable=False),
+])
+
 # Catalogue: every track the service knows, with where its audio lives.
 CATALOGUE = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),
@@ -138,13 +146,17 @@ AUDIENCE = pa.schema([
     pa.field("rank", pa.int32(), nullable=False),
 ])
 
-# Every track of the catalogue that has factors: warm ones from ALS, cold ones
-# from the audio model. ``source`` is "als" or "audio".
+# Every track of the catalogue that has factors, and where they came from
+# (``source``): "als" (its plays), "audio" (the audio model: a cold track), or
+# "als+audio" (a semi-cold track: its few plays, held toward its audio prediction);
+# with its listeners and plays (0 for a cold track).
 TRACK_FACTORS = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),
     pa.field("factors", FACTORS, nullable=False),
     pa.field("source", pa.string(), nullable=False),
     pa.field("model_version", pa.string()),
+    pa.field("listeners", pa.int64()),
+    pa.field("plays", pa.int64()),
 ])
 
 

@@ -261,6 +261,17 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class SemiColdConfig:
+    """Tracks with at most ``max_listeners`` listeners are semi-cold: their factors
+    are the ALS item step held toward their audio prediction with strength ``reg``
+    (schemas.feedback.fold_in_toward) rather than toward zero. ``reg`` was chosen by
+    validation on held-out tracks with 1-10 revealed plays (jobs/evaluate.py's
+    semi-cold table, on the demo and on real music; README)."""
+    max_listeners: int = 10
+    reg: float = 10.0
+
+
+@dataclass(frozen=True)
 class QueryConfig:
     """The factors at work (jobs/audience.py, jobs/query.py): users kept per new
     release, rows of a query's answer, the share of cold tracks in a user's

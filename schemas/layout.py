@@ -94,6 +94,8 @@ USER_IDS = "user_ids"
 TRACK_IDS = "track_ids"
 QUARANTINE = "quarantine"
 HELDOUT_PLAYS = "heldout_plays"  # only with a track hold-out: every play of those tracks
+TRACK_PLAYS = "track_plays"  # listeners and plays of every track learned from
+SPARSE_PLAYS = "sparse_plays"  # every play of the semi-cold tracks (few listeners)
 
 # -- Scoring output directory (jobs/score.py) -------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 import schemas
 from jobs import als
 from schemas import factor_matrix, storage
-from schemas.config import AlsParams, InputOptions, TrackHoldout
+from schemas.config import AlsParams, InputOptions, SemiColdConfig, TrackHoldout
 from schemas.inputs import PlaysInputError, plays_format
 
 
@@ -79,6 +79,27 @@ def test_bad_rows_quarantined_and_duplicates_summed(als_out):
     ids = storage.read_table(out / "user_ids", schemas.USER_IDS)
     assert sorted(ids.column("user_index").to_pylist()) == list(range(ids.num_rows))
     assert None not in ids.column("user_id").to_pylist() and "" not in ids.column("user_id").to_pylist()
+
+
+def test_listeners_and_plays_of_every_track_and_the_semi_cold_plays(als_out):
+    out, table, _, _ = als_out
+    pairs: dict[tuple[str, str], int] = {}
+    for row in table.to_pylist() + [{"user_id": "u002", "track_id": "t000", "plays": 12}]:
+        key = (row["user_id"], row["track_id"])
+        pairs[key] = pairs.get(key, 0) + row["plays"]
+    listeners: dict[str, set] = {}
+    plays: dict[str, int] = {}
+    for (user, track), n in pairs.items():
+        listeners.setdefault(track, set()).add(user)
+        plays[track] = plays.get(track, 0) + n
+    counts = storage.read_table(out / "track_plays", schemas.TRACK_PLAYS).to_pylist()
+    assert {r["track_id"]: (r["listeners"], r["plays"]) for r in counts} == \
+        {t: (len(listeners[t]), plays[t]) for t in plays}
+    sparse = storage.read_table(out / "sparse_plays", schemas.PLAYS).to_pylist()
+    few = {t for t, users in listeners.items() if len(users) <= SemiColdConfig.max_listeners}
+    assert few and few != set(listeners)  # the case has both kinds
+    assert sorted((r["user_id"], r["track_id"], r["plays"]) for r in sparse) == \
+        sorted((u, t, n) for (u, t), n in pairs.items() if t in few)
 
 
 def test_split_valid_sums_duplicates(spark):

@@ -237,3 +237,53 @@ def test_a_fused_model_is_reported_with_and_without_the_artist_and_by_artist_sli
     # the new artist's tracks are predicted the same either way: no token of theirs is known
     assert fused["slices"]["new artist"]["auc"] == withheld["slices"]["new artist"]["auc"]
     assert "new artist (2)" in markdown(report)
+
+
+def test_fold_in_toward_solves_the_blended_objective():
+    from schemas.feedback import confidence, fold_in_toward
+
+    rng = np.random.default_rng(0)
+    x, prior = rng.normal(size=(30, 4)), rng.normal(size=(7, 4))
+    plays = sp.random(7, 30, density=0.1, random_state=1, format="csr")
+    plays.data = np.ceil(plays.data * 5)
+    got = fold_in_toward(x, plays, 10.0, 1.0, 2.0, prior, batch=3)
+    for i in range(7):
+        row = plays[i].toarray()[0]
+        p, c = (row > 0).astype(float), np.ones(30)
+        c[row > 0] = confidence(row[row > 0], 10.0, 1.0)
+        exact = np.linalg.solve(x.T @ (c[:, None] * x) + 2.0 * np.eye(4), x.T @ (c * p) + 2.0 * prior[i])
+        np.testing.assert_allclose(got[i], exact, atol=1e-5)
+    # held hard enough, a track stays at its prior whatever its plays
+    np.testing.assert_allclose(fold_in_toward(x, plays, 10.0, 1.0, 1e9, prior), prior, atol=1e-4)
+
+
+def semicold_case(seed=0, n_users=300, n_tracks=40):
+    """Users and tracks with true factors, 15-40 listeners per track drawn by preference."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n_users, 8)), rng.normal(size=(n_tracks, 8))
+    users = table([f"u{u}" for u in range(n_users)], "user_id", x)
+    rows = []
+    for t in range(n_tracks):
+        fans = np.argsort(-(x @ y[t]))[:int(rng.integers(15, 40))]
+        rows += [(f"u{u}", f"t{t}", int(rng.integers(1, 6))) for u in fans]
+    heldout = pa.table({"user_id": [r[0] for r in rows], "track_id": [r[1] for r in rows],
+                        "plays": pa.array([r[2] for r in rows], pa.int64())})
+    return users, heldout, [f"t{t}" for t in range(n_tracks)], y.astype(np.float32), rng
+
+
+def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
+    from jobs.evaluate_semicold import LAMBDAS, REVEALED, evaluate_semicold
+
+    users, heldout, ids, truth, rng = semicold_case()
+    als = {"alpha": 10.0, "eps": 1.0, "reg": 0.1}
+    good = evaluate_semicold(users, heldout, ids, truth * 3, als, 10, 5, seed=0)
+    assert [b["revealed"] for b in good["buckets"]] == list(REVEALED)
+    assert good["lambda"] in LAMBDAS and set(good["validation_auc_by_lambda"]) == set(LAMBDAS)
+    one = good["buckets"][0]
+    assert one["tracks"] < len(ids)  # the test half only
+    assert one["blend"]["auc"] >= one["als"]["auc"]
+    noise = rng.normal(size=truth.shape).astype(np.float32)
+    bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, seed=0)
+    assert bad["lambda"] < good["lambda"]
+    ten = bad["buckets"][-1]
+    assert ten["blend"]["auc"] > ten["audio"]["auc"] + 0.1

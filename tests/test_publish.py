@@ -16,7 +16,8 @@ def write_run(root, night: str, space: str):
     run = root / "runs" / night
     users = pa.table({"user_id": ["u1", "u2"], "factors": factors_column(np.eye(2, 3))})
     tracks = pa.table({"track_id": ["t1", "t2"], "factors": factors_column(np.ones((2, 3))),
-                       "source": ["als", "audio"], "model_version": [None, f"m-{night}"]})
+                       "source": ["als", "audio"], "model_version": [None, f"m-{night}"],
+                       "listeners": [3, 0], "plays": [7, 0]})
     storage.write_table(users, run / "als" / "user_factors" / "part-0.parquet",
                         schemas.USER_FACTORS, {"factor_space": space})
     storage.write_table(tracks, run / "factors" / "track_factors.parquet", schemas.TRACK_FACTORS)

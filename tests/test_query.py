@@ -25,7 +25,8 @@ def snapshot(tmp_path):
                         tmp_path / "users.parquet", schemas.USER_FACTORS, {"factor_space": "s"})
     storage.write_table(pa.table({"track_id": tracks, "factors": factors_column(y),
                                   "source": ["als"] * 30 + ["audio"] * 10,
-                                  "model_version": [None] * 30 + ["v1"] * 10}),
+                                  "model_version": [None] * 30 + ["v1"] * 10,
+                                  "listeners": [20] * 30 + [0] * 10, "plays": [50] * 30 + [0] * 10}),
                         tmp_path / "tracks.parquet", schemas.TRACK_FACTORS)
     pq.write_table(pa.table({"track_id": tracks, "audio_uri": [f"/a/{t}.ogg" for t in tracks],
                              "title": [f"Song {t}" for t in tracks],

@@ -64,3 +64,43 @@ def test_a_model_with_a_metadata_branch_reads_the_catalogues_artists(tmp_path):
     order = pq.read_table(tmp_path / "someone new" / layout.PREDICTED_FACTORS)["track_id"]
     assert order.to_pylist() == cold["track_id"].to_pylist()
     np.testing.assert_allclose(predicted["someone new"], alone, rtol=1e-5)
+
+
+def test_semi_cold_tracks_are_held_toward_their_audio_and_plays_are_recorded(tmp_path):
+    from schemas.feedback import fold_in_toward, plays_matrix
+
+    mels_dir, users, items, _, params = write_evaluation_set(tmp_path)  # t0..t7 warm
+    als = tmp_path / "als"
+    meta = {"factor_space": "night", "alpha": 10.0, "eps": 1.0, "reg": 0.1}
+    storage.write_table(items, als / layout.ITEM_FACTORS / "part-0.parquet", schemas.ITEM_FACTORS, meta)
+    storage.write_table(users, als / layout.USER_FACTORS / "part-0.parquet", schemas.USER_FACTORS, meta)
+    listeners = {f"t{i}": 20 for i in range(6)} | {"t6": 2, "t7": 1}
+    storage.write_table(pa.table({"track_id": list(listeners), "listeners": list(listeners.values()),
+                                  "plays": [3 * n for n in listeners.values()]}),
+                        als / layout.TRACK_PLAYS / "part-0.parquet", schemas.TRACK_PLAYS)
+    sparse = pa.table({"user_id": ["u0", "u1", "u2"], "track_id": ["t6", "t6", "t7"],
+                       "plays": pa.array([1, 2, 6], pa.int64())})
+    storage.write_table(sparse, als / layout.SPARSE_PLAYS / "part-0.parquet", schemas.PLAYS)
+    model = tiny_model(tmp_path / "model.pt", params, factor_space="night")
+    pq.write_table(pa.Table.from_pylist(
+        [{"track_id": f"t{i}", "audio_uri": f"/a/t{i}.mp3", "title": f"t{i}", "artist": "a",
+          "duration_s": 1.0} for i in range(12)], schemas.CATALOGUE), tmp_path / "catalogue.parquet")
+
+    score(model, mels_dir, tmp_path / "catalogue.parquet", als / layout.ITEM_FACTORS,
+          tmp_path / "out", als_dir=als, semi_cold_reg=5.0)
+
+    table = pq.read_table(tmp_path / "out" / layout.TRACK_FACTORS).to_pydict()
+    row = {t: i for i, t in enumerate(table["track_id"])}
+    assert [table["source"][row[t]] for t in ("t0", "t6", "t7", "t9")] == \
+        ["als", "als+audio", "als+audio", "audio"]
+    assert [table["listeners"][row[t]] for t in ("t0", "t6", "t9")] == [20, 2, 0]
+    assert [table["plays"][row[t]] for t in ("t0", "t6", "t9")] == [60, 6, 0]
+    net, artefact = load_model(model)
+    audio = predict(net, artefact, mel_array(read_mels(layout.mel_shards(mels_dir), ["t6", "t7"])))
+    user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
+    expected = fold_in_toward(schemas.factor_matrix(users),
+                              plays_matrix(sparse, {"t6": 0, "t7": 1}, user_index),
+                              10.0, 1.0, 5.0, audio)
+    np.testing.assert_allclose([table["factors"][row["t6"]], table["factors"][row["t7"]]],
+                               expected, rtol=1e-5)
+    assert table["factors"][row["t0"]] == items.column("factors")[0].as_py()

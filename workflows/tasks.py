@@ -31,7 +31,7 @@ from luigi.contrib.spark import SparkSubmitTask
 from schemas import layout, storage
 from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
                             ChooseConfig,
-                            DemoConfig, PublishConfig, QueryConfig,
+                            DemoConfig, PublishConfig, QueryConfig, SemiColdConfig,
                             EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
                             TrackHoldout, TrainConfig)
 from schemas.inputs import FORMATS
@@ -373,6 +373,10 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
         default=0.0, description="evaluation only: the share of tracks whose plays are held "
         "out (stratified by artist and popularity); 0 for the production factors")
     holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
+    semi_cold_listeners = luigi.IntParameter(
+        default=SemiColdConfig.max_listeners,
+        description="tracks with at most this many listeners get factors held toward their "
+                    "audio prediction (semi-cold)")
     app = str(REPO / "jobs" / "als.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
@@ -411,7 +415,8 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
                 *(["--checkpoint-dir", self.checkpoint_dir] if self.checkpoint_dir else []),
                 "--format", self.plays_format, "--user-column", self.user_column,
                 "--track-column", self.track_column, "--plays-column", self.plays_column,
-                "--delimiter", self.delimiter, "--max-bad-fraction", self.max_bad_fraction]
+                "--delimiter", self.delimiter, "--max-bad-fraction", self.max_bad_fraction,
+                "--semi-cold-listeners", self.semi_cold_listeners]
 
 
 class MelSpectrograms(RunTask, JobTask):
@@ -597,7 +602,7 @@ class ScoreColdTracks(RunTask, JobTask):
                 "--mels", self.requires()["mels"].params_dir(),
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
-                "--out", self.output().path]
+                "--als", self.input()["als"].path, "--out", self.output().path]
 
 
 class EvaluateColdStart(RunTask, JobTask):
