@@ -58,7 +58,7 @@ class NetConfig:
     clip_frames: int | None = None
     metadata_vocab: tuple[str, ...] = ()  # catalogue tokens of the training tracks
     metadata_dim: int = 32
-    metadata_dropout: float = 0.3
+    metadata_dropout: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)

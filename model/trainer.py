@@ -130,10 +130,14 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:
         """Over all ranks' validation examples: the mean loss, the spread of the
-        predictions and their agreement with the targets (schemas.metrics)."""
+        predictions and their agreement with the targets (schemas.metrics).
+
+        A network with a metadata branch is also asked without its tokens, as for a
+        track of an artist it never saw; its agreement is the mean of both, so the
+        epoch kept serves new artists too, not only known ones."""
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        preds, targets = [], []
+        preds, bare, targets = [], [], []
         for mel, target, index in self.val_loader:
             inputs = self.inputs(mel, index)
             target, index = target.to(self.device), index.to(self.device)
@@ -141,21 +145,25 @@ class Trainer:
             # would hang or garble when ranks hold different numbers of batches.
             with self.autocast():
                 pred = self.module(*inputs).float()
+                if len(inputs) > 1:
+                    bare.append(self.module(inputs[0]).float().cpu().numpy())
             total[0] += self.loss(pred, target, index) * len(mel)
             total[1] += len(mel)
             preds.append(pred.cpu().numpy())
             targets.append(target.cpu().numpy())
-        shares = [(preds, targets)]
+        shares = [(preds, bare, targets)]
         if dist.is_initialized():
             dist.all_reduce(total)
             shares = [None] * dist.get_world_size()
-            dist.all_gather_object(shares, (preds, targets))
-        pred = np.concatenate([p for share in shares for p in share[0]] or [np.zeros((0, 1))])
-        target = np.concatenate([t for share in shares for t in share[1]] or [np.zeros((0, 1))])
+            dist.all_gather_object(shares, (preds, bare, targets))
+        pred, bare, target = (np.concatenate([a for share in shares for a in share[part]]
+                                             or [np.zeros((0, 1))]) for part in range(3))
         if not len(pred):
             return float("nan"), float("nan"), float("nan")
-        return ((total[0] / total[1]).item(), metrics.spread(pred),
-                metrics.agreement(pred, target, self.reference))
+        score = metrics.agreement(pred, target, self.reference)
+        if len(bare):
+            score = (score + metrics.agreement(bare, target, self.reference)) / 2
+        return (total[0] / total[1]).item(), metrics.spread(pred), score
 
     def save_snapshot(self) -> None:
         if not is_main() or self.snapshot is None:
