@@ -28,6 +28,7 @@ setup(
         "tensorboard>=2.14",
         "scipy>=1.10",
         "fsspec>=2023.1",
+        "voyager>=2.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "implicit>=0.7", "pyyaml>=6"],

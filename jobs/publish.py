@@ -6,7 +6,8 @@
 A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parquet
 (warm tracks from ALS, cold ones from audio), with --catalogue the title and artist
 of those tracks (catalogue.parquet), with --audience the new releases' audience
-(audience.parquet, jobs/audience.py), and snapshot.json (run id, factor space, model
+(audience.parquet, jobs/audience.py), with --index the similar-track index
+(similar/, jobs/index.py), and snapshot.json (run id, factor space, model
 version, row counts, time, the catalogue and plays it was made from). Users and tracks of one snapshot share one factor
 space; consumers read <out>/latest/, a symbolic link switched atomically once the new
 snapshot is complete, so they never mix one night's users with another's tracks.
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             keep: int = PublishConfig.keep, runs: Path | None = None,
             catalogue: Path | None = None, plays: Path | None = None,
-            audience: Path | None = None) -> Path:
+            audience: Path | None = None, index: Path | None = None) -> Path:
     """Write the snapshot of ``run_id`` under ``out``, point ``latest`` at it, apply
     retention (to ``runs``/<run id> too); returns the snapshot directory."""
     users = storage.read_table(user_factors, schemas.USER_FACTORS)
@@ -59,6 +60,8 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             storage.write_table(names, tmp / layout.SNAPSHOT_CATALOGUE, schemas.SNAPSHOT_CATALOGUE)
         if audience is not None:
             shutil.copyfile(audience, tmp / layout.AUDIENCE)
+        if index is not None:
+            shutil.copytree(index, tmp / layout.INDEX)
         storage.write_text(tmp / layout.SNAPSHOT_MANIFEST, json.dumps({
             "run_id": run_id, "factor_space": space, "model_versions": versions,
             "users": users.num_rows, "tracks": tracks.num_rows,
@@ -117,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "out what a user played)")
     parser.add_argument("--audience", type=Path,
                         help="the new releases' audience table (jobs/audience.py) to include")
+    parser.add_argument("--index", type=Path,
+                        help="the similar-track index (jobs/index.py) to include")
     parser.add_argument("--runs", type=Path,
                         help="directory of the runs' outputs (DATA/runs); removed with their "
                              "snapshots")
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if target.exists():
             raise cli.UsageError(f"snapshot {target} already exists")
         publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
-                args.runs, args.catalogue, args.plays, args.audience)
+                args.runs, args.catalogue, args.plays, args.audience, args.index)
     return cli.run_job(body, logger, ValueError)
 
 

@@ -7,7 +7,8 @@
                                                    cold tracks (--cold-share)
 
 Reads DATA_ROOT/published/latest (--published to read another directory of
-snapshots), prints a table naming each track by title and artist (the snapshot's
+snapshots); ``similar`` searches the snapshot's index (jobs/index.py) when it was
+built from the snapshot's factors, and exactly otherwise. Prints a table naming each track by title and artist (the snapshot's
 catalogue), its score and where its factors came from ("als": plays, "audio": the
 audio model), or JSON with --json. An id the snapshot does not know is an error
 naming it. ``recommend`` leaves out what the user played, read from the plays the
@@ -24,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from voyager import Index
 
 import schemas
 from schemas import cli, factor_matrix, layout, storage
-from schemas.config import QueryConfig
+from schemas.config import IndexConfig, QueryConfig
 from schemas.metrics import unit_rows
 from schemas.ranking import top_k, top_users
 
@@ -55,6 +58,20 @@ class Snapshot:
             names = storage.read_table(catalogue, schemas.SNAPSHOT_CATALOGUE).to_pydict()
             self.names = dict(zip(names["track_id"], zip(names["title"], names["artist"])))
 
+    def index(self):
+        """The snapshot's similar-track index (jobs/index.py), or None when it has none
+        or it was built from other factors (then the search is exact)."""
+        folder = self.path / layout.INDEX
+        if not (folder / layout.INDEX_MANIFEST).exists():
+            return None
+        built = json.loads((folder / layout.INDEX_MANIFEST).read_text())
+        ids = pq.read_table(folder / layout.INDEX_IDS).column("track_id").to_pylist()
+        if built["factor_table"] != schemas.factors_version(self.tracks) or ids != self.track_ids:
+            logger.warning("%s was built from other factors than the snapshot's; searching "
+                           "exactly", folder)
+            return None
+        return Index.load(str(folder / layout.INDEX_FILE))
+
     def track_row(self, track_id: str) -> int:
         try:
             return self.track_ids.index(track_id)
@@ -76,10 +93,16 @@ class Snapshot:
 
 
 def similar(snap: Snapshot, track_id: str, n: int) -> list[dict]:
-    """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors."""
+    """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors: from
+    the snapshot's index when it was built from these factors, else exact."""
     row = snap.track_row(track_id)
-    y = unit_rows(factor_matrix(snap.tracks))
-    cosine = y @ y[row]
+    y = factor_matrix(snap.tracks)
+    index = snap.index()
+    if index is not None:
+        ids, distances = index.query(y[row], k=min(n + 1, len(y)), query_ef=IndexConfig.query_ef)
+        return [snap.track(int(j), 1 - d) for j, d in zip(ids, distances) if j != row][:n]
+    unit = unit_rows(y)
+    cosine = unit @ unit[row]
     cosine[row] = -np.inf  # not itself
     best, scores = top_k(cosine[None, :], min(n, len(cosine) - 1))
     return [snap.track(j, s) for j, s in zip(best[0], scores[0])]

@@ -7,6 +7,7 @@ metadata of every file written with :func:`with_metadata`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Mapping
 
@@ -30,6 +31,16 @@ def factor_matrix(table: pa.Table) -> np.ndarray:
     """A table's ``factors`` column (FACTORS) as (rows, rank) float32."""
     flat = pc.list_flatten(table.column("factors")).to_numpy()
     return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
+
+
+def factors_version(table: pa.Table) -> str:
+    """SHA-1 of a factor table's track ids and factors, in order: the same content
+    gives the same version whatever file it was copied to."""
+    digest = hashlib.sha1()
+    for track in table.column("track_id").to_pylist():
+        digest.update(track.encode() + b"\0")
+    digest.update(np.ascontiguousarray(factor_matrix(table)).tobytes())
+    return digest.hexdigest()
 
 # Play counts: one row per (user, track) pair, counts of listens.
 PLAYS = pa.schema([

@@ -272,6 +272,16 @@ class SemiColdConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """The similar-track index (jobs/index.py): HNSW links per node (``m``), search
+    depth when building and when querying. On 100,000 random 32-dimensional vectors
+    these give recall@10 0.995 against exact search (benchmarks/similar.py)."""
+    m: int = 16
+    ef_construction: int = 200
+    query_ef: int = 100
+
+
+@dataclass(frozen=True)
 class QueryConfig:
     """The factors at work (jobs/audience.py, jobs/query.py): users kept per new
     release, rows of a query's answer, the share of cold tracks in a user's

@@ -112,6 +112,10 @@ SNAPSHOT_TRACKS = f"track_factors{PARQUET}"
 SNAPSHOT_MANIFEST = "snapshot.json"
 SNAPSHOT_CATALOGUE = f"catalogue{PARQUET}"  # title and artist of every track of the snapshot
 AUDIENCE = f"audience{PARQUET}"  # also the name of a run's audience table (jobs/audience.py)
+INDEX = "similar"  # the similar-track index directory (jobs/index.py), in a run and a snapshot
+INDEX_FILE = "tracks.voy"
+INDEX_IDS = f"track_ids{PARQUET}"  # row i: the track of index id i
+INDEX_MANIFEST = "index.json"
 
 
 def data_root() -> Path:

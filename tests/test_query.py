@@ -8,6 +8,7 @@ import pytest
 
 import schemas
 from jobs.audience import audience
+from jobs.index import build as build_index
 from jobs.publish import publish
 from jobs.query import main as query_main
 from schemas import factors_column, layout, storage
@@ -39,9 +40,11 @@ def snapshot(tmp_path):
                    tmp_path / "plays.parquet")
     audience(tmp_path / "users.parquet", tmp_path / "tracks.parquet", tmp_path / "audience.parquet",
              k=5, user_batch=7, track_batch=3)
+    build_index(tmp_path / "tracks.parquet", tmp_path / "index")
     publish("night-1", tmp_path / "users.parquet", tmp_path / "tracks.parquet",
             tmp_path / "published", catalogue=tmp_path / "catalogue.parquet",
-            plays=tmp_path / "plays.parquet", audience=tmp_path / "audience.parquet")
+            plays=tmp_path / "plays.parquet", audience=tmp_path / "audience.parquet",
+            index=tmp_path / "index")
     return tmp_path, x, y, played
 
 
@@ -73,13 +76,14 @@ def test_the_audience_of_every_new_release(snapshot):
 
 def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
     root, _, y, _ = snapshot
-    code, out, _ = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33")
-    assert code == 0
+    code, out, err = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33")
+    assert code == 0 and "searching exactly" not in err  # the index answers
     rows = json.loads(out)
     unit = y / np.linalg.norm(y, axis=1, keepdims=True)
     cosine = unit @ unit[33]
     cosine[33] = -np.inf
     assert [r["track_id"] for r in rows] == [f"t{i}" for i in np.argsort(-cosine)[:4]]
+    assert [r["score"] for r in rows] == pytest.approx(np.sort(cosine)[::-1][:4], abs=1e-3)
     assert rows[0]["title"] == f"Song {rows[0]['track_id']}" and rows[0]["artist"].startswith("Band")
     assert {r["source"] for r in rows} <= {"als", "audio"}
     code, out, _ = query(capsys, root, "similar", "--track", "t33")
@@ -122,3 +126,17 @@ def test_unknown_ids_and_a_missing_snapshot_are_errors_naming_them(snapshot, cap
     assert code == 1 and "user 'nobody' is not in the snapshot" in err
     code = query_main(["--published", str(tmp_path / "empty"), "audience", "--track", "t1"])
     assert code == 1 and "no published snapshot" in capsys.readouterr().err
+
+
+def test_an_index_of_other_factors_is_not_used(snapshot, capsys):
+    root, _, y, _ = snapshot
+    manifest = root / "published" / "latest" / layout.INDEX / layout.INDEX_MANIFEST
+    built = json.loads(manifest.read_text())
+    assert built["tracks"] == 40
+    manifest.write_text(json.dumps(dict(built, factor_table="another table")))
+    code, out, err = query(capsys, root, "--json", "-n", "3", "similar", "--track", "t2")
+    assert code == 0 and "searching exactly" in err
+    unit = y / np.linalg.norm(y, axis=1, keepdims=True)
+    cosine = unit @ unit[2]
+    cosine[2] = -np.inf
+    assert [r["track_id"] for r in json.loads(out)] == [f"t{i}" for i in np.argsort(-cosine)[:3]]

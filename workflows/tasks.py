@@ -663,6 +663,21 @@ class NewReleaseAudience(RunTask, JobTask):
                 "--k", self.k, "--out", self.output().path]
 
 
+class SimilarityIndex(RunTask, JobTask):
+    """An approximate nearest-neighbour index over every track's factors (jobs/index.py)."""
+
+    def requires(self):
+        return ScoreColdTracks(run_id=self.run_id)
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path(layout.INDEX))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.index",
+                "--track-factors", Path(self.input().path) / layout.TRACK_FACTORS,
+                "--out", self.output().path]
+
+
 class PublishFactors(RunTask, JobTask):
     """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
     snapshots (and runs) beyond the newest ``keep`` are removed."""
@@ -674,7 +689,8 @@ class PublishFactors(RunTask, JobTask):
     def requires(self):
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "factors": ScoreColdTracks(run_id=self.run_id),
-                "audience": NewReleaseAudience(run_id=self.run_id)}
+                "audience": NewReleaseAudience(run_id=self.run_id),
+                "index": SimilarityIndex(run_id=self.run_id)}
 
     def output(self):
         return luigi.LocalTarget(layout.snapshot_dir(root().published, self.run_id))
@@ -685,7 +701,7 @@ class PublishFactors(RunTask, JobTask):
                 "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
-                "--audience", self.input()["audience"].path,
+                "--audience", self.input()["audience"].path, "--index", self.input()["index"].path,
                 "--out", root().published, "--runs", root().run(self.run_id).parent,
                 "--keep", self.keep]
 
