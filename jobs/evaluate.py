@@ -213,8 +213,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
               "recall_k": config.recall_k, "neighbours": config.neighbours,
               "tracks_with_known_artist": known_artists, "methods": results}
     cnns = [row for row in results if row["method"].startswith("CNN")
-            and "withheld" not in row["method"] and np.isfinite(row["auc"])]
-    if cnns:  # semi-cold tracks: a few plays revealed, with the best audio model
+            and "+ metadata" not in row["method"] and np.isfinite(row["auc"])]
+    if cnns:  # semi-cold tracks: a few plays revealed, with the best audio-only model
         best = max(cnns, key=lambda row: row["auc"])["method"]
         report["semi_cold"] = {"audio": best, **evaluate_semicold(
             users, heldout, track_ids, methods[best], als, k, config.recall_k, seed)}

@@ -31,7 +31,7 @@ from schemas.metrics import rank_metrics
 logger = logging.getLogger(__name__)
 
 REVEALED = (1, 2, 5, 10)
-LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 def validation_half(track_id: str) -> bool:

@@ -100,8 +100,16 @@ class Trainer:
         return (mel,) if self.tokens is None else (mel, self.tokens[index.to(self.device)])
 
     def batch_loss(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        inputs = self.inputs(mel, index)
+        if len(inputs) > 1:
+            # A network with a metadata branch sees each example twice in one forward
+            # pass: with its tokens and without, as a track of a new artist, so that
+            # its audio alone must predict too and the metadata cannot be all it uses.
+            mel, tokens = inputs
+            inputs = (torch.cat([mel, mel]), torch.cat([tokens, torch.zeros_like(tokens)]))
+            target, index = torch.cat([target, target]), torch.cat([index, index])
         with self.autocast():
-            pred = self.model(*self.inputs(mel, index))
+            pred = self.model(*inputs)
         return self.loss(pred.float(), target.to(self.device), index.to(self.device))
 
     def run_batch(self, mel: torch.Tensor, target: torch.Tensor, index: torch.Tensor) -> float:
