@@ -1,0 +1,69 @@
+"""The audience job at scale: time and peak memory as users grow.
+
+    python benchmarks/audience.py [--users 25000 50000 100000] [--tracks 10000] [--rank 32]
+
+For each user count it writes random user factors and a combined table of --tracks
+cold tracks, then runs jobs/audience.py's audience() with the default batches in a
+fresh process (so the peak memory is the job's own: reading its inputs, scoring,
+writing) and prints seconds and peak resident memory. Asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import schemas
+from jobs.audience import audience
+from schemas import factors_column, storage
+
+
+def write_inputs(root: Path, users: int, tracks: int, rank: int) -> None:
+    rng = np.random.default_rng(0)
+    storage.write_table(pa.table({"user_id": [f"u{i}" for i in range(users)],
+                                  "factors": factors_column(rng.normal(size=(users, rank)))}),
+                        root / "users.parquet", schemas.USER_FACTORS)
+    storage.write_table(pa.table({"track_id": [f"t{i}" for i in range(tracks)],
+                                  "factors": factors_column(rng.normal(size=(tracks, rank))),
+                                  "source": ["audio"] * tracks, "model_version": ["v"] * tracks,
+                                  "listeners": [0] * tracks, "plays": [0] * tracks}),
+                        root / "tracks.parquet", schemas.TRACK_FACTORS)
+
+
+def one(root: Path) -> None:
+    """Run the job on the inputs under ``root``; print its time and peak memory."""
+    started = time.perf_counter()
+    audience(root / "users.parquet", root / "tracks.parquet", root / "audience.parquet")
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{seconds:6.1f} s, peak memory {peak:6.0f} MiB", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, nargs="+", default=[25_000, 50_000, 100_000])
+    parser.add_argument("--tracks", type=int, default=10_000)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(args.one)
+        return
+    for users in args.users:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_inputs(Path(tmp), users, args.tracks, args.rank)
+            print(f"{users:>7} users x {args.tracks} cold tracks, rank {args.rank}: ", end="",
+                  flush=True)
+            subprocess.run([sys.executable, __file__, "--one", tmp], check=True)
+
+
+if __name__ == "__main__":
+    main()
