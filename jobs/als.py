@@ -397,6 +397,8 @@ def write_parquet(df: DataFrame, directory: Path, schema: pa.Schema,
         yield pa.RecordBatch.from_pydict({"rows": [rows]})
 
     written = sum(row.rows for row in df.mapInArrow(write_partition, "rows long").collect())
+    if not any(directory.glob("*.parquet")):  # no partition at all: still a readable table
+        pq.write_table(file_schema.empty_table(), directory / "part-00000.parquet")
     logger.info("wrote %d rows to %s", written, directory)
     return written
 

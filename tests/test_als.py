@@ -112,10 +112,13 @@ def test_split_valid_sums_duplicates(spark):
 
 def test_same_seed_same_factors(spark, tmp_path, als_out):
     out, _, params, options = als_out
-    als.run(spark, str(out.parent / "plays.parquet"), tmp_path / "again", params, options=options)
+    als.run(spark, str(out.parent / "plays.parquet"), tmp_path / "again", params, options=options,
+            semi_cold=0)
     runs = [storage.read_table(where / "item_factors", schemas.ITEM_FACTORS).sort_by("track_id")
             for where in (out, tmp_path / "again")]
     np.testing.assert_allclose(factor_matrix(runs[0]), factor_matrix(runs[1]), rtol=1e-5, atol=1e-6)
+    # no track is semi-cold at 0 listeners: an empty table, still readable
+    assert storage.read_table(tmp_path / "again" / "sparse_plays", schemas.PLAYS).num_rows == 0
 
 
 def test_existing_output_is_refused(spark, als_out):
