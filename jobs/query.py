@@ -72,19 +72,20 @@ class Snapshot:
             return None
         return Index.load(str(folder / layout.INDEX_FILE))
 
-    def track_row(self, track_id: str) -> int:
+    def row(self, kind: str, ids: list[str], wanted: str) -> int:
+        """The row of ``wanted`` among ``ids`` (the snapshot's "track"s or "user"s);
+        an error naming it when the snapshot does not know it."""
         try:
-            return self.track_ids.index(track_id)
+            return ids.index(wanted)
         except ValueError:
-            raise cli.JobError(f"track {track_id!r} is not in the snapshot {self.path.name} "
-                               f"({len(self.track_ids)} tracks)") from None
+            raise cli.JobError(f"{kind} {wanted!r} is not in the snapshot {self.path.name} "
+                               f"({len(ids)} {kind}s)") from None
+
+    def track_row(self, track_id: str) -> int:
+        return self.row("track", self.track_ids, track_id)
 
     def user_row(self, user_id: str) -> int:
-        try:
-            return self.user_ids.index(user_id)
-        except ValueError:
-            raise cli.JobError(f"user {user_id!r} is not in the snapshot {self.path.name} "
-                               f"({len(self.user_ids)} users)") from None
+        return self.row("user", self.user_ids, user_id)
 
     def track(self, row: int, score: float) -> dict:
         title, artist = self.names.get(self.track_ids[row], (None, None))
