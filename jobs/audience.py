@@ -5,9 +5,9 @@
 
 For every track whose factors came from its audio (``source`` "audio" in the combined
 table), the --k users of highest x_u . y_i, best first (schemas.AUDIENCE). Tracks are
-taken --track-batch at a time and users --user-batch at a time, merged into a running
-top k, and rows are written as each batch of tracks is done, so memory is bounded by
-the batches, not by the numbers of users or tracks.
+taken 1,024 at a time and users --user-batch at a time, merged into a running top k,
+and rows are written as each batch of tracks is done, so memory is bounded by the
+batches, not by the numbers of users or tracks.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import schemas
 from schemas import cli, factor_matrix, storage
 from schemas.config import QueryConfig
-from schemas.ranking import top_users, track_batches
+from schemas.ranking import top_users
 
 logger = logging.getLogger(__name__)
 TRACK_BATCH = 1024
@@ -40,8 +40,8 @@ def audience(user_factors: Path, track_factors: Path, out: Path, k: int = QueryC
     x = factor_matrix(users)
     schema = schemas.with_metadata(schemas.AUDIENCE, {"k": k})
     with storage.atomic_file(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for part in track_batches(cold.num_rows, track_batch):
-            batch = cold.slice(part.start, part.stop - part.start)
+        for start in range(0, cold.num_rows, track_batch):
+            batch = cold.slice(start, track_batch)
             best, scores = top_users(x, factor_matrix(batch), k, user_batch)
             n = best.shape[1]
             writer.write_table(pa.table({

@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import factor_matrix, factors_column
-from schemas.config import SemiColdConfig
 from schemas.feedback import fold_in, fold_in_toward, plays_matrix
 from schemas.metrics import rank_metrics
 
@@ -77,7 +76,9 @@ def evaluate_semicold(users: pa.Table, heldout: pa.Table, track_ids: list[str], 
     report = {"buckets": []}
     for r in REVEALED:
         kept, shown, hidden = reveal(heldout, track_ids, r, rng)
-        if not kept:
+        val = np.flatnonzero([validation_half(t) for t in kept])
+        test = np.setdiff1d(np.arange(len(kept)), val)
+        if min(len(val), len(test)) < 2:  # nothing to rank on one side
             continue
         matrix = plays_matrix(shown, {t: i for i, t in enumerate(kept)}, user_index)
         prior = np.stack([audio_of[t] for t in kept])
@@ -85,10 +86,6 @@ def evaluate_semicold(users: pa.Table, heldout: pa.Table, track_ids: list[str], 
                 "audio": prior}
         blends = {lam: fold_in_toward(user_x, matrix, als["alpha"], als["eps"], lam, prior)
                   for lam in LAMBDAS}
-        val = np.flatnonzero([validation_half(t) for t in kept])
-        test = np.setdiff1d(np.arange(len(kept)), val)
-        if min(len(val), len(test)) < 2:  # nothing to rank on one side
-            continue
         parts = {}
         for name, rows in (("val", val), ("test", test)):
             ids = [kept[i] for i in rows]

@@ -8,9 +8,10 @@ A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parque
 of those tracks (catalogue.parquet), with --audience the new releases' audience
 (audience.parquet, jobs/audience.py), with --index the similar-track index
 (similar/, jobs/index.py), and snapshot.json (run id, factor space, model
-version, row counts, time, the catalogue and plays it was made from). Users and tracks of one snapshot share one factor
-space; consumers read <out>/latest/, a symbolic link switched atomically once the new
-snapshot is complete, so they never mix one night's users with another's tracks.
+version, row counts, time, the catalogue and plays it was made from). Users and
+tracks of one snapshot share one factor space; consumers read <out>/latest/, a
+symbolic link switched atomically once the new snapshot is complete, so they never
+mix one night's users with another's tracks.
 
 Retention: after publishing, snapshots beyond the newest --keep are removed, never
 the one "latest" points to, and with --runs so are those runs' outputs

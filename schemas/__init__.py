@@ -42,6 +42,7 @@ def factors_version(table: pa.Table) -> str:
     digest.update(np.ascontiguousarray(factor_matrix(table)).tobytes())
     return digest.hexdigest()
 
+
 # Play counts: one row per (user, track) pair, counts of listens.
 PLAYS = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),

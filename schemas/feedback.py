@@ -50,41 +50,20 @@ def plays_matrix(plays: pa.Table, track_index: Mapping[str, int],
                          shape=(len(track_index), len(user_index)))
 
 
-def fold_in(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
-            reg: float) -> np.ndarray:
-    """The ALS item step for each row of ``plays`` (tracks x users) with users fixed.
+def item_step(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
+              reg: np.ndarray, prior: np.ndarray | None = None, batch: int = 4096) -> np.ndarray:
+    """The exact ALS item step for each row i of ``plays`` (tracks x users), users fixed:
+    the minimiser of sum_u c_ui (p_ui - x_u' y)^2 + reg_i ||y - prior_i||^2, i.e.
+    y_i = (X'X + X' (C_i - I) X + reg_i I)^-1 (X' C_i p_i + reg_i prior_i).
 
-    y_i = (X'X + X' (C_i - I) X + reg * n_i * I)^-1 X' C_i p_i, with Spark's
-    regularisation scaled by the track's number of plays n_i. Returns (n_tracks, k)
-    float32.
-    """
-    x = user_factors.astype(np.float64)
-    gram = x.T @ x
-    out = np.zeros((plays.shape[0], x.shape[1]))
-    for i in range(plays.shape[0]):
-        users = plays.indices[plays.indptr[i]:plays.indptr[i + 1]]
-        c = confidence(plays.data[plays.indptr[i]:plays.indptr[i + 1]], alpha, eps)
-        xu = x[users]
-        a = gram + xu.T @ ((c - 1)[:, None] * xu) + reg * max(len(users), 1) * np.eye(x.shape[1])
-        out[i] = np.linalg.solve(a, xu.T @ c)
-    return out.astype(np.float32)
-
-
-def fold_in_toward(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
-                   reg: float, prior: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """The item step regularised toward ``prior`` (tracks x k) instead of toward zero.
-
-    For each row i of ``plays`` (tracks x users), with the users fixed, the exact
-    minimiser of sum_u c_ui (p_ui - x_u' y)^2 + reg ||y - prior_i||^2:
-    y_i = (X'X + X' (C_i - I) X + reg I)^-1 (X' C_i p_i + reg prior_i).
     The sum runs over every user, as in implicit ALS (a user without plays of the
-    track prefers it 0 with confidence 1), so each play pulls y toward what ALS would
-    learn and reg sets how strongly the audio holds it. Solved ``batch`` tracks at a
-    time. Returns (n_tracks, k) float32.
+    track prefers it 0 with confidence 1). ``reg`` holds one strength per track;
+    ``prior`` (tracks x k) defaults to zero. Solved ``batch`` tracks at a time.
+    Returns (n_tracks, k) float32.
     """
     x = user_factors.astype(np.float64)
     k = x.shape[1]
-    base = x.T @ x + reg * np.eye(k)
+    gram = x.T @ x
     plays = plays.tocsr()
     out = np.zeros((plays.shape[0], k))
     for start in range(0, plays.shape[0], batch):
@@ -92,9 +71,27 @@ def fold_in_toward(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float,
         n = part.shape[0]
         c = confidence(part.data, alpha, eps)
         xu = x[part.col]
-        a = np.repeat(base[None], n, axis=0)
+        a = gram + reg[start:start + n, None, None] * np.eye(k)
         np.add.at(a, part.row, (c - 1)[:, None, None] * xu[:, :, None] * xu[:, None, :])
-        b = reg * prior[start:start + n].astype(np.float64)
+        b = np.zeros((n, k)) if prior is None else \
+            reg[start:start + n, None] * prior[start:start + n].astype(np.float64)
         np.add.at(b, part.row, c[:, None] * xu)
         out[start:start + n] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
     return out.astype(np.float32)
+
+
+def fold_in(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
+            reg: float) -> np.ndarray:
+    """The item step as Spark's ALS takes it: toward zero, its regularisation scaled
+    by the track's number of plays n_i (reg * n_i). Returns (n_tracks, k) float32."""
+    n_plays = np.diff(plays.tocsr().indptr)
+    return item_step(user_factors, plays, alpha, eps, reg * np.maximum(n_plays, 1))
+
+
+def fold_in_toward(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, eps: float,
+                   reg: float, prior: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """The item step held toward ``prior`` (tracks x k) with strength ``reg`` instead of
+    toward zero: each play pulls y toward what ALS would learn, and reg sets how
+    strongly the prior (a track's audio prediction) holds it. (n_tracks, k) float32."""
+    return item_step(user_factors, plays, alpha, eps, np.full(plays.shape[0], float(reg)),
+                     prior, batch)

@@ -5,8 +5,6 @@ Predicted preference is x_u . y_i, as ALS defines it; similarity is the cosine.
 """
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
 
@@ -36,13 +34,7 @@ def top_users(user_x: np.ndarray, track_y: np.ndarray, k: int,
         block = track_y @ user_x[start:start + user_batch].T
         kept = best.shape[1]
         keep, best_scores = top_k(np.concatenate([best_scores, block.astype(np.float32)], axis=1), k)
-        # a kept column is a user of the running best, or one of this block
-        best = np.where(keep < kept, np.take_along_axis(best, np.minimum(keep, max(kept - 1, 0)),
-                                                        axis=1) if kept else 0,
-                        start + keep - kept)
+        # column j < kept is the running best's j-th user; the others, this block's
+        earlier = np.take_along_axis(best, np.minimum(keep, kept - 1), axis=1) if kept else keep
+        best = np.where(keep < kept, earlier, start + keep - kept)
     return best, best_scores
-
-
-def track_batches(n_tracks: int, track_batch: int) -> Iterator[slice]:
-    for start in range(0, n_tracks, track_batch):
-        yield slice(start, min(start + track_batch, n_tracks))
