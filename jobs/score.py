@@ -7,7 +7,8 @@
 With --als (the ALS run's directory), semi-cold tracks, those whose few plays the
 run kept in sparse_plays/, get the ALS item step held toward their audio prediction
 (schemas.feedback.fold_in_toward, strength --semi-cold-reg) instead of their ALS
-factors, and every track's listeners and plays are recorded.
+factors, or their audio prediction alone below --semi-cold-min-listeners listeners,
+and every track's listeners and plays are recorded.
 
 Output directory (appears atomically):
     predicted_factors.parquet  schemas.PREDICTED_FACTORS: cold tracks, from audio
@@ -55,9 +56,12 @@ def check_mel_params(shards: list[Path], expected: dict) -> None:
 
 
 def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
-              warm_ids: list[str], reg: float) -> tuple[list[str], np.ndarray]:
-    """(ids, factors) of the semi-cold tracks with spectrograms: their plays in
-    ``als_dir``/sparse_plays, held toward their audio prediction with strength ``reg``."""
+              warm_ids: list[str], reg: float,
+              min_listeners: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, factors, blended) of the semi-cold tracks with spectrograms: their plays in
+    ``als_dir``/sparse_plays held toward their audio prediction with strength ``reg``
+    where they have at least ``min_listeners`` listeners (``blended``), else the audio
+    prediction itself."""
     sparse = storage.read_table(als_dir / layout.SPARSE_PLAYS, schemas.PLAYS)
     warm = set(warm_ids)
     wanted = sorted({t for t in sparse.column("track_id").to_pylist() if t in warm})
@@ -65,13 +69,18 @@ def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
     users = storage.read_table(als_dir / layout.USER_FACTORS, schemas.USER_FACTORS)
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
     als = als_settings(storage.read_params(als_dir / layout.ITEM_FACTORS), als_dir)
-    matrix = plays_matrix(sparse, {t: i for i, t in enumerate(ids)}, user_index)
-    return ids, fold_in_toward(factor_matrix(users), matrix, als["alpha"], als["eps"], reg, audio)
+    matrix = plays_matrix(sparse, {t: i for i, t in enumerate(ids)}, user_index).tocsr()
+    blended = np.diff(matrix.indptr) >= min_listeners  # one row per track, one entry per listener
+    factors = audio.copy()
+    factors[blended] = fold_in_toward(factor_matrix(users), matrix[blended], als["alpha"],
+                                      als["eps"], reg, audio[blended])
+    return ids, factors, blended
 
 
 def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_path: Path,
           out: Path, als_dir: Path | None = None,
-          semi_cold_reg: float = SemiColdConfig.reg) -> None:
+          semi_cold_reg: float = SemiColdConfig.reg,
+          semi_cold_min_listeners: int = SemiColdConfig.min_listeners) -> None:
     model, artefact = load_model(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     factors = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
@@ -96,21 +105,23 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     if als_dir is not None:
         table = storage.read_table(als_dir / layout.TRACK_PLAYS, schemas.TRACK_PLAYS).to_pydict()
         counts = dict(zip(table["track_id"], zip(table["listeners"], table["plays"])))
-        semi_ids, blended = semi_cold(model, artefact, shards, tokens, als_dir, warm_ids,
-                                      semi_cold_reg)
+        semi_ids, semi_x, blended = semi_cold(model, artefact, shards, tokens, als_dir,
+                                              warm_ids, semi_cold_reg, semi_cold_min_listeners)
         row_of = {t: i for i, t in enumerate(warm_ids)}
-        for track, factors in zip(semi_ids, blended):
+        for track, factors, blend in zip(semi_ids, semi_x, blended):
             warm_x[row_of[track]] = factors
-            sources[row_of[track]] = "als+audio"
-        logger.info("%d semi-cold tracks: their plays held toward their audio (reg %g)",
-                    len(semi_ids), semi_cold_reg)
+            sources[row_of[track]] = "als+audio" if blend else "audio"
+        logger.info("%d semi-cold tracks: %d with their plays held toward their audio (reg %g), "
+                    "%d with fewer than %d listeners from their audio alone", len(semi_ids),
+                    blended.sum(), semi_cold_reg, len(semi_ids) - blended.sum(),
+                    semi_cold_min_listeners)
     predicted_table = pa.table({"track_id": ids, "factors": factors_column(predicted),
                                 "model_version": [version] * len(ids)})
     combined = pa.table({
         "track_id": warm_ids + ids,
         "factors": pa.concat_arrays([factors_column(warm_x), factors_column(predicted)]),
         "source": sources + ["audio"] * len(ids),
-        "model_version": [version if s == "als+audio" else None for s in sources]
+        "model_version": [None if s == "als" else version for s in sources]
         + [version] * len(ids),
         "listeners": pa.array([counts.get(t, (None, None))[0] for t in warm_ids] + [0] * len(ids),
                               pa.int64()),
@@ -161,6 +172,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--semi-cold-reg", type=float, default=SemiColdConfig.reg,
                         help="how strongly a semi-cold track is held toward its audio "
                              "prediction (default %(default)s)")
+    parser.add_argument("--semi-cold-min-listeners", type=int,
+                        default=SemiColdConfig.min_listeners,
+                        help="a semi-cold track with fewer listeners keeps its audio prediction "
+                             "as it is (default %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -168,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     args = parse_args(argv)
     return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
-                                     args.out, args.als, args.semi_cold_reg),
+                                     args.out, args.als, args.semi_cold_reg,
+                                     args.semi_cold_min_listeners),
                        logger, ValueError, FileExistsError)
 
 

@@ -264,11 +264,13 @@ class PublishConfig:
 class SemiColdConfig:
     """Tracks with at most ``max_listeners`` listeners are semi-cold: their factors
     are the ALS item step held toward their audio prediction with strength ``reg``
-    (schemas.feedback.fold_in_toward) rather than toward zero. ``reg`` is the strength
-    validation chose most often for held-out tracks with 1 to 10 revealed plays on real
-    music (benchmarks/real_music.py, jobs/evaluate_semicold.py; 30 to 3000 chosen, 100
-    in 8 of 12 cases) with ALS's default alpha 10."""
+    (schemas.feedback.fold_in_toward) rather than toward zero; those with fewer than
+    ``min_listeners`` keep their audio prediction as it is. Both were set from the
+    validation of jobs/evaluate_semicold.py on real music (benchmarks/real_music.py,
+    ALS's default alpha 10): for 1 and 2 revealed plays it chose the audio alone
+    (lambda infinite) in most validation halves, for 5 and 10 plays 100 most often."""
     max_listeners: int = 10
+    min_listeners: int = 3
     reg: float = 100.0
 
 

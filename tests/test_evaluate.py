@@ -272,18 +272,39 @@ def semicold_case(seed=0, n_users=300, n_tracks=40):
 
 
 def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
-    from jobs.evaluate_semicold import LAMBDAS, REVEALED, evaluate_semicold
+    from jobs.evaluate_semicold import LAMBDAS, REVEALED, SPLITS, evaluate_semicold
 
     users, heldout, ids, truth, rng = semicold_case()
     als = {"alpha": 10.0, "eps": 1.0, "reg": 0.1}
     good = evaluate_semicold(users, heldout, ids, truth * 3, als, 10, 5, seed=0)
     assert [b["revealed"] for b in good["buckets"]] == list(REVEALED)
     one = good["buckets"][0]
-    assert one["lambda"] in LAMBDAS and set(one["validation_auc_by_lambda"]) == set(LAMBDAS)
-    assert 0 < one["tracks"] < len(ids)  # the other half only
+    labels = {f"{lam:g}" for lam in LAMBDAS}
+    assert one["lambda"] in labels and set(one["validation_auc_by_lambda"]) == labels
+    assert one["test_halves"] == 2 * SPLITS and 0 < one["tracks"] <= len(ids)
     assert one["blend"]["auc"] >= one["als"]["auc"]
     noise = rng.normal(size=truth.shape).astype(np.float32)
     bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, seed=0)
-    assert all(b["lambda"] < g["lambda"] for b, g in zip(bad["buckets"], good["buckets"]))
+    assert all(float(b["lambda"]) < float(g["lambda"])
+               for b, g in zip(bad["buckets"], good["buckets"]))
     ten = bad["buckets"][-1]
     assert ten["blend"]["auc"] > ten["audio"]["auc"] + 0.1
+
+
+def test_semi_cold_choice_takes_the_strongest_hold_the_validation_cannot_tell_from_the_best():
+    from jobs.evaluate_semicold import choose, mean_auc
+    from schemas.metrics import auc
+
+    rng = np.random.default_rng(0)
+    relevant = rng.random((200, 12)) < 0.3
+    signal = relevant + rng.normal(scale=1.5, size=relevant.shape)
+    users = [u for u in range(200) if 0 < relevant[u].sum() < 12]
+    assert mean_auc(signal, relevant) == pytest.approx(
+        np.mean([auc(signal[u][relevant[u]], signal[u][~relevant[u]]) for u in users]))
+    # better on these tracks by luck, a shift of one track's scores: the larger lambda is kept
+    lucky = signal + 0.5 * (np.arange(12) == int(np.argmax(relevant.sum(axis=0))))
+    lam, by_lambda = choose({1.0: lucky, np.inf: signal}, relevant)
+    assert by_lambda[1.0] > by_lambda[np.inf] and lam == np.inf
+    # clearly better: it wins
+    lam, _ = choose({1.0: signal + 3.0 * relevant, np.inf: signal}, relevant)
+    assert lam == 1.0
