@@ -29,6 +29,7 @@ setup(
         "scipy>=1.10",
         "fsspec>=2023.1",
         "voyager>=2.0",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "implicit>=0.7", "pyyaml>=6"],

@@ -44,6 +44,8 @@ excerpt_s = 6
 epochs = 25
 # The validation score of a dozen tracks wanders for a few epochs before it climbs again.
 patience = 12
+# a faster rate than the default's, for so few epochs
+lr = 0.001
 batch_size = 16
 crop_frames = 192
 net = {"dieleman2014": {"channels": [32, 32, 64, 64], "dense": 128, "dropout": 0.2},
