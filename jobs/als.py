@@ -38,6 +38,8 @@ import dataclasses
 import logging
 import shutil
 import sys
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +339,34 @@ def ratings(plays: DataFrame, user_ids: DataFrame, track_ids: DataFrame, eps: fl
                     F.log1p(F.col("plays") / eps).cast("float").alias("strength")))
 
 
+class SparkProgress:
+    """While open, logs every cli.PROGRESS_EVERY_S seconds the Spark stages running and
+    their tasks done: ALS itself says nothing until it ends, and its iterations run as
+    Spark stages."""
+
+    def __init__(self, spark: SparkSession, what: str):
+        self.tracker, self.what = spark.sparkContext.statusTracker(), what
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def watch(self) -> None:
+        started = time.monotonic()
+        while not self.stop.wait(cli.PROGRESS_EVERY_S):
+            stages = [self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()]
+            running = "; ".join(f"stage {s.stageId} ({s.name.split(' at ')[0]}) "
+                                f"{s.numCompletedTasks}/{s.numTasks} tasks"
+                                for s in stages if s is not None) or "between stages"
+            logger.info("%s, %.0f s: %s", self.what, time.monotonic() - started, running)
+
+    def __enter__(self) -> "SparkProgress":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def fit(data: DataFrame, params: AlsParams, tuning: AlsTuning = AlsTuning()) -> ALSModel:
     """Fit implicit ALS on ``ratings``-shaped data (user_index, track_index, strength).
 
@@ -354,7 +384,8 @@ def fit(data: DataFrame, params: AlsParams, tuning: AlsTuning = AlsTuning()) -> 
               intermediateStorageLevel=tuning.intermediate_storage,
               finalStorageLevel=tuning.final_storage,
               userCol="user_index", itemCol="track_index", ratingCol="strength")
-    model = als.fit(data)
+    with SparkProgress(data.sparkSession, f"ALS ({params.iterations} iterations)"):
+        model = als.fit(data)
     if tuning.cache_ratings:
         data.unpersist()
     return model

@@ -208,6 +208,7 @@ def train(job: TrainJob) -> None:
                               "val_tracks": n_val, "world_size": world,
                               "validation_spread": progress.best_spread,
                               "validation_score": progress.best_score,
+                              "history": progress.history,
                               "metadata_tokens": len(net.metadata_vocab)},
                              unit_output=unit, factor_space=storage.read_params(
                                  job.item_factors).get(model_file.FACTOR_SPACE))

@@ -37,6 +37,7 @@ class Progress:
     best_state: dict | None = None
     best_spread: float = float("nan")
     best_score: float = -float("inf")
+    history: list = dataclasses.field(default_factory=list)  # one dict per epoch
 
 
 class CollapsedModel(ValueError):
@@ -191,6 +192,8 @@ class Trainer:
     def log_epoch(self, train_loss: float, val_loss: float, val_spread: float,
                   val_score: float, clips: int, seconds: float) -> None:
         p = self.progress
+        p.history.append({"epoch": p.epoch, "train_loss": train_loss, "validation_loss": val_loss,
+                          "validation_score": val_score, "validation_spread": val_spread})
         logger.info("epoch %d: train loss %.4f, validation loss %.4f, score %.3f, spread %.3f, "
                     "%.0f clips/s on this rank", p.epoch, train_loss, val_loss, val_score,
                     val_spread, clips / max(seconds, 1e-9))

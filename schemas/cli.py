@@ -8,10 +8,31 @@ expected failure is reported (one line naming the input, no traceback).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 OK, FAILED, USAGE = 0, 1, 2
+PROGRESS_EVERY_S = 10.0  # how often a long stage logs its progress
 
+
+class Progress:
+    """Counts what a long stage has done and logs, at most every ``every_s`` seconds,
+    how many of how many and the rate: otherwise such a stage says nothing until it ends."""
+
+    def __init__(self, log: logging.Logger, what: str, total: int | None = None,
+                 every_s: float = PROGRESS_EVERY_S):
+        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+        self.done = 0
+        self.started = self.logged = time.monotonic()
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.logged >= self.every_s:
+            self.logged = now
+            of = f" of {self.total}" if self.total else ""
+            self.log.info("%s: %d%s done, %.1f/s", self.what, self.done, of,
+                          self.done / max(now - self.started, 1e-9))
 
 
 class JobError(Exception):

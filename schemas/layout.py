@@ -117,6 +117,12 @@ INDEX_FILE = "tracks.voy"
 INDEX_IDS = f"track_ids{PARQUET}"  # row i: the track of index id i
 INDEX_MANIFEST = "index.json"
 
+# In a run's directory: one JSON line per stage the run ran (task, output, seconds),
+# appended by the workflow; and the run's report (jobs/report): index.html and report.md
+# under report/ (by hand) or report-<fingerprint>/ (by the workflow).
+STAGE_LOG = "stages.jsonl"
+REPORT = "report"
+
 
 def data_root() -> Path:
     """The pipeline's data root: COLDSTART_DATA_ROOT, default ./data."""

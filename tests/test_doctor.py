@@ -114,3 +114,4 @@ def test_plays_are_compared_with_the_catalogue(inputs, tmp_path):
     assert partly.ok and "1 of 3 play rows name tracks the catalogue does not list" in partly.detail
     assert not unrelated.ok
     assert f"no play of {none} names a track of the catalogue {catalogue}" in unrelated.detail
+

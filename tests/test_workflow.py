@@ -5,6 +5,8 @@ process, with a tiny configuration layered over the repository's luigi.cfg.
 """
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,6 +166,64 @@ def test_the_shipped_model_was_chosen_on_validation(killed_then_resumed):
     factors = only("runs/backfill/factors-*", root)
     predicted = storage.read_table(factors / "predicted_factors.parquet", schemas.PREDICTED_FACTORS)
     assert set(predicted.column("model_version").to_pylist()) == {artefact["version"]}
+
+
+REPORT_SECTIONS = ("Stages", "Data", "ALS", "Training", "Evaluation", "Map of the factors",
+                   "Similar tracks", "What the network learned")
+# Put into a copy of the report: once the page has loaded, the body says how many
+# images it has and how many the browser could not draw.
+IMAGE_PROBE = """<script>window.addEventListener("load", () => {
+  const images = [...document.images];
+  document.body.dataset.images = images.length;
+  document.body.dataset.broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+});</script>"""
+
+
+def chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))),
+                None)
+
+
+def test_the_run_ends_with_its_summary_and_a_report(killed_then_resumed, tmp_path):
+    root, _, second = killed_then_resumed
+    report = only("runs/backfill/report-*", root)
+    summary = second.stdout[second.stdout.index("stage "):]
+    assert f"report: {report / 'index.html'}" in summary
+    assert "TrainAls" in summary and "ScoreColdTracks" in summary  # each stage, timed
+    markdown = (report / "report.md").read_text()
+    for section in REPORT_SECTIONS:
+        assert f"## {section}\n" in markdown, section
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
+    assert {"popularity.png", "map.png", "filters.png"} <= set(images)
+    assert all((report / name).stat().st_size > 1000 for name in images)
+    page = (report / "index.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == len(images)  # self-contained
+    # by hand, from the run's directory alone: the same report
+    again = tmp_path / "again"
+    done = subprocess.run([sys.executable, "-m", "jobs.report", "--run",
+                           str(root / "data" / "runs" / "backfill"), "--out", str(again)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(f"## {section}\n" in (again / "report.md").read_text() for section in REPORT_SECTIONS)
+
+
+def test_the_report_renders_in_a_real_browser(killed_then_resumed, tmp_path):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium on the PATH (.ci/run installs the distribution's package)")
+    root, _, _ = killed_then_resumed
+    page = (only("runs/backfill/report-*", root) / "index.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", IMAGE_PROBE + "</body>"))
+    shown = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                            "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                           capture_output=True, text=True, timeout=180)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    images = re.search(r'data-images="(\d+)"', shown.stdout)
+    assert images and int(images.group(1)) >= 3, shown.stdout[:2000]
+    assert 'data-broken="0"' in shown.stdout
+    for section in REPORT_SECTIONS:
+        assert f"<h2>{section}</h2>" in shown.stdout
 
 
 def test_every_cold_track_gets_factors(killed_then_resumed):

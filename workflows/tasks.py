@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -218,11 +219,25 @@ class ChildProcess:
     def run(self):
         if self.complete():  # its inputs, known only now, are ones an earlier run used
             return
+        started = time.perf_counter()
         try:
             super().run()
         except ExternalProgramRunError as err:
             raise JobFailed(f"{err.message} {' '.join(map(str, err.args))}; its log above "
                             "says why") from None
+        self.record_time(time.perf_counter() - started)
+
+    def record_time(self, seconds: float) -> None:
+        """One line in the run's stage log, for its report and summary (jobs/report)."""
+        run_id = getattr(self, "run_id", None)
+        if run_id is None:
+            return
+        log = root().run(run_id) / layout.STAGE_LOG
+        log.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"task": self.task_family, "output": Path(self.output().path).name,
+                           "seconds": round(seconds, 2)})
+        with open(log, "a", encoding="utf-8") as out:  # one short write: whole lines
+            out.write(line + "\n")
 
 
 class JobTask(ChildProcess, ExternalProgramTask):
@@ -706,14 +721,38 @@ class PublishFactors(RunTask, JobTask):
                 "--keep", self.keep]
 
 
+class RunReport(RunTask, JobTask):
+    """The run's report (jobs/report): runs/<run id>/report-<fp>/index.html and
+    report.md, made last; its job prints the run's one-screen summary and the report's
+    path. Its name changes with anything upstream, so a rerun reports afresh."""
+    priority = -10  # after everything it reports on
+
+    def requires(self):
+        tasks = {"inputs": Inputs(), "publish": PublishFactors(run_id=self.run_id)}
+        if Inputs().uses_demo():
+            tasks["evaluation"] = EvaluateColdStart(run_id=self.run_id)
+        return tasks
+
+    def output(self):
+        return luigi.LocalTarget(self.run_path(layout.REPORT))
+
+    def program_args(self):
+        inputs = self.input()["inputs"]
+        labels = []
+        if Inputs().uses_demo():  # the demo's styles, which its listeners' tastes follow
+            labels = ["--labels", f"{root().demo.truth}:style"]
+        return [sys.executable, "-m", "jobs.report", "--run", root().run(self.run_id),
+                "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path, *labels,
+                "--out", self.output().path]
+
+
 class BackfillFactors(luigi.WrapperTask):
-    """Factors for every cold track of the catalogue (and, on demo data, their evaluation)."""
+    """Factors for every cold track of the catalogue (and, on demo data, their
+    evaluation), and the run's report."""
     run_id = RunIdParameter(default="backfill")
 
     def requires(self):
-        yield PublishFactors(run_id=self.run_id)
-        if Inputs().uses_demo():
-            yield EvaluateColdStart(run_id=self.run_id)
+        yield RunReport(run_id=self.run_id)
 
 
 class NightlyFactors(luigi.WrapperTask):

@@ -329,7 +329,8 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
     # The catalogue is done in parts, each published as a run of its own when it is
     # done (<run_id>.part-<k>-of-<n>; the last one is the run directory itself), so a
     # killed run keeps what it finished and a rerun skips those tracks.
-    parts = max(1, math.ceil(_count_rows(files) / options.tracks_per_part))
+    rows = _count_rows(files)
+    parts = max(1, math.ceil(rows / options.tracks_per_part))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     totals: collections.Counter = collections.Counter()
     for part in range(parts):
@@ -343,7 +344,8 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
         if destination.exists():
             logger.info("part %d of %d was finished by an earlier attempt", part + 1, parts)
             continue
-        totals.update(_run_part(job, pattern, (part, parts), destination))
+        totals.update(_run_part(job, pattern, (part, parts), destination,
+                                math.ceil(rows / parts)))
     summary = RunSummary(
         run_dir=target, catalogue_rows=totals["catalogue_rows"],
         skipped_done=totals["skipped_done"], skipped_failed=totals["skipped_failed"],
@@ -364,9 +366,10 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
 
 
 def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
-              destination: Path) -> dict[str, int]:
-    """Run the pipeline on one part of the catalogue and publish it as ``destination``;
-    returns its counters and the spectrograms and dead letters it wrote."""
+              destination: Path, expected: int | None = None) -> dict[str, int]:
+    """Run the pipeline on one part of the catalogue (about ``expected`` rows) and
+    publish it as ``destination``; returns its counters and the spectrograms and dead
+    letters it wrote."""
     params, options = job.params, job.options
     params_dir = destination.parent
     earlier_mels = layout.mel_shards(params_dir)
@@ -385,8 +388,8 @@ def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
                 done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
                         | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
                 failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
-                write(build(rows, params, options, done, failed, part), tmp, params,
-                      options.row_group_mb)
+                write(build(rows, params, options, done, failed, part, expected), tmp,
+                      params, options.row_group_mb)
         except Exception as err:
             systemic = systemic_failure(err)
             if systemic is not None:

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 import schemas
 from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt, is_systemic
 from jobs.spectrograms.mel import log_mel
-from schemas import layout
+from schemas import cli, layout
 from schemas.config import MelParams, SpectrogramOptions
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,10 @@ class DecodeAudio(beam.DoFn):
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
                  max_duration_s: float | None = None,
-                 decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
+                 decode: Callable[..., np.ndarray] = decode_excerpt,
+                 expected: int | None = None) -> None:
         self.params = params
+        self.expected = expected  # tracks of the whole job, for the progress log
         self.isolate = isolate
         self.timeout_s = timeout_s
         self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
@@ -121,6 +123,9 @@ class DecodeAudio(beam.DoFn):
         self._decode = None
 
     def setup(self) -> None:
+        # each worker logs its own share; the job's tracks are spread over all workers
+        self.progress = cli.Progress(logger, f"decoding, worker {os.getpid()} (the job has "
+                                     f"{self.expected or 'an unknown number of'} tracks)")
         if self.isolate:
             self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s,
                                            decode=self.decode, **self.limits)
@@ -128,6 +133,7 @@ class DecodeAudio(beam.DoFn):
             self._decode = functools.partial(self.decode, params=self.params, **self.limits)
 
     def process(self, row: dict) -> Iterator:
+        self.progress.add()
         try:
             samples = self._decode(row["audio_uri"])
         except Exception as err:  # one bad file must never fail the bundle...
@@ -189,7 +195,8 @@ def in_part(row: dict, part: int, parts: int) -> bool:
 def build(rows: beam.PCollection, params: MelParams,
           options: SpectrogramOptions = SpectrogramOptions(),
           done: beam.PCollection | None = None,
-          failed: beam.PCollection | None = None, part: tuple[int, int] = (0, 1)) -> MelOutputs:
+          failed: beam.PCollection | None = None, part: tuple[int, int] = (0, 1),
+          expected: int | None = None) -> MelOutputs:
     """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
 
     done: track ids that already have spectrograms; they are skipped. failed:
@@ -197,7 +204,8 @@ def build(rows: beam.PCollection, params: MelParams,
     tracks whose audio_uri is among them are skipped unless
     ``options.retry_dead_letters``. Grouping by track id joins the three (nothing is
     held in memory whole), removes duplicates and spreads the tracks over the workers.
-    ``part`` (index, count) keeps only the rows of that part of the catalogue.
+    ``part`` (index, count) keeps only the rows of that part of the catalogue;
+    ``expected``, the number of catalogue rows, is for the progress log.
     """
     if part[1] > 1:
         rows = rows | "ThisPart" >> beam.Filter(in_part, *part)
@@ -217,7 +225,7 @@ def build(rows: beam.PCollection, params: MelParams,
     decoded = tracks.tracks | "Decode" >> beam.ParDo(DecodeAudio(
         params, isolate=options.isolate_decoding, timeout_s=options.decode_timeout_s,
         min_duration_s=options.min_duration_s, max_bytes=options.max_bytes,
-        max_duration_s=options.duration_limit_s)).with_outputs(
+        max_duration_s=options.duration_limit_s, expected=expected)).with_outputs(
             DEAD_LETTERS, main="samples")
     mels = decoded.samples | "LogMel" >> beam.ParDo(
         ComputeLogMel(params, torch_threads=options.torch_threads)).with_outputs(

@@ -1,0 +1,3 @@
+from jobs.report.job import main
+
+raise SystemExit(main())

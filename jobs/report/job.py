@@ -1,0 +1,103 @@
+"""Build and write a run's report, and print its one-screen summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from jobs.report import __doc__ as DOC
+from jobs.report import gather, render, sections
+from jobs.report.network import network_section
+from schemas import cli, layout
+
+logger = logging.getLogger("jobs.report")
+
+
+def key_figures(files: gather.RunFiles) -> dict[str, str]:
+    """Output name -> its key figure, for the outputs the sections do not describe."""
+    figures = {}
+    if files.factors:
+        table = pq.read_table(files.factors / layout.TRACK_FACTORS, columns=["source"])
+        counts = table["source"].value_counts().to_pylist()
+        figures[files.factors.name] = ", ".join(f"{c['counts']} {c['values']}" for c in counts)
+    for path in files.run.glob("audience-*.parquet"):
+        figures[path.name] = f"{pq.read_metadata(path).num_rows} (track, user) rows"
+    for path in files.run.glob(f"{layout.INDEX}-*"):
+        manifest = path / layout.INDEX_MANIFEST
+        if manifest.exists():
+            figures[path.name] = f"{json.loads(manifest.read_text())['tracks']} tracks indexed"
+    return figures
+
+
+def stages_section(files: gather.RunFiles, figures: dict[str, str]) -> tuple[render.Section, list]:
+    section = render.Section("Stages")
+    rows = [[s["task"], s["output"], round(s["seconds"], 1), figures.get(s["output"], "")]
+            for s in sections.stage_seconds(files)]
+    if rows:
+        section.table(["stage", "output", "seconds", "key figure"], rows)
+    else:
+        section.text("No stage of this run was timed (they were made by an earlier run, "
+                     "or by hand).")
+    return section, rows
+
+
+def summary(rows: list, report: Path) -> str:
+    """The one-screen summary: each stage, its time and key figure, and the report."""
+    lines = [f"{'stage':<22} {'seconds':>8}  key figure"]
+    lines += [f"{task:<22} {seconds:>8.1f}  {figure}"[:110] for task, _, seconds, figure in rows]
+    lines.append(f"report: {report / 'index.html'}")
+    return "\n".join(lines)
+
+
+def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
+          labels: tuple[Path, str] | None = None, out: Path | None = None) -> Path:
+    files = gather.find(run, catalogue, plays)
+    evaluation = json.loads(files.evaluation.read_text()) if files.evaluation else None
+    names = sections.Names(files.catalogue)
+    figures = key_figures(files)
+    parts = [sections.data_section(files, figures),
+             sections.als_section(files, evaluation, figures),
+             sections.training_section(files, figures),
+             sections.evaluation_section(evaluation, files, figures),
+             sections.map_section(files, names, labels),
+             sections.similar_section(files, names),
+             network_section(files, names)]
+    stages, rows = stages_section(files, figures)
+    out = out or run / layout.REPORT
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    render.write(tmp, f"Run {run.name}", [stages] + parts)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(summary(rows, out), flush=True)
+    return out
+
+
+def parse_labels(text: str) -> tuple[Path, str]:
+    path, _, column = text.rpartition(":")
+    if not path or not column:
+        raise argparse.ArgumentTypeError(f"{text!r}: give FILE:COLUMN")
+    return Path(path), column
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.report", description=DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, type=Path, help="the run's directory")
+    parser.add_argument("--catalogue", type=Path, help="catalogue Parquet (schemas.CATALOGUE)")
+    parser.add_argument("--plays", type=Path, help="plays Parquet (schemas.PLAYS)")
+    parser.add_argument("--labels", type=parse_labels,
+                        help="FILE:COLUMN, a Parquet table with track_id whose COLUMN colours the map")
+    parser.add_argument("--out", type=Path, help="the report's directory (default RUN/report)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cli.setup_logging()
+    args = parse_args(argv)
+    return cli.run_job(lambda: build(args.run, args.catalogue, args.plays, args.labels, args.out) and None,
+                       logger, FileNotFoundError, ValueError)

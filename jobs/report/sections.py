@@ -1,0 +1,249 @@
+"""The report's sections, each from the run's own outputs (see gather.RunFiles)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sklearn.manifold import TSNE
+
+import schemas
+from schemas import factor_matrix, layout, storage
+from schemas.config import MelParams
+from schemas.metrics import unit_rows
+from jobs.report.gather import RunFiles
+from jobs.report.render import Section
+
+MAP_TRACKS = 1500  # the t-SNE map: every cold track and warm ones up to this many
+COLOURS = 10  # labels coloured on the map; the rest are "other"
+
+
+class Names:
+    """Title and artist of each track, from the catalogue."""
+
+    def __init__(self, catalogue: Path | None):
+        table = pq.read_table(catalogue, columns=["track_id", "title", "artist"]) \
+            if catalogue and Path(catalogue).exists() else None
+        self.rows = {} if table is None else {
+            t: (title, artist) for t, title, artist in zip(*(table[c].to_pylist() for c in table.column_names))}
+
+    def __call__(self, track_id: str) -> str:
+        title, artist = self.rows.get(track_id, (None, None))
+        return f"{title or track_id} ({artist or 'unknown artist'})"
+
+
+def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
+    section = Section("Data")
+    rows = []
+    if files.catalogue and Path(files.catalogue).exists():
+        rows.append(["tracks in the catalogue", pq.read_metadata(files.catalogue).num_rows])
+    if files.plays and Path(files.plays).exists():
+        plays = pq.read_table(files.plays, columns=["user_id", "track_id", "plays"])
+        rows += [["users", pc.count_distinct(plays["user_id"]).as_py()],
+                 ["play rows (user, track)", plays.num_rows],
+                 ["plays", pc.sum(plays["plays"]).as_py()]]
+        listeners = plays.group_by("track_id").aggregate([("user_id", "count_distinct")])
+        counts = np.sort(listeners["user_id_count_distinct"].to_numpy())[::-1]
+        figure, ax = plt.subplots(figsize=(6, 4))
+        ax.loglog(np.arange(1, len(counts) + 1), counts, marker=".", linestyle="none")
+        ax.set(xlabel="track rank by listeners", ylabel="listeners", title="Popularity")
+        section.figure("popularity.png", "listeners per track against rank, log-log", figure)
+    if files.factors:
+        tracks = pq.read_table(files.factors / layout.TRACK_FACTORS, columns=["source"])
+        for source, n in sorted(Counter(tracks["source"].to_pylist()).items()):
+            rows.append([f"tracks with factors from {source}", n])
+    section.table(["what", "count"], rows)
+    letters = dead_letters(files)
+    section.text("Inputs set aside, with the reason (none is dropped silently):" if letters
+                 else "No input was set aside.")
+    if letters:
+        section.table(["where", "reason", "count"], letters)
+    return section
+
+
+def dead_letters(files: RunFiles) -> list[list[object]]:
+    """(where, reason, count) of everything the run set aside."""
+    found: list[tuple[str, pa.Table, str]] = []
+    if files.chosen:
+        params = MelParams.from_dict(load_artefact(files.chosen)["mel_params"])
+        for path in layout.final_dead_letter_files(layout.params_dir(files.mels_root, params)):
+            found.append(("spectrograms", pq.read_table(path), "error"))
+    if files.als and (files.als / layout.QUARANTINE).exists():
+        found.append(("ALS play rows", pq.read_table(files.als / layout.QUARANTINE), "reason"))
+    if files.factors:
+        for name in (layout.UNSCORED, layout.UNLISTED):
+            if (files.factors / name).exists():
+                found.append(("scoring", pq.read_table(files.factors / name), "error"))
+    rows = []
+    for where, table, column in found:
+        if table.num_rows:
+            # the first clause of a reason: the rest names the file or row
+            reasons = Counter(str(r).split(":")[0][:80] for r in table[column].to_pylist())
+            rows += [[where, reason, n] for reason, n in reasons.most_common()]
+    return rows
+
+
+def load_artefact(path: Path) -> dict:
+    import torch
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def stage_seconds(files: RunFiles) -> list[dict]:
+    if not files.stages.exists():
+        return []
+    return [json.loads(line) for line in files.stages.read_text().splitlines() if line.strip()]
+
+
+def als_section(files: RunFiles, evaluation: dict | None, figures: dict[str, str]) -> Section:
+    section = Section("ALS")
+    if not files.als:
+        section.text("This run has no ALS output.")
+        return section
+    params = storage.read_params(files.als / layout.ITEM_FACTORS)
+    items = storage.read_table(files.als / layout.ITEM_FACTORS, schemas.ITEM_FACTORS).num_rows
+    figures[files.als.name] = f"{items} tracks, rank {params.get('rank', '?')}"
+    section.table(["setting", "value"], [[k, v] for k, v in sorted(params.items())])
+    seconds = [s["seconds"] for s in stage_seconds(files) if s["output"] == files.als.name]
+    section.text(f"ALS learned factors for {items} tracks"
+                 + (f" in {seconds[-1]:.0f} s." if seconds
+                    else " (time not recorded: an earlier run made it)."))
+    bound = next((m for m in (evaluation or {}).get("methods", [])
+                  if m["method"].startswith("upper bound")), None)
+    if bound:
+        section.text(f"Held out: ALS trained with the held-out tracks' plays ranks them at "
+                     f"AUC {bound['auc']:.3f} (the upper bound of the evaluation below).")
+    return section
+
+
+def training_section(files: RunFiles, figures: dict[str, str]) -> Section:
+    section = Section("Training")
+    rows = []
+    for path in ([files.chosen] if files.chosen else []) + files.models:
+        metrics = load_artefact(path)["metrics"]
+        history = metrics.get("history") or []
+        name = path.stem.rsplit("-", 1)[0]
+        rows.append([name, metrics.get("epochs"), metrics.get("validation_score"),
+                     metrics.get("validation_spread"), metrics.get("train_tracks")])
+        figures[path.name] = f"validation score {metrics.get('validation_score', float('nan')):.3f}"
+        if path == files.chosen:
+            chosen = metrics.get("selection", {})
+            if chosen:
+                section.text(f"Shipped: {chosen.get('chosen')}. {chosen.get('why', '')}")
+                figures[path.name] = str(chosen.get("chosen"))
+            continue
+        if history:
+            figure, ax = plt.subplots(figsize=(6, 3.5))
+            epochs = [h["epoch"] for h in history]
+            ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+            ax.plot(epochs, [h["validation_loss"] for h in history], label="validation")
+            ax.set(xlabel="epoch", ylabel="loss", title=name)
+            ax.legend()
+            section.figure(f"training-{path.stem}.png", f"loss per epoch, {name}", figure)
+    section.table(["model", "epochs", "validation score", "validation spread", "training tracks"],
+                  rows)
+    return section
+
+
+def evaluation_section(evaluation: dict | None, files: RunFiles, figures: dict[str, str]) -> Section:
+    section = Section("Evaluation")
+    if evaluation is None:
+        section.text("This run was not evaluated (the workflow evaluates on demo data; "
+                     "`luigi --module workflows EvaluateColdStart` on your own).")
+        return section
+    k, rk, n = evaluation["k"], evaluation["recall_k"], evaluation["neighbours"]
+    section.text(f"{evaluation['heldout_tracks']} held-out tracks, {evaluation['users']} users; "
+                 "the tracks' plays were withheld from ALS and from training.")
+    methods = evaluation["methods"]
+    section.table(["method", "AUC", f"mAP@{k}", f"recall@{rk}", "cosine distance",
+                   f"same artist @{n}"],
+                  [[m["method"], m["auc"], m[f"map@{k}"], m[f"recall@{rk}"],
+                    m["cosine_distance"], m[f"same_artist@{n}"]] for m in methods])
+    slices = list(methods[0]["slices"]) if methods else []
+    if slices:
+        section.text("AUC by slice of the held-out tracks (tracks in the slice):")
+        section.table(["method"] + [f"{s} ({methods[0]['slices'][s]['tracks']})" for s in slices],
+                      [[m["method"]] + [m["slices"][s]["auc"] for s in slices] for m in methods])
+    cnn = [m for m in methods if m["method"].startswith("CNN")]
+    if cnn:
+        best = max(cnn, key=lambda m: np.nan_to_num(m["auc"], nan=-1))
+        figures[files.evaluation.name] = f"best CNN AUC {best['auc']:.3f}"
+    semi = evaluation.get("semi_cold")
+    if semi and semi.get("buckets"):
+        section.text(f"Semi-cold tracks (audio from {semi['audio']}): AUC with some plays revealed.")
+        section.table(["revealed plays", "tracks", "ALS alone", "audio alone", "blend", "lambda"],
+                      [[b["revealed"], b["tracks"], b["als"]["auc"], b["audio"]["auc"],
+                        b["blend"]["auc"], b.get("lambda")] for b in semi["buckets"]])
+    return section
+
+
+def labels_of(files: RunFiles, labels: tuple[Path, str] | None) -> tuple[str, dict[str, str]]:
+    """(what colours the map, track -> label): the given column, else the artist."""
+    if labels is not None:
+        table = pq.read_table(labels[0], columns=["track_id", labels[1]])
+        return labels[1], dict(zip(table["track_id"].to_pylist(), map(str, table[labels[1]].to_pylist())))
+    if files.catalogue and Path(files.catalogue).exists():
+        table = pq.read_table(files.catalogue, columns=["track_id", "artist"])
+        return "artist", dict(zip(table["track_id"].to_pylist(), table["artist"].to_pylist()))
+    return "source", {}
+
+
+def map_section(files: RunFiles, names: Names, labels: tuple[Path, str] | None,
+                seed: int = 0) -> Section:
+    section = Section("Map of the factors")
+    if not files.factors:
+        section.text("This run has no factors.")
+        return section
+    table = storage.read_table(files.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
+    rng = np.random.default_rng(seed)
+    cold = np.flatnonzero(np.array(table["source"].to_pylist()) != "als")
+    warm = np.flatnonzero(np.array(table["source"].to_pylist()) == "als")
+    keep = np.concatenate([cold, rng.permutation(warm)[:max(MAP_TRACKS - len(cold), 0)]])
+    ids = [table["track_id"][int(i)].as_py() for i in keep]
+    x = unit_rows(factor_matrix(table)[keep])
+    if len(ids) < 5:
+        section.text("Too few tracks for a map.")
+        return section
+    xy = TSNE(perplexity=min(30.0, (len(ids) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
+    what, label_of = labels_of(files, labels)
+    label = np.array([label_of.get(t) or "unknown" for t in ids])
+    top = [name for name, _ in Counter(label).most_common(COLOURS)]
+    is_cold = np.isin(keep, cold)
+    figure, ax = plt.subplots(figsize=(8, 7))
+    for i, name in enumerate(top + ["other"]):
+        mine = np.isin(label, top, invert=True) if name == "other" else label == name
+        colour = "lightgrey" if name == "other" else plt.cm.tab10(i % 10)
+        ax.scatter(*xy[mine & ~is_cold].T, s=12, color=colour, label=name)
+        ax.scatter(*xy[mine & is_cold].T, s=40, color=colour, marker="x")
+    ax.scatter([], [], s=40, color="black", marker="x", label="cold (predicted from audio)")
+    ax.legend(fontsize=7, loc="best", title=what)
+    ax.set(title=f"t-SNE of the track factors (cosine), coloured by {what}", xticks=[], yticks=[])
+    section.figure("map.png", f"t-SNE map of warm (dots) and predicted cold (crosses) factors by {what}",
+                   figure)
+    section.text(f"{is_cold.sum()} cold and {len(ids) - is_cold.sum()} warm tracks.")
+    return section
+
+
+def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 5) -> Section:
+    section = Section("Similar tracks")
+    if not files.factors:
+        return section
+    table = storage.read_table(files.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
+    ids, sources = table["track_id"].to_pylist(), table["source"].to_pylist()
+    x = unit_rows(factor_matrix(table))
+    cold = [i for i, s in enumerate(sources) if s != "als"][:n_queries]
+    if not cold:
+        section.text("No cold track in this run.")
+    for i in cold:
+        cosine = x @ x[i]
+        cosine[i] = -np.inf
+        nearest = np.argsort(-cosine)[:n]
+        section.text(f"Nearest to {names(ids[i])}, a cold track:")
+        section.table(["track", "from", "cosine"],
+                      [[names(ids[j]), sources[j], float(cosine[j])] for j in nearest])
+    return section
+
