@@ -17,7 +17,8 @@ STAGE_OF = {"jobs.als": "als", "jobs.evaluate_als": "als", "jobs.spectrograms": 
             "jobs.score": "score", "jobs.evaluate": "evaluate",
             "jobs.evaluate_semicold": "evaluate",
             "jobs.demo_catalogue": "demo", "jobs.doctor": "doctor", "jobs.publish": "publish",
-            "jobs.audience": "audience", "jobs.query": "query", "jobs.index": "index"}
+            "jobs.audience": "audience", "jobs.query": "query", "jobs.index": "index",
+            "jobs.report": "report"}
 
 
 def module_name(path: Path) -> str:
