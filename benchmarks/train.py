@@ -14,37 +14,40 @@ import tempfile
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from apache_beam.options.pipeline_options import PipelineOptions
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-import schemas
+from jobs.spectrograms.pipeline import MelOutputs, write
 from model.data import ShardStream, plan_pieces
 from model.net import NetConfig, build_net
-from schemas import factors_column
-from schemas.config import ARCHS
+from schemas import layout
+from schemas.config import ARCHS, MelParams
 
 # Dense bf16 tensor-core peaks, for model FLOP utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
-def write_shards(root: Path, tracks: int, frames: int, n_mels: int = 128, per_shard: int = 256) -> list[Path]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for start in range(0, tracks, per_shard):
-        n = min(per_shard, tracks - start)
-        mel = rng.normal(size=(n, n_mels * frames)).astype(np.float32)
-        table = pa.table({"track_id": [f"t{start + i:07d}" for i in range(n)], "n_mels": [n_mels] * n,
-                          "n_frames": [frames] * n, "mel": factors_column(mel)})
-        path = root / f"mels-{start // per_shard:05d}.parquet"
-        # Row groups of ~32 MiB, as the spectrogram job writes them.
-        pq.write_table(schemas.conform(table, schemas.MEL_SHARD), path,
-                       row_group_size=max(1, (32 << 20) // (n_mels * frames * 4)))
-        paths.append(path)
-    return paths
+def synthetic_mel(index: int, n_mels: int, frames: int) -> dict:
+    """One track's spectrogram row as the job's log-mel step emits it."""
+    mel = np.random.default_rng(index).normal(size=n_mels * frames).astype(np.float32)
+    return {"track_id": f"t{index:07d}", "n_mels": n_mels, "n_frames": frames, "mel": mel}
+
+
+def write_shards(root: Path, tracks: int, frames: int, n_mels: int = 128) -> list[Path]:
+    """Shards written by the spectrogram job's own writer (row groups, shard bound,
+    codec and schema metadata as a real run has them), from synthetic rows."""
+    params = MelParams(n_mels=n_mels)
+    with beam.Pipeline(options=PipelineOptions([], direct_running_mode="in_memory",
+                                               direct_num_workers=1)) as pipeline:
+        rows = (pipeline | beam.Create(range(tracks))
+                | beam.Map(synthetic_mel, n_mels=n_mels, frames=frames))
+        write(MelOutputs(mels=rows, dead_letters=pipeline | "NoDeadLetters" >> beam.Create([])),
+              root, params)
+    return layout.mel_shards(root.parent)
 
 
 def step_flops(model: torch.nn.Module, batch: torch.Tensor) -> int:
@@ -71,7 +74,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        shards = write_shards(Path(tmp), args.tracks, args.frames)
+        shards = write_shards(Path(tmp) / "run", args.tracks, args.frames)
         index = {f"t{i:07d}": i for i in range(args.tracks)}
         targets = np.random.default_rng(1).normal(size=(args.tracks, 32)).astype(np.float32)
         stream = ShardStream(plan_pieces(shards, max(1, args.loader_workers)), index, targets,

@@ -138,7 +138,9 @@ class SpectrogramOptions:
     ``max_bad_fraction`` of the catalogue's tracks are failing. A track that failed is
     tried again ``retry_after_days`` after its first failure, then after twice as
     long each time (all at once with ``retry_dead_letters``). ``row_group_mb`` sizes
-    the Parquet row groups readers load one at a time. A catalogue is done in parts
+    the Parquet row groups readers load one at a time; a shard is closed once it holds
+    ``shard_mb`` (one row group more at most) and the worker starts another, so a shard
+    never grows with the catalogue. A catalogue is done in parts
     of about ``tracks_per_part`` tracks, each published when done, so a killed run
     keeps what it finished.
     """
@@ -152,6 +154,7 @@ class SpectrogramOptions:
     retry_dead_letters: bool = False
     retry_after_days: float = 1.0
     row_group_mb: float = 32.0
+    shard_mb: float = 256.0
     tracks_per_part: int = 10_000
 
     @property

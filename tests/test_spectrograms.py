@@ -278,6 +278,24 @@ def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
     assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [2, 2, 1]
 
 
+def test_a_shard_is_closed_at_its_size_bound_and_another_begun(catalogue, tmp_path):
+    rows = [{"track_id": f"t{i}", "audio_uri": write_audio(
+        tmp_path / f"t{i}.m4a", tone(300.0 + 100 * i, 1.5, 44100), 44100, "aac")} for i in range(5)]
+    mel_bytes = 128 * FRAMES * 4
+    row_group_mb = 2 * mel_bytes / 2**20  # two spectrograms a row group
+    summary = spectrograms.run(parse_options(
+        ["--catalogue", write_catalogue(tmp_path / "c.parquet", rows), "--run-id", "r1",
+         "--out", str(tmp_path / "mels"), "--excerpt-s", str(EXCERPT_S),
+         "--row-group-mb", str(row_group_mb), "--shard-mb", str(row_group_mb / 2), *IN_PROCESS]))
+
+    shards = sorted(summary.run_dir.glob("mels-*.parquet"))
+    # each shard passed its bound with its first row group, so holds just that one
+    assert sorted(pq.ParquetFile(s).metadata.num_rows for s in shards) == [1, 2, 2]
+    assert all(pq.ParquetFile(s).metadata.num_row_groups == 1 for s in shards)
+    assert sorted(t for s in shards for t in pq.read_table(s)["track_id"].to_pylist()) == \
+        [row["track_id"] for row in rows]
+
+
 def test_every_kind_of_bad_input_lands_once_in_the_dead_letters(catalogue, tmp_path):
     from tests.test_mel import (write_truncated, write_unknown_codec, write_video_only)
 

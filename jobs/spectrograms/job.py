@@ -149,6 +149,10 @@ class MelOptions(PipelineOptions):
             "--row-group-mb", dest="row_group_mb", type=float, default=job.row_group_mb,
             help="Approximate size of a Parquet row group of spectrograms, in MiB "
                  "(readers load one row group at a time). Default: %(default)s.")
+        parser.add_argument(
+            "--shard-mb", dest="shard_mb", type=float, default=job.shard_mb,
+            help="A shard of spectrograms is closed, and another begun, once it holds this "
+                 "many MiB (one row group more at most). Default: %(default)s.")
 
 
 def configs(options: PipelineOptions) -> tuple[MelParams, SpectrogramOptions]:
@@ -389,7 +393,7 @@ def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
                         | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
                 failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
                 write(build(rows, params, options, done, failed, part, expected), tmp,
-                      params, options.row_group_mb)
+                      params, options.row_group_mb, options.shard_mb)
         except Exception as err:
             systemic = systemic_failure(err)
             if systemic is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import os
 import zlib
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 import schemas
@@ -254,8 +256,27 @@ def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa
     ], schema=schema)
 
 
+class CountingFile(io.RawIOBase):
+    """A file pyarrow can write to that counts the bytes it passes on to ``handle``
+    (the sink's ``byte_counter``, which Beam's shard bound reads)."""
+
+    def __init__(self, handle) -> None:
+        super().__init__()
+        self.handle, self.bytes_written = handle, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.bytes_written += len(data)
+        self.handle.write(data)
+        return len(data)
+
+
 class ParquetTableSink(FileBasedSink):
-    """Writes pyarrow Tables to Parquet files, each table one row group.
+    """Writes pyarrow Tables to Parquet files, each table one row group; a file is
+    closed and another begun once ``max_bytes`` are written to it (Beam's own shard
+    bound, checked after each table).
 
     Dictionary encoding is used for string columns only: tried on float32
     spectrogram values it is abandoned page after page, and costs more than
@@ -263,16 +284,19 @@ class ParquetTableSink(FileBasedSink):
     """
 
     def __init__(self, file_path_prefix: str, schema: pa.Schema,
-                 file_name_suffix: str = layout.PARQUET) -> None:
+                 file_name_suffix: str = layout.PARQUET, max_bytes: int | None = None) -> None:
         super().__init__(file_path_prefix, coder=None, file_name_suffix=file_name_suffix,
                          mime_type="application/x-parquet",
-                         compression_type=CompressionTypes.UNCOMPRESSED)
+                         compression_type=CompressionTypes.UNCOMPRESSED,
+                         max_bytes_per_shard=max_bytes)
         self.schema = schema
 
     def open(self, temp_path: str):
-        handle = super().open(temp_path)
+        # what FileBasedSink.open does, with a byte counter pyarrow accepts as a file
+        handle = FileSystems.create(temp_path, self.mime_type, self.compression_type)
+        self.byte_counter = CountingFile(handle)
         strings = [field.name for field in self.schema if pa.types.is_string(field.type)]
-        return handle, pq.ParquetWriter(handle, self.schema, compression="none",
+        return handle, pq.ParquetWriter(self.byte_counter, self.schema, compression="none",
                                         use_dictionary=strings)
 
     def write_record(self, file_and_writer, table: pa.Table) -> None:
@@ -285,12 +309,14 @@ class ParquetTableSink(FileBasedSink):
 
 
 def write(outputs: MelOutputs, directory: str | os.PathLike, params: MelParams,
-          row_group_mb: float = SpectrogramOptions.row_group_mb) -> None:
+          row_group_mb: float = SpectrogramOptions.row_group_mb,
+          shard_mb: float = SpectrogramOptions.shard_mb) -> None:
     """Write ``outputs`` as mels-*.parquet and dead_letters-*.parquet in ``directory``.
 
     Spectrograms are batched into row groups holding about ``row_group_mb`` MiB of
-    spectrogram values each (the last of a worker's batches may be smaller); an
-    empty output still yields a readable Parquet file with the schema.
+    spectrogram values each (the last of a worker's batches may be smaller), in shards
+    of about ``shard_mb`` MiB at most; an empty output still yields a readable Parquet
+    file with the schema.
     """
     row_group_bytes = int(row_group_mb * 2**20)
     schema = mel_schema(params)
@@ -300,7 +326,8 @@ def write(outputs: MelOutputs, directory: str | os.PathLike, params: MelParams,
          element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
      | "ToArrow" >> beam.Map(mel_table, schema)
      | "WriteMels" >> beam.io.Write(
-         ParquetTableSink(os.path.join(directory, layout.MELS_PREFIX), schema)))
+         ParquetTableSink(os.path.join(directory, layout.MELS_PREFIX), schema,
+                          max_bytes=int(shard_mb * 2**20))))
     (outputs.dead_letters
      | "WriteDeadLetters" >> beam.io.WriteToParquet(
          os.path.join(directory, layout.DEAD_LETTERS_PREFIX), dead_letter_schema(params),
