@@ -24,7 +24,9 @@ end and after start-up (the Beam job timed on 2 tracks per worker is subtracted)
   counted in RUSAGE_CHILDREN). Robust to other load; counts the Beam job's
   start-up (interpreters, imports) in full.
 
-Best of --repeat runs of each, alternating.
+The sides run alternately, --pairs times (bare, Beam start-up, Beam; bare, ...); each
+ratio is the median over the pairs of the ratio within each pair, with its range
+(benchmarks/paired.py). A ratio that is not a positive finite number stops the run.
 """
 from __future__ import annotations
 
@@ -39,10 +41,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from paired import ratios, run  # benchmarks/paired.py, beside this script
 from jobs.spectrograms import job as spectrograms
 from jobs.spectrograms.decode import DecodeError, decode_excerpt
 from jobs.spectrograms.mel import log_mel
@@ -125,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                              "%(default)s.")
     parser.add_argument("--excerpt-s", type=float, default=MelParams().excerpt_s,
                         help="Excerpt length, seconds. Default: %(default)s.")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="Runs of each; the best is reported. Default: %(default)s.")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="Alternating runs of each side. Default: %(default)s.")
     args, job_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.excerpt_s:g} s; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}; Beam job: {' '.join(job_args)}", flush=True)
         bare, beam, startup = [], [], []
-        for attempt in range(args.repeat):
+        for attempt in range(args.pairs):
             timing, failed = bare_loop(uris, params)
             bare.append(timing)
             print(f"  bare loop        : {timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
@@ -158,31 +162,30 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  beam, {summary.mels + summary.dead_letters:5d} tracks: "
                       f"{timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
                       f"{summary.dead_letters} dead letters", flush=True)
-                for run in (scratch / "mels").glob("*/*"):  # the next run redoes every track
-                    shutil.rmtree(run)
+                shutil.rmtree(scratch / "mels")  # the next run redoes every track
 
     n = len(uris)
-    best = {name: Timing(min(t.wall_s for t in runs), min(t.cpu_s for t in runs))
-            for name, runs in (("bare", bare), ("beam", beam), ("startup", startup))}
-    rates = {  # tracks/s per core: (wall, cpu)
-        "bare loop": (n / best["bare"].wall_s, n / best["bare"].cpu_s),
-        "beam job, end to end": (n / best["beam"].wall_s / cores, n / best["beam"].cpu_s),
-        "beam job, after start-up": (
-            (n - n_startup) / (best["beam"].wall_s - best["startup"].wall_s) / cores,
-            (n - n_startup) / (best["beam"].cpu_s - best["startup"].cpu_s)),
-    }
-    print(f"start-up of the Beam job ({n_startup} tracks): {best['startup'].wall_s:.1f} s wall, "
-          f"{best['startup'].cpu_s:.1f} s CPU")
-    print(f"{'tracks/s per core':28}{f'wall ({cores} cores for Beam)':>26}{'CPU':>10}")
-    for name, (wall, cpu) in rates.items():
-        print(f"{name:28}{wall:26.1f}{cpu:10.1f}")
-    bare_wall, bare_cpu = rates["bare loop"]
-    for name in ("beam job, end to end", "beam job, after start-up"):
-        wall, cpu = rates[name]
-        label = "ratio " + name[len("beam job, "):]
-        print(f"{label:28}{wall / bare_wall:26.2f}{cpu / bare_cpu:10.2f}")
+    # tracks/s per core of each side in each pair; Beam's wall rate over its cores
+    bare_wall = [n / t.wall_s for t in bare]
+    bare_cpu = [n / t.cpu_s for t in bare]
+    beam_wall = [n / t.wall_s / cores for t in beam]
+    beam_cpu = [n / t.cpu_s for t in beam]
+    after_wall = [(n - n_startup) / (b.wall_s - s.wall_s) / cores for b, s in zip(beam, startup)]
+    after_cpu = [(n - n_startup) / (b.cpu_s - s.cpu_s) for b, s in zip(beam, startup)]
+    print(f"start-up of the Beam job ({n_startup} tracks), median: "
+          f"{np.median([t.wall_s for t in startup]):.1f} s wall, "
+          f"{np.median([t.cpu_s for t in startup]):.1f} s CPU")
+    print(f"tracks/s per core, median: bare {np.median(bare_wall):.1f} wall, "
+          f"{np.median(bare_cpu):.1f} CPU; Beam ({cores} cores) {np.median(beam_wall):.1f} wall, "
+          f"{np.median(beam_cpu):.1f} CPU")
+    print("Beam / bare per core, median of the pairs (range):")
+    for label, beam_side, bare_side in (
+            ("end to end, wall", beam_wall, bare_wall), ("end to end, CPU", beam_cpu, bare_cpu),
+            ("after start-up, wall", after_wall, bare_wall),
+            ("after start-up, CPU", after_cpu, bare_cpu)):
+        print(f"  {label:22} {ratios(label, [b / a for b, a in zip(beam_side, bare_side)])}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
