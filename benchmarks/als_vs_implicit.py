@@ -7,10 +7,14 @@
 
 Both libraries get the same confidences (c = 1 + alpha*log(1 + r/eps)) and rank.
 A fit's time is fixed overhead (reading, partitioning, blocking) plus per-iteration
-work, so per-iteration time is measured as (t(n2) - t(n1)) / (n2 - n1) with
-n1 < n2 iterations, for both. Spark runs in local[*] sessions in child processes,
-one per JVM-level variant (BLAS implementation, serializer); within a session each
-setting (block count, storage level, input caching) is timed in turn.
+work, so per-iteration time is the slope of the least-squares line through fits of
+several lengths (--iterations), printed with its intercept (the fixed part) and the
+line's RMS residual. Spark runs in local[*] sessions in child processes, one per
+JVM-level variant (BLAS implementation, serializer); within a session each setting
+(block count, storage level, input caching) is timed in turn. implicit and Spark
+run alternately, --pairs times; each ratio Spark / implicit is the median over the
+pairs of the ratio within each pair, with its range (benchmarks/paired.py). A slope
+that is not a positive finite number stops the run.
 
 Reads the hetrec data from ../shared/data relative to the repository root. Needs
 implicit (pip install -e ".[test]"). Prints a table; writes nothing but scratch.
@@ -30,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from paired import ratios, run, slope  # benchmarks/paired.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 HETREC = REPO / ".." / "shared" / "data" / "lastfm-hetrec2011" / "user_artists.dat"
@@ -82,13 +88,10 @@ def generated_plays(nnz: int, n_users: int, n_tracks: int, seed: int = 0):
             plays.astype(np.float64))
 
 
-def time_per_iteration(fit, n1: int, n2: int, repeat: int) -> tuple[float, float]:
-    """(seconds per iteration, fixed seconds) of ``fit(iterations)``; each fit is timed
-    ``repeat`` times and the fastest kept, since noise on a shared machine only adds."""
-    t1 = min(_timed(fit, n1) for _ in range(repeat))
-    t2 = min(_timed(fit, n2) for _ in range(repeat))
-    per_iteration = (t2 - t1) / (n2 - n1)
-    return per_iteration, max(t1 - n1 * per_iteration, 0.0)
+def time_per_iteration(fit, counts: list[int], name: str) -> tuple[float, float, float]:
+    """(seconds per iteration, fixed seconds, RMS residual) of ``fit(iterations)``
+    timed once at each of ``counts`` iterations."""
+    return slope(counts, [_timed(fit, n) for n in counts], name)
 
 
 def _timed(fit, iterations: int) -> float:
@@ -112,7 +115,7 @@ def implicit_times(users, tracks, strength, args) -> dict:
                     factors=args.rank, regularization=args.reg, alpha=1.0, use_cg=use_cg,
                     iterations=iterations, random_state=0).fit(matrix, show_progress=False)
             fit(1)  # warm up threads and caches
-            results[name] = time_per_iteration(fit, args.n1, args.n2, args.repeat)
+            results[name] = time_per_iteration(fit, args.iterations, name)
     return results
 
 
@@ -151,7 +154,7 @@ def spark_times(ratings_dir: str, variant: str, settings: list[str], args) -> di
                     factors.unpersist()
 
             fit(1)  # JIT warm-up
-            results[name] = time_per_iteration(fit, args.n1, args.n2, args.repeat)
+            results[name] = time_per_iteration(fit, args.iterations, f"spark {variant} {name}")
             data.unpersist()
     spark.stop()
     return results
@@ -163,8 +166,8 @@ def run_variant(variant: str, ratings_dir: str, args) -> dict:
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     command = [sys.executable, __file__, "spark", "--ratings", ratings_dir, "--variants", variant,
                "--settings", ",".join(args.settings), "--rank", str(args.rank),
-               "--reg", str(args.reg), "--alpha", str(args.alpha), "--n1", str(args.n1),
-               "--n2", str(args.n2), "--repeat", str(args.repeat), "--master", args.master,
+               "--reg", str(args.reg), "--alpha", str(args.alpha),
+               "--iterations", ",".join(map(str, args.iterations)), "--master", args.master,
                "--driver-memory", args.driver_memory]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -172,18 +175,26 @@ def run_variant(variant: str, ratings_dir: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(dataset: str, nnz: int, implicit: dict, spark: dict, args) -> None:
-    print(f"\n{dataset}: {nnz:,} non-zeros, rank {args.rank}, seconds per iteration "
-          f"(from {args.n1} and {args.n2} iterations), ratio = Spark / implicit")
-    for name, (per_iteration, fixed) in implicit.items():
-        print(f"  {name:34s} {per_iteration:8.3f} s/it   fixed {fixed:6.1f} s")
-    for variant, results in spark.items():
+def report(dataset: str, nnz: int, pairs: list[tuple[dict, dict]], args) -> None:
+    """Medians over the pairs: seconds per iteration, fixed seconds and residual of each
+    side, and the ratios Spark / implicit paired within each pair."""
+    print(f"\n{dataset}: {nnz:,} non-zeros, rank {args.rank}, seconds per iteration (slope "
+          f"over {','.join(map(str, args.iterations))} iterations; median of {len(pairs)} pairs)")
+
+    def line(label: str, fits: list[tuple[float, float, float]]) -> str:
+        per_it, fixed, residual = (np.median([f[i] for f in fits]) for i in range(3))
+        return f"  {label:54s} {per_it:8.3f} s/it   fixed {fixed:6.1f} s   residual {residual:5.2f} s"
+
+    solvers = list(pairs[0][0])
+    for name in solvers:
+        print(line(name, [implicit[name] for implicit, _ in pairs]))
+    for variant in pairs[0][1]:
         for name in args.settings:
-            per_iteration, fixed = results[name]
-            ratios = "  ".join(f"x{per_iteration / implicit[i][0]:.1f} vs {i.split('-')[1]}"
-                               for i in implicit)
-            label = f"spark {variant} ({results['blas']}) {name}"
-            print(f"  {label:54s} {per_iteration:8.3f} s/it   fixed {fixed:6.1f} s   {ratios}")
+            label = f"spark {variant} ({pairs[0][1][variant]['blas']}) {name}"
+            print(line(label, [spark[variant][name] for _, spark in pairs]))
+            for solver in solvers:
+                paired = [spark[variant][name][0] / implicit[solver][0] for implicit, spark in pairs]
+                print(f"    Spark / {solver}: {ratios(f'{label} / {solver}', paired)}")
     sys.stdout.flush()
 
 
@@ -205,10 +216,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reg", type=float, default=0.1, help="regularisation (default %(default)s)")
     parser.add_argument("--alpha", type=float, default=10.0,
                         help="confidence scale (default %(default)s)")
-    parser.add_argument("--n1", type=int, default=2, help="iterations of the short fit")
-    parser.add_argument("--n2", type=int, default=6, help="iterations of the long fit")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="timings per fit, fastest kept (default %(default)s)")
+    parser.add_argument("--iterations", type=lambda s: [int(n) for n in s.split(",")],
+                        default=[2, 4, 6, 8],
+                        help="fit lengths whose times give the slope (default 2,4,6,8)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="alternating runs of implicit and Spark (default %(default)s)")
     parser.add_argument("--settings", type=lambda s: s.split(","), default=list(SETTINGS),
                         help=f"Spark settings to time, of {','.join(SETTINGS)} (default: all)")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
@@ -236,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             table = pa.table({"user_index": users, "track_index": tracks, "strength": strength})
             for part, rows in enumerate(np.array_split(np.arange(len(users)), 8)):
                 pq.write_table(table.take(rows), f"{scratch}/part-{part}.parquet")
-            implicit = implicit_times(users, tracks, strength, args)
-            spark = {variant: run_variant(variant, scratch, args) for variant in args.variants}
-        report(dataset, len(users), implicit, spark, args)
+            pairs = [(implicit_times(users, tracks, strength, args),
+                      {variant: run_variant(variant, scratch, args) for variant in args.variants})
+                     for _ in range(args.pairs)]
+        report(dataset, len(users), pairs, args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
