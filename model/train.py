@@ -209,6 +209,8 @@ def train(job: TrainJob) -> None:
                               "validation_spread": progress.best_spread,
                               "validation_score": progress.best_score,
                               "history": progress.history,
+                              "rank_shares": progress.rank_shares,
+                              "tracks_covered": progress.tracks_covered,
                               "metadata_tokens": len(net.metadata_vocab)},
                              unit_output=unit, factor_space=storage.read_params(
                                  job.item_factors).get(model_file.FACTOR_SPACE))

@@ -38,6 +38,9 @@ class Progress:
     best_spread: float = float("nan")
     best_score: float = -float("inf")
     history: list = dataclasses.field(default_factory=list)  # one dict per epoch
+    # the distinct training tracks each rank read in the first epoch, and all ranks together
+    rank_shares: list = dataclasses.field(default_factory=list)
+    tracks_covered: int = 0
 
 
 class CollapsedModel(ValueError):
@@ -124,7 +127,7 @@ class Trainer:
         """One pass over this rank's share; returns (mean loss, clips seen)."""
         self.model.train()
         self.train_data.set_epoch(epoch)
-        losses, clips = [], 0
+        losses, clips, seen = [], 0, set()
         # Ranks may hold different numbers of examples: Join lets one run out early
         # without the others hanging in gradient all-reduce.
         joined = Join([self.model]) if dist.is_initialized() else contextlib.nullcontext()
@@ -133,8 +136,22 @@ class Trainer:
             for mel, target, index in self.train_loader:
                 losses.append(self.run_batch(mel, target, index))
                 clips += len(mel)
+                if epoch == 0:
+                    seen.update(index.tolist())
                 bar.update()
+        if epoch == 0:
+            self.record_shares(seen)
         return (float(np.mean(losses)) if losses else float("nan")), clips
+
+    def record_shares(self, seen: set[int]) -> None:
+        """How many distinct tracks each rank read, and all together: the shares are
+        disjoint and cover the training tracks when the counts add up to the total."""
+        shares = [seen]
+        if dist.is_initialized():
+            shares = [None] * dist.get_world_size()
+            dist.all_gather_object(shares, seen)
+        self.progress.rank_shares = [len(share) for share in shares]
+        self.progress.tracks_covered = len(set().union(*shares))
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float, float]:

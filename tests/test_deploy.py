@@ -92,3 +92,19 @@ def test_the_kubernetes_cronjob_never_overlaps_and_runs_the_nightly_task():
     config.read_string(documents["ConfigMap"]["data"]["luigi.cfg"])
     assert int(config["TrainModel"]["nproc"]) == container["resources"]["limits"]["nvidia.com/gpu"]
     assert config["spark"]["master"]
+
+
+def test_the_multinode_training_launch_parses_and_asks_model_train_for_what_it_has():
+    import subprocess
+
+    from model.train import parse_args
+
+    script = DEPLOY / "train-multinode.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    assert "--rdzv-backend=c10d" in text and '--nnodes="$NNODES"' in text
+    launch = text[text.index("-m model.train"):]
+    flags = set(re.findall(r"(--[a-z-]+)", launch))
+    values = {flag: "x" for flag in flags}
+    args = parse_args([word for flag in sorted(flags) for word in (flag, values[flag])])
+    assert all(getattr(args, flag[2:].replace("-", "_")) is not None for flag in flags)

@@ -1,6 +1,7 @@
 """Networks, losses, the shard stream, and real torchrun DDP training runs."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,8 +173,9 @@ def test_band_stats_are_per_band(tmp_path):
     assert mean[0].item() == pytest.approx(3.0 * share_low, abs=0.3)
 
 
-def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2, standalone=True):
+    return [sys.executable, "-m", "torch.distributed.run",
+            *(["--standalone"] if standalone else []), f"--nproc_per_node={nproc}",
             *extra, "-m", "model.train", "--mels", str(mels_dir), "--item-factors", str(factors),
             "--out", str(tmp_path / "model.pt"), "--snapshot", str(tmp_path / "snap.pt"),
             "--batch-size", "8", "--crop-frames", "120", "--channels", "8", "8", "16", "16",
@@ -203,6 +205,45 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     assert artefact["metrics"]["world_size"] == 2 and artefact["metrics"]["loss"] == "cosine"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_read_disjoint_shares_and_train_as_one_node_of_the_same_size(tmp_path):
+    """Two torchrun launchers, one process each, meeting by c10d rendezvous on this
+    machine (--nnodes=2, gloo), as two hosts of a cluster would."""
+    mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path)
+    endpoint = f"localhost:{free_port()}"
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    nodes = [subprocess.Popen(
+        torchrun(multi, mels_dir, factors, "--nnodes=2", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-nodes", nproc=1, standalone=False)
+        + ["--epochs", "6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    single = tmp_path / "single"
+    single.mkdir()
+    done = subprocess.run(torchrun(single, mels_dir, factors, nproc=2) + ["--epochs", "6"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    two_nodes = load_model(multi / "model.pt")[1]["metrics"]
+    one_node = load_model(single / "model.pt")[1]["metrics"]
+    assert two_nodes["world_size"] == one_node["world_size"] == 2
+    shares = two_nodes["rank_shares"]
+    assert len(shares) == 2 and min(shares) > 0
+    # disjoint (the counts add up to the tracks read) and covering every training track
+    assert sum(shares) == two_nodes["tracks_covered"] == two_nodes["train_tracks"]
+    assert two_nodes["epochs"] == one_node["epochs"]
+    assert [len(h) for h in (two_nodes["history"], one_node["history"])] == [6, 6]
+    loss = two_nodes["history"][-1]["validation_loss"], one_node["history"][-1]["validation_loss"]
+    assert abs(loss[0] - loss[1]) <= 0.1 * loss[1], loss
 
 
 def test_a_rank_without_validation_tracks_trains_and_validates_with_the_others(tmp_path):
