@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+import schemas
 from model import metadata
-from model.data import mel_array, read_mels, unit_rows
+from model.data import mel_array, unit_rows
 
 
 def vocabulary(model: torch.nn.Module) -> tuple[str, ...]:
@@ -40,12 +42,13 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
 def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
                    track_ids: list[str], tokens: metadata.Tokens | None = None,
                    withhold: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
-    """Predicted factors of ``track_ids`` found in the shards, one shard at a time.
+    """Predicted factors of ``track_ids`` found in the shards, one row group at a time.
 
     A model with a metadata branch needs the catalogue's ``tokens``
     (metadata.read_tokens); ``withhold`` names columns to leave out (("artist",):
     predict each track as if its artist were new). Returns (ids in the order found,
-    factors (n, rank)); memory is bounded by a shard.
+    factors (n, rank)); memory is bounded by a row group, whatever the catalogue's
+    size (a track in several shards is predicted once).
     """
     vocab = vocabulary(model)
     if vocab and tokens is None:
@@ -53,11 +56,17 @@ def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
                          "the catalogue")
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
-        if not wanted:
-            break
-        table = read_mels([shard], wanted)
-        if table.num_rows:
-            found = table.column("track_id").to_pylist()
+        reader = pq.ParquetFile(shard)
+        for group in range(reader.metadata.num_row_groups):
+            if not wanted:
+                break
+            names = reader.read_row_group(group, columns=["track_id"])["track_id"].to_pylist()
+            first = {t: i for i, t in reversed(list(enumerate(names))) if t in wanted}
+            if not first:
+                continue
+            found = list(first)
+            table = schemas.conform(reader.read_row_group(group), schemas.MEL_SHARD).take(
+                [first[t] for t in found])
             ids += found
             parts.append(predict(model, artefact, mel_array(table),
                                  metadata.token_ids(vocab, tokens, found, withhold)

@@ -1,0 +1,71 @@
+"""Scoring's memory as the cold catalogue grows: peak resident memory at two sizes.
+
+    python benchmarks/score_memory.py [--tracks 2000 20000] [--frames 64]
+
+For each size it writes that many synthetic spectrograms with the spectrogram job's own
+writer (row groups and shards as a real run has them), then, in a fresh process,
+predicts factors for all of them with model.predict.predict_tracks (what jobs/score.py
+runs) and a network of the demo's size, and prints the seconds, tracks/s and the
+process's peak resident memory, then the ratio of the peaks. Scoring streams one row
+group at a time, so the peak should not grow with the catalogue. Asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from train import write_shards  # benchmarks/train.py, beside this script
+
+
+def one(shards_dir: Path, tracks: int) -> None:
+    """In this (fresh) process: score every track; print seconds and peak memory."""
+    import torch
+
+    from model.net import NetConfig, build_net
+    from model.predict import predict_tracks
+    from schemas import layout
+
+    torch.set_num_threads(1)
+    config = NetConfig(channels=(64, 64, 128, 128), dense=256, dropout=0.3)
+    model = build_net(config).eval()
+    artefact = {"factor_scale": 1.0, "unit_output": False}
+    shards = layout.mel_shards(shards_dir)
+    started = time.perf_counter()
+    ids, factors = predict_tracks(model, artefact, shards, [f"t{i:07d}" for i in range(tracks)])
+    seconds = time.perf_counter() - started
+    assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{tracks:>8} tracks in {len(shards)} shards: {seconds:7.1f} s, "
+          f"{tracks / seconds:7.0f} tracks/s, peak memory {peak_mib:7.0f} MiB", flush=True)
+    print(f"PEAK {peak_mib}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracks", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--frames", type=int, default=130, help="frames per spectrogram (130: 3 s)")
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(Path(args.one[0]), int(args.one[1]))
+        return 0
+    peaks = []
+    for tracks in args.tracks:
+        with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
+            write_shards(Path(tmp) / "run", tracks, args.frames)
+            done = subprocess.run([sys.executable, __file__, "--one", tmp, str(tracks)],
+                                  capture_output=True, text=True, check=True)
+            print(done.stdout.splitlines()[0], flush=True)
+            peaks.append(float(done.stdout.split("PEAK ")[1]))
+    print(f"peak memory, largest / smallest catalogue: {peaks[-1] / peaks[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
