@@ -61,7 +61,10 @@ def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
             if not wanted:
                 break
             names = reader.read_row_group(group, columns=["track_id"])["track_id"].to_pylist()
-            first = {t: i for i, t in reversed(list(enumerate(names))) if t in wanted}
+            first: dict[str, int] = {}  # each wanted track's first row, in shard order
+            for i, track in enumerate(names):
+                if track in wanted:
+                    first.setdefault(track, i)
             if not first:
                 continue
             found = list(first)
