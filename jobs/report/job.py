@@ -57,7 +57,8 @@ def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
           labels: tuple[Path, str] | None = None, out: Path | None = None) -> Path:
     files = gather.find(run, catalogue, plays)
     evaluation = json.loads(files.evaluation.read_text()) if files.evaluation else None
-    names = sections.Names(files.catalogue)
+    names = sections.Names(files.catalogue,
+                           sections.labels_of(files, labels)[1] if labels else None)
     figures = key_figures(files)
     parts = [sections.data_section(files, figures),
              sections.als_section(files, evaluation, figures),

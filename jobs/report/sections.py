@@ -24,17 +24,20 @@ COLOURS = 10  # labels coloured on the map; the rest are "other"
 
 
 class Names:
-    """Title and artist of each track, from the catalogue."""
+    """Title and artist of each track, from the catalogue, and its label (the map's
+    colour, such as the demo's style) where one is given."""
 
-    def __init__(self, catalogue: Path | None):
+    def __init__(self, catalogue: Path | None, labels: dict[str, str] | None = None):
         table = pq.read_table(catalogue, columns=["track_id", "title", "artist"]) \
             if catalogue and Path(catalogue).exists() else None
         self.rows = {} if table is None else {
             t: (title, artist) for t, title, artist in zip(*(table[c].to_pylist() for c in table.column_names))}
+        self.labels = labels or {}
 
     def __call__(self, track_id: str) -> str:
         title, artist = self.rows.get(track_id, (None, None))
-        return f"{title or track_id} ({artist or 'unknown artist'})"
+        label = f" [{self.labels[track_id]}]" if track_id in self.labels else ""
+        return f"{title or track_id} ({artist or 'unknown artist'}){label}"
 
 
 def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
@@ -133,7 +136,7 @@ def training_section(files: RunFiles, figures: dict[str, str]) -> Section:
         if path == files.chosen:
             chosen = metrics.get("selection", {})
             if chosen:
-                section.text(f"Shipped: {chosen.get('chosen')}. {chosen.get('why', '')}")
+                section.text(f"Shipped: {chosen.get('chosen')}: {chosen.get('why', '')}.")
                 figures[path.name] = str(chosen.get("chosen"))
             continue
         if history:
