@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import logging
 import os
 import zlib
@@ -109,6 +110,8 @@ class DecodeAudio(beam.DoFn):
     function that decodes (decode_excerpt's signature); tests replace it.
     """
 
+    instances = itertools.count(1)  # in this process: names each worker's progress log
+
     def __init__(self, params: MelParams, *, isolate: bool = True,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
@@ -125,8 +128,10 @@ class DecodeAudio(beam.DoFn):
         self._decode = None
 
     def setup(self) -> None:
-        # each worker logs its own share; the job's tracks are spread over all workers
-        self.progress = cli.Progress(logger, f"decoding, worker {os.getpid()} (the job has "
+        # each worker (a process, or a thread of one) logs its own share; the job's tracks
+        # are spread over all workers
+        worker = f"{os.getpid()}.{next(DecodeAudio.instances)}"
+        self.progress = cli.Progress(logger, f"decoding, worker {worker} (the job has "
                                      f"{self.expected or 'an unknown number of'} tracks)")
         if self.isolate:
             self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s,
