@@ -1,13 +1,16 @@
 """Scoring's memory as the cold catalogue grows: peak resident memory at two sizes.
 
-    python benchmarks/score_memory.py [--tracks 2000 20000] [--frames 64]
+    python benchmarks/score_memory.py [--tracks 2000 20000] [--frames 130]
+    python benchmarks/score_memory.py --shards DIR --full-size      # throughput, on a GPU if any
 
 For each size it writes that many synthetic spectrograms with the spectrogram job's own
 writer (row groups and shards as a real run has them), then, in a fresh process,
 predicts factors for all of them with model.predict.predict_tracks (what jobs/score.py
 runs) and a network of the demo's size, and prints the seconds, tracks/s and the
 process's peak resident memory, then the ratio of the peaks. Scoring streams one row
-group at a time, so the peak should not grow with the catalogue. Asserts nothing.
+group at a time, so the peak should not grow with the catalogue. With --shards it
+scores the shards benchmarks/train.py --write-only wrote, on CUDA (bf16) when present,
+and prints tracks/s. --full-size uses the seeds' network (Dieleman 2014). Asserts nothing.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from train import write_shards  # benchmarks/train.py, beside this script
 
 
-def one(shards_dir: Path, tracks: int) -> None:
+def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = True) -> None:
     """In this (fresh) process: score every track; print seconds and peak memory."""
     import torch
 
@@ -31,8 +34,10 @@ def one(shards_dir: Path, tracks: int) -> None:
     from schemas import layout
 
     torch.set_num_threads(1)
-    config = NetConfig(channels=(64, 64, 128, 128), dense=256, dropout=0.3)
-    model = build_net(config).eval()
+    config = NetConfig() if full_size else NetConfig(channels=(64, 64, 128, 128), dense=256,
+                                                     dropout=0.3)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = build_net(config).to(device).eval()
     artefact = {"factor_scale": 1.0, "unit_output": False}
     shards = layout.mel_shards(shards_dir)
     started = time.perf_counter()
@@ -40,9 +45,17 @@ def one(shards_dir: Path, tracks: int) -> None:
     seconds = time.perf_counter() - started
     assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{tracks:>8} tracks in {len(shards)} shards: {seconds:7.1f} s, "
+    print(f"{tracks:>8} tracks in {len(shards)} shards on {device}: {seconds:7.1f} s, "
           f"{tracks / seconds:7.0f} tracks/s, peak memory {peak_mib:7.0f} MiB", flush=True)
-    print(f"PEAK {peak_mib}")
+    if peak:  # for the parent process
+        print(f"PEAK {peak_mib}")
+
+
+def count_tracks(shards_dir: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from schemas import layout
+    return sum(pq.ParquetFile(s).metadata.num_rows for s in layout.mel_shards(shards_dir))
 
 
 def main() -> int:
@@ -50,10 +63,14 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracks", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--frames", type=int, default=130, help="frames per spectrogram (130: 3 s)")
+    parser.add_argument("--shards", type=Path, help="score these shards (from train.py --write-only)")
+    parser.add_argument("--full-size", action="store_true", help="the seeds' network size")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        one(Path(args.one[0]), int(args.one[1]))
+    if args.one or args.shards:
+        shards_dir, tracks = (Path(args.one[0]), int(args.one[1])) if args.one else \
+            (args.shards, count_tracks(args.shards))
+        one(shards_dir, tracks, args.full_size, peak=bool(args.one))
         return 0
     peaks = []
     for tracks in args.tracks:

@@ -3,21 +3,29 @@
 Writes synthetic 30-second log-mel excerpts (128 x 1292 frames) as Parquet shards
 the way the spectrogram job does, streams them with the training reader, and runs
 optimiser steps of the chosen network on the chosen device (CUDA with bf16 autocast
-when present). Prints figures; asserts nothing.
+when present). Under torchrun each rank trains on its share, in DDP (nccl on CUDA,
+gloo on CPU), and rank 0 prints the figures of all ranks together. Prints figures;
+asserts nothing.
 
     python benchmarks/train.py --tracks 1024 --batch-size 64 --steps 40 --loader-workers 2
+    python benchmarks/train.py --write-only DIR --tracks 8192        # shards, kept
+    torchrun --nproc_per_node=8 benchmarks/train.py --shards DIR --batch-size 256
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 import torch
+import torch.distributed as dist
 from apache_beam.options.pipeline_options import PipelineOptions
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -70,22 +78,42 @@ def main() -> None:
     parser.add_argument("--dense", type=int, default=None,
                         help="dense layer width (default: the seed's size)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--write-only", type=Path, metavar="DIR",
+                        help="write the synthetic shards under DIR and stop")
+    parser.add_argument("--shards", type=Path, metavar="DIR",
+                        help="train on the shards --write-only wrote under DIR")
     args = parser.parse_args()
+    if args.write_only:
+        write_shards(args.write_only / "run", args.tracks, args.frames)
+        return
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if distributed:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        shards = write_shards(Path(tmp) / "run", args.tracks, args.frames)
-        index = {f"t{i:07d}": i for i in range(args.tracks)}
-        targets = np.random.default_rng(1).normal(size=(args.tracks, 32)).astype(np.float32)
-        stream = ShardStream(plan_pieces(shards, max(1, args.loader_workers)), index, targets,
-                             validation=False, val_fraction=0.0, crop_frames=args.crop_frames or None)
+        shards = layout.mel_shards(args.shards) if args.shards else \
+            write_shards(Path(tmp) / "run", args.tracks, args.frames)
+        tracks = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
+        n_frames = pq.ParquetFile(shards[0]).read_row_group(0, columns=["n_frames"])["n_frames"][0].as_py()
+        index = {f"t{i:07d}": i for i in range(tracks)}
+        targets = np.random.default_rng(1).normal(size=(tracks, 32)).astype(np.float32)
+        pieces = plan_pieces(shards, world * max(1, args.loader_workers))
+        stream = ShardStream(pieces, index, targets, validation=False, val_fraction=0.0,
+                             crop_frames=args.crop_frames or None, rank=rank, world=world)
         loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.loader_workers,
                             pin_memory=device.type == "cuda", drop_last=True,
                             persistent_workers=args.loader_workers > 0)
         model = build_net(NetConfig.for_arch(args.arch, n_factors=32, dense=args.dense)).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-        runner = torch.compile(model) if args.compile else model
-        frames = args.crop_frames or args.frames
+        runner = DistributedDataParallel(model) if distributed else model
+        runner = torch.compile(runner) if args.compile else runner
+        frames = args.crop_frames or n_frames
         flops = step_flops(model, torch.randn(args.batch_size, 128, frames, device=device))
 
         wait = compute = 0.0
@@ -115,18 +143,30 @@ def main() -> None:
                 if steps >= args.steps + 3:
                     break
 
+    # every rank's time and clips; the job's rate is all clips over the slowest rank's time
+    figures = torch.tensor([wait, compute, clips], dtype=torch.float64, device=device)
+    if distributed:
+        summed, slowest = figures.clone(), figures.clone()
+        dist.all_reduce(summed)
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+        wait, compute, clips = summed[0].item(), summed[1].item(), summed[2].item()
+        total_slowest = (slowest[0] + slowest[1]).item()
+        dist.destroy_process_group()
     total = wait + compute
+    if rank != 0:
+        return
+    per_rank_total = total / world if not distributed else total_slowest
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device: {name}; arch {args.arch}; batch {args.batch_size}; clip {frames} frames; "
-          f"loader workers {args.loader_workers}")
-    print(f"clips/s: {clips / total:.1f}")
+    print(f"device: {name} x {world}; arch {args.arch}; batch {args.batch_size} per rank; "
+          f"clip {frames} frames; loader workers {args.loader_workers} per rank")
+    print(f"clips/s: {clips / per_rank_total:.1f}")
     print(f"data loader share of step time: {wait / total:.1%}")
-    achieved = flops / args.batch_size * clips / total
+    achieved = flops / args.batch_size * clips / per_rank_total
     print(f"model GFLOP per clip (fwd+bwd): {flops / args.batch_size / 1e9:.2f}; "
           f"achieved TFLOP/s: {achieved / 1e12:.3f}")
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     if peak:
-        print(f"model FLOP utilisation: {achieved / peak:.1%}")
+        print(f"model FLOP utilisation: {achieved / (peak * world):.1%}")
 
 
 if __name__ == "__main__":

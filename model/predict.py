@@ -27,14 +27,18 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
     """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says;
     ``token_ids`` (n, MAX_TOKENS) feed a metadata branch.
 
-    Nets trained on directions give unit vectors times the ALS factor scale.
+    Nets trained on directions give unit vectors times the ALS factor scale. Batches go
+    to the model's device; on a GPU they run in bf16 autocast.
     """
+    weight = next(model.parameters(), None)  # the bag-of-words baseline has none
+    device = weight.device if weight is not None else torch.device("cpu")
     out = []
     for i in range(0, len(mels), batch_size):
-        inputs = [torch.from_numpy(mels[i:i + batch_size])]
+        inputs = [torch.from_numpy(mels[i:i + batch_size]).to(device, non_blocking=True)]
         if token_ids is not None:
-            inputs.append(torch.from_numpy(token_ids[i:i + batch_size]))
-        out.append(model(*inputs).numpy())
+            inputs.append(torch.from_numpy(token_ids[i:i + batch_size]).to(device))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(*inputs).float().cpu().numpy())
     pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
     return unit_rows(pred) * artefact["factor_scale"] if artefact["unit_output"] else pred
 
