@@ -18,12 +18,22 @@ logger = logging.getLogger("jobs.report")
 
 
 def key_figures(files: gather.RunFiles) -> dict[str, str]:
-    """Output name -> its key figure, for the outputs the sections do not describe."""
-    figures = {}
+    """Output name (or, for outputs named by the run id alone, the task) -> its key
+    figure, for the outputs the sections do not describe."""
+    figures = {"PublishFactors": f"snapshot {files.run.parent.parent / 'published' / files.run.name}"}
+    mels = sections.mels_run(files)
+    if mels is not None:
+        figures["MelSpectrograms"] = (
+            f"{sum(pq.read_metadata(p).num_rows for p in mels.glob('mels-*.parquet'))} "
+            f"spectrograms, {sum(pq.read_metadata(p).num_rows for p in layout.dead_letter_files(mels))} "
+            "dead letters")
     if files.factors:
         table = pq.read_table(files.factors / layout.TRACK_FACTORS, columns=["source"])
         counts = table["source"].value_counts().to_pylist()
         figures[files.factors.name] = ", ".join(f"{c['counts']} {c['values']}" for c in counts)
+    for path in files.run.glob("preflight-*.json"):
+        checks = json.loads(path.read_text())
+        figures[path.name] = f"{sum(c['ok'] for c in checks)} of {len(checks)} checks passed"
     for path in files.run.glob("audience-*.parquet"):
         figures[path.name] = f"{pq.read_metadata(path).num_rows} (track, user) rows"
     for path in files.run.glob(f"{layout.INDEX}-*"):
@@ -35,7 +45,8 @@ def key_figures(files: gather.RunFiles) -> dict[str, str]:
 
 def stages_section(files: gather.RunFiles, figures: dict[str, str]) -> tuple[render.Section, list]:
     section = render.Section("Stages")
-    rows = [[s["task"], s["output"], round(s["seconds"], 1), figures.get(s["output"], "")]
+    rows = [[s["task"], s["output"], round(s["seconds"], 1),
+             figures.get(s["output"]) or figures.get(s["task"], "")]
             for s in sections.stage_seconds(files)]
     if rows:
         section.table(["stage", "output", "seconds", "key figure"], rows)

@@ -91,6 +91,15 @@ def dead_letters(files: RunFiles) -> list[list[object]]:
     return rows
 
 
+def mels_run(files: RunFiles) -> Path | None:
+    """This run's spectrogram output, for the shipped model's parameters."""
+    if not files.chosen:
+        return None
+    params = MelParams.from_dict(load_artefact(files.chosen)["mel_params"])
+    run = layout.run_dir(files.mels_root, params, files.run.name)
+    return run if run.is_dir() else None
+
+
 def load_artefact(path: Path) -> dict:
     import torch
     return torch.load(path, map_location="cpu", weights_only=True)
