@@ -43,6 +43,6 @@ def slope(xs: list[float], ys: list[float], name: str) -> tuple[float, float, fl
     per-iteration cost from fits of several lengths, not from a difference of two."""
     if len(set(xs)) < 2:
         raise ValueError(f"{name}: a slope needs at least two different lengths")
-    (a, b), residual = np.polyfit(xs, ys, 1), None
+    a, b = np.polyfit(xs, ys, 1)
     residual = float(np.sqrt(np.mean((np.polyval([a, b], xs) - np.asarray(ys)) ** 2)))
     return checked(f"{name}, seconds per iteration", float(a)), float(b), residual

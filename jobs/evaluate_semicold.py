@@ -31,11 +31,10 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import rankdata
 
 from schemas import factor_matrix, factors_column
 from schemas.feedback import fold_in, fold_in_toward, plays_matrix
-from schemas.metrics import rank_metrics
+from schemas.metrics import mean_auc, rank_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -73,18 +72,6 @@ def scores(users: pa.Table, track_ids: list[str], factors: np.ndarray, plays: pa
     table = pa.table({"track_id": track_ids, "factors": factors_column(factors)})
     ranked = rank_metrics(users, table, plays, k, recall_k)
     return {"auc": ranked["auc"], f"map@{k}": ranked[f"map@{k}"], "users": ranked["users"]}
-
-
-def mean_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
-    """Mean per-user AUC (schemas.metrics.auc, ties half) over the users with a played
-    and an unplayed track among the columns of ``scores`` (users x tracks)."""
-    positives, n = relevant.sum(axis=1), relevant.shape[1]
-    users = (positives > 0) & (positives < n)
-    if not users.any():
-        return float("nan")
-    ranks = rankdata(scores[users], axis=1)
-    p = positives[users]
-    return float(np.mean(((ranks * relevant[users]).sum(axis=1) - p * (p + 1) / 2) / (p * (n - p))))
 
 
 def choose(scores: dict[float, np.ndarray], relevant: np.ndarray) -> tuple[float, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+from scipy.stats import rankdata
 
 import schemas
 
@@ -22,6 +23,19 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     below = np.searchsorted(ranked, positive, side="left")
     below_or_tied = np.searchsorted(ranked, positive, side="right")
     return float((below + below_or_tied).sum() / (2.0 * len(positive) * len(negative)))
+
+
+def mean_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """The mean of ``auc`` over users at once: ``scores`` and ``relevant`` are (users x
+    tracks), and the mean runs over the users with a played and an unplayed track among
+    the columns; NaN when there is none. Ties count half, as in ``auc``."""
+    positives, n = relevant.sum(axis=1), relevant.shape[1]
+    users = (positives > 0) & (positives < n)
+    if not users.any():
+        return float("nan")
+    ranks = rankdata(scores[users], axis=1)
+    p = positives[users]
+    return float(np.mean(((ranks * relevant[users]).sum(axis=1) - p * (p + 1) / 2) / (p * (n - p))))
 
 
 def average_precision_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:

@@ -292,8 +292,8 @@ def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
 
 
 def test_semi_cold_choice_takes_the_strongest_hold_the_validation_cannot_tell_from_the_best():
-    from jobs.evaluate_semicold import choose, mean_auc
-    from schemas.metrics import auc
+    from jobs.evaluate_semicold import choose
+    from schemas.metrics import auc, mean_auc
 
     rng = np.random.default_rng(0)
     relevant = rng.random((200, 12)) < 0.3

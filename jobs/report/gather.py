@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from schemas import layout
+import pyarrow as pa
+
+import schemas
+from model.artefact import load_weights
+from schemas import layout, storage
+from schemas.config import MelParams
 
 
 def newest(run: Path, pattern: str) -> Path | None:
@@ -24,11 +30,19 @@ class RunFiles:
     evaluation: Path | None
     catalogue: Path | None
     plays: Path | None
-    mels_root: Path
+    published: Path  # the run's snapshot directory
+    mels: Path | None  # the spectrograms of the shipped model's parameters
 
     @property
     def stages(self) -> Path:
         return self.run / layout.STAGE_LOG
+
+    @cached_property
+    def track_factors(self) -> pa.Table | None:
+        """The combined factor table, read once for every section that needs it."""
+        if not self.factors:
+            return None
+        return storage.read_table(self.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
 
 
 def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) -> RunFiles:
@@ -37,13 +51,17 @@ def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) ->
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
     data_root = run.parent.parent
-    manifest = layout.snapshot_dir(data_root / "published", run.name) / layout.SNAPSHOT_MANIFEST
+    published = layout.snapshot_dir(data_root / "published", run.name)
+    manifest = published / layout.SNAPSHOT_MANIFEST
     recorded = json.loads(manifest.read_text())["inputs"] if manifest.exists() else {}
     catalogue = catalogue or (recorded.get("catalogue") and Path(recorded["catalogue"]))
     plays = plays or (recorded.get("plays") and Path(recorded["plays"]))
     models = sorted(p for p in run.glob("model-*.pt") if not p.name.startswith("model-chosen-"))
+    chosen = newest(run, "model-chosen-*.pt")
+    mels = None if chosen is None else layout.params_dir(
+        data_root / "mels", MelParams.from_dict(load_weights(chosen)["mel_params"]))
     return RunFiles(
         run=run, als=newest(run, "als-[0-9a-f]*"), heldout_als=newest(run, "als-heldout-*"),
-        factors=newest(run, "factors-*"), chosen=newest(run, "model-chosen-*.pt"), models=models,
+        factors=newest(run, "factors-*"), chosen=chosen, models=models,
         evaluation=newest(run, "evaluation-*.json"), catalogue=catalogue, plays=plays,
-        mels_root=data_root / "mels")
+        published=published, mels=mels)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from jobs.report import __doc__ as DOC
 from jobs.report import gather, render, sections
 from jobs.report.network import network_section
-from schemas import cli, layout
+from schemas import cli, layout, storage
 
 logger = logging.getLogger("jobs.report")
 
@@ -20,17 +20,13 @@ logger = logging.getLogger("jobs.report")
 def key_figures(files: gather.RunFiles) -> dict[str, str]:
     """Output name (or, for outputs named by the run id alone, the task) -> its key
     figure, for the outputs the sections do not describe."""
-    figures = {"PublishFactors": f"snapshot {files.run.parent.parent / 'published' / files.run.name}"}
-    mels = sections.mels_run(files)
-    if mels is not None:
+    figures = {"PublishFactors": f"snapshot {files.published}"}
+    mels = files.mels / files.run.name if files.mels else None  # this run's spectrogram output
+    if mels is not None and mels.is_dir():
         figures["MelSpectrograms"] = (
             f"{sum(pq.read_metadata(p).num_rows for p in mels.glob('mels-*.parquet'))} "
             f"spectrograms, {sum(pq.read_metadata(p).num_rows for p in layout.dead_letter_files(mels))} "
             "dead letters")
-    if files.factors:
-        table = pq.read_table(files.factors / layout.TRACK_FACTORS, columns=["source"])
-        counts = table["source"].value_counts().to_pylist()
-        figures[files.factors.name] = ", ".join(f"{c['counts']} {c['values']}" for c in counts)
     for path in files.run.glob("preflight-*.json"):
         checks = json.loads(path.read_text())
         figures[path.name] = f"{sum(c['ok'] for c in checks)} of {len(checks)} checks passed"
@@ -68,23 +64,21 @@ def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
           labels: tuple[Path, str] | None = None, out: Path | None = None) -> Path:
     files = gather.find(run, catalogue, plays)
     evaluation = json.loads(files.evaluation.read_text()) if files.evaluation else None
-    names = sections.Names(files.catalogue,
-                           sections.labels_of(files, labels)[1] if labels else None)
+    what, label_of = sections.labels_of(files, labels)
+    names = sections.Names(files.catalogue, label_of if labels else None)
     figures = key_figures(files)
     parts = [sections.data_section(files, figures),
              sections.als_section(files, evaluation, figures),
              sections.training_section(files, figures),
              sections.evaluation_section(evaluation, files, figures),
-             sections.map_section(files, names, labels),
+             sections.map_section(files, what, label_of),
              sections.similar_section(files, names),
              network_section(files, names)]
     stages, rows = stages_section(files, figures)
     out = out or run / layout.REPORT
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    render.write(tmp, f"Run {run.name}", [stages] + parts)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    shutil.rmtree(out, ignore_errors=True)  # a rebuild replaces the report
+    with storage.atomic_dir(out) as tmp:
+        render.write(tmp, f"Run {run.name}", [stages] + parts)
     print(summary(rows, out), flush=True)
     return out
 

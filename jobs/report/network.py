@@ -10,7 +10,6 @@ import torch
 from model.artefact import load_model
 from model.data import mel_array, read_mels
 from schemas import layout
-from schemas.config import MelParams
 from jobs.report.gather import RunFiles
 from jobs.report.render import Section
 
@@ -42,13 +41,11 @@ def network_section(files: RunFiles, names) -> Section:
     if not files.chosen:
         section.text("This run shipped no model.")
         return section
-    model, artefact = load_model(files.chosen)
+    model, _ = load_model(files.chosen)
     if not hasattr(model, "conv"):
         section.text("The shipped predictor is the bag-of-words baseline: it has no filters.")
         return section
-    params = MelParams.from_dict(artefact["mel_params"])
-    table = read_mels(layout.mel_shards(layout.params_dir(files.mels_root, params)))
-    table = table.slice(0, TRACKS)
+    table = read_mels(layout.mel_shards(files.mels)).slice(0, TRACKS)
     if table.num_rows < TOP:
         section.text("Too few spectrograms to show what the network responds to.")
         return section

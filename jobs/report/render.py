@@ -98,8 +98,7 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 
 def write(out: Path, title: str, sections: list[Section]) -> None:
-    """index.html, report.md and the markdown's PNGs into ``out`` (a new directory)."""
-    out.mkdir(parents=True)
+    """index.html, report.md and the markdown's PNGs into the directory ``out``."""
     (out / "index.html").write_text(to_html(title, sections), encoding="utf-8")
     (out / "report.md").write_text(to_markdown(title, sections), encoding="utf-8")
     for section in sections:

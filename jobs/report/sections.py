@@ -14,7 +14,7 @@ from sklearn.manifold import TSNE
 
 import schemas
 from schemas import factor_matrix, layout, storage
-from schemas.config import MelParams
+from model.artefact import load_weights
 from schemas.metrics import unit_rows
 from jobs.report.gather import RunFiles
 from jobs.report.render import Section
@@ -56,10 +56,10 @@ def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
         ax.loglog(np.arange(1, len(counts) + 1), counts, marker=".", linestyle="none")
         ax.set(xlabel="track rank by listeners", ylabel="listeners", title="Popularity")
         section.figure("popularity.png", "listeners per track against rank, log-log", figure)
-    if files.factors:
-        tracks = pq.read_table(files.factors / layout.TRACK_FACTORS, columns=["source"])
-        for source, n in sorted(Counter(tracks["source"].to_pylist()).items()):
-            rows.append([f"tracks with factors from {source}", n])
+    if files.track_factors is not None:
+        sources = sorted(Counter(files.track_factors["source"].to_pylist()).items())
+        rows += [[f"tracks with factors from {source}", n] for source, n in sources]
+        figures[files.factors.name] = ", ".join(f"{n} {source}" for source, n in sources)
     section.table(["what", "count"], rows)
     letters = dead_letters(files)
     section.text("Inputs set aside, with the reason (none is dropped silently):" if letters
@@ -72,9 +72,8 @@ def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
 def dead_letters(files: RunFiles) -> list[list[object]]:
     """(where, reason, count) of everything the run set aside."""
     found: list[tuple[str, pa.Table, str]] = []
-    if files.chosen:
-        params = MelParams.from_dict(load_artefact(files.chosen)["mel_params"])
-        for path in layout.final_dead_letter_files(layout.params_dir(files.mels_root, params)):
+    if files.mels:
+        for path in layout.final_dead_letter_files(files.mels):
             found.append(("spectrograms", pq.read_table(path), "error"))
     if files.als and (files.als / layout.QUARANTINE).exists():
         found.append(("ALS play rows", pq.read_table(files.als / layout.QUARANTINE), "reason"))
@@ -89,20 +88,6 @@ def dead_letters(files: RunFiles) -> list[list[object]]:
             reasons = Counter(str(r).split(":")[0][:80] for r in table[column].to_pylist())
             rows += [[where, reason, n] for reason, n in reasons.most_common()]
     return rows
-
-
-def mels_run(files: RunFiles) -> Path | None:
-    """This run's spectrogram output, for the shipped model's parameters."""
-    if not files.chosen:
-        return None
-    params = MelParams.from_dict(load_artefact(files.chosen)["mel_params"])
-    run = layout.run_dir(files.mels_root, params, files.run.name)
-    return run if run.is_dir() else None
-
-
-def load_artefact(path: Path) -> dict:
-    import torch
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def stage_seconds(files: RunFiles) -> list[dict]:
@@ -136,7 +121,7 @@ def training_section(files: RunFiles, figures: dict[str, str]) -> Section:
     section = Section("Training")
     rows = []
     for path in ([files.chosen] if files.chosen else []) + files.models:
-        metrics = load_artefact(path)["metrics"]
+        metrics = load_weights(path)["metrics"]
         history = metrics.get("history") or []
         name = path.stem.rsplit("-", 1)[0]
         rows.append([name, metrics.get("epochs"), metrics.get("validation_score"),
@@ -204,16 +189,16 @@ def labels_of(files: RunFiles, labels: tuple[Path, str] | None) -> tuple[str, di
     return "source", {}
 
 
-def map_section(files: RunFiles, names: Names, labels: tuple[Path, str] | None,
-                seed: int = 0) -> Section:
+def map_section(files: RunFiles, what: str, label_of: dict[str, str], seed: int = 0) -> Section:
+    """The t-SNE map, coloured by ``label_of`` (labels_of: ``what`` they are)."""
     section = Section("Map of the factors")
-    if not files.factors:
+    table = files.track_factors
+    if table is None:
         section.text("This run has no factors.")
         return section
-    table = storage.read_table(files.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
     rng = np.random.default_rng(seed)
-    cold = np.flatnonzero(np.array(table["source"].to_pylist()) != "als")
-    warm = np.flatnonzero(np.array(table["source"].to_pylist()) == "als")
+    is_als = np.array(table["source"].to_pylist()) == "als"
+    cold, warm = np.flatnonzero(~is_als), np.flatnonzero(is_als)
     keep = np.concatenate([cold, rng.permutation(warm)[:max(MAP_TRACKS - len(cold), 0)]])
     ids = [table["track_id"][int(i)].as_py() for i in keep]
     x = unit_rows(factor_matrix(table)[keep])
@@ -221,7 +206,6 @@ def map_section(files: RunFiles, names: Names, labels: tuple[Path, str] | None,
         section.text("Too few tracks for a map.")
         return section
     xy = TSNE(perplexity=min(30.0, (len(ids) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
-    what, label_of = labels_of(files, labels)
     label = np.array([label_of.get(t) or "unknown" for t in ids])
     top = [name for name, _ in Counter(label).most_common(COLOURS)]
     is_cold = np.isin(keep, cold)
@@ -242,9 +226,9 @@ def map_section(files: RunFiles, names: Names, labels: tuple[Path, str] | None,
 
 def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 5) -> Section:
     section = Section("Similar tracks")
-    if not files.factors:
+    table = files.track_factors
+    if table is None:
         return section
-    table = storage.read_table(files.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
     ids, sources = table["track_id"].to_pylist(), table["source"].to_pylist()
     x = unit_rows(factor_matrix(table))
     cold = [i for i, s in enumerate(sources) if s != "als"][:n_queries]

@@ -348,8 +348,7 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
         if destination.exists():
             logger.info("part %d of %d was finished by an earlier attempt", part + 1, parts)
             continue
-        totals.update(_run_part(job, pattern, (part, parts), destination,
-                                math.ceil(rows / parts)))
+        totals.update(_run_part(job, pattern, (part, parts), destination, rows))
     summary = RunSummary(
         run_dir=target, catalogue_rows=totals["catalogue_rows"],
         skipped_done=totals["skipped_done"], skipped_failed=totals["skipped_failed"],
@@ -371,9 +370,9 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
 
 def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
               destination: Path, expected: int | None = None) -> dict[str, int]:
-    """Run the pipeline on one part of the catalogue (about ``expected`` rows) and
-    publish it as ``destination``; returns its counters and the spectrograms and dead
-    letters it wrote."""
+    """Run the pipeline on one part of the catalogue and publish it as ``destination``;
+    returns its counters and the spectrograms and dead letters it wrote. ``expected``,
+    the catalogue's rows, is for the progress log."""
     params, options = job.params, job.options
     params_dir = destination.parent
     earlier_mels = layout.mel_shards(params_dir)
