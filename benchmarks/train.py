@@ -33,26 +33,26 @@ from jobs.spectrograms.pipeline import MelOutputs, write
 from model.data import ShardStream, plan_pieces
 from model.net import NetConfig, build_net
 from schemas import layout
-from schemas.config import ARCHS, MelParams
+from schemas.config import ARCHS, MEL_DTYPES, MelParams
 
 # Dense bf16 tensor-core peaks, for model FLOP utilisation.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
-def synthetic_mel(index: int, n_mels: int, frames: int) -> dict:
+def synthetic_mel(index: int, params: MelParams, frames: int) -> dict:
     """One track's spectrogram row as the job's log-mel step emits it."""
-    mel = np.random.default_rng(index).normal(size=n_mels * frames).astype(np.float32)
-    return {"track_id": f"t{index:07d}", "n_mels": n_mels, "n_frames": frames, "mel": mel}
+    mel = np.random.default_rng(index).normal(size=params.n_mels * frames).astype(params.dtype)
+    return {"track_id": f"t{index:07d}", "n_mels": params.n_mels, "n_frames": frames,
+            "dtype": params.dtype, "mel": mel}
 
 
-def write_shards(root: Path, tracks: int, frames: int, n_mels: int = 128) -> list[Path]:
+def write_shards(root: Path, tracks: int, frames: int, params: MelParams = MelParams()) -> list[Path]:
     """Shards written by the spectrogram job's own writer (row groups, shard bound,
     codec and schema metadata as a real run has them), from synthetic rows."""
-    params = MelParams(n_mels=n_mels)
     with beam.Pipeline(options=PipelineOptions([], direct_running_mode="in_memory",
                                                direct_num_workers=1)) as pipeline:
         rows = (pipeline | beam.Create(range(tracks))
-                | beam.Map(synthetic_mel, n_mels=n_mels, frames=frames))
+                | beam.Map(synthetic_mel, params=params, frames=frames))
         write(MelOutputs(mels=rows, dead_letters=pipeline | "NoDeadLetters" >> beam.Create([])),
               root, params)
     return layout.mel_shards(root.parent)
@@ -78,13 +78,15 @@ def main() -> None:
     parser.add_argument("--dense", type=int, default=None,
                         help="dense layer width (default: the seed's size)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--dtype", choices=MEL_DTYPES, default=MelParams.dtype,
+                        help="how the synthetic shards store values")
     parser.add_argument("--write-only", type=Path, metavar="DIR",
                         help="write the synthetic shards under DIR and stop")
     parser.add_argument("--shards", type=Path, metavar="DIR",
                         help="train on the shards --write-only wrote under DIR")
     args = parser.parse_args()
     if args.write_only:
-        write_shards(args.write_only / "run", args.tracks, args.frames)
+        write_shards(args.write_only / "run", args.tracks, args.frames, MelParams(dtype=args.dtype))
         return
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -98,16 +100,17 @@ def main() -> None:
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     with tempfile.TemporaryDirectory() as tmp:
         shards = layout.mel_shards(args.shards) if args.shards else \
-            write_shards(Path(tmp) / "run", args.tracks, args.frames)
+            write_shards(Path(tmp) / "run", args.tracks, args.frames, MelParams(dtype=args.dtype))
         tracks = sum(pq.ParquetFile(s).metadata.num_rows for s in shards)
         n_frames = pq.ParquetFile(shards[0]).read_row_group(0, columns=["n_frames"])["n_frames"][0].as_py()
         index = {f"t{i:07d}": i for i in range(tracks)}
         targets = np.random.default_rng(1).normal(size=(tracks, 32)).astype(np.float32)
         pieces = plan_pieces(shards, world * max(1, args.loader_workers))
         stream = ShardStream(pieces, index, targets, validation=False, val_fraction=0.0,
-                             crop_frames=args.crop_frames or None, rank=rank, world=world)
-        loader = DataLoader(stream, batch_size=args.batch_size, num_workers=args.loader_workers,
-                            pin_memory=device.type == "cuda", drop_last=True,
+                             crop_frames=args.crop_frames or None, rank=rank, world=world,
+                             batch_size=args.batch_size)
+        loader = DataLoader(stream, batch_size=None, num_workers=args.loader_workers,
+                            pin_memory=device.type == "cuda",
                             persistent_workers=args.loader_workers > 0)
         model = build_net(NetConfig.for_arch(args.arch, n_factors=32, dense=args.dense)).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -35,7 +35,7 @@ from model.artefact import load_model
 from model.predict import predict_tracks, vocabulary
 from schemas import cli, layout, model_file, storage
 from schemas import factor_matrix, factors_column
-from schemas.config import SemiColdConfig
+from schemas.config import MelParams, SemiColdConfig
 from schemas.feedback import als_settings, fold_in_toward, plays_matrix
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def check_mel_params(shards: list[Path], expected: dict) -> None:
     """Refuse spectrograms made with other settings than the model was trained on."""
     for shard in shards:
         found = schemas.params_of(pq.read_schema(shard))
-        if found != expected:
+        if MelParams.from_dict(found) != MelParams.from_dict(expected):
             raise ValueError(f"{shard}: mel parameters {found} differ from the model's {expected}")
 
 

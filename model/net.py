@@ -125,7 +125,8 @@ class FactorNet(nn.Module):
         return self.config.metadata_dim if self.metadata is not None else 0
 
     def standardise(self, mel: torch.Tensor) -> torch.Tensor:
-        return (mel - self.mel_mean[:, None]) / self.mel_std[:, None]
+        # in float32 whatever the shards store (MelParams.dtype)
+        return (mel.float() - self.mel_mean[:, None]) / self.mel_std[:, None]
 
     def embed(self, tokens: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """(B, metadata_dim): the mean embedding of each track's tokens (zeros for a

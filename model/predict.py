@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-import schemas
 from model import metadata
-from model.data import mel_array, unit_rows
+from model.data import unit_rows
+from schemas import mels
 
 
 def vocabulary(model: torch.nn.Module) -> tuple[str, ...]:
@@ -24,7 +24,8 @@ def vocabulary(model: torch.nn.Module) -> tuple[str, ...]:
 @torch.no_grad()
 def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
             token_ids: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
-    """Factors (n, rank) float32 for mels (n, n_mels, n_frames), as the model file says;
+    """Factors (n, rank) float32 for mels (n, n_mels, n_frames) of any float dtype, as the
+    model file says;
     ``token_ids`` (n, MAX_TOKENS) feed a metadata branch.
 
     Nets trained on directions give unit vectors times the ALS factor scale. Batches go
@@ -34,7 +35,8 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
     device = weight.device if weight is not None else torch.device("cpu")
     out = []
     for i in range(0, len(mels), batch_size):
-        inputs = [torch.from_numpy(mels[i:i + batch_size]).to(device, non_blocking=True)]
+        # a copy: the values may be a read-only view of Arrow's memory
+        inputs = [torch.tensor(mels[i:i + batch_size]).to(device, non_blocking=True)]
         if token_ids is not None:
             inputs.append(torch.from_numpy(token_ids[i:i + batch_size]).to(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -72,10 +74,9 @@ def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],
             if not first:
                 continue
             found = list(first)
-            table = schemas.conform(reader.read_row_group(group), schemas.MEL_SHARD).take(
-                [first[t] for t in found])
+            table = mels.conform(reader.read_row_group(group)).take([first[t] for t in found])
             ids += found
-            parts.append(predict(model, artefact, mel_array(table),
+            parts.append(predict(model, artefact, mels.values(table),
                                  metadata.token_ids(vocab, tokens, found, withhold)
                                  if vocab else None))
             wanted -= set(found)

@@ -188,7 +188,8 @@ def train(job: TrainJob) -> None:
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)
     stream = dict(pieces=pieces, track_index=track_index, targets=factors,
-                  val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed)
+                  val_fraction=config.val_fraction, rank=rank, world=world, seed=config.seed,
+                  batch_size=config.batch_size)
     reference = unit_rows(factors[[track_index[t] for t in train_ids]]).mean(axis=0)
     trainer = Trainer(model, loss, ShardStream(validation=False, crop_frames=crop,
                                                clips_per_track=config.clips_per_track, **stream),

@@ -81,7 +81,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.lr,
                                           weight_decay=config.weight_decay)
         self.train_data, self.val_data = train_data, val_data
-        loader = dict(batch_size=config.batch_size, num_workers=config.loader_workers,
+        # the streams batch themselves (ShardStream); workers prefetch two batches each
+        loader = dict(batch_size=None, num_workers=config.loader_workers,
                       pin_memory=device.type == "cuda")
         self.train_loader = DataLoader(train_data, **loader)
         self.val_loader = DataLoader(val_data, **loader)

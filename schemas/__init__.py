@@ -112,13 +112,17 @@ ITEM_FACTORS = pa.schema([
     pa.field("factors", FACTORS, nullable=False),
 ])
 
-# Log-mel excerpts. ``mel`` holds an (n_mels, n_frames) float32 array, row-major
-# (mel band outer, time inner), flattened; log-compressed power.
+# Log-mel excerpts (log-compressed power). ``mel`` holds an (n_mels, n_frames) array,
+# row-major (mel band outer, time inner), as the little-endian bytes of ``dtype``
+# (MelParams.dtype; schemas.mels reads and writes them). Bytes, not a list column: a
+# row group then becomes one array without decoding list levels value by value, 6-7x
+# faster (benchmarks/mel_reader.py).
 MEL_SHARD = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),
     pa.field("n_mels", pa.int32(), nullable=False),
     pa.field("n_frames", pa.int32(), nullable=False),
-    pa.field("mel", pa.list_(pa.float32()), nullable=False),
+    pa.field("dtype", pa.string(), nullable=False),
+    pa.field("mel", pa.binary(), nullable=False),
 ])
 
 # Inputs a stage could not use, with the stage and the error, one row each.

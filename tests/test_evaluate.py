@@ -13,6 +13,7 @@ from jobs.evaluate import main as evaluate_main
 from model.bow import BagOfWords, mfcc_frames
 from model.net import NetConfig, build_net
 from schemas import factors_column, storage
+from schemas import mels as mel_values
 from schemas.config import BowConfig, EvaluateConfig, MelParams
 from schemas.feedback import als_settings, fold_in
 from schemas.layout import mel_shards
@@ -100,7 +101,7 @@ def write_evaluation_set(root):
     run = root / "mels" / params.params_hash() / "r1"
     run.mkdir(parents=True)
     shard = pa.table({"track_id": ids, "n_mels": [16] * 12, "n_frames": [120] * 12,
-                      "mel": factors_column(mels.reshape(12, -1))})
+                      "dtype": [params.dtype] * 12, "mel": mel_values.encode(list(mels), params.dtype)})
     storage.write_table(shard, run / "mels-00000-of-00001.parquet", schemas.MEL_SHARD,
                         params.to_dict())
     users = table([f"u{u}" for u in range(6)], "user_id", rng.normal(0, 1, (6, 4)))

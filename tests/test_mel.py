@@ -329,13 +329,15 @@ def test_log_mel_rejects_empty_input():
 
 
 def test_params_hash_is_stable_and_tracks_every_setting():
-    # Changing this hash orphans every spectrogram already written with the defaults.
-    assert MelParams().params_hash() == "dce68939bff2"
+    # Changing a hash orphans every spectrogram already written with those settings.
+    assert MelParams().params_hash() == "7c792c34e815"
+    # float32, the only format before the dtype existed, keeps the hash it had then
+    assert MelParams(dtype="float32").params_hash() == "dce68939bff2"
     assert MelParams(excerpt_s=30).params_hash() == MelParams().params_hash()
     assert MelParams(excerpt_s=0).params_hash() == MelParams(excerpt_s=None).params_hash()
     variants = [MelParams(sample_rate=16000), MelParams(n_fft=2048), MelParams(hop_length=256),
                 MelParams(n_mels=64), MelParams(excerpt_s=10), MelParams(log_offset=1e-3),
-                MelParams(pad="zeros"), MelParams(pad="reject")]
+                MelParams(pad="zeros"), MelParams(pad="reject"), MelParams(dtype="float32")]
     hashes = {p.params_hash() for p in variants} | {MelParams().params_hash()}
     assert len(hashes) == len(variants) + 1
 
@@ -344,6 +346,10 @@ def test_params_round_trip_and_validation():
     params = MelParams(n_mels=64, excerpt_s=None, pad="none")
 
     assert MelParams.from_dict(params.to_dict()) == params
+    stored_before_dtypes = {k: v for k, v in params.to_dict().items() if k != "dtype"}
+    assert MelParams.from_dict(stored_before_dtypes).dtype == "float32"
+    with pytest.raises(ValueError, match="dtype"):
+        MelParams(dtype="int8")
     with pytest.raises(ValueError, match="unknown"):
         MelParams.from_dict({**params.to_dict(), "window": "hann"})
     with pytest.raises(ValueError, match="pad"):

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import schemas
-from schemas import factors_column, storage
+from schemas import factors_column, layout, storage
+from schemas import mels as mel_values
 from schemas.config import MelParams
 from model import losses
 from model.artefact import load_model
@@ -106,8 +108,8 @@ def write_toy_set(root, n=96, n_mels=16, frames=160, seed=0, row_group=10):
     half = n // 2
     for s, rows in enumerate([range(0, half), range(half, n)]):
         shard = pa.table({"track_id": [ids[i] for i in rows], "n_mels": [n_mels] * len(rows),
-                          "n_frames": [frames] * len(rows),
-                          "mel": factors_column(mels[list(rows)].reshape(len(rows), -1))})
+                          "n_frames": [frames] * len(rows), "dtype": [params.dtype] * len(rows),
+                          "mel": mel_values.encode(list(mels[list(rows)]), params.dtype)})
         pq.write_table(schemas.conform(shard, schemas.MEL_SHARD).replace_schema_metadata(meta.metadata),
                        run / f"mels-{s:05d}-of-00002.parquet", row_group_size=row_group)
     warm = n * 3 // 4
@@ -135,9 +137,10 @@ def test_stream_splits_by_rank_and_worker_without_loss_or_duplicates(tmp_path, w
     for validation in (False, True):
         for rank in range(world):
             stream = ShardStream(pieces, index, np.zeros((warm, 4)), validation=validation,
-                                 val_fraction=0.2, crop_frames=50, rank=rank, world=world)
+                                 val_fraction=0.2, crop_frames=50, rank=rank, world=world,
+                                 batch_size=4)
             stream.set_epoch(3)
-            loader = DataLoader(stream, batch_size=4, num_workers=workers)
+            loader = DataLoader(stream, batch_size=None, num_workers=workers)
             for mel, _, track in loader:
                 assert mel.shape[1:] == (16, 50)
                 seen[validation] += track.tolist()
@@ -145,23 +148,79 @@ def test_stream_splits_by_rank_and_worker_without_loss_or_duplicates(tmp_path, w
     assert seen[True] and seen[False]
 
 
+def examples(stream):
+    """(mel, track index) of every example of a stream, batch by batch; and the batch sizes."""
+    batches = list(stream)
+    return [(mel, int(track)) for mels, _, tracks in batches for mel, track in zip(mels, tracks)], \
+        [len(mels) for mels, _, _ in batches]
+
+
 def test_stream_gives_each_training_track_several_crops(tmp_path):
-    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=30, frames=160)
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=30, frames=160, row_group=4)
     index = {t: i for i, t in enumerate(ids[:warm])}
     pieces = plan_pieces(sorted(mels_dir.glob("*/mels-*.parquet")), 1)
     stream = ShardStream(pieces, index, np.zeros((warm, 4)), validation=False, val_fraction=0.2,
-                         crop_frames=40, clips_per_track=3)
-    examples = list(stream)
-    tracks = [track for _, _, track in examples]
+                         crop_frames=40, clips_per_track=3, batch_size=5)
+    crops, sizes = examples(stream)
+    tracks = [track for _, track in crops]
     training = {index[t] for t in ids[:warm] if not in_validation(t, 0.2)}
     assert set(tracks) == training and len(tracks) == 3 * len(training)
     assert all(tracks.count(t) == 3 for t in set(tracks))
-    first = [mel for mel, _, track in examples if track == tracks[0]]
+    # batches run across row groups: all full but the last
+    assert all(size == 5 for size in sizes[:-1]) and 0 < sizes[-1] <= 5
+    first = [mel for mel, track in crops if track == tracks[0]]
+    assert all(mel.shape == (16, 40) for mel in first)
     assert not torch.equal(first[0], first[1]) or not torch.equal(first[1], first[2])
     validation = ShardStream(pieces, index, np.zeros((warm, 4)), validation=True,
                              val_fraction=0.2, clips_per_track=3)
-    held = [track for _, _, track in validation]
+    held = [track for _, track in examples(validation)[0]]
     assert len(held) == len(set(held)) and not set(held) & set(tracks)
+
+
+def test_stream_crops_are_windows_of_the_stored_values(tmp_path):
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=20, frames=160)
+    index = {t: i for i, t in enumerate(ids[:warm])}
+    pieces = plan_pieces(sorted(mels_dir.glob("*/mels-*.parquet")), 1)
+    stored = dict(zip(ids, mel_values.values(read_mels(layout.mel_shards(mels_dir)))))
+    stream = ShardStream(pieces, index, np.arange(warm * 4, dtype=np.float32).reshape(warm, 4),
+                         validation=False, val_fraction=0.0, crop_frames=30, batch_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning per batch (read-only Arrow memory)
+        batches = list(stream)
+    for mels, targets, tracks in batches:
+        assert mels.dtype == torch.float16  # as stored (MelParams.dtype); the net standardises in float32
+        for mel, target, track in zip(mels.numpy(), targets.numpy(), tracks.tolist()):
+            whole = stored[ids[track]]
+            assert any(np.array_equal(mel, whole[:, s:s + 30]) for s in range(160 - 30 + 1))
+            np.testing.assert_array_equal(target, np.arange(4 * track, 4 * track + 4))
+
+
+def test_shards_of_the_float32_list_format_stay_readable(tmp_path):
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=12, frames=64)
+    shards = layout.mel_shards(mels_dir)
+    new = read_mels(shards)
+    values = mel_array(new)
+    legacy = pa.table({"track_id": new.column("track_id"), "n_mels": new.column("n_mels"),
+                       "n_frames": new.column("n_frames"),
+                       "mel": factors_column(values.reshape(len(values), -1))})
+    for shard in shards:
+        shard.unlink()
+    pq.write_table(legacy, shards[0], row_group_size=5)
+
+    old = read_mels(layout.mel_shards(mels_dir))
+    np.testing.assert_array_equal(mel_array(old), values)
+    index = {t: i for i, t in enumerate(ids[:warm])}
+    stream = ShardStream(plan_pieces(layout.mel_shards(mels_dir), 1), index, np.zeros((warm, 4)),
+                         validation=False, val_fraction=0.0, batch_size=4)
+    streamed = [track for _, track in examples(stream)[0]]
+    assert sorted(streamed) == list(range(warm))
+
+
+def test_mel_values_refuse_a_wrong_number_of_bytes():
+    table = pa.table({"track_id": ["a"], "n_mels": [4], "n_frames": [3], "dtype": ["float16"],
+                      "mel": mel_values.encode([np.zeros(11)], "float16")})
+    with pytest.raises(ValueError, match="24 bytes of 4 x 3 float16"):
+        mel_values.values(table)
 
 
 def test_band_stats_are_per_band(tmp_path):

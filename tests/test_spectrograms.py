@@ -1,4 +1,5 @@
 """The Beam spectrogram job: its graph under TestPipeline, its DoFns, and main."""
+import dataclasses
 import datetime
 import errno
 import os
@@ -20,11 +21,13 @@ import schemas
 from jobs.spectrograms import job as spectrograms
 from jobs.spectrograms.decode import IsolatedDecoder, SystemicError
 from jobs.spectrograms.job import main, parse_options
+from jobs.spectrograms.migrate import main as migrate_main
 from jobs.spectrograms.pipeline import (DEAD_LETTERS, ComputeLogMel, DecodeAudio, build,
                                         mel_table)
 
 from schemas.config import MelParams, SpectrogramOptions
 from schemas import layout
+from schemas import mels as mel_values
 from schemas.layout import final_dead_letter_files, run_dir
 from tests.test_mel import decode_or_crash, tone, write_audio
 
@@ -181,14 +184,16 @@ def test_log_mel_dofn_outputs_mel_shard_rows():
 def test_mel_table_round_trips_through_the_schema():
     rng = np.random.default_rng(0)
     mels = [rng.standard_normal((4, n)).astype(np.float32) for n in (3, 5)]
-    rows = [{"track_id": f"t{i}", "n_mels": 4, "n_frames": m.shape[1], "mel": m.reshape(-1)}
-            for i, m in enumerate(mels)]
+    rows = [{"track_id": f"t{i}", "n_mels": 4, "n_frames": m.shape[1], "dtype": "float16",
+             "mel": m.astype(np.float16).reshape(-1)} for i, m in enumerate(mels)]
 
     table = schemas.conform(mel_table(rows), schemas.MEL_SHARD)
 
     assert table.column("track_id").to_pylist() == ["t0", "t1"]
-    for mel, back in zip(mels, table.column("mel").to_pylist()):
-        np.testing.assert_array_equal(np.asarray(back, np.float32).reshape(mel.shape), mel)
+    for i, mel in enumerate(mels):
+        back = mel_values.values(table.slice(i, 1))[0]
+        assert back.dtype == np.float16
+        np.testing.assert_allclose(back, mel, atol=2e-3)  # float16 keeps about 3 digits
     assert mel_table([]).num_rows == 0
 
 
@@ -219,8 +224,7 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
         assert table.schema.equals(schemas.MEL_SHARD)
         assert schemas.params_of(table.schema) == PARAMS.to_dict()
     table = pa.concat_tables(mels)
-    by_id = {r["track_id"]: np.asarray(r["mel"], np.float32).reshape(r["n_mels"], r["n_frames"])
-             for r in table.to_pylist()}
+    by_id = dict(zip(table.column("track_id").to_pylist(), mel_values.values(table)))
     assert sorted(by_id) == sorted(GOOD)
     assert peak_band(by_id["low"]) < peak_band(by_id["mid"]) < peak_band(by_id["high"])
     dead_letters = pa.concat_tables(dead)
@@ -251,6 +255,47 @@ def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
     assert spectrograms.existing_track_ids(first.parent) == set(GOOD)
 
 
+def test_migrate_converts_runs_of_before_the_dtype_so_the_job_redoes_nothing(catalogue, tmp_path):
+    out = tmp_path / "mels"
+    args = ["--catalogue", catalogue["path"], "--out", str(out), "--excerpt-s", str(EXCERPT_S),
+            "--max-bad-fraction", "0.5", *IN_PROCESS]
+    old_params = dataclasses.replace(PARAMS, dtype="float32")
+    assert main([*args, "--dtype", "float32", "--run-id", "r1"]) == 0
+    old = run_dir(out, old_params, "r1")
+    # as shards were written before the dtype existed: a float32 list column, no dtype
+    before = {k: v for k, v in PARAMS.to_dict().items() if k != "dtype"}
+    expected = {}
+    for shard in old.glob("mels-*.parquet"):
+        table = pq.read_table(shard)
+        values = mel_values.values(table)
+        expected.update(zip(table.column("track_id").to_pylist(), values))
+        legacy = pa.table({"track_id": table.column("track_id"), "n_mels": table.column("n_mels"),
+                           "n_frames": table.column("n_frames"),
+                           "mel": schemas.factors_column(values.reshape(len(values), -1))})
+        pq.write_table(legacy.replace_schema_metadata(
+            schemas.with_metadata(legacy.schema, before).metadata), shard)
+    assert sorted(expected) == sorted(GOOD)
+
+    assert migrate_main(["--mels", str(out)]) == 0
+
+    new = run_dir(out, PARAMS, "r1")
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(new.glob("mels-*.parquet")))
+    assert schemas.params_of(table.schema) == PARAMS.to_dict()
+    for track, mel in zip(table.column("track_id").to_pylist(), mel_values.values(table)):
+        assert mel.dtype == np.float16
+        np.testing.assert_allclose(mel, expected[track], atol=0.01)
+    (dead,) = [pq.read_table(p) for p in new.glob("dead_letters-*.parquet")]
+    assert dead.num_rows == 2 and schemas.params_of(dead.schema) == PARAMS.to_dict()
+    assert layout.dead_letter_history(new.parent).exists()
+    assert migrate_main(["--mels", str(out)]) == 0  # again: what is there is left alone
+    assert sorted(p.name for p in new.parent.iterdir()) == ["dead_letters.parquet", "r1"]
+
+    # the spectrogram job with the new default finds every track done or failed
+    summary = spectrograms.run(parse_options([*args, "--run-id", "r2"]))
+    assert (summary.mels, summary.dead_letters, summary.skipped_done, summary.skipped_failed) \
+        == (0, 0, 3, 2)
+
+
 def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
     good = catalogue["rows"][:3]
     new = []
@@ -259,7 +304,7 @@ def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
         new.append({"track_id": f"new{index}", "audio_uri": path})
     out = tmp_path / "mels"
     # Row groups of about two spectrograms, to see them sized by the mel column.
-    mel_bytes = 128 * FRAMES * 4
+    mel_bytes = 128 * FRAMES * np.dtype(PARAMS.dtype).itemsize
     args = ["--out", str(out), "--excerpt-s", str(EXCERPT_S), "--row-group-mb",
             str(2 * mel_bytes / 2**20), *IN_PROCESS]
 
@@ -281,7 +326,7 @@ def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
 def test_a_shard_is_closed_at_its_size_bound_and_another_begun(catalogue, tmp_path):
     rows = [{"track_id": f"t{i}", "audio_uri": write_audio(
         tmp_path / f"t{i}.m4a", tone(300.0 + 100 * i, 1.5, 44100), 44100, "aac")} for i in range(5)]
-    mel_bytes = 128 * FRAMES * 4
+    mel_bytes = 128 * FRAMES * np.dtype(PARAMS.dtype).itemsize
     row_group_mb = 2 * mel_bytes / 2**20  # two spectrograms a row group
     summary = spectrograms.run(parse_options(
         ["--catalogue", write_catalogue(tmp_path / "c.parquet", rows), "--run-id", "r1",

@@ -30,11 +30,10 @@ from luigi.contrib.external_program import ExternalProgramRunError, ExternalProg
 from luigi.contrib.spark import SparkSubmitTask
 
 from schemas import layout, storage
-from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, AlsParams, BowConfig,
-                            ChooseConfig,
-                            DemoConfig, PublishConfig, QueryConfig, SemiColdConfig,
-                            EvaluateConfig, InputOptions, MelParams, SpectrogramOptions,
-                            TrackHoldout, TrainConfig)
+from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, MEL_DTYPES, AlsParams,
+                            BowConfig, ChooseConfig, DemoConfig, PublishConfig, QueryConfig,
+                            SemiColdConfig, EvaluateConfig, InputOptions, MelParams,
+                            SpectrogramOptions, TrackHoldout, TrainConfig)
 from schemas.inputs import FORMATS
 
 BIN = Path(sys.executable).parent
@@ -437,6 +436,7 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
 class MelSpectrograms(RunTask, JobTask):
     """Log-mel excerpts of every catalogue track not done before, by the Beam job."""
     excerpt_s = luigi.FloatParameter(default=MelParams.excerpt_s)
+    dtype = luigi.ChoiceParameter(choices=MEL_DTYPES, default=MelParams.dtype)
     workers = luigi.OptionalIntParameter(
         default=None, significant=False,
         description="Beam workers; default: the job's (one per CPU, at least 2)")
@@ -444,7 +444,7 @@ class MelSpectrograms(RunTask, JobTask):
                                             significant=False)
 
     def params(self) -> MelParams:
-        return MelParams(excerpt_s=self.excerpt_s)
+        return MelParams(excerpt_s=self.excerpt_s, dtype=self.dtype)
 
     def params_dir(self) -> Path:
         """Every run's spectrograms made with these parameters (what training reads)."""
@@ -459,7 +459,7 @@ class MelSpectrograms(RunTask, JobTask):
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",
                 "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", root().mels,
-                "--run-id", self.run_id, "--excerpt-s", self.excerpt_s,
+                "--run-id", self.run_id, "--excerpt-s", self.excerpt_s, "--dtype", self.dtype,
                 "--max-bad-fraction", self.max_bad_fraction,
                 *(["--direct_num_workers", self.workers] if self.workers else [])]
 

@@ -48,7 +48,7 @@ from jobs.spectrograms.decode import SystemicError, is_systemic
 from jobs.spectrograms.mel import check_environment
 from jobs.spectrograms.pipeline import COUNTERS, build, write
 from schemas import cli, layout, storage
-from schemas.config import PAD_MODES, MelParams, SpectrogramOptions
+from schemas.config import MEL_DTYPES, PAD_MODES, MelParams, SpectrogramOptions
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class MelOptions(PipelineOptions):
             help="What happens to tracks shorter than the excerpt: zeros appends silence, "
                  "wrap loops the audio, none keeps them short (fewer frames), reject sends "
                  "them to the dead letters. Default: %(default)s.")
+        parser.add_argument(
+            "--dtype", default=defaults.dtype, choices=MEL_DTYPES,
+            help="How spectrogram values are stored: float16 halves what training reads. "
+                 "Default: %(default)s.")
         parser.add_argument(
             "--min-duration-s", dest="min_duration_s", type=float, default=job.min_duration_s,
             help="Tracks with less audio than this are dead letters ('too short'). "

@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 import schemas
 from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt, is_systemic
 from jobs.spectrograms.mel import log_mel
-from schemas import cli, layout
+from schemas import cli, layout, mels
 from schemas.config import MelParams, SpectrogramOptions
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class DecodeAudio(beam.DoFn):
 
 
 class ComputeLogMel(beam.DoFn):
-    """(row, samples) -> schemas.MEL_SHARD row, mel flattened; failures -> dead letters."""
+    """(row, samples) -> schemas.MEL_SHARD row, mel flattened in the parameters' dtype;
+    failures -> dead letters."""
 
     def __init__(self, params: MelParams, *, torch_threads: int = 1) -> None:
         self.params = params
@@ -184,12 +185,12 @@ class ComputeLogMel(beam.DoFn):
                 DEAD_LETTERS, _dead_letter(row, "mel", f"{type(err).__name__}: {err}"))
             return
         yield {"track_id": row["track_id"], "n_mels": mel.shape[0], "n_frames": mel.shape[1],
-               "mel": mel.reshape(-1)}
+               "dtype": self.params.dtype, "mel": mel.astype(self.params.dtype).reshape(-1)}
 
 
 @dataclasses.dataclass(frozen=True)
 class MelOutputs:
-    mels: beam.PCollection          # schemas.MEL_SHARD rows, "mel" a flat float32 ndarray
+    mels: beam.PCollection          # schemas.MEL_SHARD rows, "mel" a flat ndarray of "dtype"
     dead_letters: beam.PCollection  # schemas.DEAD_LETTERS rows
 
 
@@ -234,30 +235,22 @@ def build(rows: beam.PCollection, params: MelParams,
         min_duration_s=options.min_duration_s, max_bytes=options.max_bytes,
         max_duration_s=options.duration_limit_s, expected=expected)).with_outputs(
             DEAD_LETTERS, main="samples")
-    mels = decoded.samples | "LogMel" >> beam.ParDo(
+    logmels = decoded.samples | "LogMel" >> beam.ParDo(
         ComputeLogMel(params, torch_threads=options.torch_threads)).with_outputs(
         DEAD_LETTERS, main="mels")
-    dead_letters = ((tracks[DEAD_LETTERS], decoded[DEAD_LETTERS], mels[DEAD_LETTERS])
+    dead_letters = ((tracks[DEAD_LETTERS], decoded[DEAD_LETTERS], logmels[DEAD_LETTERS])
                     | "CollectDeadLetters" >> beam.Flatten())
-    return MelOutputs(mels=mels.mels, dead_letters=dead_letters)
+    return MelOutputs(mels=logmels.mels, dead_letters=dead_letters)
 
 
 def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa.Table:
-    """A batch of MEL_SHARD rows (``mel`` as flat float32 arrays) as one Arrow table.
-
-    Builds the list column from one concatenated buffer: converting arrays one by
-    one through pa.array is several times slower.
-    """
-    lengths = np.array([len(row["mel"]) for row in rows], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = (np.concatenate([row["mel"] for row in rows]).astype(np.float32, copy=False)
-              if rows else np.zeros(0, np.float32))
-    mel = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    """A batch of MEL_SHARD rows (``mel`` as flat arrays of their ``dtype``) as one table."""
     return pa.Table.from_arrays([
         pa.array([row["track_id"] for row in rows], pa.string()),
         pa.array([row["n_mels"] for row in rows], pa.int32()),
         pa.array([row["n_frames"] for row in rows], pa.int32()),
-        mel.cast(schema.field("mel").type),
+        pa.array([row["dtype"] for row in rows], pa.string()),
+        mels.encode([row["mel"] for row in rows], rows[0]["dtype"] if rows else "float32"),
     ], schema=schema)
 
 
@@ -283,9 +276,10 @@ class ParquetTableSink(FileBasedSink):
     closed and another begun once ``max_bytes`` are written to it (Beam's own shard
     bound, checked after each table).
 
-    Dictionary encoding is used for string columns only: tried on float32
-    spectrogram values it is abandoned page after page, and costs more than
-    writing them. Values are stored uncompressed, like Beam's own Parquet sink.
+    Dictionary encoding is used for string columns only. Spectrograms are stored
+    uncompressed: on real music's float16 log-mel values zstd saves 14% of the bytes
+    and lz4 2%, while reading them back takes 3x and 1.5x as long
+    (benchmarks/mel_reader.py).
     """
 
     def __init__(self, file_path_prefix: str, schema: pa.Schema,
