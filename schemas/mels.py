@@ -40,6 +40,14 @@ def encode(values: Sequence[np.ndarray], dtype: str) -> pa.Array:
         None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
 
 
+def with_values(table: pa.Table, values: Sequence[np.ndarray], dtype: str) -> pa.Table:
+    """``table`` with its ``dtype`` and ``mel`` columns replaced by ``values`` stored as
+    ``dtype``, one array per row."""
+    kept = table.drop_columns([name for name in ("dtype", "mel") if name in table.column_names])
+    return (kept.append_column("dtype", pa.array([dtype] * table.num_rows, pa.string()))
+            .append_column("mel", encode(values, dtype)))
+
+
 def conform(table: pa.Table) -> pa.Table:
     """``table`` as schemas.MEL_SHARD; a shard of the float32 list format is converted."""
     if "mel" in table.column_names and table.schema.field("mel").type == LEGACY_MEL:
@@ -47,20 +55,18 @@ def conform(table: pa.Table) -> pa.Table:
         n_frames = table.column("n_frames").to_numpy()
         flat = pc.list_flatten(table.column("mel")).to_numpy()
         bounds = np.concatenate([[0], np.cumsum(n_mels.astype(np.int64) * n_frames)])
-        mel = encode([flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], "float32")
-        table = (table.drop_columns(["mel"]).append_column("mel", mel)
-                 .append_column("dtype", pa.array(["float32"] * table.num_rows, pa.string())))
+        table = with_values(table, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], "float32")
     return schemas.conform(table, schemas.MEL_SHARD)
 
 
 def values(table: pa.Table) -> np.ndarray:
-    """The rows' spectrograms as one (rows, n_mels, n_frames) array of their dtype.
+    """The spectrograms of rows of schemas.MEL_SHARD (see :func:`conform`) as one
+    (rows, n_mels, n_frames) array of their dtype.
 
     Read-only: it shares the table's memory where one buffer holds the rows. Raises
     ValueError when the rows differ in shape or dtype, or hold the wrong number of
     bytes for their shape.
     """
-    table = conform(table)
     shapes = set(zip(table.column("n_mels").to_pylist(), table.column("n_frames").to_pylist()))
     kinds = set(pc.unique(table.column("dtype")).to_pylist())
     if len(shapes) > 1 or len(kinds) > 1:

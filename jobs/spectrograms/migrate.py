@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from jobs.spectrograms.pipeline import mel_schema, parquet_writer
 from schemas import cli, layout, mels, storage
 from schemas.config import MEL_DTYPES, MelParams
 
@@ -31,16 +32,13 @@ logger = logging.getLogger(__name__)
 def convert_shard(source: Path, target: Path, params: MelParams) -> int:
     """``source`` as a shard of ``params`` (row groups kept); the rows written."""
     reader = pq.ParquetFile(source)
-    schema = schemas.with_metadata(schemas.MEL_SHARD, params.to_dict())
+    schema = mel_schema(params)
     rows = 0
-    with pq.ParquetWriter(target, schema, compression="none",
-                          use_dictionary=["track_id", "dtype"]) as writer:
+    with parquet_writer(target, schema) as writer:
         for group in range(reader.metadata.num_row_groups):
             table = mels.conform(reader.read_row_group(group))
-            values = mels.values(table) if table.num_rows else []
-            converted = table.drop_columns(["dtype", "mel"]).append_column(
-                "dtype", pa.array([params.dtype] * table.num_rows, pa.string())).append_column(
-                "mel", mels.encode(list(values), params.dtype))
+            values = list(mels.values(table)) if table.num_rows else []
+            converted = mels.with_values(table, values, params.dtype)
             writer.write_table(converted.cast(schema), row_group_size=max(1, table.num_rows))
             rows += table.num_rows
     return rows

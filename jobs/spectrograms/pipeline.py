@@ -271,6 +271,13 @@ class CountingFile(io.RawIOBase):
         return len(data)
 
 
+def parquet_writer(where, schema: pa.Schema) -> pq.ParquetWriter:
+    """A writer of spectrogram shards: dictionary encoding for the string columns only,
+    and no codec (see ParquetTableSink)."""
+    strings = [field.name for field in schema if pa.types.is_string(field.type)]
+    return pq.ParquetWriter(where, schema, compression="none", use_dictionary=strings)
+
+
 class ParquetTableSink(FileBasedSink):
     """Writes pyarrow Tables to Parquet files, each table one row group; a file is
     closed and another begun once ``max_bytes`` are written to it (Beam's own shard
@@ -294,9 +301,7 @@ class ParquetTableSink(FileBasedSink):
         # what FileBasedSink.open does, with a byte counter pyarrow accepts as a file
         handle = FileSystems.create(temp_path, self.mime_type, self.compression_type)
         self.byte_counter = CountingFile(handle)
-        strings = [field.name for field in self.schema if pa.types.is_string(field.type)]
-        return handle, pq.ParquetWriter(self.byte_counter, self.schema, compression="none",
-                                        use_dictionary=strings)
+        return handle, parquet_writer(self.byte_counter, self.schema)
 
     def write_record(self, file_and_writer, table: pa.Table) -> None:
         file_and_writer[1].write_table(table, row_group_size=max(1, table.num_rows))
