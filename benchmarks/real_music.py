@@ -40,6 +40,7 @@ def fetch(work: Path) -> Path:
     """Download and unpack the packages under ``work`` (kept between runs)."""
     debs, unpacked = work / "debs", work / "unpacked"
     debs.mkdir(parents=True, exist_ok=True)
+    unpacked.mkdir(exist_ok=True)  # dpkg-deb -x creates only the last folder
     for package in PACKAGES:
         if not list(debs.glob(f"{package}_*.deb")):
             subprocess.run(["apt-get", "download", package], cwd=debs, check=True)

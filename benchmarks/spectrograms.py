@@ -1,40 +1,40 @@
-"""Throughput of the spectrogram job against a bare decode + log-mel loop.
+"""Throughput of the spectrogram job against a bare decode + log-mel loop, end to end.
 
-    python benchmarks/spectrograms.py /tmp/music --tracks 3000 --repeat 2
+    python benchmarks/spectrograms.py /tmp/real-music/data-0/catalogue.parquet --tracks 500
+    python benchmarks/spectrograms.py /tmp/music --tracks 3000 --pairs 3
 
-Builds a catalogue of --tracks entries from the audio files found under the
-directory (files are reused under distinct track ids when there are fewer), then
-times, over the same catalogue:
+The first argument is a catalogue (Parquet with audio_uri, such as the one
+benchmarks/real_music.py writes) or a directory searched for audio files. A catalogue of
+--tracks entries is built from those files (reused under distinct track ids when there
+are fewer). Both sides then run as whole processes, each a fresh interpreter that pays
+its own imports, over the same catalogue:
 
-1. a bare loop: decode_excerpt + log_mel for every track in this process, on one
-   core, no Beam, no isolation, nothing written;
-2. the Beam job (jobs.spectrograms.job.run) as `python -m jobs.spectrograms` runs it
-   by default: --direct_num_workers workers, decoding isolated in child processes,
-   Parquet shards and dead letters written and published. Its wall time includes
-   starting the workers.
+1. the bare loop: this script with --bare-loop, decode_excerpt + log_mel for every
+   track, one core, no Beam, no isolation, nothing written;
+2. the job as a user runs it: `python -m jobs.spectrograms` with its defaults but
+   --decoders (child processes that decode and compute the log-mels; default one per
+   CPU), Parquet shards and dead letters written and published.
 
-Prints, for both, tracks/s per core two ways, and the ratios Beam / bare, end to
-end and after start-up (the Beam job timed on 2 tracks per worker is subtracted):
+Printed, for both, tracks/s per core two ways, and the ratios job / bare, end to end
+and after start-up (each side's run on 2 tracks per decoder subtracted):
 
-- wall: tracks / wall seconds / cores used. The bare loop uses one core, the Beam
-  job min(workers, CPUs). Exact on an idle machine; on a shared one, processes
-  of others take cores from the Beam job more than from the one-core loop.
-- cpu: tracks / CPU seconds (user + system) of every process involved: this one,
-  and for Beam its workers and their decoder processes (all waited for, so
-  counted in RUSAGE_CHILDREN). Robust to other load; counts the Beam job's
-  start-up (interpreters, imports) in full.
+- wall: tracks / wall seconds / cores used. The bare loop uses one core, the job
+  min(decoders, CPUs). Exact on an idle machine; on a shared one, processes of others
+  take cores from the job more than from the one-core loop.
+- cpu: tracks / CPU seconds (user + system) of the process and of everything it waited
+  for (the job's decoder processes). Robust to other load.
 
-The sides run alternately, --pairs times (bare, Beam start-up, Beam; bare, ...); each
-ratio is the median over the pairs of the ratio within each pair, with its range
+The sides run alternately, --pairs times (bare start-up, bare, job start-up, job; ...);
+each ratio is the median over the pairs of the ratio within each pair, with its range
 (benchmarks/paired.py). A ratio that is not a positive finite number stops the run.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,26 +47,47 @@ import pyarrow.parquet as pq
 
 import schemas
 from paired import ratios, run  # benchmarks/paired.py, beside this script
-from jobs.spectrograms import job as spectrograms
-from jobs.spectrograms.decode import DecodeError, decode_excerpt
-from jobs.spectrograms.mel import log_mel
+from schemas import layout
 from schemas.config import MelParams
 
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aac"}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def audio_files(root: Path) -> list[Path]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not files:
-        raise SystemExit(f"no audio files under {root}")
-    return files
-
-
-def write_catalogue(files: list[Path], n_tracks: int, path: Path) -> list[str]:
-    uris = [str(files[i % len(files)]) for i in range(n_tracks)]
-    rows = [{"track_id": f"bench{i:06d}", "audio_uri": uri} for i, uri in enumerate(uris)]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.CATALOGUE), path)
+def audio_files(source: Path) -> list[str]:
+    """The audio URIs of a catalogue file, or the audio files under a directory."""
+    if source.is_file():
+        uris = pq.read_table(source, columns=["audio_uri"]).column(0).drop_null().to_pylist()
+    else:
+        uris = sorted(str(p) for p in source.rglob("*")
+                      if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not uris:
+        raise SystemExit(f"no audio in {source}")
     return uris
+
+
+def write_catalogue(uris: list[str], n_tracks: int, path: Path) -> None:
+    rows = [{"track_id": f"bench{i:06d}", "audio_uri": uris[i % len(uris)]}
+            for i in range(n_tracks)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.CATALOGUE), path)
+
+
+def bare_loop(catalogue: Path, params: MelParams) -> None:
+    """Decode and log-mel every track of ``catalogue`` in this process, one core; print
+    how many failed."""
+    import torch
+
+    from jobs.spectrograms.decode import DecodeError, decode_excerpt
+    from jobs.spectrograms.mel import log_mel
+
+    torch.set_num_threads(1)
+    failed = 0
+    for uri in pq.read_table(catalogue, columns=["audio_uri"]).column(0).to_pylist():
+        try:
+            log_mel(decode_excerpt(uri, params, min_duration_s=1.0), params)
+        except DecodeError:
+            failed += 1
+    print(failed)
 
 
 @dataclass
@@ -75,115 +96,109 @@ class Timing:
     cpu_s: float
 
 
-class Stopwatch:
-    """Wall time, and CPU time of this process and of its waited-for descendants."""
+def timed(command: list[str]) -> tuple[Timing, str]:
+    """Run ``command`` in the repository; its wall time, the CPU time of it and of what it
+    waited for, and its standard output. A failure stops the benchmark."""
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
-    def __enter__(self) -> Stopwatch:
-        self._wall, self._cpu = time.perf_counter(), self._cpu_now()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.timing = Timing(time.perf_counter() - self._wall, self._cpu_now() - self._cpu)
-
-    @staticmethod
-    def _cpu_now() -> float:
-        return sum(usage.ru_utime + usage.ru_stime for usage in (
-            resource.getrusage(resource.RUSAGE_SELF),
-            resource.getrusage(resource.RUSAGE_CHILDREN)))
+    wall, cpu_before = time.perf_counter(), cpu()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    timing = Timing(time.perf_counter() - wall, cpu() - cpu_before)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return timing, done.stdout
 
 
-def bare_loop(uris: list[str], params: MelParams) -> tuple[Timing, int]:
-    """Decode and log-mel every URI in this process; the time taken and how many failed."""
-    import torch
-
-    torch.set_num_threads(1)
-    log_mel(decode_excerpt(uris[0], params), params)  # build the mel filterbank once
-    failed = 0
-    with Stopwatch() as watch:
-        for uri in uris:
-            try:
-                log_mel(decode_excerpt(uri, params, min_duration_s=1.0), params)
-            except DecodeError:
-                failed += 1
-    return watch.timing, failed
-
-
-def beam_job(catalogue: Path, out: Path, run_id: str,
-             job_args: list[str]) -> tuple[Timing, spectrograms.RunSummary]:
-    """Run the job with its command-line defaults plus ``job_args``."""
-    options = spectrograms.parse_options(
-        ["--catalogue", str(catalogue), "--out", str(out), "--run-id", run_id, *job_args])
-    with Stopwatch() as watch:
-        summary = spectrograms.run(options)
-    return watch.timing, summary
+def rows(paths) -> int:
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("audio_dir", type=Path, help="Directory searched for audio files.")
+    parser.add_argument("audio", type=Path,
+                        help="A catalogue Parquet file, or a directory searched for audio files.")
     parser.add_argument("--tracks", type=int, default=2000,
                         help="Catalogue size. Default: %(default)s.")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="--direct_num_workers of the Beam job. Default: one per CPU, "
-                             "%(default)s.")
+    parser.add_argument("--decoders", type=int, default=os.cpu_count() or 1,
+                        help="--decoders of the job. Default: one per CPU, %(default)s.")
     parser.add_argument("--excerpt-s", type=float, default=MelParams().excerpt_s,
                         help="Excerpt length, seconds. Default: %(default)s.")
     parser.add_argument("--pairs", type=int, default=3,
                         help="Alternating runs of each side. Default: %(default)s.")
+    parser.add_argument("--bare-loop", action="store_true",
+                        help="Run the bare loop over the catalogue AUDIO and exit (the "
+                             "benchmark runs itself so).")
     args, job_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-
     params = MelParams(excerpt_s=args.excerpt_s)
-    files = audio_files(args.audio_dir)
-    cores = min(args.workers, os.cpu_count() or 1)
+    if args.bare_loop:
+        bare_loop(args.audio, params)
+        return 0
+
+    uris = audio_files(args.audio)
+    cores = min(args.decoders, os.cpu_count() or 1)
     job_args = ["--excerpt-s", str(args.excerpt_s), "--max-bad-fraction", "1",
-                "--direct_num_workers", str(args.workers), *job_args]
-    n_startup = 2 * args.workers  # enough for every worker to start
+                "--decoders", str(args.decoders), *job_args]
+    n_startup = 2 * args.decoders  # enough for every decoder to start
     with tempfile.TemporaryDirectory(prefix="bench-mels-") as scratch:
         scratch = Path(scratch)
-        uris = write_catalogue(files, args.tracks, scratch / "catalogue.parquet")
-        write_catalogue(files, n_startup, scratch / "startup.parquet")
-        for path in files:  # same page cache for both
-            path.read_bytes()
-        print(f"{len(uris)} tracks from {len(files)} files under {args.audio_dir}; excerpt "
+        for n, name in ((args.tracks, "catalogue"), (n_startup, "startup")):
+            write_catalogue(uris, n, scratch / f"{name}.parquet")
+        for uri in set(uris):  # same page cache for both
+            Path(uri).read_bytes()
+        print(f"{args.tracks} tracks from {len(set(uris))} files of {args.audio}; excerpt "
               f"{args.excerpt_s:g} s; {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.1f}; Beam job: {' '.join(job_args)}", flush=True)
-        bare, beam, startup = [], [], []
+              f"{os.getloadavg()[0]:.1f}; job: {' '.join(job_args)}", flush=True)
+        times: dict[str, list[Timing]] = {side: [] for side in
+                                          ("bare start-up", "bare", "job start-up", "job")}
         for attempt in range(args.pairs):
-            timing, failed = bare_loop(uris, params)
-            bare.append(timing)
-            print(f"  bare loop        : {timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
-                  f"{failed} failed", flush=True)
-            for runs, catalogue in ((startup, "startup.parquet"), (beam, "catalogue.parquet")):
-                timing, summary = beam_job(scratch / catalogue, scratch / "mels",
-                                           f"bench{attempt}", job_args)
-                runs.append(timing)
-                print(f"  beam, {summary.mels + summary.dead_letters:5d} tracks: "
-                      f"{timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
-                      f"{summary.dead_letters} dead letters", flush=True)
-                shutil.rmtree(scratch / "mels")  # the next run redoes every track
+            for side in times:
+                catalogue = scratch / ("startup.parquet" if "start-up" in side
+                                       else "catalogue.parquet")
+                if side.startswith("bare"):
+                    timing, out = timed([sys.executable, __file__, str(catalogue),
+                                         "--bare-loop", "--excerpt-s", str(args.excerpt_s)])
+                    failed = int(out.split()[-1])
+                else:
+                    run_id = f"{'startup' if 'start-up' in side else 'run'}{attempt}"
+                    timing, _ = timed([sys.executable, "-m", "jobs.spectrograms",
+                                       "--catalogue", str(catalogue), "--out",
+                                       str(scratch / "mels"), "--run-id", run_id, *job_args])
+                    run_dir = layout.run_dir(scratch / "mels", params, run_id)
+                    failed = rows(layout.dead_letter_files(run_dir))
+                    shutil.rmtree(scratch / "mels")  # the next run redoes every track
+                times[side].append(timing)
+                print(f"  {side:13}: {timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
+                      f"{failed} failed", flush=True)
 
-    n = len(uris)
-    # tracks/s per core of each side in each pair; Beam's wall rate over its cores
+    n = args.tracks
+    bare, job = times["bare"], times["job"]
+    # tracks/s per core of each side in each pair; the job's wall rate over its cores
     bare_wall = [n / t.wall_s for t in bare]
     bare_cpu = [n / t.cpu_s for t in bare]
-    beam_wall = [n / t.wall_s / cores for t in beam]
-    beam_cpu = [n / t.cpu_s for t in beam]
-    after_wall = [(n - n_startup) / (b.wall_s - s.wall_s) / cores for b, s in zip(beam, startup)]
-    after_cpu = [(n - n_startup) / (b.cpu_s - s.cpu_s) for b, s in zip(beam, startup)]
-    print(f"start-up of the Beam job ({n_startup} tracks), median: "
-          f"{np.median([t.wall_s for t in startup]):.1f} s wall, "
-          f"{np.median([t.cpu_s for t in startup]):.1f} s CPU")
+    job_wall = [n / t.wall_s / cores for t in job]
+    job_cpu = [n / t.cpu_s for t in job]
+
+    def after(side: str, attribute: str, per_core: int) -> list[float]:
+        return [(n - n_startup) / (getattr(t, attribute) - getattr(s, attribute)) / per_core
+                for t, s in zip(times[side], times[f"{side} start-up"])]
+
+    for side in ("bare", "job"):
+        startup = times[f"{side} start-up"]
+        print(f"start-up of {side} ({n_startup} tracks), median: "
+              f"{np.median([t.wall_s for t in startup]):.1f} s wall, "
+              f"{np.median([t.cpu_s for t in startup]):.1f} s CPU")
     print(f"tracks/s per core, median: bare {np.median(bare_wall):.1f} wall, "
-          f"{np.median(bare_cpu):.1f} CPU; Beam ({cores} cores) {np.median(beam_wall):.1f} wall, "
-          f"{np.median(beam_cpu):.1f} CPU")
-    print("Beam / bare per core, median of the pairs (range):")
-    for label, beam_side, bare_side in (
-            ("end to end, wall", beam_wall, bare_wall), ("end to end, CPU", beam_cpu, bare_cpu),
-            ("after start-up, wall", after_wall, bare_wall),
-            ("after start-up, CPU", after_cpu, bare_cpu)):
-        print(f"  {label:22} {ratios(label, [b / a for b, a in zip(beam_side, bare_side)])}")
+          f"{np.median(bare_cpu):.1f} CPU; job ({cores} cores) {np.median(job_wall):.1f} wall, "
+          f"{np.median(job_cpu):.1f} CPU")
+    print("job / bare per core, median of the pairs (range):")
+    for label, job_side, bare_side in (
+            ("end to end, wall", job_wall, bare_wall), ("end to end, CPU", job_cpu, bare_cpu),
+            ("after start-up, wall", after("job", "wall_s", cores), after("bare", "wall_s", 1)),
+            ("after start-up, CPU", after("job", "cpu_s", 1), after("bare", "cpu_s", 1))):
+        print(f"  {label:22} {ratios(label, [j / b for j, b in zip(job_side, bare_side)])}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -155,7 +156,8 @@ class SpectrogramOptions:
     long each time (all at once with ``retry_dead_letters``). ``row_group_mb`` sizes
     the Parquet row groups readers load one at a time; a shard is closed once it holds
     ``shard_mb`` (one row group more at most) and the worker starts another, so a shard
-    never grows with the catalogue. A catalogue is done in parts
+    never grows with the catalogue. With ``isolate_decoding`` each worker computes in
+    ``decoders`` child processes (0: one per CPU). A catalogue is done in parts
     of about ``tracks_per_part`` tracks, each published when done, so a killed run
     keeps what it finished.
     """
@@ -164,6 +166,7 @@ class SpectrogramOptions:
     max_file_mb: float | None = 1024.0
     decode_timeout_s: float = 120.0
     isolate_decoding: bool = True
+    decoders: int = 0
     torch_threads: int = 1
     max_bad_fraction: float = 0.05
     retry_dead_letters: bool = False
@@ -181,6 +184,17 @@ class SpectrogramOptions:
     def duration_limit_s(self) -> float | None:
         """``max_duration_s``; None (no limit) when it is None or not positive."""
         return self.max_duration_s if self.max_duration_s and self.max_duration_s > 0 else None
+
+    @property
+    def limits(self) -> dict:
+        """The per-track limits, as decode_excerpt's keyword arguments."""
+        return {"min_duration_s": self.min_duration_s, "max_bytes": self.max_bytes,
+                "max_duration_s": self.duration_limit_s}
+
+    @property
+    def decoder_count(self) -> int:
+        """Child processes per worker: ``decoders``, or one per CPU."""
+        return self.decoders if self.decoders > 0 else (os.cpu_count() or 1)
 
 
 # -- Training (model/train.py) ----------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt
-from jobs.spectrograms.mel import log_mel
+from jobs.spectrograms.mel import log_mel, spectrogram
 from schemas.config import MelParams
 from schemas.layout import mel_shards
 
@@ -129,6 +129,13 @@ def decode_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
     if uri.endswith(".hang"):
         time.sleep(3600)
     return decode_excerpt(uri, params, **limits)
+
+
+def spectrogram_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
+    """The job's spectrogram, crashing or hanging as decode_or_crash does."""
+    if uri.endswith((".segfault", ".hang")):
+        decode_or_crash(uri, params, **limits)
+    return spectrogram(uri, params, **limits)
 
 
 @pytest.fixture(scope="module")

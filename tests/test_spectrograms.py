@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -22,14 +23,13 @@ from jobs.spectrograms import job as spectrograms
 from jobs.spectrograms.decode import IsolatedDecoder, SystemicError
 from jobs.spectrograms.job import main, parse_options
 from jobs.spectrograms.migrate import main as migrate_main
-from jobs.spectrograms.pipeline import (DEAD_LETTERS, ComputeLogMel, DecodeAudio, build,
-                                        mel_table)
+from jobs.spectrograms.pipeline import DEAD_LETTERS, ComputeSpectrograms, build, mel_table
 
 from schemas.config import MelParams, SpectrogramOptions
 from schemas import layout
 from schemas import mels as mel_values
 from schemas.layout import final_dead_letter_files, run_dir
-from tests.test_mel import decode_or_crash, tone, write_audio
+from tests.test_mel import spectrogram_or_crash, tone, write_audio
 
 EXCERPT_S = 1.0
 PARAMS = MelParams(excerpt_s=EXCERPT_S)
@@ -137,48 +137,61 @@ def test_duplicate_track_ids_keep_one_row(catalogue):
 
 
 def test_a_decoder_crash_costs_one_track_not_the_pipeline(catalogue):
-    # The decoder child really dies (SIGSEGV in native code) on one track.
+    # The decoder child really dies (SIGSEGV in native code) on one track, with another
+    # track queued behind it, which a fresh child then does.
     low, mid = catalogue["rows"][0], catalogue["rows"][1]
     crash = {"track_id": "crash", "audio_uri": low["audio_uri"] + ".segfault"}
 
     with BeamTestPipeline(runner="FnApiRunner") as pipeline:
-        decoded = (pipeline | beam.Create([low, crash, mid])
-                   | beam.ParDo(DecodeAudio(PARAMS, isolate=True, decode=decode_or_crash))
-                   .with_outputs(DEAD_LETTERS, main="samples"))
-        assert_that(decoded.samples | beam.Map(lambda e: (e[0]["track_id"], e[1].shape)),
-                    equal_to([("low", (22050,)), ("mid", (22050,))]), label="CheckSamples")
+        computed = (pipeline | beam.Create([low, crash, mid, low | {"track_id": "again"}])
+                    | beam.ParDo(ComputeSpectrograms(PARAMS, isolate=True, decoders=1,
+                                                     spectrogram=spectrogram_or_crash))
+                    .with_outputs(DEAD_LETTERS, main="mels"))
+        assert_that(computed.mels | beam.Map(lambda m: (m["track_id"], m["mel"].shape)),
+                    equal_to([(track, (128 * FRAMES,)) for track in ("low", "mid", "again")]),
+                    label="CheckMels")
         died = "decoder process died (killed by SIGSEGV)"
-        assert_that(decoded[DEAD_LETTERS]
+        assert_that(computed[DEAD_LETTERS]
                     | beam.Map(lambda d: (d["track_id"], d["stage"], died in d["error"])),
                     equal_to([("crash", "decode", True)]), label="CheckDeadLetters")
 
 
 # -- DoFns ----------------------------------------------------------------------------
 
-def test_decode_dofn_sends_failures_to_dead_letters(catalogue):
-    decode = DecodeAudio(PARAMS, isolate=False)
-    decode.setup()
+@pytest.mark.parametrize("isolate", [False, True])
+def test_spectrogram_dofn_outputs_mel_shard_rows_and_dead_letters(catalogue, isolate):
+    compute = ComputeSpectrograms(PARAMS, isolate=isolate, decoders=2)
+    compute.setup()
     good, corrupt = catalogue["rows"][0], catalogue["rows"][3]
+    try:
+        compute.start_bundle()
+        outputs = [*compute.process(good), *compute.process(corrupt), *compute.finish_bundle()]
+    finally:
+        compute.teardown()
 
-    (row, samples), = decode.process(good)
-    (dead,) = decode.process(corrupt)
+    def unwrapped(value):  # rows that come at the bundle's end are windowed
+        return value.value if isinstance(value, WindowedValue) else value
 
-    assert row is good and samples.shape == (22050,)
-    assert isinstance(dead, TaggedOutput) and dead.tag == DEAD_LETTERS
-    assert dead.value["track_id"] == "corrupt" and dead.value["stage"] == "decode"
-    assert corrupt["audio_uri"] in dead.value["error"]
-
-
-def test_log_mel_dofn_outputs_mel_shard_rows():
-    row = {"track_id": "t", "audio_uri": "t.ogg"}
-    samples = tone(1000, EXCERPT_S, 22050).astype(np.float32)
-
-    (mel_row,) = ComputeLogMel(PARAMS).process((row, samples))
-    (dead,) = ComputeLogMel(PARAMS).process((row, np.zeros(0, np.float32)))
-
+    (mel_row,) = [unwrapped(o) for o in outputs if not isinstance(o, TaggedOutput)]
+    (dead,) = [o for o in outputs if isinstance(o, TaggedOutput)]
+    assert mel_row["track_id"] == "low" and mel_row["dtype"] == PARAMS.dtype
     assert (mel_row["n_mels"], mel_row["n_frames"]) == (128, FRAMES)
-    assert mel_row["mel"].shape == (128 * FRAMES,)
+    assert mel_row["mel"].shape == (128 * FRAMES,) and mel_row["mel"].dtype == np.float16
+    dead_letter = unwrapped(dead.value)
+    assert dead.tag == DEAD_LETTERS and dead_letter["stage"] == "decode"
+    assert dead_letter["track_id"] == "corrupt" and corrupt["audio_uri"] in dead_letter["error"]
+
+
+def test_a_spectrogram_that_cannot_be_computed_is_a_mel_dead_letter(catalogue):
+    # 10 ms of audio decode, but are shorter than the STFT's reflection padding.
+    compute = ComputeSpectrograms(MelParams(excerpt_s=0.01), isolate=False)
+    compute.setup()
+    compute.start_bundle()
+
+    (dead,) = compute.process(catalogue["rows"][0])
+
     assert dead.tag == DEAD_LETTERS and dead.value["stage"] == "mel"
+    assert dead.value["error"].startswith(catalogue["rows"][0]["audio_uri"])
 
 
 def test_mel_table_round_trips_through_the_schema():
@@ -471,10 +484,13 @@ def test_options_defaults_passthrough_and_help(capsys):
 
     assert options.params == MelParams(n_mels=64, pad="reject")
     assert everything["runner"] == "FnApiRunner"
-    assert everything["direct_num_workers"] == max(2, os.cpu_count())
-    assert everything["direct_running_mode"] == "multi_threading"  # decoders are processes
-    assert parse_options(["--catalogue", "c", "--out", "o", "--no-isolate-decoding"]
-                         ).beam.get_all_options()["direct_running_mode"] == "multi_processing"
+    # one worker, whose children do the work
+    assert everything["direct_num_workers"] == 1 and options.options.decoder_count == os.cpu_count()
+    assert everything["direct_running_mode"] == "in_memory"
+    in_workers = parse_options(["--catalogue", "c", "--out", "o", "--no-isolate-decoding"]
+                               ).beam.get_all_options()
+    assert in_workers["direct_running_mode"] == "multi_processing"
+    assert in_workers["direct_num_workers"] == max(2, os.cpu_count())
     assert everything["job_name"] == "nightly"  # unknown here, Beam's own option
     assert everything["retry_dead_letters"] is False
     assert everything["max_duration_s"] == 3 * 3600
@@ -486,7 +502,7 @@ def test_options_defaults_passthrough_and_help(capsys):
     for flag in ["--catalogue", "--out", "--run-id", "--excerpt-s", "--max-bad-fraction",
                  "--sample-rate", "--n-fft", "--hop-length", "--n-mels", "--log-offset",
                  "--pad", "--min-duration-s", "--max-duration-s", "--max-file-mb",
-                 "--decode-timeout-s", "--no-isolate-decoding", "--torch-threads",
+                 "--decode-timeout-s", "--no-isolate-decoding", "--decoders", "--torch-threads",
                  "--row-group-mb", "--retry-dead-letters", "--runner",
                  "--direct_num_workers", "--direct_running_mode"]:
         assert flag in help_text
@@ -536,10 +552,10 @@ def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
     rows = catalogue["rows"][:3]
     with pytest.raises(Exception) as raised:
         with BeamTestPipeline(runner="FnApiRunner") as pipeline:
-            decoded = (pipeline | beam.Create(rows) | beam.ParDo(DecodeAudio(
-                PARAMS, isolate=True, decode=no_space_left)).with_outputs(
-                    DEAD_LETTERS, main="samples"))
-            assert_that(decoded[DEAD_LETTERS], equal_to([]))
+            computed = (pipeline | beam.Create(rows) | beam.ParDo(ComputeSpectrograms(
+                PARAMS, isolate=True, spectrogram=no_space_left)).with_outputs(
+                    DEAD_LETTERS, main="mels"))
+            assert_that(computed[DEAD_LETTERS], equal_to([]))
 
     assert "No space left on device" in spectrograms.systemic_failure(raised.value)
     # A track's own failure is not mistaken for a broken environment.
@@ -547,12 +563,14 @@ def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
 
 
 @pytest.mark.parametrize("isolate", [True, False])
-def test_decode_dofn_raises_systemic_errors_instead_of_dead_letters(catalogue, isolate):
-    dofn = DecodeAudio(PARAMS, isolate=isolate, decode=no_space_left)
+def test_spectrogram_dofn_raises_systemic_errors_instead_of_dead_letters(catalogue, isolate):
+    dofn = ComputeSpectrograms(PARAMS, isolate=isolate, spectrogram=no_space_left)
     dofn.setup()
+    dofn.start_bundle()
     try:
         with pytest.raises((SystemicError, OSError), match="No space left"):
             list(dofn.process(catalogue["rows"][0]))
+            list(dofn.finish_bundle())
     finally:
         dofn.teardown()
 

@@ -439,7 +439,8 @@ class MelSpectrograms(RunTask, JobTask):
     dtype = luigi.ChoiceParameter(choices=MEL_DTYPES, default=MelParams.dtype)
     workers = luigi.OptionalIntParameter(
         default=None, significant=False,
-        description="Beam workers; default: the job's (one per CPU, at least 2)")
+        description="processes decoding tracks and computing their log-mels (the job's "
+                    "--decoders); default: the job's, one per CPU")
     max_bad_fraction = luigi.FloatParameter(default=SpectrogramOptions.max_bad_fraction,
                                             significant=False)
 
@@ -461,7 +462,7 @@ class MelSpectrograms(RunTask, JobTask):
                 "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", root().mels,
                 "--run-id", self.run_id, "--excerpt-s", self.excerpt_s, "--dtype", self.dtype,
                 "--max-bad-fraction", self.max_bad_fraction,
-                *(["--direct_num_workers", self.workers] if self.workers else [])]
+                *(["--decoders", self.workers] if self.workers else [])]
 
 
 class TrainModel(RunTask, JobTask):

@@ -2,13 +2,15 @@
 
 No Beam here: these functions are what the spectrogram job runs per track, and are
 usable on their own (scoring a single file, notebooks, tests). This module imports
-no torch, so the child process of :class:`IsolatedDecoder`, which only decodes,
-starts fast and stays small.
+no torch: the child process of :class:`IsolatedDecoder` loads only what its per-track
+function needs.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -16,6 +18,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,6 +57,14 @@ _REJECT_SLACK_S = 0.1
 
 class DecodeError(RuntimeError):
     """A track could not be decoded; the message starts with its URI."""
+
+
+DecodeError.stage = "decode"  # the dead letters' stage
+
+
+class MelError(DecodeError):
+    """A track decoded, but its spectrogram could not be computed."""
+    stage = "mel"
 
 
 class SystemicError(RuntimeError):
@@ -308,61 +320,120 @@ def missing_decoders() -> list[str]:
 
 
 class IsolatedDecoder:
-    """:func:`decode_excerpt` in a long-lived child process.
+    """:func:`decode_excerpt`, or another per-track function, in a long-lived child process.
 
     FFmpeg can crash (segfault) or hang on broken input. Here that costs one track:
-    the call raises DecodeError naming the URI and the signal or timeout, and the
-    next call starts a fresh child. Not thread-safe; use one per thread.
+    its result raises DecodeError naming the URI and the signal or timeout, and a
+    fresh child takes over the tracks queued behind it. Not thread-safe; use one per
+    thread.
 
     The child is a new interpreter (``python -c``) that imports only this module:
     forking a process that runs threads is unsafe, and multiprocessing's "spawn"
     would re-import the parent's main module (all of Beam, in a Beam worker),
-    seconds per start. ``decode`` is what the child runs instead of
-    decode_excerpt, with the same arguments; it must be importable by name.
+    seconds per start. ``decode`` is what the child runs instead of decode_excerpt,
+    with the same arguments, returning an array of any shape and dtype; ``warm_up``,
+    if given, runs once in the child before it takes a track (imports, checks), and
+    its failure is systemic. Both must be importable by name.
+
+    ``decoder(uri)`` returns one track's result. :meth:`send` and :meth:`receive`
+    keep several tracks queued, so the child never waits for the parent between
+    tracks; results come back in the order sent.
     """
 
     def __init__(self, params: MelParams, *,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
                  max_duration_s: float | None = None,
-                 decode: Callable[..., np.ndarray] = decode_excerpt) -> None:
+                 decode: Callable[..., np.ndarray] = decode_excerpt,
+                 warm_up: Callable[[], None] | None = None) -> None:
         self.params = params
         self.timeout_s = timeout_s
         self._kwargs = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
                         "max_duration_s": max_duration_s}
         self._decode = decode
+        self._warm_up = warm_up
         self._process: subprocess.Popen | None = None
         self._conn: multiprocessing.connection.Connection | None = None
+        self._ready = False
+        self._queued: collections.deque[str] = collections.deque()  # sent, not yet received
+        self._since = 0.0  # when the child began the oldest queued track
+
+    @property
+    def settings(self) -> tuple:
+        """What decides the child's results: decoders with equal settings are interchangeable."""
+        warm_up = self._warm_up
+        if isinstance(warm_up, functools.partial):  # equal partials are not ==
+            warm_up = (warm_up.func, warm_up.args, tuple(warm_up.keywords.items()))
+        return (self.params, self.timeout_s, tuple(self._kwargs.items()), self._decode, warm_up)
 
     def __call__(self, uri: str) -> np.ndarray:
-        if self._process is None or self._process.poll() is not None:
-            self._start()
+        self.send(uri)
+        return self.receive()
+
+    @property
+    def queued(self) -> int:
+        """Tracks sent whose results are not received yet."""
+        return len(self._queued)
+
+    @property
+    def connection(self) -> multiprocessing.connection.Connection | None:
+        """The pipe to the child, readable when the oldest queued result is there (for
+        multiprocessing.connection.wait)."""
+        return self._conn
+
+    @property
+    def deadline(self) -> float:
+        """time.monotonic() by which the oldest queued track must be done."""
+        return self._since + self.timeout_s
+
+    def send(self, uri: str) -> None:
+        """Queue ``uri``; its result comes from a later :meth:`receive`."""
+        if self._process is None or (not self._queued and self._process.poll() is not None):
+            self.start()
+        self._wait_ready()
+        if not self._queued:
+            self._since = time.monotonic()
+        self._queued.append(uri)
         try:
             self._conn.send(uri)
-            if not self._conn.poll(self.timeout_s):
-                self.close()
+        except OSError:  # the child died; receive() says why
+            pass
+
+    def receive(self) -> np.ndarray:
+        """The result of the oldest queued track; DecodeError (or MelError) when the
+        track is at fault, SystemicError when the environment is."""
+        uri = self._queued[0]
+        try:
+            if not self._conn.poll(max(0.0, self.deadline - time.monotonic())):
+                self._restart()
                 raise DecodeError(f"{uri}: decoding timed out after {self.timeout_s:g} s")
             status, result = self._conn.recv()
-            if status == "ok":  # the samples follow as raw float32: no pickling, one copy less
-                samples = np.empty(result, np.float32)
-                self._conn.recv_bytes_into(samples)
+            if status == "ok":  # the values follow as raw bytes: no pickling, one copy less
+                shape, dtype = result
+                values = np.empty(int(np.prod(shape)), dtype)
+                self._conn.recv_bytes_into(values)
         except (EOFError, OSError):  # the child died: broken pipe, reset, closed
-            raise DecodeError(f"{uri}: decoder process died ({self._exit_reason()})") from None
+            reason = self._exit_reason()
+            self._restart()
+            raise DecodeError(f"{uri}: decoder process died ({reason})") from None
+        self._queued.popleft()
+        self._since = time.monotonic()
         if status == "broken":
             self.close()
             raise SystemicError(result)
         if status != "ok":
-            raise DecodeError(result)
-        return samples
+            stage, message = result
+            raise (MelError if stage == MelError.stage else DecodeError)(message)
+        return values.reshape(shape)
 
     @property
     def pid(self) -> int | None:
         """Process id of the running child, if any."""
         return self._process.pid if self._process is not None else None
 
-    def _start(self) -> None:
-        """Start the child; SystemicError when it cannot start or does not get ready
-        (its imports fail, say): that would fail every track alike."""
+    def start(self) -> None:
+        """Start the child, without waiting for it to be ready: it imports and warms up
+        while the caller goes on. SystemicError when it cannot start."""
         self.close()
         self._conn, child_conn = multiprocessing.Pipe()
         try:
@@ -379,13 +450,35 @@ class IsolatedDecoder:
         try:
             # The parent's import path first, so that the child can then unpickle ``decode``.
             self._conn.send(sys.path)
-            self._conn.send((self._decode, self.params.to_dict(), self._kwargs))
-            ready = self._conn.poll(_START_TIMEOUT_S) and self._conn.recv() == "ready"
+            self._conn.send((self._decode, self._warm_up, self.params.to_dict(), self._kwargs))
+        except OSError:
+            pass  # the child died at once; _wait_ready says so
+
+    def _wait_ready(self) -> None:
+        """SystemicError unless the child gets ready (its imports fail, say): that would
+        fail every track alike."""
+        if self._ready:
+            return
+        try:
+            answer = self._conn.recv() if self._conn.poll(_START_TIMEOUT_S) else None
         except (EOFError, OSError):
-            ready = False
-        if not ready:
-            raise SystemicError(f"the decoder process did not start ({self._exit_reason()}); "
-                                "its error, if any, is logged above")
+            answer = None
+        if answer != "ready":
+            reason = answer[1] if isinstance(answer, tuple) else (
+                f"the decoder process did not start ({self._exit_reason()}); its error, "
+                "if any, is logged above")
+            self.close()
+            raise SystemicError(reason)
+        self._ready = True
+
+    def _restart(self) -> None:
+        """Drop the oldest queued track, which failed, and give the tracks queued behind
+        it to a fresh child in place of the dead or hung one."""
+        behind = list(self._queued)[1:]
+        self._queued.clear()
+        self.start()
+        for uri in behind:
+            self.send(uri)
 
     def _exit_reason(self) -> str:
         process, self._process = self._process, None
@@ -401,7 +494,8 @@ class IsolatedDecoder:
         return f"exit code {code}"
 
     def close(self) -> None:
-        """Stop the child process; the next call starts a new one."""
+        """Stop the child process; the next send starts a new one."""
+        self._ready = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -418,6 +512,39 @@ class IsolatedDecoder:
         self.close()
 
 
+# Decoders started ahead of need by start_spares, for take_decoder to hand out.
+_spares: list[IsolatedDecoder] = []
+_spares_lock = threading.Lock()
+
+
+def start_spares(count: int, params: MelParams, **settings) -> None:
+    """Start ``count`` decoders (IsolatedDecoder's arguments) for :func:`take_decoder`
+    in this process: their children import and warm up while the caller builds and
+    starts its pipeline, instead of after."""
+    decoders = [IsolatedDecoder(params, **settings) for _ in range(count)]
+    for decoder in decoders:
+        decoder.start()
+    with _spares_lock:
+        _spares.extend(decoders)
+
+
+def take_decoder(params: MelParams, **settings) -> IsolatedDecoder:
+    """A spare started with these arguments, if there is one; else a new decoder."""
+    wanted = IsolatedDecoder(params, **settings)
+    with _spares_lock:
+        for i, spare in enumerate(_spares):
+            if spare.settings == wanted.settings:
+                return _spares.pop(i)
+    return wanted
+
+
+def close_spares() -> None:
+    """Stop the spares nobody took."""
+    with _spares_lock:
+        while _spares:
+            _spares.pop().close()
+
+
 # Directory holding the ``jobs`` package, for the child's import path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -428,33 +555,42 @@ _START_TIMEOUT_S = 60.0
 def _serve(fd: int) -> None:
     """Child loop of IsolatedDecoder on connection ``fd``.
 
-    Receives the parent's import path and its configuration and answers "ready",
-    then receives URIs; answers each with ("ok", n_samples) and the float32 samples
-    as raw bytes, ("bad", error message) when the track is at fault, or ("broken",
-    error message) when the environment is (see :func:`is_systemic`). Returns when
+    Receives the parent's import path and its configuration, warms up and answers
+    "ready", then receives URIs; answers each with ("ok", (shape, dtype)) and the
+    values as raw bytes, ("bad", (stage, error message)) when the track is at fault,
+    or ("broken", error message) when the environment is (see :func:`is_systemic`),
+    which is also the answer instead of "ready" when warming up fails. Returns when
     the parent closes the pipe or dies.
     """
     conn = multiprocessing.connection.Connection(fd)
     try:
         sys.path.extend(path for path in conn.recv() if path not in sys.path)
-        decode, params, kwargs = conn.recv()
+        decode, warm_up, params, kwargs = conn.recv()
+        params = MelParams.from_dict(params)
+        if warm_up is not None:
+            warm_up()
     except EOFError:
         return
-    params = MelParams.from_dict(params)
+    except Exception as err:  # nothing can be done in this environment
+        conn.send(("broken", str(err) if isinstance(err, SystemicError)
+                   else f"{type(err).__name__}: {err}"))
+        return
     conn.send("ready")
     while True:
         try:
             uri = conn.recv()
-        except EOFError:  # the parent closed the pipe or died
+        except (EOFError, OSError):  # the parent closed the pipe or died
             return
         try:
-            samples = np.ascontiguousarray(decode(uri, params, **kwargs), np.float32)
+            values = np.ascontiguousarray(decode(uri, params, **kwargs))
         except Exception as err:
             if is_systemic(err):
                 conn.send(("broken", str(err) if isinstance(err, SystemicError)
                            else f"{type(err).__name__}: {err}"))
+            elif isinstance(err, DecodeError):
+                conn.send(("bad", (err.stage, str(err))))
             else:
-                conn.send(("bad", str(err) if isinstance(err, DecodeError) else f"{uri}: {err!r}"))
+                conn.send(("bad", (DecodeError.stage, f"{uri}: {err!r}")))
             continue
-        conn.send(("ok", len(samples)))
-        conn.send_bytes(samples)
+        conn.send(("ok", (values.shape, values.dtype.str)))
+        conn.send_bytes(values)

@@ -17,8 +17,9 @@ sent the same track id and audio URI to the dead letters (--retry-dead-letters
 tries those again). Audio URIs are local paths or anything fsspec opens.
 
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
-Beam does not try to download the Prism runner) with one worker per CPU, each
-decoding in its own child process; any other Beam pipeline option
+Beam does not try to download the Prism runner) with one worker in this process that
+hands the tracks to --decoders child processes (one per CPU), each decoding tracks and
+computing their log-mels; any other Beam pipeline option
 (--runner=DataflowRunner, --runner=FlinkRunner, ...) is passed through. --out must
 be a local or mounted filesystem: the run directory is published with an atomic rename.
 """
@@ -28,6 +29,7 @@ import argparse
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
 import math
 import os
@@ -43,10 +45,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from jobs.spectrograms import failures
+from jobs.spectrograms import decode, failures
 from jobs.spectrograms.decode import SystemicError, is_systemic
-from jobs.spectrograms.mel import check_environment
-from jobs.spectrograms.pipeline import COUNTERS, build, write
+from jobs.spectrograms.mel import check_environment, prepare, spectrogram
+from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, write
 from schemas import cli, layout, storage
 from schemas.config import MEL_DTYPES, PAD_MODES, MelParams, SpectrogramOptions
 
@@ -116,16 +118,22 @@ class MelOptions(PipelineOptions):
         parser.add_argument(
             "--decode-timeout-s", dest="decode_timeout_s", type=float,
             default=job.decode_timeout_s,
-            help="A track whose decoding takes longer is a dead letter. Default: %(default)s.")
+            help="A track whose decoding and log-mel take longer is a dead letter. "
+                 "Default: %(default)s.")
         parser.add_argument(
             "--no-isolate-decoding", dest="isolate_decoding", action="store_false",
             default=job.isolate_decoding,
-            help="Decode in the worker process itself instead of a child process. Faster "
-                 "to start, but a crash in FFmpeg then kills the worker and the run.")
+            help="Decode in the worker processes themselves instead of child processes: "
+                 "a crash in FFmpeg then kills the worker and the run.")
+        parser.add_argument(
+            "--decoders", type=int, default=job.decoders,
+            help="Child processes computing spectrograms in each worker; 0 for one per "
+                 "CPU. With a runner whose workers run several threads each (Dataflow, "
+                 "Flink), 1. Default: %(default)s.")
         parser.add_argument(
             "--torch-threads", dest="torch_threads", type=int, default=job.torch_threads,
-            help="Threads torch may use for the mel transform in each worker; 0 leaves "
-                 "torch's default (one per core). Default: %(default)s.")
+            help="Threads torch may use for the mel transform in each process computing "
+                 "spectrograms; 0 leaves torch's default (one per core). Default: %(default)s.")
         parser.add_argument(
             "--max-bad-fraction", dest="max_bad_fraction", type=float,
             default=job.max_bad_fraction,
@@ -332,7 +340,34 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
     pattern = catalogue_pattern(job.catalogue)
     files = catalogue_files(pattern)
     check_catalogue(files)
-    check_environment(params)  # seconds, before any worker starts
+    if not options.isolate_decoding:
+        check_environment(params)  # seconds, before any worker starts
+    else:  # the children check it as they warm up
+        # Started now, they import and warm up while the pipeline is built and started.
+        decode.start_spares(_workers_here(job.beam) * options.decoder_count, params,
+                            **decoder_settings(options.decode_timeout_s, options.limits,
+                                               spectrogram, functools.partial(
+                                                   prepare, params, options.torch_threads)))
+    try:
+        return _run_parts(job, target, run_id, pattern, files)
+    finally:
+        decode.close_spares()
+
+
+def _workers_here(beam_options: PipelineOptions) -> int:
+    """How many workers the pipeline runs in this process: those of the local runner
+    in_memory or multi_threading, none elsewhere."""
+    values = beam_options.get_all_options()
+    if values.get("runner") not in (None, "FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"):
+        return 0
+    if values.get("direct_running_mode") == "multi_processing":
+        return 0
+    return values.get("direct_num_workers") or os.cpu_count() or 1
+
+
+def _run_parts(job: SpectrogramJob, target: Path, run_id: str, pattern: str,
+               files: list[str]) -> RunSummary:
+    options = job.options
 
     # The catalogue is done in parts, each published as a run of its own when it is
     # done (<run_id>.part-<k>-of-<n>; the last one is the run directory itself), so a
@@ -423,31 +458,40 @@ def parse_options(argv: Sequence[str] | None = None) -> SpectrogramJob:
         help="Beam runner. Default: %(default)s, the local engine of DirectRunner "
              "(DirectRunner itself first tries to download the Prism runner).")
     runner.add_argument(
-        "--direct_num_workers", type=int, default=max(2, os.cpu_count() or 1),
-        help="Local runner: number of workers, each with its own decoder process "
-             "(0 = one per CPU). Default: one per CPU, at least 2, here %(default)s.")
+        "--direct_num_workers", type=int, default=None,
+        help="Local runner: number of workers (0 = one per CPU). Default: 1 while decoding "
+             "is isolated, its --decoders children being the parallelism; one per CPU, at "
+             f"least 2, here {max(2, os.cpu_count() or 1)}, with --no-isolate-decoding.")
     runner.add_argument(
         "--direct_running_mode", default=None,
         choices=["in_memory", "multi_threading", "multi_processing"],
-        help="Local runner: how workers run. Default: multi_threading while decoding is "
-             "isolated, since each worker's decoding then runs in its own process and the "
-             "mel transform releases the GIL (this saves starting a Beam interpreter per "
-             "worker); multi_processing with --no-isolate-decoding.")
+        help="Local runner: how workers run. Default: in_memory while decoding is "
+             "isolated: the work is in the children, and one worker in this process "
+             "starts fastest and hands them tracks with the least overhead; "
+             "multi_processing with --no-isolate-decoding.")
     args, beam_args = parser.parse_known_args(argv)
     if not args.catalogue or not args.out:
         parser.error("--catalogue and --out are required")
     if args.direct_running_mode is None:
-        args.direct_running_mode = (
-            "multi_threading" if args.isolate_decoding else "multi_processing")
+        args.direct_running_mode = "in_memory" if args.isolate_decoding else "multi_processing"
+    if args.direct_num_workers is None:
+        args.direct_num_workers = 1 if args.isolate_decoding else max(2, os.cpu_count() or 1)
     options = PipelineOptions(beam_args, **vars(args))
     params, job_options = configs(options)
     return SpectrogramJob(catalogue=args.catalogue, out=args.out, params=params,
                           options=job_options, run_id=args.run_id, beam=options)
 
 
+def _not_systemic(record: logging.LogRecord) -> bool:
+    """False for Beam's log of a worker's broken-environment error: the job reports
+    that itself, in one line, where a traceback would only bury it."""
+    return not (record.exc_info and systemic_failure(record.exc_info[1]) is not None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cli.setup_logging()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.common").addFilter(_not_systemic)
     job = parse_options(argv)
     return cli.run_job(lambda: report(job, run_or_stop(job)), logger)
 

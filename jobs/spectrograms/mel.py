@@ -1,7 +1,7 @@
 """The log-mel spectrogram of decoded samples, and a check that it can be computed.
 
-torch and torchaudio are imported on first use: the decoder's child process never
-loads them, and a failure to load them is reported as a broken environment.
+torch and torchaudio are imported on first use, and a failure to load them is
+reported as a broken environment.
 """
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import importlib
 
 import numpy as np
 
-from jobs.spectrograms.decode import SystemicError, missing_decoders
+from jobs.spectrograms.decode import (MelError, SystemicError, decode_excerpt, is_systemic,
+                                      missing_decoders)
 from schemas.config import MelParams
 
 
@@ -55,3 +56,31 @@ def check_environment(params: MelParams) -> None:
     if missing:
         raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
     log_mel(np.zeros(params.n_fft, np.float32), params)
+
+
+def spectrogram(uri: str, params: MelParams, **limits) -> np.ndarray:
+    """The stored spectrogram of ``uri``: its decoded excerpt (decode_excerpt, with
+    ``limits``), log-mel, in ``params.dtype``; (n_mels, n_frames).
+
+    Raises DecodeError when the audio is at fault, MelError when the spectrogram is.
+    """
+    samples = decode_excerpt(uri, params, **limits)
+    try:
+        mel = log_mel(samples, params)
+        if not np.isfinite(mel).all():
+            raise ValueError("spectrogram has non-finite values")
+    except Exception as err:
+        if is_systemic(err):
+            raise
+        raise MelError(f"{uri}: {type(err).__name__}: {err}") from err
+    return mel.astype(params.dtype)
+
+
+def prepare(params: MelParams, torch_threads: int = 1) -> None:
+    """Make this process ready to compute spectrograms: check_environment, then limit
+    torch to ``torch_threads`` threads (0: torch's default, one per core). Workers are
+    the parallelism: several OpenMP pools sharing the cores spin against each other and
+    make each transform many times slower."""
+    check_environment(params)
+    if torch_threads > 0:
+        _import("torch").set_num_threads(torch_threads)

@@ -6,12 +6,15 @@ Build it with :func:`build`, write it with :func:`write`; jobs.spectrograms.job 
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
 import itertools
 import logging
+import multiprocessing.connection
 import os
+import time
 import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -23,10 +26,11 @@ from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt, is_systemic
-from jobs.spectrograms.mel import log_mel
+from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, is_systemic, take_decoder
+from jobs.spectrograms.mel import prepare, spectrogram
 from schemas import cli, layout, mels
 from schemas.config import MelParams, SpectrogramOptions
 
@@ -102,90 +106,115 @@ class PickOnePerTrack(beam.DoFn):
         yield first
 
 
-class DecodeAudio(beam.DoFn):
-    """Catalogue row -> (row, samples: (n,) float32 mono); failures -> dead letters.
+class ComputeSpectrograms(beam.DoFn):
+    """Catalogue row -> schemas.MEL_SHARD row, mel flattened in the parameters' dtype;
+    failures -> dead letters (stage "decode" or "mel").
 
-    With ``isolate`` decoding runs in a child process (:class:`IsolatedDecoder`),
-    so that a crash in FFmpeg costs one track, not the worker. ``decode`` is the
-    function that decodes (decode_excerpt's signature); tests replace it.
+    A track's work is ``spectrogram`` (mel.spectrogram's signature; tests replace it).
+    With ``isolate`` it runs in ``decoders`` child processes (:class:`IsolatedDecoder`),
+    so that a crash in FFmpeg costs one track, not the worker. Each child keeps
+    QUEUED tracks queued so that it never waits for this process; rows come out as the
+    children finish them, the last ones at the end of the bundle. Without ``isolate``,
+    tracks are done here, one at a time.
     """
+
+    # Tracks queued per child: one being done, one waiting.
+    QUEUED = 2
 
     instances = itertools.count(1)  # in this process: names each worker's progress log
 
-    def __init__(self, params: MelParams, *, isolate: bool = True,
+    def __init__(self, params: MelParams, *, isolate: bool = True, decoders: int = 1,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
+                 torch_threads: int = SpectrogramOptions.torch_threads,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
                  max_duration_s: float | None = None,
-                 decode: Callable[..., np.ndarray] = decode_excerpt,
+                 spectrogram: Callable[..., np.ndarray] = spectrogram,
                  expected: int | None = None) -> None:
         self.params = params
         self.expected = expected  # tracks of the whole job, for the progress log
         self.isolate = isolate
+        self.decoders = decoders
         self.timeout_s = timeout_s
+        self.torch_threads = torch_threads
         self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
                        "max_duration_s": max_duration_s}
-        self.decode = decode
-        self._decode = None
+        self.spectrogram = spectrogram
 
     def setup(self) -> None:
         # each worker (a process, or a thread of one) logs its own share; the job's tracks
         # are spread over all workers
-        worker = f"{os.getpid()}.{next(DecodeAudio.instances)}"
-        self.progress = cli.Progress(logger, f"decoding, worker {worker} (the job has "
+        worker = f"{os.getpid()}.{next(ComputeSpectrograms.instances)}"
+        self.progress = cli.Progress(logger, f"spectrograms, worker {worker} (the job has "
                                      f"{self.expected or 'an unknown number of'} tracks)")
+        warm_up = functools.partial(prepare, self.params, self.torch_threads)
+        self._children: list[IsolatedDecoder] = []
         if self.isolate:
-            self._decode = IsolatedDecoder(self.params, timeout_s=self.timeout_s,
-                                           decode=self.decode, **self.limits)
+            self._children = [
+                take_decoder(self.params, **decoder_settings(
+                    self.timeout_s, self.limits, self.spectrogram, warm_up))
+                for _ in range(self.decoders)]
         else:
-            self._decode = functools.partial(self.decode, params=self.params, **self.limits)
+            warm_up()
+            self._compute = functools.partial(self.spectrogram, params=self.params,
+                                              **self.limits)
+
+    def start_bundle(self) -> None:
+        self._rows = {child: collections.deque() for child in self._children}  # queued rows
 
     def process(self, row: dict) -> Iterator:
         self.progress.add()
+        if not self.isolate:
+            yield from self._result(row, functools.partial(self._compute, row["audio_uri"]))
+            return
+        while sum(child.queued for child in self._children) >= self.QUEUED * len(self._children):
+            yield from self._finished()
+        child = min(self._children, key=lambda child: child.queued)
+        child.send(row["audio_uri"])
+        self._rows[child].append(row)
+
+    def finish_bundle(self) -> Iterator:
+        while any(child.queued for child in self._children):
+            for output in self._finished():
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(
+                        output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
+
+    def _finished(self) -> Iterator:
+        """The outputs of the children that have a result, once one has or the oldest
+        deadline has passed (its track then times out)."""
+        busy = [child for child in self._children if child.queued]
+        wait_s = max(0.0, min(child.deadline for child in busy) - time.monotonic())
+        ready = multiprocessing.connection.wait([child.connection for child in busy], wait_s)
+        for child in busy:
+            if child.connection in ready or child.deadline <= time.monotonic():
+                yield from self._result(self._rows[child].popleft(), child.receive)
+
+    def _result(self, row: dict, compute: Callable[[], np.ndarray]) -> Iterator:
         try:
-            samples = self._decode(row["audio_uri"])
+            mel = compute()
         except Exception as err:  # one bad file must never fail the bundle...
             if is_systemic(err):  # ...but a broken environment must stop the job
                 raise
-            message = err if isinstance(err, DecodeError) else f"{type(err).__name__}: {err}"
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, "decode", message))
-            return
-        yield row, samples
-
-    def teardown(self) -> None:
-        if isinstance(self._decode, IsolatedDecoder):
-            self._decode.close()
-
-
-class ComputeLogMel(beam.DoFn):
-    """(row, samples) -> schemas.MEL_SHARD row, mel flattened in the parameters' dtype;
-    failures -> dead letters."""
-
-    def __init__(self, params: MelParams, *, torch_threads: int = 1) -> None:
-        self.params = params
-        self.torch_threads = torch_threads
-
-    def setup(self) -> None:
-        if self.torch_threads > 0:
-            import torch
-
-            # Workers are the parallelism; several OpenMP pools sharing the cores
-            # spin against each other and make each transform many times slower.
-            torch.set_num_threads(self.torch_threads)
-
-    def process(self, element: tuple[dict, np.ndarray]) -> Iterator:
-        row, samples = element
-        try:
-            mel = log_mel(samples, self.params)
-            if not np.isfinite(mel).all():
-                raise ValueError("spectrogram has non-finite values")
-        except Exception as err:
-            if is_systemic(err):
-                raise
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS, _dead_letter(row, "mel", f"{type(err).__name__}: {err}"))
+            if isinstance(err, DecodeError):
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, err.stage, err))
+            else:
+                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
+                    row, DecodeError.stage, f"{type(err).__name__}: {err}"))
             return
         yield {"track_id": row["track_id"], "n_mels": mel.shape[0], "n_frames": mel.shape[1],
-               "dtype": self.params.dtype, "mel": mel.astype(self.params.dtype).reshape(-1)}
+               "dtype": self.params.dtype, "mel": mel.reshape(-1)}
+
+    def teardown(self) -> None:
+        for child in self._children:
+            child.close()
+
+
+def decoder_settings(timeout_s: float, limits: dict, spectrogram: Callable[..., np.ndarray],
+                     warm_up: Callable[[], None]) -> dict:
+    """IsolatedDecoder's keyword arguments for the job's children."""
+    return {"timeout_s": timeout_s, "decode": spectrogram, "warm_up": warm_up, **limits}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,17 +259,13 @@ def build(rows: beam.PCollection, params: MelParams,
         | "PickOnePerTrack" >> beam.ParDo(
             PickOnePerTrack(options.retry_dead_letters)).with_outputs(
             DEAD_LETTERS, main="tracks"))
-    decoded = tracks.tracks | "Decode" >> beam.ParDo(DecodeAudio(
-        params, isolate=options.isolate_decoding, timeout_s=options.decode_timeout_s,
-        min_duration_s=options.min_duration_s, max_bytes=options.max_bytes,
-        max_duration_s=options.duration_limit_s, expected=expected)).with_outputs(
-            DEAD_LETTERS, main="samples")
-    logmels = decoded.samples | "LogMel" >> beam.ParDo(
-        ComputeLogMel(params, torch_threads=options.torch_threads)).with_outputs(
-        DEAD_LETTERS, main="mels")
-    dead_letters = ((tracks[DEAD_LETTERS], decoded[DEAD_LETTERS], logmels[DEAD_LETTERS])
+    computed = tracks.tracks | "Spectrograms" >> beam.ParDo(ComputeSpectrograms(
+        params, isolate=options.isolate_decoding, decoders=options.decoder_count,
+        timeout_s=options.decode_timeout_s, torch_threads=options.torch_threads,
+        expected=expected, **options.limits)).with_outputs(DEAD_LETTERS, main="mels")
+    dead_letters = ((tracks[DEAD_LETTERS], computed[DEAD_LETTERS])
                     | "CollectDeadLetters" >> beam.Flatten())
-    return MelOutputs(mels=logmels.mels, dead_letters=dead_letters)
+    return MelOutputs(mels=computed.mels, dead_letters=dead_letters)
 
 
 def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa.Table:
