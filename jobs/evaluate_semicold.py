@@ -10,16 +10,21 @@ the factors must rank. Three ways to give the track factors from what is known:
 - the blend: the item step held toward the audio prediction with strength lambda
   (schemas.feedback.fold_in_toward), which is what scoring does for semi-cold tracks.
 
-lambda is chosen by validation for each r, and the choice is judged on tracks it
-never saw: the held-out tracks are split in two halves by a hash of their id, the
-lambda chosen on one half (see choose) is used on the other, and the other way round;
-this is repeated over SPLITS different hashes and every figure is the mean over
-those 2 x SPLITS test halves (ALS alone and audio alone on the very same halves).
-One split of a few dozen tracks is too noisy to decide between the ways. Each half
-is ranked on its own: factors held with different strengths differ in scale, so
-mixing them in one ranking would mislead. The grid runs up to infinity, the audio
-prediction itself, so validation may also decide that a few plays should not move
-it. Scoring's lambda and its listener bound (SemiColdConfig) were set from these choices.
+What the blend does is chosen by validation, the way scoring uses it: tracks with
+fewer than m revealed plays keep the audio prediction, the others are held toward it
+with one strength lambda (SemiColdConfig's min_listeners and reg). One (m, lambda)
+for every bucket, chosen on the validation AUC summed over the buckets (see choose):
+a choice per bucket rests on a dozen tracks and follows their luck. The grid runs up
+to infinity, the audio prediction itself, so validation may also decide that a few
+plays should not move it.
+
+The choice is judged on tracks it never saw: the held-out tracks are split in FOLDS
+folds by a hash of their id, and each fold is blended as the choice made on the other
+folds says; this is repeated over SPLITS different hashes and every figure is the
+mean over those FOLDS x SPLITS test folds (ALS alone and audio alone on the very same
+folds). Each fold is ranked on its own: factors held with different strengths differ
+in scale, so mixing them in one ranking would mislead. Scoring's settings
+(SemiColdConfig) were set from these choices.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -34,19 +40,21 @@ import pyarrow.compute as pc
 
 from schemas import factor_matrix, factors_column
 from schemas.feedback import fold_in, fold_in_toward, plays_matrix
-from schemas.metrics import mean_auc, rank_metrics
+from schemas.metrics import mean_auc, mean_auc_without_each, rank_metrics
 
 logger = logging.getLogger(__name__)
 
 REVEALED = (1, 2, 5, 10)
 LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, math.inf)
 SPLITS = 5
+FOLDS = 4
 
 
-def first_half(track_id: str, split: int) -> bool:
+def fold_of(track_id: str, split: int) -> int:
+    """Which of FOLDS folds ``track_id`` falls in, in split number ``split``."""
     # blake2b, not crc32: crc32 is affine, so salts would give the same split or its mirror
     digest = hashlib.blake2b(f"semi-cold:{split}:{track_id}".encode(), digest_size=8).digest()
-    return digest[0] % 2 == 0
+    return digest[0] % FOLDS
 
 
 def reveal(heldout: pa.Table, track_ids: list[str], r: int,
@@ -74,94 +82,166 @@ def scores(users: pa.Table, track_ids: list[str], factors: np.ndarray, plays: pa
     return {"auc": ranked["auc"], f"map@{k}": ranked[f"map@{k}"], "users": ranked["users"]}
 
 
-def choose(scores: dict[float, np.ndarray], relevant: np.ndarray) -> tuple[float, dict]:
-    """(lambda, validation AUC by lambda) on one validation half: the largest lambda
-    whose AUC is within one standard error of the best (the one-standard-error rule).
+@dataclass
+class Validation:
+    """One bucket's validation tracks: their ids, each lambda's scores (users x tracks),
+    which of them each user played (hidden plays only), and how far each lambda moves
+    the tracks' factors from their audio prediction (mean Euclidean distance)."""
+    tracks: list[str]
+    scores: dict[float, np.ndarray]
+    relevant: np.ndarray
+    moved: dict[float, float]
 
-    A choice among a dozen tracks is noisy, and the audio alone is the safe side when
-    a few plays say little, so the strongest hold on the audio that these tracks cannot
-    tell from the best wins. The standard error is the jackknife's over the tracks
-    (leaving out one at a time): the users' AUCs all rank the same few tracks, so they
-    are far from independent, and the tracks are the real sample.
+
+@dataclass
+class Bucket:
+    """The held-out tracks with more than r listeners, r of them revealed: their ids,
+    their hidden plays, their factors from ALS alone and from the audio alone, and
+    blended with each lambda."""
+    kept: list[str]
+    hidden: pa.Table
+    ways: dict[str, np.ndarray]
+    blends: dict[float, np.ndarray]
+
+    def folds(self, split: int) -> list[np.ndarray]:
+        fold = np.array([fold_of(t, split) for t in self.kept])
+        return [np.flatnonzero(fold == f) for f in range(FOLDS)]
+
+    def validation(self, rows: np.ndarray, user_x: np.ndarray,
+                   user_index: dict[str, int]) -> Validation:
+        column = {self.kept[i]: j for j, i in enumerate(rows)}
+        relevant = np.zeros((len(user_x), len(rows)), dtype=bool)
+        for user, track in zip(self.hidden["user_id"].to_pylist(), self.hidden["track_id"].to_pylist()):
+            if track in column and user in user_index:
+                relevant[user_index[user], column[track]] = True
+        audio = self.ways["audio"][rows]
+        return Validation([self.kept[i] for i in rows],
+                    {lam: user_x @ f[rows].T for lam, f in self.blends.items()}, relevant,
+                    {lam: float(np.linalg.norm(f[rows] - audio, axis=1).mean())
+                     for lam, f in self.blends.items()})
+
+    def tested(self, rows: np.ndarray, lam: float, users: pa.Table, k: int, recall_k: int) -> dict:
+        """AUC and mAP@k of ALS alone, audio alone and the blend with ``lam`` on ``rows``."""
+        ids = [self.kept[i] for i in rows]
+        plays = self.hidden.filter(pc.is_in(self.hidden["track_id"], pa.array(ids, pa.string())))
+        return {name: scores(users, ids, f[rows], plays, k, recall_k)
+                for name, f in {**self.ways, "blend": self.blends[lam]}.items()}
+
+
+def choose(validation: dict[int, Validation]
+           ) -> tuple[tuple[int, float], dict[int, dict[float, float]]]:
+    """((m, lambda), validation AUC by bucket and lambda) on the validation tracks: buckets
+    with fewer than m revealed plays keep the audio prediction, the others are held
+    toward it with strength lambda, which is what scoring does (SemiColdConfig's
+    min_listeners and reg).
+
+    The choice is judged on the validation AUC summed over the buckets, so that one
+    choice rests on every bucket's tracks instead of a dozen. Of the choices that
+    these tracks cannot tell from the best (within one standard error, the
+    jackknife's over the tracks, leaving out one at a time: the users' AUCs all rank
+    the same few tracks, so the tracks are the real sample), the one that moves the
+    factors least from the audio prediction wins: a few plays say little, and the
+    audio alone is the safe side.
     """
-    n = relevant.shape[1]
-    full = {lam: mean_auc(s, relevant) for lam, s in scores.items()}
-    best = max(full, key=lambda lam: np.nan_to_num(full[lam], nan=-1))
-    leave_out = [np.arange(n) != j for j in range(n)]
-    for lam in sorted(scores, reverse=True):
-        gap = full[best] - full[lam]
-        reps = np.array([mean_auc(scores[best][:, keep], relevant[:, keep])
-                         - mean_auc(scores[lam][:, keep], relevant[:, keep]) for keep in leave_out])
-        error = np.sqrt((n - 1) / n * np.nansum((reps - np.nanmean(reps)) ** 2))
-        if gap <= error:
-            return lam, full
-    return best, full
+    full = {r: {lam: mean_auc(s, v.relevant) for lam, s in v.scores.items()}
+            for r, v in validation.items()}
+    without = {r: {lam: dict(zip(v.tracks, mean_auc_without_each(s, v.relevant)))
+                   for lam, s in v.scores.items()} for r, v in validation.items()}
+
+    def leaving_out(track: str) -> dict[int, dict[float, float]]:
+        return {r: {lam: without[r][lam].get(track, full[r][lam]) for lam in LAMBDAS}
+                for r in validation}
+
+    def total(by: dict[int, dict[float, float]], m: int, lam: float) -> float:
+        return float(np.nansum([by[r][math.inf if r < m else lam] for r in validation]))
+
+    tracks = sorted({t for v in validation.values() for t in v.tracks})
+    leave_out = [leaving_out(t) for t in tracks]
+    choices = [(m, lam) for m in sorted(validation) for lam in LAMBDAS]
+    best = max(choices, key=lambda c: total(full, *c))
+    n = len(tracks)
+
+    def within_error(choice: tuple[int, float]) -> bool:
+        reps = np.array([total(by, *best) - total(by, *choice) for by in leave_out])
+        error = np.sqrt((n - 1) / n * np.sum((reps - reps.mean()) ** 2))
+        return total(full, *best) - total(full, *choice) <= error
+
+    def moved(choice: tuple[int, float]) -> float:
+        m, lam = choice
+        return sum(v.moved[lam] for r, v in validation.items() if r >= m)
+
+    # the least moved; among equals (the audio everywhere), the strongest hold
+    chosen = min(filter(within_error, choices), key=lambda c: (moved(c), -c[0], -c[1]))
+    return chosen, full
 
 
 def evaluate_semicold(users: pa.Table, heldout: pa.Table, track_ids: list[str], audio: np.ndarray,
                       als: dict[str, float], k: int, recall_k: int, seed: int) -> dict:
     """The semi-cold report: per r, AUC and mAP@k of ALS alone, audio alone and the
-    validated blend, each the mean over the test halves of SPLITS two-way splits; the
-    lambda each validation half chose, and the validation AUC of every lambda."""
+    validated blend, each the mean over the FOLDS x SPLITS test folds; the choice made
+    for each test fold, and the validation AUC of every lambda."""
     user_x = factor_matrix(users)
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
     audio_of = dict(zip(track_ids, audio))
     rng = np.random.default_rng(seed)
-    report = {"buckets": []}
+    buckets = {}
     for r in REVEALED:
         kept, shown, hidden = reveal(heldout, track_ids, r, rng)
+        if not kept:
+            continue
         matrix = plays_matrix(shown, {t: i for i, t in enumerate(kept)}, user_index)
-        prior = np.stack([audio_of[t] for t in kept]) if kept else np.zeros((0, user_x.shape[1]))
-        ways = {"als": fold_in(user_x, matrix, als["alpha"], als["eps"], als["reg"]),
-                "audio": prior}
-        blends = {lam: prior if math.isinf(lam) else
-                  fold_in_toward(user_x, matrix, als["alpha"], als["eps"], lam, prior)
-                  for lam in LAMBDAS}
+        prior = np.stack([audio_of[t] for t in kept])
+        buckets[r] = Bucket(kept, hidden, {
+            "als": fold_in(user_x, matrix, als["alpha"], als["eps"], als["reg"]), "audio": prior},
+            {lam: prior if math.isinf(lam) else
+             fold_in_toward(user_x, matrix, als["alpha"], als["eps"], lam, prior)
+             for lam in LAMBDAS})
 
-        def half_scores(rows: np.ndarray, factors: dict) -> dict:
-            ids = [kept[i] for i in rows]
-            plays = hidden.filter(pc.is_in(hidden["track_id"], pa.array(ids, pa.string())))
-            return {name: scores(users, ids, f[rows], plays, k, recall_k)
-                    for name, f in factors.items()}
-
-        chosen, validation, tested = [], [], []
-        for split in range(SPLITS):
-            first = np.array([first_half(t, split) for t in kept], dtype=bool)
-            halves = np.flatnonzero(first), np.flatnonzero(~first)
-            if min(map(len, halves)) < 2:  # nothing to rank on one side
-                continue
-            for val, test in (halves, halves[::-1]):
-                val_ids = {kept[i]: j for j, i in enumerate(val)}
-                relevant = np.zeros((len(user_x), len(val)), dtype=bool)
-                for user, track in zip(hidden["user_id"].to_pylist(), hidden["track_id"].to_pylist()):
-                    if track in val_ids and user in user_index:
-                        relevant[user_index[user], val_ids[track]] = True
-                lam, by_lambda = choose({lam: user_x @ f[val].T for lam, f in blends.items()},
-                                        relevant)
-                chosen.append(lam)
-                validation.append(by_lambda)
-                tested.append(half_scores(test, {**ways, "blend": blends[lam]}))
-        if not tested:
+    chosen, validated = [], []
+    tested: dict[int, list[dict]] = {r: [] for r in buckets}
+    lambdas: dict[int, list[float]] = {r: [] for r in buckets}  # what each test fold used
+    for split in range(SPLITS):
+        # the buckets with two tracks in every fold at least: fewer rank nothing
+        folds = {r: parts for r, b in buckets.items()
+                 if min(map(len, parts := b.folds(split))) >= 2}
+        for test in range(FOLDS) if folds else ():
+            (m, lam), by_lambda = choose({
+                r: buckets[r].validation(
+                    np.concatenate([p for f, p in enumerate(parts) if f != test]),
+                    user_x, user_index)
+                for r, parts in folds.items()})
+            chosen.append((m, lam))
+            validated.append(by_lambda)
+            for r, parts in folds.items():
+                lambdas[r].append(math.inf if r < m else lam)
+                tested[r].append(buckets[r].tested(parts[test], lambdas[r][-1],
+                                                   users, k, recall_k))
+    report = {"buckets": [], "choices": [f"{m}/{lam:g}" for m, lam in chosen]}
+    for r, b in buckets.items():
+        if not tested[r]:
             continue
         # lambdas as text ("inf" for the audio itself): JSON has no infinity
-        row = {"revealed": r, "tracks": len(kept), "test_halves": len(tested),
-               "lambda": f"{Counter(chosen).most_common(1)[0][0]:g}",
-               "lambdas_chosen": [f"{lam:g}" for lam in chosen],
-               "validation_auc_by_lambda": {f"{lam:g}": float(np.nanmean([v[lam] for v in validation]))
-                                            for lam in LAMBDAS}}
+        used = [f"{lam:g}" for lam in lambdas[r]]
+        row = {"revealed": r, "tracks": len(b.kept), "test_folds": len(tested[r]),
+               "lambda": Counter(used).most_common(1)[0][0], "lambdas_chosen": used,
+               "validation_auc_by_lambda": {
+                   f"{lam:g}": float(np.nanmean([v[r][lam] for v in validated if r in v]))
+                   for lam in LAMBDAS}}
         for name in ("als", "audio", "blend"):
-            row[name] = {key: float(np.nanmean([t[name][key] for t in tested]))
+            row[name] = {key: float(np.nanmean([t[name][key] for t in tested[r]]))
                          for key in ("auc", f"map@{k}")}
         report["buckets"].append(row)
         logger.info("semi-cold, %d revealed plays, %d tracks: ALS %.3f, audio %.3f, blend %.3f "
-                    "AUC (lambdas chosen %s)", r, len(kept), row["als"]["auc"],
-                    row["audio"]["auc"], row["blend"]["auc"], dict(Counter(chosen)))
+                    "AUC (lambdas chosen %s)", r, len(b.kept), row["als"]["auc"],
+                    row["audio"]["auc"], row["blend"]["auc"], dict(Counter(used)))
     return report
 
 
 def markdown(report: dict, k: int) -> str:
-    lines = [f"Semi-cold tracks (audio: {report['audio']}; lambda chosen on one half of the "
-             f"held-out tracks, AUC / mAP@{k} on the other, mean over {SPLITS} splits both ways)",
+    choices = ", ".join(f"{c} x{n}" for c, n in Counter(report["choices"]).most_common())
+    lines = [f"Semi-cold tracks (audio: {report['audio']}; min revealed plays / lambda chosen "
+             f"on {FOLDS - 1} of {FOLDS} folds of the held-out tracks, AUC / mAP@{k} on the "
+             f"other, mean over the folds of {SPLITS} splits; choices: {choices})",
              "", "| revealed plays | tracks | ALS alone | audio alone | blend | lambda (most chosen) |",
              "|---|---|---|---|---|---|"]
     for b in report["buckets"]:

@@ -299,10 +299,10 @@ class SemiColdConfig:
     """Tracks with at most ``max_listeners`` listeners are semi-cold: their factors
     are the ALS item step held toward their audio prediction with strength ``reg``
     (schemas.feedback.fold_in_toward) rather than toward zero; those with fewer than
-    ``min_listeners`` keep their audio prediction as it is. Both were set from the
-    validation of jobs/evaluate_semicold.py on real music (benchmarks/real_music.py,
-    ALS's default alpha 10): for 1 and 2 revealed plays it chose the audio alone
-    (lambda infinite) in most validation halves, for 5 and 10 plays 100 most often."""
+    ``min_listeners`` keep their audio prediction as it is. jobs/evaluate_semicold.py
+    validates the pair on held-out tracks; on real music (benchmarks/real_music.py,
+    ALS's default alpha 10) it keeps the audio alone in most folds, and where it sees a
+    gain it blends from 10 revealed plays with lambda 100 or 300."""
     max_listeners: int = 10
     min_listeners: int = 3
     reg: float = 100.0

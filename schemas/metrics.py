@@ -38,6 +38,37 @@ def mean_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
     return float(np.mean(((ranks * relevant[users]).sum(axis=1) - p * (p + 1) / 2) / (p * (n - p))))
 
 
+def mean_auc_without_each(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """``mean_auc`` with each track left out in turn: (n_tracks,), entry j the mean AUC
+    over the other tracks (NaN where no user has a played and an unplayed one left).
+    One ranking serves every j, instead of n_tracks rankings.
+
+    A user's AUC counts, over played tracks i, the unplayed tracks i outscores (ties
+    half); that count for track j among all others is its rank - 1, and among the
+    played or the unplayed ones its rank among those - 1. Leaving j out takes its
+    pairs out of the count and the total.
+    """
+    relevant = relevant.astype(bool)
+    n = relevant.shape[1]
+    beaten = rankdata(scores, axis=1) - 1  # others track j outscores
+    # valid for the played tracks, and for the unplayed ones (inf ranks above all)
+    beats_unplayed = beaten - (rankdata(np.where(relevant, scores, np.inf), axis=1) - 1)
+    beats_played = beaten - (rankdata(np.where(relevant, np.inf, scores), axis=1) - 1)
+    p = relevant.sum(axis=1, keepdims=True).astype(float)
+    q = n - p
+    pairs_won = np.where(relevant, beats_unplayed, 0).sum(axis=1, keepdims=True)
+    # a played j takes out the unplayed tracks it beats; an unplayed j, the played
+    # tracks that beat it
+    lost = np.where(relevant, beats_unplayed, p - beats_played)
+    p_left, q_left = p - relevant, q - ~relevant
+    counted = (p_left > 0) & (q_left > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_user = np.where(counted, (pairs_won - lost) / (p_left * q_left), 0.0)
+    users = counted.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(users > 0, per_user.sum(axis=0) / users, np.nan)
+
+
 def average_precision_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """AP@k, normalised by min(relevant tracks, k) (the paper's mAP@500 per user)."""
     top = np.argsort(-scores, kind="stable")[:k]

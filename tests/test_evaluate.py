@@ -273,7 +273,7 @@ def semicold_case(seed=0, n_users=300, n_tracks=40):
 
 
 def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
-    from jobs.evaluate_semicold import LAMBDAS, REVEALED, SPLITS, evaluate_semicold
+    from jobs.evaluate_semicold import FOLDS, LAMBDAS, REVEALED, SPLITS, evaluate_semicold
 
     users, heldout, ids, truth, rng = semicold_case()
     als = {"alpha": 10.0, "eps": 1.0, "reg": 0.1}
@@ -282,7 +282,7 @@ def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
     one = good["buckets"][0]
     labels = {f"{lam:g}" for lam in LAMBDAS}
     assert one["lambda"] in labels and set(one["validation_auc_by_lambda"]) == labels
-    assert one["test_halves"] == 2 * SPLITS and 0 < one["tracks"] <= len(ids)
+    assert one["test_folds"] == FOLDS * SPLITS and 0 < one["tracks"] <= len(ids)
     assert one["blend"]["auc"] >= one["als"]["auc"]
     noise = rng.normal(size=truth.shape).astype(np.float32)
     bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, seed=0)
@@ -292,8 +292,8 @@ def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
     assert ten["blend"]["auc"] > ten["audio"]["auc"] + 0.1
 
 
-def test_semi_cold_choice_takes_the_strongest_hold_the_validation_cannot_tell_from_the_best():
-    from jobs.evaluate_semicold import choose
+def test_semi_cold_choice_moves_least_from_the_audio_unless_the_validation_sees_a_gain():
+    from jobs.evaluate_semicold import LAMBDAS, Validation, choose
     from schemas.metrics import auc, mean_auc
 
     rng = np.random.default_rng(0)
@@ -302,10 +302,30 @@ def test_semi_cold_choice_takes_the_strongest_hold_the_validation_cannot_tell_fr
     users = [u for u in range(200) if 0 < relevant[u].sum() < 12]
     assert mean_auc(signal, relevant) == pytest.approx(
         np.mean([auc(signal[u][relevant[u]], signal[u][~relevant[u]]) for u in users]))
-    # better on these tracks by luck, a shift of one track's scores: the larger lambda is kept
+    tracks = [f"t{j}" for j in range(12)]
+
+    def half(at_one: np.ndarray) -> Validation:
+        """Every lambda scores as the audio (``signal``) but lambda 1, which scores
+        ``at_one``; a smaller lambda moves the factors further."""
+        return Validation(tracks, {lam: at_one if lam == 1.0 else signal for lam in LAMBDAS}, relevant,
+                    {lam: 0.0 if np.isinf(lam) else 1.0 / lam for lam in LAMBDAS})
+
+    # better on these tracks by luck, a shift of one track's scores: the audio is kept
     lucky = signal + 0.5 * (np.arange(12) == int(np.argmax(relevant.sum(axis=0))))
-    lam, by_lambda = choose({1.0: lucky, np.inf: signal}, relevant)
-    assert by_lambda[1.0] > by_lambda[np.inf] and lam == np.inf
-    # clearly better: it wins
-    lam, _ = choose({1.0: signal + 3.0 * relevant, np.inf: signal}, relevant)
-    assert lam == 1.0
+    (m, lam), by_bucket = choose({1: half(lucky), 10: half(lucky)})
+    assert by_bucket[10][1.0] > by_bucket[10][np.inf] and lam == np.inf
+    # clearly better with 10 plays, clearly worse with 1: blend from 10 plays on
+    (m, lam), _ = choose({1: half(signal - 3.0 * relevant), 10: half(signal + 3.0 * relevant)})
+    assert (m, lam) == (10, 1.0)
+
+
+def test_mean_auc_without_each_track_equals_ranking_again_without_it():
+    from schemas.metrics import mean_auc, mean_auc_without_each
+
+    rng = np.random.default_rng(1)
+    relevant = rng.random((300, 13)) < 0.3
+    relevant[:5] = relevant[:5, :1]  # users who played only the first track, or none
+    for scores in (rng.normal(size=relevant.shape), rng.integers(0, 3, size=relevant.shape)):
+        expected = [mean_auc(np.delete(scores, j, axis=1), np.delete(relevant, j, axis=1))
+                    for j in range(13)]
+        np.testing.assert_allclose(mean_auc_without_each(scores, relevant), expected, atol=1e-12)

@@ -57,9 +57,7 @@ _REJECT_SLACK_S = 0.1
 
 class DecodeError(RuntimeError):
     """A track could not be decoded; the message starts with its URI."""
-
-
-DecodeError.stage = "decode"  # the dead letters' stage
+    stage = "decode"  # the dead letters' stage
 
 
 class MelError(DecodeError):
