@@ -83,6 +83,11 @@ def is_systemic(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in _SYSTEMIC_ERRNOS
 
 
+def systemic_message(err: BaseException) -> str:
+    """What a systemic error says: its own message, or its type and message."""
+    return str(err) if isinstance(err, SystemicError) else f"{type(err).__name__}: {err}"
+
+
 def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
                    max_bytes: int | None = None,
                    max_duration_s: float | None = None) -> np.ndarray:
@@ -570,8 +575,7 @@ def _serve(fd: int) -> None:
     except EOFError:
         return
     except Exception as err:  # nothing can be done in this environment
-        conn.send(("broken", str(err) if isinstance(err, SystemicError)
-                   else f"{type(err).__name__}: {err}"))
+        conn.send(("broken", systemic_message(err)))
         return
     conn.send("ready")
     while True:
@@ -583,8 +587,7 @@ def _serve(fd: int) -> None:
             values = np.ascontiguousarray(decode(uri, params, **kwargs))
         except Exception as err:
             if is_systemic(err):
-                conn.send(("broken", str(err) if isinstance(err, SystemicError)
-                           else f"{type(err).__name__}: {err}"))
+                conn.send(("broken", systemic_message(err)))
             elif isinstance(err, DecodeError):
                 conn.send(("bad", (err.stage, str(err))))
             else:

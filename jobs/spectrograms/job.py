@@ -29,7 +29,6 @@ import argparse
 import collections
 import dataclasses
 import datetime
-import functools
 import logging
 import math
 import os
@@ -46,8 +45,8 @@ from apache_beam.metrics import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from jobs.spectrograms import decode, failures
-from jobs.spectrograms.decode import SystemicError, is_systemic
-from jobs.spectrograms.mel import check_environment, prepare, spectrogram
+from jobs.spectrograms.decode import SystemicError, is_systemic, systemic_message
+from jobs.spectrograms.mel import check_environment
 from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, write
 from schemas import cli, layout, storage
 from schemas.config import MEL_DTYPES, PAD_MODES, MelParams, SpectrogramOptions
@@ -313,8 +312,7 @@ def systemic_failure(err: BaseException) -> str | None:
     seen = err
     while seen is not None:
         if is_systemic(seen):
-            return (str(seen) if isinstance(seen, SystemicError)
-                    else f"{type(seen).__name__}: {seen}")
+            return systemic_message(seen)
         seen = seen.__cause__ or seen.__context__
     found = _SYSTEMIC_TEXT.search(str(err))
     return found.group(1).strip() if found else None
@@ -345,9 +343,8 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
     else:  # the children check it as they warm up
         # Started now, they import and warm up while the pipeline is built and started.
         decode.start_spares(_workers_here(job.beam) * options.decoder_count, params,
-                            **decoder_settings(options.decode_timeout_s, options.limits,
-                                               spectrogram, functools.partial(
-                                                   prepare, params, options.torch_threads)))
+                            **decoder_settings(params, options.decode_timeout_s, options.limits,
+                                               options.torch_threads))
     try:
         return _run_parts(job, target, run_id, pattern, files)
     finally:

@@ -146,15 +146,15 @@ class ComputeSpectrograms(beam.DoFn):
         worker = f"{os.getpid()}.{next(ComputeSpectrograms.instances)}"
         self.progress = cli.Progress(logger, f"spectrograms, worker {worker} (the job has "
                                      f"{self.expected or 'an unknown number of'} tracks)")
-        warm_up = functools.partial(prepare, self.params, self.torch_threads)
         self._children: list[IsolatedDecoder] = []
         if self.isolate:
             self._children = [
                 take_decoder(self.params, **decoder_settings(
-                    self.timeout_s, self.limits, self.spectrogram, warm_up))
+                    self.params, self.timeout_s, self.limits, self.torch_threads,
+                    self.spectrogram))
                 for _ in range(self.decoders)]
         else:
-            warm_up()
+            prepare(self.params, self.torch_threads)
             self._compute = functools.partial(self.spectrogram, params=self.params,
                                               **self.limits)
 
@@ -211,10 +211,12 @@ class ComputeSpectrograms(beam.DoFn):
             child.close()
 
 
-def decoder_settings(timeout_s: float, limits: dict, spectrogram: Callable[..., np.ndarray],
-                     warm_up: Callable[[], None]) -> dict:
-    """IsolatedDecoder's keyword arguments for the job's children."""
-    return {"timeout_s": timeout_s, "decode": spectrogram, "warm_up": warm_up, **limits}
+def decoder_settings(params: MelParams, timeout_s: float, limits: dict, torch_threads: int,
+                     spectrogram: Callable[..., np.ndarray] = spectrogram) -> dict:
+    """IsolatedDecoder's keyword arguments for the job's children: each computes
+    ``spectrogram`` per track, after mel.prepare."""
+    return {"timeout_s": timeout_s, "decode": spectrogram,
+            "warm_up": functools.partial(prepare, params, torch_threads), **limits}
 
 
 @dataclasses.dataclass(frozen=True)
