@@ -116,9 +116,9 @@ class Bucket:
                 relevant[user_index[user], column[track]] = True
         audio = self.ways["audio"][rows]
         return Validation([self.kept[i] for i in rows],
-                    {lam: user_x @ f[rows].T for lam, f in self.blends.items()}, relevant,
-                    {lam: float(np.linalg.norm(f[rows] - audio, axis=1).mean())
-                     for lam, f in self.blends.items()})
+                          {lam: user_x @ f[rows].T for lam, f in self.blends.items()}, relevant,
+                          {lam: float(np.linalg.norm(f[rows] - audio, axis=1).mean())
+                           for lam, f in self.blends.items()})
 
     def tested(self, rows: np.ndarray, lam: float, users: pa.Table, k: int, recall_k: int) -> dict:
         """AUC and mAP@k of ALS alone, audio alone and the blend with ``lam`` on ``rows``."""
