@@ -1,19 +1,16 @@
-"""References for the audio CNN on real music: a linear classifier on summary statistics.
+"""The taste classifier the CNN is averaged with (model/taste.py), alone, on real music.
 
     python benchmarks/real_music.py --work /tmp/real-music --seeds 0 1 2   # first
     python benchmarks/audio_statistics.py --work /tmp/real-music --seeds 0 1 2
 
-Each track is described by summary statistics of its log-mel excerpt (per band and
-for the first 20 cepstral coefficients: mean, spread and mean frame-to-frame change;
-per band also the 10th and 90th percentiles). A logistic regression learns from the
-warm tracks which class a track belongs to, and a held-out track gets the mean ALS
-factors of the classes weighted by their predicted probabilities. Two kinds of class:
+The model's taste classifier (a logistic regression on summary statistics of the
+log-mel excerpt) fitted on the warm tracks, with two kinds of class:
 
 - sources told: the catalogue's artist, which in the real-music benchmark is the
   source its listeners choose by. The CNN is never told it, so this is a reference
   for how much of the source the audio statistics carry, not a method.
-- taste clusters: k-means (k = --clusters) on the warm tracks' unit ALS factors, so
-  nothing but the plays and the audio is used, as for the CNN.
+- taste clusters: k-means (k = --clusters) on the warm tracks' unit ALS factors, as
+  training does with k = sqrt(tracks / 2): nothing but the plays and the audio.
 
 It reads what EvaluateColdStart left in each data root (the newest held-out ALS run
 and the newest spectrograms) and prints, per seed and on average, the held-out mean
@@ -29,19 +26,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.fft import dct
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 import schemas
 from jobs.evaluate import same_artist
 from model.data import mel_array, read_mels
+from model import taste
 from schemas import factor_matrix, factors_column, layout, storage
+from schemas.config import TrainConfig
 from schemas.metrics import rank_metrics, unit_rows
-
-CEPSTRA = 20
-C = 0.1  # inverse L2 strength, not tuned: 1.0 moves the mean AUC by under 0.01
 
 
 def newest(pattern: str, root: Path) -> Path:
@@ -51,24 +44,12 @@ def newest(pattern: str, root: Path) -> Path:
     return found[-1]
 
 
-def statistics(mel: np.ndarray) -> np.ndarray:
-    """(tracks, features) from log-mel excerpts (tracks, bands, frames)."""
-    cepstra = dct(mel, axis=1, norm="ortho")[:, :CEPSTRA]
-    parts = []
-    for x in (mel, cepstra):
-        parts += [x.mean(axis=2), x.std(axis=2), np.abs(np.diff(x, axis=2)).mean(axis=2)]
-    parts += [np.percentile(mel, 10, axis=2), np.percentile(mel, 90, axis=2)]
-    return np.concatenate(parts, axis=1)
-
-
 def classified(train: np.ndarray, labels: np.ndarray, factors: np.ndarray,
                test: np.ndarray) -> np.ndarray:
-    """Factors of the ``test`` rows: the classes' mean ``factors`` weighted by the
-    probabilities a logistic regression fitted on (``train``, ``labels``) gives."""
-    scale = StandardScaler().fit(train)
-    classifier = LogisticRegression(C=C, max_iter=5000).fit(scale.transform(train), labels)
-    means = np.stack([factors[labels == c].mean(axis=0) for c in classifier.classes_])
-    return classifier.predict_proba(scale.transform(test)) @ means
+    """Factors of the ``test`` rows from the model's taste classifier fitted to learn
+    ``labels`` from the ``train`` rows."""
+    fitted = taste.fit(train, factors, TrainConfig().taste_c, seed=0, labels=labels)
+    return taste.predict_features(fitted, test)
 
 
 def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
@@ -81,7 +62,7 @@ def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
     source = dict(zip(catalogue["track_id"].to_pylist(), catalogue["artist"].to_pylist()))
 
     row = {t: i for i, t in enumerate(mels["track_id"].to_pylist())}
-    features = statistics(mel_array(mels))
+    features = taste.statistics(mel_array(mels))
     warm_ids = items["track_id"].to_pylist()
     warm_sources = np.array([source.get(t) for t in warm_ids], dtype=object)
     factors = factor_matrix(items)
@@ -96,8 +77,8 @@ def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
         "artist oracle": np.stack([means[source[t]] for t in cold]),
         "sources told": classified(train, warm_sources[with_audio], factors[with_audio], test)}
     for k in clusters:
-        taste = KMeans(k, n_init=10, random_state=0).fit_predict(unit_rows(factors))
-        predictions[f"taste clusters, k={k}"] = classified(train, taste[with_audio],
+        clusters = KMeans(k, n_init=10, random_state=0).fit_predict(unit_rows(factors))
+        predictions[f"taste clusters, k={k}"] = classified(train, clusters[with_audio],
                                                            factors[with_audio], test)
     out = {}
     for name, pred in predictions.items():

@@ -11,7 +11,8 @@ where the catalogue has artists, by whether the artist has warm tracks (known) o
 - bag-of-words: 13 MFCC + deltas, k-means words, PCA, linear regression (model/bow.py);
 - each CNN model given (one per loss and architecture); one with a metadata branch
   (late fusion) twice: with the catalogue's metadata, and with the artist withheld,
-  as for a track of an artist never seen;
+  as for a track of an artist never seen; one with a taste classifier (model/taste.py)
+  also as the network alone, to show what the classifier adds;
 - upper bound: the factors ALS gives the held-out tracks when it sees their plays,
   i.e. the exact ALS item step (same alpha, eps and regularisation as the run) against
   the trained user factors, so they live in the same space as the predictions.
@@ -52,6 +53,8 @@ from schemas.metrics import rank_metrics
 from schemas.feedback import als_settings, fold_in, plays_matrix
 
 logger = logging.getLogger(__name__)
+
+NETWORK_ALONE = "network alone"  # the row of a CNN without its taste classifier
 
 
 def cosine_distance(pred: np.ndarray, reference: np.ndarray) -> float:
@@ -173,11 +176,13 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
             name = f"{name} ({Path(path).name})"
         if vocabulary(model) and tokens is None:
             raise ValueError(f"{path}: the model reads catalogue metadata: give the catalogue")
-        variants = {name: ()}
+        variants = {name: ((), artefact)}
         if vocabulary(model):
-            variants[f"{name}, artist withheld (as if new)"] = ("artist",)
-        for variant, withhold in variants.items():
-            ids, predicted = predict_tracks(model, artefact, shards, track_ids, tokens, withhold)
+            variants[f"{name}, artist withheld (as if new)"] = (("artist",), artefact)
+        if artefact.get("taste"):  # what the taste classifier adds (model/taste.py)
+            variants[f"{name}, {NETWORK_ALONE}"] = ((), {**artefact, "taste": None})
+        for variant, (withhold, used) in variants.items():
+            ids, predicted = predict_tracks(model, used, shards, track_ids, tokens, withhold)
             order = {t: i for i, t in enumerate(ids)}
             methods[variant] = predicted[[order[t] for t in track_ids]]
     known_artists = 0
@@ -213,7 +218,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
               "recall_k": config.recall_k, "neighbours": config.neighbours,
               "tracks_with_known_artist": known_artists, "methods": results}
     cnns = [row for row in results if row["method"].startswith("CNN")
-            and "+ metadata" not in row["method"] and np.isfinite(row["auc"])]
+            and "+ metadata" not in row["method"] and NETWORK_ALONE not in row["method"]
+            and np.isfinite(row["auc"])]
     if cnns:  # semi-cold tracks: a few plays revealed, with the best audio-only model
         best = max(cnns, key=lambda row: row["auc"])["method"]
         report["semi_cold"] = {"audio": best, **evaluate_semicold(

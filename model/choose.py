@@ -119,7 +119,8 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
     model, artefact = options[winner]
     save_model(out, model.config, artefact["state"], artefact["mel_params"],
                artefact["factor_scale"], {**artefact["metrics"], "selection": selection},
-               unit_output=artefact["unit_output"], factor_space=factor_space)
+               unit_output=artefact["unit_output"], factor_space=factor_space,
+               taste=artefact.get("taste"))
     logger.info("chose %s: %s -> %s", winner, why, out)
     return selection
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from model import metadata
+from model import metadata, taste
 from model.data import unit_rows
 from schemas import mels
 
@@ -28,12 +28,14 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
     model file says;
     ``token_ids`` (n, MAX_TOKENS) feed a metadata branch.
 
-    Nets trained on directions give unit vectors times the ALS factor scale. Batches go
+    Nets trained on directions give unit vectors times the ALS factor scale. A model
+    file with a taste classifier averages its prediction with the network's. Batches go
     to the model's device; on a GPU they run in bf16 autocast.
     """
     weight = next(model.parameters(), None)  # the bag-of-words baseline has none
     device = weight.device if weight is not None else torch.device("cpu")
-    out = []
+    empty = np.zeros((0, model.config.n_factors), np.float32)
+    out, tastes = [], []
     for i in range(0, len(mels), batch_size):
         # a copy: the values may be a read-only view of Arrow's memory
         inputs = [torch.tensor(mels[i:i + batch_size]).to(device, non_blocking=True)]
@@ -41,8 +43,13 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
             inputs.append(torch.from_numpy(token_ids[i:i + batch_size]).to(device))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model(*inputs).float().cpu().numpy())
-    pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
-    return unit_rows(pred) * artefact["factor_scale"] if artefact["unit_output"] else pred
+        if artefact.get("taste"):
+            tastes.append(taste.predict(artefact["taste"], mels[i:i + batch_size]))
+    pred = np.concatenate(out) if out else empty
+    if artefact["unit_output"]:
+        pred = unit_rows(pred) * artefact["factor_scale"]
+    # the network's prediction averaged with the taste classifier's (model/taste.py)
+    return (pred + np.concatenate(tastes)) / 2 if tastes else pred
 
 
 def predict_tracks(model: torch.nn.Module, artefact: dict, shards: list[Path],

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 import schemas
-from model import losses, metadata
+from model import losses, metadata, taste
 from model.artefact import save_model
 from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
                         unit_rows)
@@ -156,6 +156,17 @@ def examples(job: TrainJob) -> Examples:
     return Examples(shards, track_index, factor_matrix(items), warm, n_val, tokens)
 
 
+def fit_taste(shards: list[Path], track_index: dict[str, int], factors: np.ndarray,
+              train_ids: list[str], config: TrainConfig) -> dict | None:
+    """The taste classifier (model/taste.py) on a seeded sample of the training tracks."""
+    if not config.taste_tracks:
+        return None
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(train_ids, min(config.taste_tracks, len(train_ids)), replace=False)
+    ids, features = taste.features_of(shards, sample.tolist())
+    return taste.fit(features, factors[[track_index[t] for t in ids]], config.taste_c, config.seed)
+
+
 def train(job: TrainJob) -> None:
     """Stream warm examples, train under whatever process group exists, write ``job.out``."""
     config = job.config
@@ -199,6 +210,10 @@ def train(job: TrainJob) -> None:
                                 / config.batch_size), tokens)
     progress = trainer.train()
     if is_main():
+        # a network with a metadata branch knows what the audio cannot tell (the
+        # artist): averaging it with an audio-only classifier would blur that
+        tastes = None if tokens is not None else fit_taste(shards, track_index, factors,
+                                                           train_ids, config)
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
         unit = losses.wants_unit_targets(job.loss)
         scale = float(np.median(np.linalg.norm(factors, axis=1))) if unit else 1.0
@@ -212,9 +227,10 @@ def train(job: TrainJob) -> None:
                               "history": progress.history,
                               "rank_shares": progress.rank_shares,
                               "tracks_covered": progress.tracks_covered,
-                              "metadata_tokens": len(net.metadata_vocab)},
+                              "metadata_tokens": len(net.metadata_vocab),
+                             "taste_clusters": len(tastes["centres"]) if tastes else 0},
                              unit_output=unit, factor_space=storage.read_params(
-                                 job.item_factors).get(model_file.FACTOR_SPACE))
+                                 job.item_factors).get(model_file.FACTOR_SPACE), taste=tastes)
         logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
                     "-> %s", version, job.arch, job.loss, progress.best_loss,
                     progress.best_score, progress.best_spread, job.out)
@@ -266,6 +282,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="random time-crop length in frames, 0 for none (default %(default)s)")
     opt.add_argument("--clips-per-track", type=int, default=t.clips_per_track,
                      help="random crops of each training track per epoch (default %(default)s)")
+    opt.add_argument("--taste-tracks", type=int, default=t.taste_tracks,
+                     help="training tracks the taste classifier averaged with the network is "
+                          "fitted on, 0 for none (default %(default)s)")
     opt.add_argument("--min-spread", type=float, default=t.min_spread,
                      help="fail unless some epoch's validation predictions spread at least "
                           "this much (1 - mean pairwise cosine): a model that predicts one "
@@ -301,7 +320,8 @@ def job_of(args: argparse.Namespace) -> TrainJob:
                            weight_decay=args.weight_decay, crop_frames=args.crop_frames,
                            clips_per_track=args.clips_per_track, min_spread=args.min_spread,
                            val_fraction=args.val_fraction, patience=args.patience,
-                           seed=args.seed, loader_workers=args.loader_workers))
+                           seed=args.seed, loader_workers=args.loader_workers,
+                           taste_tracks=args.taste_tracks))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ code) holding:
     metrics       how training went (loss, validation_loss, epochs, ...)
     factor_space  the id of the ALS run's factor space the network learned to predict
                   (format 2 on); scoring refuses to fill another space with it
+    taste         (format 4 on) None, or the arrays of a taste classifier whose
+                  prediction is averaged with the network's (model/taste.py)
 
 Files written before the layout was versioned have the format 1 keys but ``format``.
 """
@@ -22,11 +24,13 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-FORMAT = 3
+FORMAT = 4
 KEYS = {1: ("version", "net_config", "state", "mel_params", "factor_scale", "unit_output",
             "metrics")}
 KEYS[2] = KEYS[1] + ("factor_space",)
 KEYS[3] = KEYS[2]  # the same keys; the predictor may be the bag-of-words baseline
+# A version that ignored the taste classifier would predict something else: a new format.
+KEYS[4] = KEYS[3] + ("taste",)
 # The metadata key of ALS factors (and the model file key) naming their factor space.
 FACTOR_SPACE = "factor_space"
 

@@ -61,6 +61,12 @@ def test_the_best_on_validation_is_shipped_and_says_why(tmp_path, capfd):
     assert selection["chosen"] != "constant.pt"
     assert selection["why"].startswith("highest validation AUC")
     assert f"chose {selection['chosen']}" in capfd.readouterr().err
+    # the winner ships whole: a CNN with the taste classifier it was trained with
+    trained = load_model(tmp_path / "cnn.pt")[1]["taste"]
+    if selection["chosen"] == "cnn.pt":
+        assert all(torch.equal(artefact["taste"][k], trained[k]) for k in trained)
+    else:
+        assert artefact["taste"] is None
     # whichever won, it tells the kinds of the validation tracks apart
     val = [t for t in ids[:warm] if in_validation(t, 0.3)]
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), val)

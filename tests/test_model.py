@@ -264,6 +264,9 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     assert artefact["metrics"]["world_size"] == 2 and artefact["metrics"]["loss"] == "cosine"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
+    # the taste classifier averaged with it (model/taste.py), fitted on the training tracks
+    clusters = round((artefact["metrics"]["train_tracks"] / 2) ** 0.5)
+    assert artefact["metrics"]["taste_clusters"] == len(artefact["taste"]["centres"]) == clusters
 
 
 def free_port() -> int:
@@ -506,6 +509,7 @@ def test_late_fusion_learns_what_only_the_artist_tells_and_still_hears_the_audio
     model, artefact = load_model(tmp_path / "model.pt")
     assert "artist=artist 0" in model.config.metadata_vocab and "genre=game" in model.config.metadata_vocab
     assert artefact["metrics"]["metadata_tokens"] == len(model.config.metadata_vocab)
+    assert artefact["taste"] is None  # an audio-only classifier would blur the artist
     shards = sorted(mels_dir.glob("*/mels-*.parquet"))
     tokens, cold = metadata.read_tokens(catalogue), ids[warm:]
     with pytest.raises(ValueError, match="give it the catalogue"):

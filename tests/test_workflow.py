@@ -253,7 +253,7 @@ def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
     auc = {m["method"]: m["auc"] for m in report["methods"]}
     fused = "CNN vandenoord2013, mse loss + metadata"
     assert set(auc) == {"random", "bag-of-words + linear regression", "bag-of-words + MLP", CNN,
-                        fused, f"{fused}, artist withheld (as if new)",
+                        f"{CNN}, network alone", fused, f"{fused}, artist withheld (as if new)",
                         "artist oracle (mean factor of the artist's warm tracks)",
                         "upper bound (ALS sees the plays)"}
     assert auc["random"] < auc["bag-of-words + linear regression"] < auc[CNN] < \

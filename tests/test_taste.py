@@ -1,0 +1,99 @@
+"""The taste classifier averaged with the network (model/taste.py), and its model file."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from model import taste
+from model.artefact import load_model, save_model
+from model.net import NetConfig, build_net
+from model.predict import predict, predict_tracks
+from schemas import mels as mel_values
+
+N_MELS, FRAMES = 16, 160
+
+
+def two_styles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Excerpts of two styles (loud in the low or the high bands, with noise) and
+    factors pointing one way per style; returns (mels, style)."""
+    rng = np.random.default_rng(seed)
+    style = np.arange(n) % 2
+    mel = rng.normal(size=(n, N_MELS, FRAMES))
+    mel[style == 0, :4] += 2.0
+    mel[style == 1, -4:] += 2.0
+    return mel.astype(np.float32), style
+
+
+def style_factors(style: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    directions = np.array([[3.0, 0, 0, 0], [0, 0, 3.0, 0]])
+    return (directions[style] + 0.3 * rng.normal(size=(len(style), 4))).astype(np.float32)
+
+
+def write_shard(path, ids, mel, row_group_size=None):
+    pq.write_table(pa.table({"track_id": ids, "n_mels": [N_MELS] * len(ids),
+                             "n_frames": [FRAMES] * len(ids), "dtype": ["float32"] * len(ids),
+                             "mel": mel_values.encode(list(mel), "float32")}),
+                   path, row_group_size=row_group_size)
+
+
+def test_statistics_describe_each_excerpt_by_band_and_cepstrum():
+    mel, _ = two_styles(5, 0)
+    features = taste.statistics(mel)
+    assert features.shape == (5, 5 * N_MELS + 3 * min(taste.CEPSTRA, N_MELS))
+    np.testing.assert_allclose(features[:, :N_MELS], mel.mean(axis=2), rtol=1e-5, atol=1e-6)
+    # each track's statistics are its own
+    np.testing.assert_allclose(taste.statistics(mel[2:3])[0], features[2], rtol=1e-6)
+
+
+def test_the_classifier_gives_a_new_track_its_style_factors():
+    mel, style = two_styles(40, 0)
+    fitted = taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0)
+    assert len(fitted["centres"]) == taste.clusters_for(40) == 4
+    new, new_style = two_styles(10, 1)
+    pred = taste.predict(fitted, new)
+    assert pred.shape == (10, 4)
+    # each new track leans to its style's direction: axis 0 for one, axis 2 for the other
+    assert np.all((pred[:, 0] > pred[:, 2]) == (new_style == 0))
+    assert all(torch.is_tensor(array) for array in fitted.values())  # model-file safe
+
+
+def test_too_few_tracks_give_no_classifier():
+    mel, style = two_styles(4, 0)  # sqrt(4 / 2) rounds to one cluster
+    assert taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0) is None
+
+
+def test_a_model_file_with_a_classifier_averages_it_with_the_network(tmp_path):
+    mel, style = two_styles(40, 0)
+    fitted = taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0)
+    config = NetConfig(arch="dieleman2014", n_mels=N_MELS, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    net = build_net(config)
+    path = tmp_path / "model.pt"
+    save_model(path, config, net.state_dict(), {"n_mels": N_MELS}, 1.0, {"loss": "wpe"},
+               unit_output=False, taste=fitted)
+    model, artefact = load_model(path)
+    new, _ = two_styles(6, 1)
+    alone = predict(model, {**artefact, "taste": None}, new)
+    np.testing.assert_allclose(predict(model, artefact, new),
+                               (alone + taste.predict(artefact["taste"], new)) / 2,
+                               rtol=1e-5, atol=1e-6)
+
+    # and scoring from shards predicts the same, a row group at a time
+    ids = [f"t{i}" for i in range(6)]
+    shard = tmp_path / "part-0.parquet"
+    write_shard(shard, ids, new, row_group_size=4)
+    found, pred = predict_tracks(model, artefact, [shard], ids)
+    assert found == ids
+    np.testing.assert_allclose(pred, predict(model, artefact, new), rtol=1e-4, atol=1e-5)
+
+
+def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):
+    mel, _ = two_styles(7, 0)
+    ids = [f"t{i}" for i in range(7)]
+    for part, rows in enumerate((slice(0, 4), slice(3, 7))):  # t3 is in both shards
+        write_shard(tmp_path / f"part-{part}.parquet", ids[rows], mel[rows])
+    found, features = taste.features_of(sorted(tmp_path.glob("*.parquet")), ["t1", "t3", "t6"])
+    assert sorted(found) == ["t1", "t3", "t6"]
+    expected = taste.statistics(mel[[int(t[1:]) for t in found]])
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
