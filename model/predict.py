@@ -34,7 +34,6 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
     """
     weight = next(model.parameters(), None)  # the bag-of-words baseline has none
     device = weight.device if weight is not None else torch.device("cpu")
-    empty = np.zeros((0, model.config.n_factors), np.float32)
     out, tastes = [], []
     for i in range(0, len(mels), batch_size):
         # a copy: the values may be a read-only view of Arrow's memory
@@ -45,7 +44,7 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
             out.append(model(*inputs).float().cpu().numpy())
         if artefact.get("taste"):
             tastes.append(taste.predict(artefact["taste"], mels[i:i + batch_size]))
-    pred = np.concatenate(out) if out else empty
+    pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
     if artefact["unit_output"]:
         pred = unit_rows(pred) * artefact["factor_scale"]
     # the network's prediction averaged with the taste classifier's (model/taste.py)

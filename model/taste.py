@@ -49,8 +49,8 @@ def clusters_for(tracks: int) -> int:
 
 
 def features_of(shards: Sequence[Path], track_ids: Iterable[str]) -> tuple[list[str], np.ndarray]:
-    """(ids in the order found, their statistics), a few hundred excerpts in memory at
-    a time whatever the number of tracks."""
+    """(ids in the order found, their statistics): one shard's wanted excerpts in
+    memory at a time, turned into float statistics CHUNK excerpts at a time."""
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
         table = read_mels([shard], wanted)

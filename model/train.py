@@ -302,6 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.loss == "wpe" and not (args.user_factors and args.plays):
         parser.error("--loss wpe needs --user-factors and --plays")
+    if args.taste_tracks < 0:  # found here, not after the whole training run
+        parser.error(f"--taste-tracks must be 0 or more, got {args.taste_tracks}")
     return args
 
 

@@ -97,3 +97,14 @@ def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):
     assert sorted(found) == ["t1", "t3", "t6"]
     expected = taste.statistics(mel[[int(t[1:]) for t in found]])
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_negative_number_of_tracks_is_refused_before_training(capsys):
+    import pytest
+
+    from model.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--mels", "m", "--item-factors", "f", "--out", "o.pt", "--loss", "mse",
+                    "--taste-tracks", "-1"])
+    assert "--taste-tracks must be 0 or more, got -1" in capsys.readouterr().err
