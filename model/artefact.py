@@ -24,20 +24,23 @@ def state_version(state: dict) -> str:
 
 def save_model(path: Path, config: NetConfig | bow.BowShape, state: dict, mel_params: dict,
                factor_scale: float, metrics: dict, unit_output: bool = True,
-               factor_space: str | None = None, taste: dict | None = None) -> str:
+               factor_space: str | None = None, taste: dict | None = None,
+               taste_held_out: dict | None = None) -> str:
     """Write the model file atomically and return its version.
 
     With ``unit_output`` (nets trained on directions: mse, cosine) scoring turns each
     prediction into a unit vector times ``factor_scale``, the median norm of the ALS
     item factors, so it sits beside ALS factors; otherwise predictions are used as is.
-    ``taste``: the arrays of a taste classifier (model/taste.py) to average with.
+    ``taste``: the arrays of a taste classifier (model/taste.py) to average with;
+    ``taste_held_out``: the same fitted without training's validation tracks.
     """
     version = state_version(state)
     artefact = {"format": model_file.FORMAT, "version": version,
                 "net_config": config.to_dict(), "state": state,
                 "mel_params": mel_params, "factor_scale": factor_scale,
                 "unit_output": unit_output, "metrics": metrics,
-                model_file.FACTOR_SPACE: factor_space, "taste": taste}
+                model_file.FACTOR_SPACE: factor_space, "taste": taste,
+                "taste_held_out": taste_held_out}
     with storage.atomic_file(path) as tmp:
         torch.save(artefact, tmp)
     return version

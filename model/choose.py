@@ -7,10 +7,13 @@
 Every candidate is judged on training's own validation tracks (the same hash split,
 --val-fraction) as the evaluation judges held-out tracks: each listener of those tracks
 ranks them by x_u . y over the candidate's predictions, and the mean per-user AUC wins.
-That uses every play of the validation tracks, not only their handful of factors. The
-bag-of-words baseline is fitted on the training tracks and competes too; a candidate
-whose predictions collapse (spread below --min-spread) is out. The winner is written to --out as a model file like any other, its metrics saying
-what was chosen, why, and every candidate's score; the log says the same.
+That uses every play of the validation tracks, not only their handful of factors. A
+CNN's taste classifier learns every warm track, so it is judged in the version fitted
+without the validation tracks. The bag-of-words baseline is fitted on the training
+tracks and competes too; a candidate whose predictions collapse (spread below
+--min-spread) is out. The winner is written to --out as a model file like any other,
+its metrics saying what was chosen, why, and every candidate's score; the log says
+the same.
 """
 from __future__ import annotations
 
@@ -49,6 +52,14 @@ def bag_of_words(shards: list[Path], train_ids: list[str], targets: np.ndarray,
                 "unit_output": True, "metrics": {"loss": "linear regression"},
                 model_file.FACTOR_SPACE: factor_space}
     return net, artefact
+
+
+def judged_as(artefact: dict) -> dict:
+    """The candidate as judged on the validation tracks: with the taste classifier
+    fitted without them, where the model file has one (model/taste.py)."""
+    if "taste_held_out" not in artefact:
+        return artefact
+    return {**artefact, "taste": artefact["taste_held_out"]}
 
 
 def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
@@ -92,7 +103,7 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
         if factor_space is not None:  # factors that name their space: it must be theirs
             model_file.check_factor_space(artefact, name,
                                           {model_file.FACTOR_SPACE: factor_space}, item_factors)
-        ids, pred = predict_tracks(model, artefact, shards, val, tokens)
+        ids, pred = predict_tracks(model, judged_as(artefact), shards, val, tokens)
         ranked = metrics.rank_metrics(users, pa.table({"track_id": ids,
                                                        "factors": factors_column(pred)}),
                                       listened, EvaluateConfig.k, EvaluateConfig.recall_k)
@@ -120,7 +131,7 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
     save_model(out, model.config, artefact["state"], artefact["mel_params"],
                artefact["factor_scale"], {**artefact["metrics"], "selection": selection},
                unit_output=artefact["unit_output"], factor_space=factor_space,
-               taste=artefact.get("taste"))
+               taste=artefact.get("taste"), taste_held_out=artefact.get("taste_held_out"))
     logger.info("chose %s: %s -> %s", winner, why, out)
     return selection
 

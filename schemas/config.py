@@ -201,9 +201,9 @@ class SpectrogramOptions:
 
 # The networks and losses training offers; the first of each is the default.
 ARCHS = ("dieleman2014", "vandenoord2013")
-# wpe is the default: it ranked held-out real music at least as well as mse (0.709 against
-# 0.697 AUC over 3 seeds with the taste classifier, 0.676 against 0.668 without) and more
-# steadily across seeds (benchmarks/real_music.py), and on the demo at least as well.
+# wpe is the default: it ranked held-out real music at least as well as mse (0.727 against
+# 0.709 AUC over 3 seeds with the taste classifier, 0.676 against 0.668 without) and more
+# steadily across seeds (benchmarks/real_music.py), and on the demo about as well.
 LOSSES = ("wpe", "mse", "cosine")
 DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
 
@@ -227,7 +227,7 @@ class TrainConfig:
     # this (1 - mean pairwise cosine): a model that says the same for every track.
     min_spread: float = 0.05
     # The taste classifier averaged with the network (model/taste.py): fitted on at
-    # most this many training tracks (0: none), with this inverse L2 strength.
+    # most this many warm tracks (0: none), with this inverse L2 strength.
     taste_tracks: int = 20_000
     taste_c: float = 0.1
 

@@ -15,7 +15,11 @@ code) holding:
     factor_space  the id of the ALS run's factor space the network learned to predict
                   (format 2 on); scoring refuses to fill another space with it
     taste         (format 4 on) None, or the arrays of a taste classifier whose
-                  prediction is averaged with the network's (model/taste.py)
+                  prediction is averaged with the network's (model/taste.py),
+                  fitted on every warm track
+    taste_held_out  (optional) the same classifier fitted without training's
+                  validation tracks: what model.choose judges on those tracks, which
+                  the classifier above has learned
 
 Files written before the layout was versioned have the format 1 keys but ``format``.
 """

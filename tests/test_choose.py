@@ -45,28 +45,38 @@ def test_the_best_on_validation_is_shipped_and_says_why(tmp_path, capfd):
     state["head.7.bias"] = torch.tensor([1.0, 1.0, 0.0, 0.0])
     save_model(tmp_path / "constant.pt", model.config, state, artefact["mel_params"], 1.0,
                {"loss": "mse"}, factor_space=artefact["factor_space"])
+    # the same CNN with a classifier that ranks the validation tracks backwards: it is
+    # judged by the classifier fitted without those tracks, like any candidate
+    backwards = {**artefact["taste"], "centres": -50 * artefact["taste"]["centres"]}
+    save_model(tmp_path / "backwards.pt", model.config, artefact["state"],
+               artefact["mel_params"], artefact["factor_scale"], artefact["metrics"],
+               unit_output=artefact["unit_output"], factor_space=artefact["factor_space"],
+               taste=backwards, taste_held_out=artefact["taste_held_out"])
 
     code = choose_main(["--mels", str(mels_dir), "--item-factors", str(factors),
                         "--user-factors", str(tmp_path / "user_factors.parquet"),
                         "--plays", str(tmp_path / "plays.parquet"),
                         "--candidate", str(tmp_path / "cnn.pt"),
-                        "--candidate", str(tmp_path / "constant.pt"), "--val-fraction", "0.3",
+                        "--candidate", str(tmp_path / "constant.pt"),
+                        "--candidate", str(tmp_path / "backwards.pt"), "--val-fraction", "0.3",
                         "--bow-codebook", "16", "--out", str(tmp_path / "chosen.pt")])
     assert code == 0, capfd.readouterr().err[-3000:]
     chosen, artefact = load_model(tmp_path / "chosen.pt")
     selection = artefact["metrics"]["selection"]
-    assert set(selection["candidates"]) == {"cnn.pt", "constant.pt",
+    assert set(selection["candidates"]) == {"cnn.pt", "constant.pt", "backwards.pt",
                                             "bag-of-words + linear regression"}
+    assert selection["candidates"]["backwards.pt"] == selection["candidates"]["cnn.pt"]
     assert selection["candidates"]["constant.pt"]["spread"] < 0.01
     assert selection["chosen"] != "constant.pt"
     assert selection["why"].startswith("highest validation AUC")
     assert f"chose {selection['chosen']}" in capfd.readouterr().err
-    # the winner ships whole: a CNN with the taste classifier it was trained with
-    trained = load_model(tmp_path / "cnn.pt")[1]["taste"]
-    if selection["chosen"] == "cnn.pt":
-        assert all(torch.equal(artefact["taste"][k], trained[k]) for k in trained)
-    else:
-        assert artefact["taste"] is None
+    # the winner ships whole: a CNN with the taste classifiers it was trained with
+    trained = load_model(tmp_path / "cnn.pt")[1]
+    for key in ("taste", "taste_held_out"):
+        if selection["chosen"] == "cnn.pt":
+            assert all(torch.equal(artefact[key][k], trained[key][k]) for k in trained[key])
+        else:
+            assert artefact[key] is None
     # whichever won, it tells the kinds of the validation tracks apart
     val = [t for t in ids[:warm] if in_validation(t, 0.3)]
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), val)

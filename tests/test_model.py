@@ -264,9 +264,12 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     assert artefact["metrics"]["world_size"] == 2 and artefact["metrics"]["loss"] == "cosine"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
-    # the taste classifier averaged with it (model/taste.py), fitted on the training tracks
-    clusters = round((artefact["metrics"]["train_tracks"] / 2) ** 0.5)
+    # the taste classifier averaged with it (model/taste.py), fitted on every warm track,
+    # and again without the validation tracks for model.choose to judge on them
+    clusters = round((warm / 2) ** 0.5)
     assert artefact["metrics"]["taste_clusters"] == len(artefact["taste"]["centres"]) == clusters
+    held_out = round((artefact["metrics"]["train_tracks"] / 2) ** 0.5)
+    assert len(artefact["taste_held_out"]["centres"]) == held_out
 
 
 def free_port() -> int:
