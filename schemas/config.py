@@ -201,9 +201,9 @@ class SpectrogramOptions:
 
 # The networks and losses training offers; the first of each is the default.
 ARCHS = ("dieleman2014", "vandenoord2013")
-# wpe is the default: it ranked held-out real music at least as well as mse (0.727 against
-# 0.709 AUC over 3 seeds with the taste classifier, 0.676 against 0.668 without) and more
-# steadily across seeds (benchmarks/real_music.py), and on the demo about as well.
+# wpe is the default: it ranked held-out real music at least as well as mse (0.729 against
+# 0.710 AUC over 3 seeds with the taste classifier, 0.676 against 0.668 without) and more
+# steadily across seeds (benchmarks/real_music.py), and the demo at least as well.
 LOSSES = ("wpe", "mse", "cosine")
 DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
 

@@ -16,7 +16,8 @@ code) holding:
                   (format 2 on); scoring refuses to fill another space with it
     taste         (format 4 on) None, or the arrays of a taste classifier whose
                   prediction is averaged with the network's (model/taste.py),
-                  fitted on every warm track
+                  fitted on every warm track; from format 5 on its statistics
+                  include the rhythm
     taste_held_out  (optional) the same classifier fitted without training's
                   validation tracks: what model.choose judges on those tracks, which
                   the classifier above has learned
@@ -28,13 +29,16 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-FORMAT = 4
+FORMAT = 5
 KEYS = {1: ("version", "net_config", "state", "mel_params", "factor_scale", "unit_output",
             "metrics")}
 KEYS[2] = KEYS[1] + ("factor_space",)
 KEYS[3] = KEYS[2]  # the same keys; the predictor may be the bag-of-words baseline
 # A version that ignored the taste classifier would predict something else: a new format.
 KEYS[4] = KEYS[3] + ("taste",)
+# The same keys; the taste classifier reads rhythm statistics too (model/taste.py), so a
+# version before them cannot apply it.
+KEYS[5] = KEYS[4]
 # The metadata key of ALS factors (and the model file key) naming their factor space.
 FACTOR_SPACE = "factor_space"
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from model import taste
@@ -40,10 +41,35 @@ def write_shard(path, ids, mel, row_group_size=None):
 def test_statistics_describe_each_excerpt_by_band_and_cepstrum():
     mel, _ = two_styles(5, 0)
     features = taste.statistics(mel)
-    assert features.shape == (5, 5 * N_MELS + 3 * min(taste.CEPSTRA, N_MELS))
+    rhythm = taste.ONSET_GROUPS * (len(taste.LAG_EDGES) - 1)
+    assert features.shape == (5, 5 * N_MELS + 3 * min(taste.CEPSTRA, N_MELS) + rhythm)
     np.testing.assert_allclose(features[:, :N_MELS], mel.mean(axis=2), rtol=1e-5, atol=1e-6)
     # each track's statistics are its own
     np.testing.assert_allclose(taste.statistics(mel[2:3])[0], features[2], rtol=1e-6)
+
+
+def test_rhythm_tells_a_fast_pulse_from_a_slow_one_at_any_loudness():
+    frames = np.arange(400)
+    fast = np.where(frames % 10 == 0, 6.0, 0.0)  # an onset every 10 frames
+    slow = np.where(frames % 30 == 0, 6.0, 0.0)  # and every 30
+    mel = np.random.default_rng(0).normal(0, 0.1, (3, N_MELS, 400))
+    mel[0] += fast
+    mel[1] += slow
+    mel[2] += slow + 5.0  # the slow pulse, louder
+    bins = list(zip(taste.LAG_EDGES[:-1], taste.LAG_EDGES[1:]))
+    near_10, near_30 = bins.index((8, 14)), bins.index((23, 39))
+    rhythm = taste.rhythm(mel)[:, :len(bins)]  # the lowest group of bands
+    # the lag bin of each period: higher for its own pulse than for the other
+    assert rhythm[0, near_10] > rhythm[1, near_10] + 0.05
+    assert rhythm[1, near_30] > rhythm[0, near_30] + 0.05
+    np.testing.assert_allclose(rhythm[2], rhythm[1], atol=0.05)
+
+
+def test_a_classifier_of_other_statistics_is_refused():
+    mel, style = two_styles(40, 0)
+    fitted = taste.fit(taste.statistics(mel)[:, :-3], style_factors(style, 0), c=0.1, seed=0)
+    with pytest.raises(ValueError, match="retrain"):
+        taste.predict(fitted, mel)
 
 
 def test_the_classifier_gives_a_new_track_its_style_factors():
