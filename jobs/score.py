@@ -5,10 +5,10 @@
         [--als DATA/als]
 
 With --als (the ALS run's directory), semi-cold tracks, those whose few plays the
-run kept in sparse_plays/, get the ALS item step held toward their audio prediction
-(schemas.feedback.fold_in_toward, strength --semi-cold-reg) instead of their ALS
-factors, or their audio prediction alone below --semi-cold-min-listeners listeners,
-and every track's listeners and plays are recorded.
+run kept in sparse_plays/, get the ALS item step held toward their audio prediction,
+at its length (schemas.feedback.blend_toward, strength --semi-cold-reg), instead of
+their ALS factors, or their audio prediction alone below --semi-cold-min-listeners
+listeners, and every track's listeners and plays are recorded.
 
 Output directory (appears atomically):
     predicted_factors.parquet  schemas.PREDICTED_FACTORS: cold tracks, from audio
@@ -36,7 +36,7 @@ from model.predict import predict_tracks, vocabulary
 from schemas import cli, layout, model_file, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import MelParams, SemiColdConfig
-from schemas.feedback import als_settings, fold_in_toward, plays_matrix
+from schemas.feedback import als_settings, blend_toward, plays_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
     matrix = plays_matrix(sparse, {t: i for i, t in enumerate(ids)}, user_index).tocsr()
     blended = np.diff(matrix.indptr) >= min_listeners  # one row per track, one entry per listener
     factors = audio.copy()
-    factors[blended] = fold_in_toward(factor_matrix(users), matrix[blended], als["alpha"],
-                                      als["eps"], reg, audio[blended])
+    factors[blended] = blend_toward(factor_matrix(users), matrix[blended], als["alpha"],
+                                    als["eps"], reg, audio[blended])
     return ids, factors, blended
 
 

@@ -303,11 +303,12 @@ class PublishConfig:
 class SemiColdConfig:
     """Tracks with at most ``max_listeners`` listeners are semi-cold: their factors
     are the ALS item step held toward their audio prediction with strength ``reg``
-    (schemas.feedback.fold_in_toward) rather than toward zero; those with fewer than
-    ``min_listeners`` keep their audio prediction as it is. jobs/evaluate_semicold.py
-    validates the pair on held-out tracks; on real music (benchmarks/real_music.py,
-    ALS's default alpha 10) it keeps the audio alone in most folds, and where it sees a
-    gain it blends from 10 revealed plays with lambda 100 or 300."""
+    rather than toward zero, at the prediction's length (schemas.feedback.blend_toward);
+    those with fewer than ``min_listeners`` keep their audio prediction as it is.
+    jobs/evaluate_semicold.py validates the pair on held-out tracks; on real music
+    (benchmarks/real_music.py, ALS's default alpha 10) it keeps the audio alone in most
+    folds of two seeds, and on the third blends from 5 revealed plays, mostly with
+    lambda 100."""
     max_listeners: int = 10
     min_listeners: int = 3
     reg: float = 100.0

@@ -258,6 +258,22 @@ def test_fold_in_toward_solves_the_blended_objective():
     np.testing.assert_allclose(fold_in_toward(x, plays, 10.0, 1.0, 1e9, prior), prior, atol=1e-4)
 
 
+def test_a_semi_cold_blend_turns_the_audio_prediction_but_keeps_its_length():
+    from schemas.feedback import blend_toward, fold_in_toward
+
+    rng = np.random.default_rng(0)
+    x, prior = rng.normal(size=(30, 4)), rng.normal(size=(7, 4))
+    plays = sp.random(7, 30, density=0.1, random_state=1, format="csr")
+    plays.data = np.ceil(plays.data * 5)
+    got = blend_toward(x, plays, 10.0, 1.0, 2.0, prior)
+    step = fold_in_toward(x, plays, 10.0, 1.0, 2.0, prior)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(prior, axis=1),
+                               rtol=1e-5)
+    cosine = np.sum(got * step, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(step, axis=1)
+    np.testing.assert_allclose(cosine, 1.0, atol=1e-5)
+    assert not np.allclose(got, step, atol=1e-3)  # the item step's own lengths differ
+
+
 def semicold_case(seed=0, n_users=300, n_tracks=40):
     """Users and tracks with true factors, 15-40 listeners per track drawn by preference."""
     rng = np.random.default_rng(seed)

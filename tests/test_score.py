@@ -67,7 +67,7 @@ def test_a_model_with_a_metadata_branch_reads_the_catalogues_artists(tmp_path):
 
 
 def test_semi_cold_tracks_are_held_toward_their_audio_or_keep_it_when_few_and_plays_are_recorded(tmp_path):
-    from schemas.feedback import fold_in_toward, plays_matrix
+    from schemas.feedback import blend_toward, plays_matrix
 
     mels_dir, users, items, _, params = write_evaluation_set(tmp_path)  # t0..t7 warm
     als = tmp_path / "als"
@@ -98,8 +98,8 @@ def test_semi_cold_tracks_are_held_toward_their_audio_or_keep_it_when_few_and_pl
     net, artefact = load_model(model)
     audio = predict(net, artefact, mel_array(read_mels(layout.mel_shards(mels_dir), ["t6", "t7"])))
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
-    expected = fold_in_toward(schemas.factor_matrix(users),
-                              plays_matrix(sparse, {"t6": 0}, user_index), 10.0, 1.0, 5.0, audio[:1])
+    expected = blend_toward(schemas.factor_matrix(users),
+                            plays_matrix(sparse, {"t6": 0}, user_index), 10.0, 1.0, 5.0, audio[:1])
     np.testing.assert_allclose([table["factors"][row["t6"]]], expected, rtol=1e-5)
     np.testing.assert_allclose(table["factors"][row["t7"]], audio[1], rtol=1e-5)
     assert table["factors"][row["t0"]] == items.column("factors")[0].as_py()
