@@ -29,7 +29,7 @@ from scipy.fft import dct, irfft, rfft
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
-from model.data import mel_array, read_mels
+from model.data import mel_array, read_mels, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def fit(features: np.ndarray, factors: np.ndarray, c: float, seed: int,
             logger.info("taste classifier: %d tracks are too few for two clusters; none kept",
                         len(features))
             return None
-        unit = factors / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
-        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(unit)
+        labels = KMeans(k, n_init=10, random_state=seed).fit_predict(unit_rows(factors))
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
     standard = (features - mean) / scale

@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from schemas.metrics import unit_rows
+
 # What an ALS run records in its factors' metadata, and what confidence and the
 # item step need from it.
 ALS_SETTINGS = ("alpha", "eps", "reg")
@@ -105,6 +107,4 @@ def blend_toward(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, e
     audio's. On held-out real music this ranked better than the item step as it is
     (jobs/evaluate_semicold.py, benchmarks/real_music.py). (n_tracks, k) float32."""
     y = fold_in_toward(user_factors, plays, alpha, eps, reg, prior, batch).astype(np.float64)
-    length = np.linalg.norm(prior, axis=1, keepdims=True) / \
-        np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    return (y * length).astype(np.float32)
+    return (unit_rows(y) * np.linalg.norm(prior, axis=1, keepdims=True)).astype(np.float32)
