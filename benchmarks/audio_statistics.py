@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from sklearn.cluster import KMeans
 
 import schemas
@@ -49,7 +50,7 @@ def classified(train: np.ndarray, labels: np.ndarray, factors: np.ndarray,
     """Factors of the ``test`` rows from the model's taste classifier fitted to learn
     ``labels`` from the ``train`` rows."""
     fitted = taste.fit(train, factors, TrainConfig().taste_c, seed=0, labels=labels)
-    return taste.predict_features(fitted, test)
+    return taste.predict_features(fitted, torch.from_numpy(test)).numpy()
 
 
 def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
@@ -62,7 +63,7 @@ def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
     source = dict(zip(catalogue["track_id"].to_pylist(), catalogue["artist"].to_pylist()))
 
     row = {t: i for i, t in enumerate(mels["track_id"].to_pylist())}
-    features = taste.statistics(mel_array(mels))
+    features = taste.statistics(torch.from_numpy(mel_array(mels))).double().numpy()
     warm_ids = items["track_id"].to_pylist()
     warm_sources = np.array([source.get(t) for t in warm_ids], dtype=object)
     factors = factor_matrix(items)

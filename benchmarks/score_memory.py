@@ -6,8 +6,9 @@
 For each size it writes that many synthetic spectrograms with the spectrogram job's own
 writer (row groups and shards as a real run has them), then, in a fresh process,
 predicts factors for all of them with model.predict.predict_tracks (what jobs/score.py
-runs) and a network of the demo's size, and prints the seconds, tracks/s and the
-process's peak resident memory, then the ratio of the peaks. Scoring streams one row
+runs) and a network of the demo's size with a taste classifier (--network-only:
+without), and prints the seconds, tracks/s and the process's peak resident memory,
+then the ratio of the peaks. Scoring streams one row
 group at a time, so the peak should not grow with the catalogue. With --shards it
 scores the shards benchmarks/train.py --write-only wrote, on CUDA (bf16) when present,
 and prints tracks/s. --full-size uses the seeds' network (Dieleman 2014). Asserts nothing.
@@ -25,10 +26,13 @@ from pathlib import Path
 from train import write_shards  # benchmarks/train.py, beside this script
 
 
-def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = True) -> None:
+def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = True,
+        with_taste: bool = True) -> None:
     """In this (fresh) process: score every track; print seconds and peak memory."""
+    import numpy as np
     import torch
 
+    from model import taste
     from model.net import NetConfig, build_net
     from model.predict import predict_tracks
     from schemas import layout
@@ -38,14 +42,20 @@ def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = Tru
                                                      dropout=0.3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = build_net(config).to(device).eval()
-    artefact = {"factor_scale": 1.0, "unit_output": False}
+    artefact = {"factor_scale": 1.0, "unit_output": False, "taste": None}
     shards = layout.mel_shards(shards_dir)
+    ids = [f"t{i:07d}" for i in range(tracks)]
+    if with_taste:  # as training leaves it: a classifier of a few hundred tracks' statistics
+        fitted, features = taste.features_of(shards, ids[:200], torch.device(device))
+        factors = np.random.default_rng(0).normal(size=(len(fitted), config.n_factors))
+        artefact["taste"] = taste.fit(features, factors, c=0.1, seed=0)
     started = time.perf_counter()
-    ids, factors = predict_tracks(model, artefact, shards, [f"t{i:07d}" for i in range(tracks)])
+    ids, factors = predict_tracks(model, artefact, shards, ids)
     seconds = time.perf_counter() - started
     assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{tracks:>8} tracks in {len(shards)} shards on {device}: {seconds:7.1f} s, "
+    what = "network and taste classifier" if with_taste else "network alone"
+    print(f"{tracks:>8} tracks in {len(shards)} shards on {device}, {what}: {seconds:7.1f} s, "
           f"{tracks / seconds:7.0f} tracks/s, peak memory {peak_mib:7.0f} MiB", flush=True)
     if peak:  # for the parent process
         print(f"PEAK {peak_mib}")
@@ -65,18 +75,22 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=130, help="frames per spectrogram (130: 3 s)")
     parser.add_argument("--shards", type=Path, help="score these shards (from train.py --write-only)")
     parser.add_argument("--full-size", action="store_true", help="the seeds' network size")
+    parser.add_argument("--network-only", action="store_true",
+                        help="score without the taste classifier that training adds")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one or args.shards:
         shards_dir, tracks = (Path(args.one[0]), int(args.one[1])) if args.one else \
             (args.shards, count_tracks(args.shards))
-        one(shards_dir, tracks, args.full_size, peak=bool(args.one))
+        one(shards_dir, tracks, args.full_size, peak=bool(args.one),
+            with_taste=not args.network_only)
         return 0
     peaks = []
     for tracks in args.tracks:
         with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp:
             write_shards(Path(tmp) / "run", tracks, args.frames)
-            done = subprocess.run([sys.executable, __file__, "--one", tmp, str(tracks)],
+            done = subprocess.run([sys.executable, __file__, "--one", tmp, str(tracks)]
+                                  + ["--network-only"] * args.network_only,
                                   capture_output=True, text=True, check=True)
             print(done.stdout.splitlines()[0], flush=True)
             peaks.append(float(done.stdout.split("PEAK ")[1]))

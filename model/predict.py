@@ -30,7 +30,8 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
 
     Nets trained on directions give unit vectors times the ALS factor scale. A model
     file with a taste classifier averages its prediction with the network's. Batches go
-    to the model's device; on a GPU they run in bf16 autocast.
+    to the model's device, the classifier's statistics too; on a GPU the network runs
+    in bf16 autocast (the statistics in float32).
     """
     weight = next(model.parameters(), None)  # the bag-of-words baseline has none
     device = weight.device if weight is not None else torch.device("cpu")
@@ -43,7 +44,7 @@ def predict(model: torch.nn.Module, artefact: dict, mels: np.ndarray,
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out.append(model(*inputs).float().cpu().numpy())
         if artefact.get("taste"):
-            tastes.append(taste.predict(artefact["taste"], mels[i:i + batch_size]))
+            tastes.append(taste.predict(artefact["taste"], inputs[0]).cpu().numpy())
     pred = np.concatenate(out) if out else np.zeros((0, model.config.n_factors), np.float32)
     if artefact["unit_output"]:
         pred = unit_rows(pred) * artefact["factor_scale"]

@@ -157,17 +157,18 @@ def examples(job: TrainJob) -> Examples:
 
 
 def fit_taste(shards: list[Path], track_index: dict[str, int], factors: np.ndarray,
-              warm: list[str], train_ids: list[str], config: TrainConfig
-              ) -> tuple[dict | None, dict | None]:
+              warm: list[str], train_ids: list[str], config: TrainConfig,
+              device: torch.device) -> tuple[dict | None, dict | None]:
     """The taste classifier (model/taste.py) fitted on a seeded sample of every warm
     track, and the same fitted without the validation tracks, for model.choose to judge
     on them. Both matter on small catalogues: on held-out real music the one that also
-    learns the validation tracks ranks better (benchmarks/real_music.py)."""
+    learns the validation tracks ranks better (benchmarks/real_music.py). The statistics
+    are computed on ``device``, the training GPU where there is one."""
     if not config.taste_tracks:
         return None, None
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(warm, min(config.taste_tracks, len(warm)), replace=False)
-    ids, features = taste.features_of(shards, sample.tolist())
+    ids, features = taste.features_of(shards, sample.tolist(), device)
     targets = factors[[track_index[t] for t in ids]]
     trained = np.isin(ids, train_ids)
     return (taste.fit(features, targets, config.taste_c, config.seed),
@@ -220,7 +221,7 @@ def train(job: TrainJob) -> None:
         # a network with a metadata branch knows what the audio cannot tell (the
         # artist): averaging it with an audio-only classifier would blur that
         tastes, held_out = (None, None) if tokens is not None else fit_taste(
-            shards, track_index, factors, warm, train_ids, config)
+            shards, track_index, factors, warm, train_ids, config, device)
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
         unit = losses.wants_unit_targets(job.loss)
         scale = float(np.median(np.linalg.norm(factors, axis=1))) if unit else 1.0

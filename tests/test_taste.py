@@ -38,14 +38,34 @@ def write_shard(path, ids, mel, row_group_size=None):
                    path, row_group_size=row_group_size)
 
 
+def statistics(mel: np.ndarray) -> np.ndarray:
+    return taste.statistics(torch.from_numpy(mel)).double().numpy()
+
+
 def test_statistics_describe_each_excerpt_by_band_and_cepstrum():
     mel, _ = two_styles(5, 0)
-    features = taste.statistics(mel)
+    features = taste.statistics(torch.from_numpy(mel)).numpy()
     rhythm = taste.ONSET_GROUPS * (len(taste.LAG_EDGES) - 1)
     assert features.shape == (5, 5 * N_MELS + 3 * min(taste.CEPSTRA, N_MELS) + rhythm)
     np.testing.assert_allclose(features[:, :N_MELS], mel.mean(axis=2), rtol=1e-5, atol=1e-6)
     # each track's statistics are its own
-    np.testing.assert_allclose(taste.statistics(mel[2:3])[0], features[2], rtol=1e-6)
+    np.testing.assert_allclose(statistics(mel[2:3])[0], features[2], rtol=1e-5, atol=1e-6)
+
+
+def test_deciles_are_numpys_percentiles():
+    mel, _ = two_styles(3, 0)
+    start = 3 * N_MELS + 3 * min(taste.CEPSTRA, N_MELS)  # after the moments
+    np.testing.assert_allclose(statistics(mel)[:, start:start + 2 * N_MELS],
+                               np.percentile(mel, (10, 90), axis=2).transpose(1, 0, 2)
+                               .reshape(3, -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_statistics_on_the_gpu_match_the_cpu():
+    mel, _ = two_styles(5, 0)
+    on_gpu = taste.statistics(torch.from_numpy(mel).cuda())
+    assert on_gpu.is_cuda
+    np.testing.assert_allclose(on_gpu.cpu().numpy(), statistics(mel), rtol=1e-4, atol=1e-4)
 
 
 def test_rhythm_tells_a_fast_pulse_from_a_slow_one_at_any_loudness():
@@ -58,7 +78,7 @@ def test_rhythm_tells_a_fast_pulse_from_a_slow_one_at_any_loudness():
     mel[2] += slow + 5.0  # the slow pulse, louder
     bins = list(zip(taste.LAG_EDGES[:-1], taste.LAG_EDGES[1:]))
     near_10, near_30 = bins.index((8, 14)), bins.index((23, 39))
-    rhythm = taste.rhythm(mel)[:, :len(bins)]  # the lowest group of bands
+    rhythm = taste.rhythm(torch.from_numpy(mel)).numpy()[:, :len(bins)]  # the lowest group of bands
     # the lag bin of each period: higher for its own pulse than for the other
     assert rhythm[0, near_10] > rhythm[1, near_10] + 0.05
     assert rhythm[1, near_30] > rhythm[0, near_30] + 0.05
@@ -67,17 +87,17 @@ def test_rhythm_tells_a_fast_pulse_from_a_slow_one_at_any_loudness():
 
 def test_a_classifier_of_other_statistics_is_refused():
     mel, style = two_styles(40, 0)
-    fitted = taste.fit(taste.statistics(mel)[:, :-3], style_factors(style, 0), c=0.1, seed=0)
+    fitted = taste.fit(statistics(mel)[:, :-3], style_factors(style, 0), c=0.1, seed=0)
     with pytest.raises(ValueError, match="retrain"):
-        taste.predict(fitted, mel)
+        taste.predict(fitted, torch.from_numpy(mel))
 
 
 def test_the_classifier_gives_a_new_track_its_style_factors():
     mel, style = two_styles(40, 0)
-    fitted = taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0)
+    fitted = taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0)
     assert len(fitted["centres"]) == taste.clusters_for(40) == 4
     new, new_style = two_styles(10, 1)
-    pred = taste.predict(fitted, new)
+    pred = taste.predict(fitted, torch.from_numpy(new)).numpy()
     assert pred.shape == (10, 4)
     # each new track leans to its style's direction: axis 0 for one, axis 2 for the other
     assert np.all((pred[:, 0] > pred[:, 2]) == (new_style == 0))
@@ -86,12 +106,12 @@ def test_the_classifier_gives_a_new_track_its_style_factors():
 
 def test_too_few_tracks_give_no_classifier():
     mel, style = two_styles(4, 0)  # sqrt(4 / 2) rounds to one cluster
-    assert taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0) is None
+    assert taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0) is None
 
 
 def test_a_model_file_with_a_classifier_averages_it_with_the_network(tmp_path):
     mel, style = two_styles(40, 0)
-    fitted = taste.fit(taste.statistics(mel), style_factors(style, 0), c=0.1, seed=0)
+    fitted = taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0)
     config = NetConfig(arch="dieleman2014", n_mels=N_MELS, n_factors=4, channels=(4, 4, 4, 4),
                        dense=8)
     net = build_net(config)
@@ -102,7 +122,7 @@ def test_a_model_file_with_a_classifier_averages_it_with_the_network(tmp_path):
     new, _ = two_styles(6, 1)
     alone = predict(model, {**artefact, "taste": None}, new)
     np.testing.assert_allclose(predict(model, artefact, new),
-                               (alone + taste.predict(artefact["taste"], new)) / 2,
+                               (alone + taste.predict(artefact["taste"], torch.from_numpy(new)).numpy()) / 2,
                                rtol=1e-5, atol=1e-6)
 
     # and scoring from shards predicts the same, a row group at a time
@@ -121,7 +141,7 @@ def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):
         write_shard(tmp_path / f"part-{part}.parquet", ids[rows], mel[rows])
     found, features = taste.features_of(sorted(tmp_path.glob("*.parquet")), ["t1", "t3", "t6"])
     assert sorted(found) == ["t1", "t3", "t6"]
-    expected = taste.statistics(mel[[int(t[1:]) for t in found]])
+    expected = statistics(mel[[int(t[1:]) for t in found]])
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
 
 
