@@ -1,6 +1,8 @@
 """Ask the latest published factors: similar tracks, a track's audience, a user's mix.
 
-    python -m jobs.query similar --track ID        tracks nearest by cosine
+    python -m jobs.query similar --track ID        tracks nearest by cosine (--among
+                                                   warm: only tracks with plays, the
+                                                   known tracks a new release is like)
     python -m jobs.query audience --track ID       users of highest x_u . y_i
     python -m jobs.query recommend --user ID       tracks of highest x_u . y_i that the
                                                    user has not played, with a share of
@@ -8,9 +10,10 @@
 
 Reads DATA_ROOT/published/latest (--published to read another directory of
 snapshots); ``similar`` searches the snapshot's index (jobs/index.py) when it was
-built from the snapshot's factors, and exactly otherwise. Prints a table naming each track by title and artist (the snapshot's
-catalogue), its score and where its factors came from ("als": plays, "audio": the
-audio model), or JSON with --json. An id the snapshot does not know is an error
+built from the snapshot's factors, and exactly otherwise. Prints a table naming each
+track by title and artist (the snapshot's catalogue), its score and where its factors
+came from ("als": plays, "audio": the audio model, "als+audio": a few plays held
+toward the audio), or JSON with --json. An id the snapshot does not know is an error
 naming it. ``recommend`` leaves out what the user played, read from the plays the
 snapshot was made from (--plays to read others; Parquet).
 """
@@ -93,19 +96,34 @@ class Snapshot:
                 "score": round(float(score), 4), "source": self.sources[row]}
 
 
-def similar(snap: Snapshot, track_id: str, n: int) -> list[dict]:
-    """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors: from
-    the snapshot's index when it was built from these factors, else exact."""
+# which tracks a similar-track search may answer with, by where their factors came from
+AMONG = {"all": lambda source: True,
+         "warm": lambda source: source != "audio",  # factors from plays ("als", "als+audio")
+         "cold": lambda source: source == "audio"}
+
+
+def similar(snap: Snapshot, track_id: str, n: int, among: str = "all") -> list[dict]:
+    """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors, of the
+    kind ``among`` names (AMONG): from the snapshot's index when it was built from
+    these factors, asking it for more neighbours until enough are of that kind, else
+    exact."""
     row = snap.track_row(track_id)
     y = factor_matrix(snap.tracks)
+    allowed = np.array([AMONG[among](source) for source in snap.sources])
+    allowed[row] = False  # not itself
+    n = min(n, int(allowed.sum()))
     index = snap.index()
     if index is not None:
-        ids, distances = index.query(y[row], k=min(n + 1, len(y)), query_ef=IndexConfig.query_ef)
-        return [snap.track(int(j), 1 - d) for j, d in zip(ids, distances) if j != row][:n]
-    unit = unit_rows(y)
-    cosine = unit @ unit[row]
-    cosine[row] = -np.inf  # not itself
-    best, scores = top_k(cosine[None, :], min(n, len(cosine) - 1))
+        k = n + 1
+        while True:
+            ids, distances = index.query(y[row], k=k, query_ef=max(IndexConfig.query_ef, k))
+            hits = [(int(j), 1 - d) for j, d in zip(ids, distances) if allowed[j]]
+            if len(hits) >= n or k == len(y):
+                return [snap.track(j, score) for j, score in hits[:n]]
+            k = min(4 * k, len(y))
+    cosine = unit_rows(y) @ unit_rows(y[row:row + 1])[0]
+    cosine[~allowed] = -np.inf
+    best, scores = top_k(cosine[None, :], n)
     return [snap.track(j, s) for j, s in zip(best[0], scores[0])]
 
 
@@ -172,8 +190,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("-n", type=int, default=defaults.top, help="rows (default %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("similar", help="tracks nearest to a track").add_argument(
-        "--track", required=True)
+    near = commands.add_parser("similar", help="tracks nearest to a track")
+    near.add_argument("--track", required=True)
+    near.add_argument("--among", choices=list(AMONG), default="all",
+                      help="answer with warm tracks only (factors from plays), cold ones "
+                           "only (factors from audio), or any (default %(default)s)")
     commands.add_parser("audience", help="users most likely to like a track").add_argument(
         "--track", required=True)
     mix = commands.add_parser("recommend", help="tracks for a user")
@@ -193,7 +214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def answer(args: argparse.Namespace) -> list[dict]:
     snap = Snapshot(args.published)
     if args.command == "similar":
-        return similar(snap, args.track, args.n)
+        return similar(snap, args.track, args.n, args.among)
     if args.command == "audience":
         return audience(snap, args.track, args.n)
     plays = args.plays or snap.manifest.get("inputs", {}).get("plays")

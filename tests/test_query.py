@@ -91,6 +91,30 @@ def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
                                                          "source"]
 
 
+def nearest(y: np.ndarray, row: int, rows: range) -> list[str]:
+    """Ids of ``rows`` by exact cosine to ``row``, nearest first, without ``row``."""
+    unit = y / np.linalg.norm(y, axis=1, keepdims=True)
+    others = [r for r in rows if r != row]
+    return [f"t{others[i]}" for i in np.argsort(-(unit[others] @ unit[row]))]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_similar_tracks_among_warm_or_cold_ones_only(snapshot, capsys, exact):
+    root, _, y, _ = snapshot
+    if exact:  # an index of other factors is not used: the search is exact
+        manifest = root / "published" / "latest" / layout.INDEX / layout.INDEX_MANIFEST
+        manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), factor_table="x")))
+    for among, rows in (("warm", range(30)), ("cold", range(30, 40))):
+        code, out, err = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33",
+                               "--among", among)
+        assert code == 0 and ("searching exactly" in err) == exact
+        assert [r["track_id"] for r in json.loads(out)] == nearest(y, 33, rows)[:4]
+    # fewer of the kind than asked for: all of them
+    code, out, _ = query(capsys, root, "--json", "-n", "20", "similar", "--track", "t3",
+                         "--among", "cold")
+    assert [r["track_id"] for r in json.loads(out)] == nearest(y, 3, range(30, 40))
+
+
 def test_a_tracks_audience_matches_the_published_table(snapshot, capsys):
     root, _, _, _ = snapshot
     code, out, _ = query(capsys, root, "--json", "-n", "5", "audience", "--track", "t31")
