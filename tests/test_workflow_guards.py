@@ -179,3 +179,17 @@ def test_outputs_follow_the_content_of_the_inputs_not_their_paths(tmp_path, monk
     pq.write_table(pa.table({"user_id": ["u1"], "track_id": ["t1"],
                              "plays": pa.array([9], pa.int64())}), plays)  # rewritten
     assert als_output() != first
+
+
+def test_the_preflight_sees_a_package_installed_while_the_scheduler_runs(tmp_path, monkeypatch):
+    from workflows.tasks import installed_versions
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    before = installed_versions()
+    assert installed_versions() == before  # read once
+    info = site / "newcomer-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: newcomer\nVersion: 1.2.3\n")
+    assert installed_versions() == sorted(before + [("newcomer", "1.2.3")])
