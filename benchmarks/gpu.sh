@@ -5,7 +5,8 @@
 #   2. trains the full-size Dieleman network for STEPS steps under torchrun on every GPU
 #      (DDP, nccl, bf16 autocast; COMPILE=1 adds torch.compile) and prints clips/s, the
 #      share of step time spent waiting for data and the model FLOP utilisation;
-#   3. scores every track on one GPU in bf16 batches and prints tracks/s.
+#   3. scores every track on one GPU in bf16 batches, with a taste classifier as
+#      training leaves one, and prints tracks/s.
 # Without CUDA it runs the same on the CPU (gloo, one process unless NPROC says more);
 # the test suite runs it that way with tiny sizes.
 #

@@ -19,5 +19,6 @@ def test_the_gpu_benchmark_trains_under_torchrun_and_scores_on_the_cpu(tmp_path)
     out = done.stdout
     assert "device: cpu x 2" in out and "clip 200 frames" in out
     for figure in (r"clips/s: [\d.]+", r"data loader share of step time: [\d.]+%",
-                   r"model GFLOP per clip \(fwd\+bwd\): [\d.]+", r"48 tracks in \d+ shards on cpu: .* tracks/s"):
+                   r"model GFLOP per clip \(fwd\+bwd\): [\d.]+",
+                   r"48 tracks in \d+ shards on cpu, network and taste classifier: .* tracks/s"):
         assert re.search(figure, out), (figure, out)
