@@ -79,9 +79,15 @@ class Service:
                         "--cold-fraction", "0.25", "--seed", "5"], cwd=REPO, check=True,
                        capture_output=True)
         files = layout.DemoFiles(demo)
-        self.all_tracks = pq.read_table(files.catalogue)
         self.plays = pq.read_table(files.plays)
         self.heldout = pq.read_table(files.heldout_plays)
+        # The catalogue grows from its start: 30 tracks with plays and 6 without on the
+        # first night, then 3 new ones without plays, then tracks with plays again.
+        catalogue = pq.read_table(files.catalogue)
+        played = pc.is_in(catalogue["track_id"], value_set=self.plays["track_id"]).to_pylist()
+        warm = [i for i, p in enumerate(played) if p]
+        cold = [i for i, p in enumerate(played) if not p]
+        self.all_tracks = catalogue.take(warm[:30] + cold[:9] + warm[30:] + cold[9:])
         self.shown = 36
         self.extra: list[dict] = []
 
@@ -168,6 +174,11 @@ def test_five_nights(tmp_path):
         check_night(tmp_path, service, night, result, earlier)
         if night == NIGHTS[1]:
             assert "corrupt-1" in failing(tmp_path)
+            # the plays did not change: the first night's ALS and model serve again
+            learned = [sorted(p.name for pattern in ("als-*", "model-*.pt")
+                              for p in (tmp_path / "data" / "runs" / n).glob(pattern))
+                       for n in NIGHTS[:2]]
+            assert learned[0] == learned[1], learned
         if night == NIGHTS[3]:
             users = pq.read_table(layout.latest(tmp_path / "data" / "published")
                                   / layout.SNAPSHOT_USERS).column("user_id").to_pylist()
