@@ -2,12 +2,12 @@
 
     python benchmarks/real_music.py --work /tmp/real-music --seeds 0 1 2
 
-Downloads seven Debian packages of game music (`apt-get download`, then unpacks them),
-keeps the music: every audio file of the -music packages but sound effects (folders
-named sounds), and the audio under a folder named music (or Musics) in the others, one
-file per content hash. Each package is a source, and the catalogue's artist. Simulated
-listeners prefer one or two sources (about 85% of their plays), pick tracks by a
-Zipf-like popularity and play each a Zipf-distributed number of times.
+Downloads seven Debian packages of game music (`apt-get download`, then unpacks them;
+`--more` adds six), keeps the music: every audio file of the -music packages but sound
+effects (folders named sounds), and the audio under a folder named music (or Musics) in
+the others, one file per content hash. Each package is a source, and the catalogue's
+artist. Simulated listeners prefer one or two sources (about 85% of their plays), pick
+tracks by a Zipf-like popularity and play each a Zipf-distributed number of times.
 
 Then, for each seed, it runs `luigi --module workflows EvaluateColdStart` on that data
 (a fifth of the tracks held out, stratified by source, and everything trained without
@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,22 +34,31 @@ REPO = Path(__file__).resolve().parent.parent
 
 PACKAGES = ("singularity-music", "hyperrogue-music", "warzone2100-music", "colobot-common-sounds",
             "fillets-ng-data", "extremetuxracer-data", "xmoto-data")
+# --more: six more sources, 167 more pieces, so that a fifth held out is about 57 tracks
+MORE = ("wesnoth-1.16-music", "ufoai-music", "nexuiz-music", "drascula-music",
+        "planetblupi-music-ogg", "asc-music")
 AUDIO = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 
 
-def fetch(work: Path) -> Path:
-    """Download and unpack the packages under ``work`` (kept between runs)."""
+def fetch(work: Path, packages: tuple[str, ...]) -> Path:
+    """Download and unpack the packages under ``work`` (kept between runs); the audio in
+    a game's pk3 archives (zip files) is unpacked beside them."""
     debs, unpacked = work / "debs", work / "unpacked"
     debs.mkdir(parents=True, exist_ok=True)
     unpacked.mkdir(exist_ok=True)  # dpkg-deb -x creates only the last folder
-    for package in PACKAGES:
+    for package in packages:
         if not list(debs.glob(f"{package}_*.deb")):
             subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
         target = unpacked / package
         if not target.exists():
             deb, = debs.glob(f"{package}_*.deb")
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(target) + ".tmp"], check=True)
-            os.rename(str(target) + ".tmp", target)
+            staging = Path(str(target) + ".tmp")
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(staging)], check=True)
+            for archive in staging.rglob("*.pk3"):
+                with zipfile.ZipFile(archive) as pk3:
+                    pk3.extractall(archive.with_suffix(""), [
+                        name for name in pk3.namelist() if name.lower().endswith(AUDIO)])
+            os.rename(staging, target)
     return unpacked
 
 
@@ -59,10 +69,10 @@ def is_music(package: str, path: Path) -> bool:
     return any(folder in ("music", "musics") for folder in folders)
 
 
-def music_files(unpacked: Path) -> list[tuple[str, Path]]:
+def music_files(unpacked: Path, packages: tuple[str, ...]) -> list[tuple[str, Path]]:
     """(source, file) of every distinct piece of music, the first of identical files."""
     seen, found = set(), []
-    for package in PACKAGES:
+    for package in packages:
         for path in sorted((unpacked / package).rglob("*")):
             if path.suffix.lower() not in AUDIO or not path.is_file() \
                     or not is_music(package, path.relative_to(unpacked / package)):
@@ -97,9 +107,9 @@ def listeners(sources: list[str], n_users: int, seed: int, preference: float = 0
                      "plays": pa.array(plays, pa.int64())})
 
 
-def prepare(work: Path, n_users: int, seed: int) -> Path:
+def prepare(work: Path, packages: tuple[str, ...], n_users: int, seed: int) -> Path:
     """A data root with catalogue.parquet and plays.parquet of the real music."""
-    files = music_files(fetch(work))
+    files = music_files(fetch(work, packages), packages)
     ids = [hashlib.sha1(str(path).encode()).hexdigest()[:12] for _, path in files]
     data = work / f"data-{seed}"
     data.mkdir(parents=True, exist_ok=True)
@@ -110,7 +120,7 @@ def prepare(work: Path, n_users: int, seed: int) -> Path:
     plays = listeners([source for source, _ in files], n_users, seed)
     plays = plays.set_column(1, "track_id", pa.array([ids[i] for i in plays["track_id"].to_pylist()]))
     pq.write_table(plays, data / "plays.parquet")
-    print(f"{len(files)} tracks from {len(PACKAGES)} sources, {n_users} listeners, "
+    print(f"{len(files)} tracks from {len(packages)} sources, {n_users} listeners, "
           f"{plays.num_rows} play rows -> {data}", flush=True)
     return data
 
@@ -153,10 +163,13 @@ def main() -> None:
                         help="where packages, data roots and runs go (kept between runs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--users", type=int, default=1500)
+    parser.add_argument("--more", action="store_true",
+                        help=f"add {len(MORE)} more packages (give it a --work of its own)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="make the data roots and stop")
     args = parser.parse_args()
-    roots = [prepare(args.work.resolve(), args.users, seed) for seed in args.seeds]
+    packages = PACKAGES + MORE if args.more else PACKAGES
+    roots = [prepare(args.work.resolve(), packages, args.users, seed) for seed in args.seeds]
     if args.prepare_only:
         return
     reports = []
