@@ -37,3 +37,11 @@ def spark():
     session.stop()
     # py4j logs from a finaliser at interpreter exit, after pytest closed its streams.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session")
+def killed_then_resumed(tmp_path_factory):
+    """The whole chain on a tiny demo, killed part-way and resumed (tests/test_workflow.py);
+    for the session, since the nightly tests build on it too."""
+    from tests.test_workflow import kill_and_resume
+    return kill_and_resume(tmp_path_factory.mktemp("chain"))

@@ -7,6 +7,7 @@ visible, and nothing an earlier night published is lost.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,24 +264,25 @@ def cold_auc(snapshot: Path, heldout: pa.Table) -> float:
     return mean(aucs)
 
 
-def test_cold_predictions_stay_meaningful_when_als_is_retrained(tmp_path):
-    (tmp_path / "nightly.cfg").write_text(TINY)  # the end-to-end test's trained settings
+def test_cold_predictions_stay_meaningful_when_als_is_retrained(killed_then_resumed, tmp_path):
+    """The first night is the end-to-end test's backfill (tests/test_workflow.py, trained
+    settings), copied; the second night's plays change, so ALS learns a new space."""
+    chain, _, resumed = killed_then_resumed
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    shutil.copytree(chain / "data", tmp_path / "data", symlinks=True)
+    (tmp_path / "nightly.cfg").write_text(TINY)
     data = tmp_path / "data"
-    demo = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "jobs.demo_catalogue", "--out", str(demo),
-                    "--n-tracks", "150", "--n-users", "900", "--duration-s", "7",
-                    "--seed", "1"], cwd=REPO, check=True, capture_output=True)
-    files = layout.DemoFiles(demo)
+    files = layout.DemoFiles(data / "demo")
     storage.write_table(pq.read_table(files.catalogue), data / "catalogue.parquet",
                         schemas.CATALOGUE)
     plays = pq.read_table(files.plays)
+    storage.write_table(plays.slice(0, int(plays.num_rows * 0.9)), data / "plays.parquet",
+                        schemas.PLAYS)
+    result = nightly(tmp_path, NIGHTS[0])
+    assert result.returncode == 0, result.stderr[-4000:]
     heldout = pq.read_table(files.heldout_plays)
     spaces, aucs = [], []
-    for night, kept in zip(NIGHTS[:2], (plays, plays.slice(0, int(plays.num_rows * 0.9)))):
-        storage.write_table(kept, data / "plays.parquet", schemas.PLAYS)  # the plays change
-        result = nightly(tmp_path, night)
-        assert result.returncode == 0, result.stderr[-4000:]
-        snapshot = data / "published" / night
+    for snapshot in (data / "published" / "backfill", data / "published" / NIGHTS[0]):
         spaces.append(json.loads((snapshot / layout.SNAPSHOT_MANIFEST).read_text())["factor_space"])
         aucs.append(cold_auc(snapshot, heldout))
     assert spaces[0] != spaces[1], "ALS was retrained into a new space"

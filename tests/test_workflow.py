@@ -113,10 +113,10 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def killed_then_resumed(tmp_path_factory):
-    """Start the chain, kill it once the spectrograms are done, start it again."""
-    root = tmp_path_factory.mktemp("chain")
+def kill_and_resume(root: Path) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """Start the chain under ``root``, kill it once the spectrograms and ALS are done,
+    start it again: (root, the run folder's entries and inodes when killed, the second
+    run). The session's fixture killed_then_resumed (tests/conftest.py)."""
     proc = subprocess.Popen(LUIGI, cwd=REPO, env=environment(root), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
