@@ -179,7 +179,7 @@ def test_five_nights(tmp_path):
             learned = [sorted(p.name for pattern in ("als-*", "model-*.pt")
                               for p in (tmp_path / "data" / "runs" / n).glob(pattern))
                        for n in NIGHTS[:2]]
-            assert learned[0] == learned[1], learned
+            assert learned[0] and learned[0] == learned[1], learned
         if night == NIGHTS[3]:
             users = pq.read_table(layout.latest(tmp_path / "data" / "published")
                                   / layout.SNAPSHOT_USERS).column("user_id").to_pylist()

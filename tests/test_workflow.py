@@ -116,7 +116,7 @@ def processes_mentioning(text: str) -> list[int]:
 def kill_and_resume(root: Path) -> tuple[Path, dict, subprocess.CompletedProcess]:
     """Start the chain under ``root``, kill it once the spectrograms and ALS are done,
     start it again: (root, the run folder's entries and inodes when killed, the second
-    run). The session's fixture killed_then_resumed (tests/conftest.py)."""
+    run), which the session's fixture killed_then_resumed holds (tests/conftest.py)."""
     proc = subprocess.Popen(LUIGI, cwd=REPO, env=environment(root), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
