@@ -9,9 +9,9 @@ predicts factors for all of them with model.predict.predict_tracks (what jobs/sc
 runs) and a network of the demo's size with a taste classifier (--network-only:
 without), and prints the seconds, tracks/s and the process's peak resident memory,
 then the ratio of the peaks. Scoring streams one row group at a time, so the peak
-should not grow with the catalogue. With --shards it
-scores the shards benchmarks/train.py --write-only wrote, on CUDA (bf16) when present,
-and prints tracks/s. --full-size uses the seeds' network (Dieleman 2014). Asserts nothing.
+should not grow with the catalogue. With --shards it scores the shards
+benchmarks/train.py --write-only wrote, on CUDA (bf16) when present, and prints
+tracks/s. --full-size uses the seeds' network (Dieleman 2014). Asserts nothing.
 """
 from __future__ import annotations
 
