@@ -238,8 +238,6 @@ def test_backfill_and_nightly_together_on_a_central_scheduler(tmp_path):
         assert service.catalogue_ids() <= tracks
 
 
-
-
 def cold_auc(snapshot: Path, heldout: pa.Table) -> float:
     """Mean per-user AUC of the snapshot's audio-predicted tracks on their held-out plays."""
     from schemas.metrics import auc, mean
