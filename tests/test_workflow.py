@@ -26,7 +26,8 @@ from schemas import storage
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-LUIGI = [sys.executable, "-m", "luigi", "--module", "workflows", "BackfillFactors", "--local-scheduler"]
+WORKFLOWS = [sys.executable, "-m", "luigi", "--module", "workflows"]
+LUIGI = [*WORKFLOWS, "BackfillFactors", "--local-scheduler"]
 TINY = """
 [DemoCatalogue]
 n_tracks = 150
@@ -78,7 +79,7 @@ def environment(root: Path) -> dict:
 
 def run_chain(root: Path, *task: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """BackfillFactors, or ``task`` (a task and its flags), with the local scheduler."""
-    command = [*LUIGI[:5], *task, "--local-scheduler"] if task else LUIGI
+    command = [*WORKFLOWS, *task, "--local-scheduler"] if task else LUIGI
     return subprocess.run(command, cwd=REPO, env=environment(root), capture_output=True,
                           text=True, timeout=timeout)
 
@@ -348,7 +349,7 @@ def test_user_triplet_plays_go_through_trainals(tmp_path):
                       "[TrainAls]\nrank = 4\niterations = 3\nplays_format = triplets\n"
                       "max_bad_fraction = 0.1\n")
     env = dict(os.environ, COLDSTART_DATA_ROOT=str(data), LUIGI_CONFIG_PATH=str(config))
-    done = subprocess.run([*LUIGI[:5], "TrainAls", "--local-scheduler"], cwd=REPO, env=env,
+    done = subprocess.run([*WORKFLOWS, "TrainAls", "--local-scheduler"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = only("runs/backfill/als-*", tmp_path)
