@@ -13,7 +13,9 @@ Then, for each seed, it runs `luigi --module workflows EvaluateColdStart` on tha
 (a fifth of the tracks held out, stratified by source, and everything trained without
 their plays) with the repository's luigi.cfg, and prints the evaluation table and how
 often each method's 5 nearest warm tracks share the held-out track's source; last, the
-semi-cold table over the seeds. Asserts nothing; it is not part of the test suite.
+semi-cold tables over the seeds: the blend as scoring serves it (the evaluation's), and
+the validated search that chose those settings (benchmarks/semicold_search.py). Asserts
+nothing; it is not part of the test suite.
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+import semicold_search
+from schemas import layout
+from schemas.config import EvaluateConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,15 +162,23 @@ def print_tables(reports: list[dict]) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def print_semicold(reports: list[dict]) -> None:
-    """The semi-cold table: AUC / mAP@k per number of revealed plays, mean over seeds, and
+def validated_semicold(data: Path, report: dict, seed: int) -> dict | None:
+    """The validated semi-cold search on the evaluation's ALS run and audio model."""
+    if "semi_cold" not in report:
+        return None
+    als, = {path.parent for path in (data / "runs" / "backfill").glob(f"als-*/{layout.HELDOUT_PLAYS}")}
+    mels, = (data / "mels").iterdir()
+    return semicold_search.run(als, mels, Path(report["semi_cold"]["model"]), seed)
+
+
+def print_semicold(reports: list[dict | None], what: str) -> None:
+    """A semi-cold table: AUC / mAP@k per number of revealed plays, mean over seeds, and
     per seed how far the blend's AUC is above the better of ALS alone and audio alone."""
-    k = reports[0]["k"]
-    buckets = [{b["revealed"]: b for b in r["semi_cold"]["buckets"]}
-               for r in reports if "semi_cold" in r]
+    k = EvaluateConfig.k
+    buckets = [{b["revealed"]: b for b in r["buckets"]} for r in reports if r]
     if not buckets:
         return
-    print(f"\nSemi-cold tracks, mean AUC / mAP@{k} over {len(buckets)} seeds")
+    print(f"\nSemi-cold tracks, {what}, mean AUC / mAP@{k} over {len(buckets)} seeds")
     print("| revealed plays | ALS alone | audio alone | blend | blend - better, per seed |")
     print("|---|---|---|---|---|")
     for revealed in sorted(set.intersection(*(set(b) for b in buckets))):
@@ -192,12 +206,14 @@ def main() -> None:
     roots = [prepare(args.work.resolve(), packages, args.users, seed) for seed in args.seeds]
     if args.prepare_only:
         return
-    reports = []
+    reports, searches = [], []
     for seed, data in zip(args.seeds, roots):
         reports.append(evaluate(data, seed))
+        searches.append(validated_semicold(data, reports[-1], seed))
         print_tables(reports[-1:])
     print_tables(reports)
-    print_semicold(reports)
+    print_semicold([r.get("semi_cold") for r in reports], "as scoring serves them")
+    print_semicold(searches, "the validated search (min plays / lambda chosen per test fold)")
 
 
 if __name__ == "__main__":

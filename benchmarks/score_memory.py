@@ -5,7 +5,7 @@
 
 For each size it writes that many synthetic spectrograms with the spectrogram job's own
 writer (row groups and shards as a real run has them), then, in a fresh process,
-predicts factors for all of them with model.predict.predict_tracks (what jobs/score.py
+predicts factors for all of them with model.predictor.Predictor (what jobs/score.py
 runs) and a network of the demo's size with a taste classifier (--network-only:
 without), and prints the seconds, tracks/s and the process's peak resident memory,
 then the ratio of the peaks. Scoring streams one row group at a time, so the peak
@@ -32,25 +32,29 @@ def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = Tru
     import numpy as np
     import torch
 
+    import pyarrow.parquet as pq
+
+    import schemas
     from model import taste
-    from model.net import NetConfig, build_net
-    from model.predict import predict_tracks
+    from model.net import NetConfig, Network, build_net
+    from model.predictor import FactorSpace, Predictor
     from schemas import layout
 
     torch.set_num_threads(1)
     config = NetConfig() if full_size else NetConfig(channels=(64, 64, 128, 128), dense=256,
                                                      dropout=0.3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_net(config).to(device).eval()
-    artefact = {"factor_scale": 1.0, "unit_output": False, "taste": None}
+    members = [Network(build_net(config).to(device), 1.0, False)]
     shards = layout.mel_shards(shards_dir)
     ids = [f"t{i:07d}" for i in range(tracks)]
     if with_taste:  # as training leaves it: a classifier of a few hundred tracks' statistics
         fitted, features = taste.features_of(shards, ids[:200], torch.device(device))
         factors = np.random.default_rng(0).normal(size=(len(fitted), config.n_factors))
-        artefact["taste"] = taste.fit(features, factors, c=0.1, seed=0)
+        members.append(taste.Taste(taste.fit(features, factors, c=0.1, seed=0)))
+    predictor = Predictor(tuple(members), schemas.params_of(pq.read_schema(shards[0])), None,
+                          device=torch.device(device))
     started = time.perf_counter()
-    ids, factors = predict_tracks(model, artefact, shards, ids)
+    ids, factors = predictor.predict_tracks(shards, ids, FactorSpace(None, "none"))
     seconds = time.perf_counter() - started
     assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

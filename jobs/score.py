@@ -27,15 +27,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 import schemas
 from model import metadata
-from model.artefact import load_model
-from model.predict import predict_tracks, vocabulary
-from schemas import cli, layout, model_file, storage
+from model.predictor import FactorSpace, Predictor
+from schemas import cli, layout, storage
 from schemas import factor_matrix, factors_column
-from schemas.config import MelParams, SemiColdConfig
+from schemas.config import SemiColdConfig
 from schemas.feedback import als_settings, blend_toward, plays_matrix
 
 logger = logging.getLogger(__name__)
@@ -47,16 +45,8 @@ def cold_track_ids(catalogue: pa.Table, item_factors: pa.Table) -> list[str]:
     return [t for t in catalogue.column("track_id").to_pylist() if t not in warm]
 
 
-def check_mel_params(shards: list[Path], expected: dict) -> None:
-    """Refuse spectrograms made with other settings than the model was trained on."""
-    for shard in shards:
-        found = schemas.params_of(pq.read_schema(shard))
-        if MelParams.from_dict(found) != MelParams.from_dict(expected):
-            raise ValueError(f"{shard}: mel parameters {found} differ from the model's {expected}")
-
-
-def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
-              warm_ids: list[str], reg: float,
+def semi_cold(predictor: Predictor, shards: list[Path], tokens: metadata.Tokens | None,
+              als_dir: Path, warm_ids: list[str], reg: float,
               min_listeners: int) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids, factors, blended) of the semi-cold tracks with spectrograms: their plays in
     ``als_dir``/sparse_plays held toward their audio prediction with strength ``reg``
@@ -65,7 +55,8 @@ def semi_cold(model, artefact: dict, shards: list[Path], tokens, als_dir: Path,
     sparse = storage.read_table(als_dir / layout.SPARSE_PLAYS, schemas.PLAYS)
     warm = set(warm_ids)
     wanted = sorted({t for t in sparse.column("track_id").to_pylist() if t in warm})
-    ids, audio = predict_tracks(model, artefact, shards, wanted, tokens)
+    ids, audio = predictor.predict_tracks(shards, wanted, FactorSpace.of(als_dir / layout.ITEM_FACTORS),
+                                          tokens)
     users = storage.read_table(als_dir / layout.USER_FACTORS, schemas.USER_FACTORS)
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
     als = als_settings(storage.read_params(als_dir / layout.ITEM_FACTORS), als_dir)
@@ -81,7 +72,7 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
           out: Path, als_dir: Path | None = None,
           semi_cold_reg: float = SemiColdConfig.reg,
           semi_cold_min_listeners: int = SemiColdConfig.min_listeners) -> None:
-    model, artefact = load_model(model_path)
+    predictor = Predictor.load(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     factors = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
     listed = pc.is_in(factors["track_id"], value_set=catalogue["track_id"])
@@ -90,13 +81,13 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
         raise ValueError(f"none of the {factors.num_rows} tracks of {item_factors_path} is in "
                          f"the catalogue {catalogue_path}")
     cold = cold_track_ids(catalogue, warm)
-    model_file.check_factor_space(artefact, model_path, storage.read_params(item_factors_path),
-                                  item_factors_path)
+    space = FactorSpace.of(item_factors_path)
+    # refused before any work: a model of another factor space would serve nonsense
+    predictor.check_space(space)
     shards = layout.mel_shards(mels_dir)
-    check_mel_params(shards, artefact["mel_params"])
-    tokens = metadata.read_tokens(catalogue_path) if vocabulary(model) else None
-    ids, predicted = predict_tracks(model, artefact, shards, cold, tokens)
-    version = artefact["version"]
+    tokens = metadata.read_tokens(catalogue_path) if predictor.vocabulary else None
+    ids, predicted = predictor.predict_tracks(shards, cold, space, tokens)
+    version = predictor.version
 
     warm_ids = warm.column("track_id").to_pylist()
     warm_x = factor_matrix(warm).copy()
@@ -105,7 +96,7 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     if als_dir is not None:
         table = storage.read_table(als_dir / layout.TRACK_PLAYS, schemas.TRACK_PLAYS).to_pydict()
         counts = dict(zip(table["track_id"], zip(table["listeners"], table["plays"])))
-        semi_ids, semi_x, blended = semi_cold(model, artefact, shards, tokens, als_dir,
+        semi_ids, semi_x, blended = semi_cold(predictor, shards, tokens, als_dir,
                                               warm_ids, semi_cold_reg, semi_cold_min_listeners)
         row_of = {t: i for i, t in enumerate(warm_ids)}
         for track, factors, blend in zip(semi_ids, semi_x, blended):

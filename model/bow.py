@@ -22,6 +22,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 
+from model.member import ScaledModule
 from schemas.config import BowConfig
 
 
@@ -135,3 +136,14 @@ class BagOfWords:
         for name, array in arrays.items():
             getattr(net, name).copy_(torch.from_numpy(np.asarray(array, np.float32)))
         return net.eval()
+
+
+class Bow(ScaledModule):
+    """The fitted linear baseline as a member of a shipped predictor
+    (model/predictor.py); it predicts unit factors, given the ALS factor scale."""
+
+    kind = ARCH
+
+    @staticmethod
+    def build(config: dict) -> BagOfWordsNet:
+        return BagOfWordsNet(BowShape.from_dict(config))

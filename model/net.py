@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from model.member import ScaledModule
 from schemas.config import ARCHS
 
 
@@ -217,3 +218,18 @@ class VanDenOord2013(FactorNet):
 
 def build_net(config: NetConfig) -> FactorNet:
     return {"dieleman2014": Dieleman2014, "vandenoord2013": VanDenOord2013}[config.arch](config)
+
+
+class Network(ScaledModule):
+    """The CNN as a member of a shipped predictor (model/predictor.py), with its
+    metadata branch where it has one."""
+
+    kind = "network"
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        return tuple(self.module.config.metadata_vocab)
+
+    @staticmethod
+    def build(config: dict) -> FactorNet:
+        return build_net(NetConfig.from_dict(config))

@@ -31,6 +31,7 @@ from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
 from model.data import mel_array, read_mels, unit_rows
+from model.member import Member
 
 logger = logging.getLogger(__name__)
 
@@ -151,3 +152,36 @@ def predict(taste: dict, mel: torch.Tensor) -> torch.Tensor:
     """Factors (tracks, rank) float32 of log-mel excerpts (tracks, bands, frames), computed
     where ``mel`` is; see predict_features."""
     return predict_features(taste, statistics(mel))
+
+
+class Taste(Member):
+    """The classifier as a member of a shipped predictor (model/predictor.py): its
+    arrays fitted on every warm track, and ``held_out``, the same fitted without
+    training's validation tracks (None when those were too few), which is what is
+    judged on them."""
+
+    kind = "taste"
+
+    def __init__(self, arrays: dict, held_out: dict | None = None):
+        self.arrays, self.held_out_arrays = arrays, held_out
+
+    @property
+    def n_factors(self) -> int:
+        return int(self.arrays["centres"].shape[1])
+
+    def predict(self, mel: torch.Tensor, tokens: torch.Tensor | None) -> np.ndarray:
+        # statistics in float32 where the excerpts are (a scoring GPU)
+        return predict(self.arrays, mel).cpu().numpy()
+
+    def held_out(self) -> "Taste | None":
+        return None if self.held_out_arrays is None else Taste(self.held_out_arrays)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.arrays)
+
+    def state(self) -> dict:
+        return {"arrays": self.arrays, "held_out": self.held_out_arrays}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "Taste":
+        return cls(state["arrays"], state.get("held_out"))

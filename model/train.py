@@ -32,10 +32,11 @@ import torch.distributed as dist
 
 import schemas
 from model import losses, metadata, taste
-from model.artefact import save_model
+from model.predictor import Predictor
+from model.taste import Taste
 from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
                         unit_rows)
-from model.net import NetConfig, build_net
+from model.net import NetConfig, Network, build_net
 from model.trainer import Trainer, is_main
 from schemas import cli, factor_matrix, layout, model_file, storage
 from schemas.config import ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, TrainConfig
@@ -160,7 +161,7 @@ def fit_taste(shards: list[Path], track_index: dict[str, int], factors: np.ndarr
               warm: list[str], train_ids: list[str], config: TrainConfig,
               device: torch.device) -> tuple[dict | None, dict | None]:
     """The taste classifier (model/taste.py) fitted on a seeded sample of every warm
-    track, and the same fitted without the validation tracks, for model.choose to judge
+    track, and the same fitted without the validation tracks, for choosing to judge
     on them. Both matter on small catalogues: on held-out real music the one that also
     learns the validation tracks ranks better (benchmarks/real_music.py). The statistics
     are computed on ``device``, the training GPU where there is one."""
@@ -225,21 +226,25 @@ def train(job: TrainJob) -> None:
         mel_params = schemas.params_of(pq.read_schema(shards[0]))
         unit = losses.wants_unit_targets(job.loss)
         scale = float(np.median(np.linalg.norm(factors, axis=1))) if unit else 1.0
-        version = save_model(job.out, model.config, progress.best_state or model.state_dict(),
-                             mel_params, scale,
-                             {"loss": job.loss, "validation_loss": progress.best_loss,
-                              "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
-                              "val_tracks": n_val, "world_size": world,
-                              "validation_spread": progress.best_spread,
-                              "validation_score": progress.best_score,
-                              "history": progress.history,
-                              "rank_shares": progress.rank_shares,
-                              "tracks_covered": progress.tracks_covered,
-                              "metadata_tokens": len(net.metadata_vocab),
-                             "taste_clusters": len(tastes["centres"]) if tastes else 0},
-                             unit_output=unit, factor_space=storage.read_params(
-                                 job.item_factors).get(model_file.FACTOR_SPACE), taste=tastes,
-                             taste_held_out=held_out)
+        if progress.best_state is not None:
+            model.load_state_dict(progress.best_state)
+        members = [Network(model, scale, unit)]
+        if tastes is not None:
+            members.append(Taste(tastes, held_out))
+        predictor = Predictor(
+            tuple(members), mel_params,
+            storage.read_params(job.item_factors).get(model_file.FACTOR_SPACE),
+            {"loss": job.loss, "validation_loss": progress.best_loss,
+             "epochs": progress.epoch, "train_tracks": len(warm) - n_val,
+             "val_tracks": n_val, "world_size": world,
+             "validation_spread": progress.best_spread,
+             "validation_score": progress.best_score,
+             "history": progress.history,
+             "rank_shares": progress.rank_shares,
+             "tracks_covered": progress.tracks_covered,
+             "metadata_tokens": len(net.metadata_vocab),
+             "taste_clusters": len(tastes["centres"]) if tastes else 0})
+        version = predictor.save(job.out)
         logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
                     "-> %s", version, job.arch, job.loss, progress.best_loss,
                     progress.best_score, progress.best_spread, job.out)

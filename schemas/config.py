@@ -236,11 +236,11 @@ class TrainConfig:
 class ChooseConfig:
     """The trained CNNs (architecture:loss, or architecture:loss:meta for one with a
     metadata branch) that compete to be shipped, with the bag-of-words baseline
-    (model/choose.py)."""
+    (jobs/evaluate/choose.py)."""
     candidates: tuple[str, ...] = (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",)
 
 
-# -- Evaluation (jobs/evaluate.py, jobs/evaluate_als.py) --------------------------------
+# -- Evaluation (jobs/evaluate/, jobs/evaluate_als.py) --------------------------------
 
 @dataclass(frozen=True)
 class BowConfig:
@@ -305,7 +305,7 @@ class SemiColdConfig:
     are the ALS item step held toward their audio prediction with strength ``reg``
     rather than toward zero, at the prediction's length (schemas.feedback.blend_toward);
     those with fewer than ``min_listeners`` keep their audio prediction as it is.
-    jobs/evaluate_semicold.py validates the pair on held-out tracks; on real music
+    benchmarks/semicold_search.py validates the pair on held-out tracks; on real music
     (benchmarks/real_music.py, ALS's default alpha 10) it keeps the audio alone in most
     folds of two seeds, and on the third blends from 5 revealed plays, mostly with
     lambda 100. With 57 held-out tracks a seed (--more) it blends in most folds of two

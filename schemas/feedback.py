@@ -105,6 +105,6 @@ def blend_toward(user_factors: np.ndarray, plays: sp.csr_matrix, alpha: float, e
     prediction, fold_in_toward), rescaled to the prior's norm. The few plays turn the
     direction; the length, which ranks a track for every listener alike, stays the
     audio's. On held-out real music this ranked better than the item step as it is
-    (jobs/evaluate_semicold.py, benchmarks/real_music.py). (n_tracks, k) float32."""
+    (jobs/evaluate/semicold.py, benchmarks/semicold_search.py). (n_tracks, k) float32."""
     y = fold_in_toward(user_factors, plays, alpha, eps, reg, prior, batch).astype(np.float64)
     return (unit_rows(y) * np.linalg.norm(prior, axis=1, keepdims=True)).astype(np.float32)

@@ -4,10 +4,12 @@ import pyarrow as pa
 import torch
 
 import schemas
-from model.artefact import load_model, save_model
-from model.choose import main as choose_main
+from jobs.evaluate.choose import main as choose_main
+from model.bow import Bow
 from model.data import in_validation, mel_array, read_mels
-from model.predict import predict
+from model.net import Network
+from model.predictor import Excerpts, FactorSpace, Predictor
+from model.taste import Taste
 from model.train import main as train_main
 from schemas import factors_column, storage
 from tests.test_model import write_toy_set
@@ -39,19 +41,22 @@ def test_the_best_on_validation_is_shipped_and_says_why(tmp_path, capfd):
                        "--lr", "0.003", "--clips-per-track", "2", "--val-fraction", "0.3",
                        "--loss", "mse"]) == 0
     # a network that says the same whatever it hears must never be chosen
-    model, artefact = load_model(tmp_path / "cnn.pt")
-    state = {k: torch.zeros_like(v) if k.startswith(("conv", "head")) else v
-             for k, v in model.state_dict().items()}
-    state["head.7.bias"] = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    save_model(tmp_path / "constant.pt", model.config, state, artefact["mel_params"], 1.0,
-               {"loss": "mse"}, factor_space=artefact["factor_space"])
+    trained = Predictor.load(tmp_path / "cnn.pt")
+    network, classifier = trained.members
+    constant = Network.from_state(network.state(), torch.device("cpu"))
+    with torch.no_grad():
+        for name, value in constant.module.named_parameters():
+            if name.startswith(("conv", "head")):
+                value.zero_()
+        constant.module.head[7].bias.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    Predictor((constant,), trained.mel_params, trained.factor_space,
+              {"loss": "mse"}).save(tmp_path / "constant.pt")
     # the same CNN with a classifier that ranks the validation tracks backwards: it is
     # judged by the classifier fitted without those tracks, like any candidate
-    backwards = {**artefact["taste"], "centres": -50 * artefact["taste"]["centres"]}
-    save_model(tmp_path / "backwards.pt", model.config, artefact["state"],
-               artefact["mel_params"], artefact["factor_scale"], artefact["metrics"],
-               unit_output=artefact["unit_output"], factor_space=artefact["factor_space"],
-               taste=backwards, taste_held_out=artefact["taste_held_out"])
+    backwards = Taste({**classifier.arrays, "centres": -50 * classifier.arrays["centres"]},
+                      classifier.held_out_arrays)
+    Predictor((network, backwards), trained.mel_params, trained.factor_space,
+              trained.metrics).save(tmp_path / "backwards.pt")
 
     code = choose_main(["--mels", str(mels_dir), "--item-factors", str(factors),
                         "--user-factors", str(tmp_path / "user_factors.parquet"),
@@ -61,26 +66,29 @@ def test_the_best_on_validation_is_shipped_and_says_why(tmp_path, capfd):
                         "--candidate", str(tmp_path / "backwards.pt"), "--val-fraction", "0.3",
                         "--bow-codebook", "16", "--out", str(tmp_path / "chosen.pt")])
     assert code == 0, capfd.readouterr().err[-3000:]
-    chosen, artefact = load_model(tmp_path / "chosen.pt")
-    selection = artefact["metrics"]["selection"]
-    assert set(selection["candidates"]) == {"cnn.pt", "constant.pt", "backwards.pt",
-                                            "bag-of-words + linear regression"}
-    assert selection["candidates"]["backwards.pt"] == selection["candidates"]["cnn.pt"]
-    assert selection["candidates"]["constant.pt"]["spread"] < 0.01
+    chosen = Predictor.load(tmp_path / "chosen.pt")
+    selection = chosen.metrics["selection"]
+    candidates = selection["candidates"]
+    assert set(candidates) == {"cnn.pt", "constant.pt", "backwards.pt",
+                               "bag-of-words + linear regression"}
+    assert candidates["backwards.pt"]["auc"] == candidates["cnn.pt"]["auc"]
+    assert candidates["constant.pt"]["spread"] < 0.01
     assert selection["chosen"] != "constant.pt"
+    # the shipped one has the highest validation score of those that do not collapse
+    usable = {name: c["auc"] for name, c in candidates.items() if c["spread"] >= 0.05}
+    assert candidates[selection["chosen"]]["auc"] == max(usable.values())
     assert selection["why"].startswith("highest validation AUC")
     assert f"chose {selection['chosen']}" in capfd.readouterr().err
     # the winner ships whole: a CNN with the taste classifiers it was trained with
-    trained = load_model(tmp_path / "cnn.pt")[1]
-    for key in ("taste", "taste_held_out"):
-        if selection["chosen"] == "cnn.pt":
-            assert all(torch.equal(artefact[key][k], trained[key][k]) for k in trained[key])
-        else:
-            assert artefact[key] is None
+    if selection["chosen"] == "bag-of-words + linear regression":
+        assert chosen.kinds == (Bow.kind,)
+    else:
+        assert chosen.version == Predictor.load(tmp_path / selection["chosen"]).version
+        assert chosen.kinds == trained.kinds
     # whichever won, it tells the kinds of the validation tracks apart
     val = [t for t in ids[:warm] if in_validation(t, 0.3)]
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), val)
-    pred = predict(chosen, artefact, mel_array(table))
+    pred = chosen.predict(Excerpts.of(table, chosen.mel_params), FactorSpace.of(factors))
     truth = kinds[[ids.index(t) for t in table.column("track_id").to_pylist()]]
     assert np.mean(np.argmax(pred[:, :2], axis=1) == truth) > 0.8
 
@@ -94,9 +102,10 @@ def test_the_baseline_ships_as_a_model_file_that_scores_like_the_fitted_one(tmp_
     mels = mel_array(table)
     targets = schemas.factor_matrix(storage.read_table(factors, schemas.ITEM_FACTORS))
     words = BagOfWords(BowConfig(codebook=16, frames_per_track=40)).fit(mels[:warm], targets)
-    net = words.to_net()
-    save_model(tmp_path / "bow.pt", net.config, net.state_dict(), {}, 1.0, {"loss": "linear"},
-               unit_output=False, factor_space="s")
-    loaded, artefact = load_model(tmp_path / "bow.pt")
-    np.testing.assert_allclose(predict(loaded, artefact, mels[warm:]),
+    shipped = Predictor((Bow(words.to_net(), 1.0, unit_output=False),), {}, "s")
+    shipped.save(tmp_path / "bow.pt")
+    loaded = Predictor.load(tmp_path / "bow.pt")
+    assert loaded.kinds == (Bow.kind,) and loaded.version == shipped.version
+    np.testing.assert_allclose(loaded.predict(Excerpts(ids[warm:], mels[warm:], {}),
+                                              FactorSpace("s", "f")),
                                words.predict(mels[warm:]), rtol=1e-3, atol=1e-4)

@@ -6,10 +6,10 @@ import scipy.sparse as sp
 import torch
 
 import schemas
-from jobs.evaluate import (artist_oracle, cosine_distance, evaluate, markdown,
-                           popularity_slices, same_artist)
+from jobs.evaluate.job import artist_oracle, evaluate, markdown, popularity_slices
+from jobs.evaluate.judge import cosine_distance, same_artist
 from schemas.metrics import agreement, rank_metrics, spread
-from jobs.evaluate import main as evaluate_main
+from jobs.evaluate.job import main as evaluate_main
 from model.bow import BagOfWords, mfcc_frames
 from model.net import NetConfig, build_net
 from schemas import factors_column, storage
@@ -113,13 +113,14 @@ def write_evaluation_set(root):
 
 
 def tiny_model(path, params, factor_space=None, metadata_vocab=()):
-    from model.artefact import save_model
+    from model.net import Network
+    from model.predictor import Predictor
 
     config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
                        dense=8, metadata_vocab=metadata_vocab)
     torch.manual_seed(len(str(path)))
-    save_model(path, config, build_net(config).state_dict(), params.to_dict(), 1.0,
-               {"loss": "mse"}, factor_space=factor_space)
+    Predictor((Network(build_net(config), 1.0, True),), params.to_dict(), factor_space,
+              {"loss": "mse"}).save(path)
     return path
 
 
@@ -208,7 +209,6 @@ def test_factors_without_als_settings_are_refused_not_given_another_alpha(tmp_pa
 
 
 def test_a_fused_model_is_reported_with_and_without_the_artist_and_by_artist_slice(tmp_path):
-    from model.artefact import save_model
     from model import metadata
 
     mels_dir, users, items, heldout, params = write_evaluation_set(tmp_path)
@@ -219,8 +219,10 @@ def test_a_fused_model_is_reported_with_and_without_the_artist_and_by_artist_sli
     config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
                        dense=8, metadata_vocab=metadata.vocabulary(tokens, [f"t{i}" for i in range(8)]))
     torch.manual_seed(0)
-    save_model(tmp_path / "fused.pt", config, build_net(config).state_dict(), params.to_dict(),
-               1.0, {"loss": "wpe"})
+    from model.net import Network
+    from model.predictor import Predictor
+    Predictor((Network(build_net(config), 1.0, True),), params.to_dict(), None,
+              {"loss": "wpe"}).save(tmp_path / "fused.pt")
     run = dict(als={"alpha": 10.0, "eps": 1.0, "reg": 0.1}, heldout=heldout,
                shards=mel_shards(mels_dir), models=[tmp_path / "fused.pt"],
                bow=BowConfig(codebook=4, frames_per_track=20), config=EvaluateConfig(k=10))
@@ -288,51 +290,30 @@ def semicold_case(seed=0, n_users=300, n_tracks=40):
     return users, heldout, [f"t{t}" for t in range(n_tracks)], y.astype(np.float32), rng
 
 
-def test_semi_cold_blend_follows_good_audio_and_ignores_bad_audio():
-    from jobs.evaluate_semicold import FOLDS, LAMBDAS, REVEALED, SPLITS, evaluate_semicold
+def test_semi_cold_tracks_are_reported_as_scoring_serves_them():
+    from jobs.evaluate.semicold import REVEALED, evaluate_semicold
+    from schemas.config import SemiColdConfig
 
     users, heldout, ids, truth, rng = semicold_case()
     als = {"alpha": 10.0, "eps": 1.0, "reg": 0.1}
-    good = evaluate_semicold(users, heldout, ids, truth * 3, als, 10, 5, seed=0)
+    settings = SemiColdConfig(min_listeners=3, reg=100.0)
+    good = evaluate_semicold(users, heldout, ids, truth * 3, als, 10, 5, 0, settings)
     assert [b["revealed"] for b in good["buckets"]] == list(REVEALED)
-    one = good["buckets"][0]
-    labels = {f"{lam:g}" for lam in LAMBDAS}
-    assert one["lambda"] in labels and set(one["validation_auc_by_lambda"]) == labels
-    assert one["test_folds"] == FOLDS * SPLITS and 0 < one["tracks"] <= len(ids)
-    assert one["blend"]["auc"] >= one["als"]["auc"]
+    assert (good["min_listeners"], good["reg"]) == (3, 100.0)
+    for bucket in good["buckets"]:
+        assert 0 < bucket["tracks"] <= len(ids)
+        # below min_listeners scoring keeps the audio; from it on, the blend moves it
+        assert bucket["blends"] == (bucket["revealed"] >= 3)
+        assert (bucket["blend"] == bucket["audio"]) != bucket["blends"]
+        assert bucket["blend"]["auc"] >= bucket["als"]["auc"]  # good audio helps ALS
+    # audio that is noise: a few plays lift the blend far above it
     noise = rng.normal(size=truth.shape).astype(np.float32)
-    bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, seed=0)
-    assert all(float(b["lambda"]) < float(g["lambda"])
-               for b, g in zip(bad["buckets"], good["buckets"]))
+    bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, 0, settings)
     ten = bad["buckets"][-1]
     assert ten["blend"]["auc"] > ten["audio"]["auc"] + 0.1
-
-
-def test_semi_cold_choice_moves_least_from_the_audio_unless_the_validation_sees_a_gain():
-    from jobs.evaluate_semicold import LAMBDAS, Validation, choose
-    from schemas.metrics import auc, mean_auc
-
-    rng = np.random.default_rng(0)
-    relevant = rng.random((200, 12)) < 0.3
-    signal = relevant + rng.normal(scale=1.5, size=relevant.shape)
-    users = [u for u in range(200) if 0 < relevant[u].sum() < 12]
-    assert mean_auc(signal, relevant) == pytest.approx(
-        np.mean([auc(signal[u][relevant[u]], signal[u][~relevant[u]]) for u in users]))
-    tracks = [f"t{j}" for j in range(12)]
-
-    def half(at_one: np.ndarray) -> Validation:
-        """Every lambda scores as the audio (``signal``) but lambda 1, which scores
-        ``at_one``; a smaller lambda moves the factors further."""
-        return Validation(tracks, {lam: at_one if lam == 1.0 else signal for lam in LAMBDAS}, relevant,
-                    {lam: 0.0 if np.isinf(lam) else 1.0 / lam for lam in LAMBDAS})
-
-    # better on these tracks by luck, a shift of one track's scores: the audio is kept
-    lucky = signal + 0.5 * (np.arange(12) == int(np.argmax(relevant.sum(axis=0))))
-    (m, lam), by_bucket = choose({1: half(lucky), 10: half(lucky)})
-    assert by_bucket[10][1.0] > by_bucket[10][np.inf] and lam == np.inf
-    # clearly better with 10 plays, clearly worse with 1: blend from 10 plays on
-    (m, lam), _ = choose({1: half(signal - 3.0 * relevant), 10: half(signal + 3.0 * relevant)})
-    assert (m, lam) == (10, 1.0)
+    assert "held toward it with strength 100" in \
+        __import__("jobs.evaluate.semicold", fromlist=["markdown"]).markdown(
+            {"audio": "CNN", **good}, 10)
 
 
 def test_mean_auc_without_each_track_equals_ranking_again_without_it():

@@ -21,7 +21,7 @@ from schemas import factors_column, layout, storage
 from schemas import mels as mel_values
 from schemas.config import MelParams
 from model import losses
-from model.artefact import load_model
+from model.predictor import FactorSpace, Predictor
 from model.data import (ShardStream, band_stats, in_validation, mel_array, plan_pieces,
                         read_mels, unit_rows)
 from model.net import NetConfig, build_net
@@ -244,7 +244,7 @@ def torchrun(tmp_path, mels_dir, factors, *extra, nproc=2, standalone=True):
 
 def direction_accuracy(model_path, mels_dir, ids, kinds, warm):
     """Share of cold tracks whose prediction points the way of their kind."""
-    model, _ = load_model(model_path)
+    model = Predictor.load(model_path).member("network").module
     table = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), ids[warm:])
     with torch.no_grad():
         pred = unit_rows(model(torch.from_numpy(mel_array(table))).numpy())
@@ -258,18 +258,20 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank1" in result.stderr and "rank0" in result.stderr
-    _, artefact = load_model(tmp_path / "model.pt")
-    assert artefact["mel_params"] == MelParams(n_mels=16).to_dict()
-    assert artefact["metrics"]["train_tracks"] + artefact["metrics"]["val_tracks"] == warm
-    assert artefact["metrics"]["world_size"] == 2 and artefact["metrics"]["loss"] == "cosine"
+    predictor = Predictor.load(tmp_path / "model.pt")
+    metrics = predictor.metrics
+    assert predictor.mel_params == MelParams(n_mels=16).to_dict()
+    assert metrics["train_tracks"] + metrics["val_tracks"] == warm
+    assert metrics["world_size"] == 2 and metrics["loss"] == "cosine"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
     # the taste classifier averaged with it (model/taste.py), fitted on every warm track,
-    # and again without the validation tracks for model.choose to judge on them
+    # and again without the validation tracks for choosing to judge on them
+    assert predictor.kinds == ("network", "taste")
     clusters = round((warm / 2) ** 0.5)
-    assert artefact["metrics"]["taste_clusters"] == len(artefact["taste"]["centres"]) == clusters
-    held_out = round((artefact["metrics"]["train_tracks"] / 2) ** 0.5)
-    assert len(artefact["taste_held_out"]["centres"]) == held_out
+    assert metrics["taste_clusters"] == len(predictor.member("taste").arrays["centres"]) == clusters
+    held_out = round((metrics["train_tracks"] / 2) ** 0.5)
+    assert len(predictor.held_out().member("taste").arrays["centres"]) == held_out
 
 
 def free_port() -> int:
@@ -298,8 +300,8 @@ def test_two_nodes_read_disjoint_shares_and_train_as_one_node_of_the_same_size(t
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    two_nodes = load_model(multi / "model.pt")[1]["metrics"]
-    one_node = load_model(single / "model.pt")[1]["metrics"]
+    two_nodes = Predictor.load(multi / "model.pt").metrics
+    one_node = Predictor.load(single / "model.pt").metrics
     assert two_nodes["world_size"] == one_node["world_size"] == 2
     shares = two_nodes["rank_shares"]
     assert len(shares) == 2 and min(shares) > 0
@@ -352,8 +354,7 @@ def test_killed_worker_is_restarted_and_resumes_from_snapshot(tmp_path):
     assert "resumed from" in output, output[-3000:]
     resumed_after = int(output.split("resumed from")[1].split("after epoch")[1].split()[0])
     assert 1 <= resumed_after < 14
-    _, artefact = load_model(tmp_path / "model.pt")
-    assert artefact["metrics"]["epochs"] == 14
+    assert Predictor.load(tmp_path / "model.pt").metrics["epochs"] == 14
     assert direction_accuracy(tmp_path / "model.pt", mels_dir, ids, kinds, warm) > 0.9
 
 
@@ -367,76 +368,108 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+def tiny_predictor(factor_space=None) -> Predictor:
+    from model.net import Network
+
+    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
+                       dense=8)
+    return Predictor((Network(build_net(config), 1.0, True),), MelParams(n_mels=16).to_dict(),
+                     factor_space, {"loss": "mse", "validation_loss": float("inf")})
+
+
 def test_model_and_snapshot_files_that_would_run_code_are_refused(tmp_path):
-    from model.artefact import UnsafeFileError, load_weights, save_model
+    from model.artefact import UnsafeFileError, load_weights
 
     marker = tmp_path / "code-ran"
     crafted = tmp_path / "crafted.pt"
     torch.save({"version": "x", "state": {}, "payload": RunsCode(marker)}, crafted)
 
     with pytest.raises(UnsafeFileError, match=f"{crafted}: refused to load"):
-        load_model(crafted)
+        Predictor.load(crafted)
     with pytest.raises(UnsafeFileError):
         load_weights(crafted)
     assert not marker.exists()
 
     # What the project writes itself loads.
-    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
-                       dense=8)
-    net = build_net(config)
-    save_model(tmp_path / "model.pt", config, net.state_dict(), {"n_mels": 16}, 1.0,
-               {"loss": "mse", "validation_loss": float("inf")})
-    model, artefact = load_model(tmp_path / "model.pt")
-    assert artefact["metrics"]["loss"] == "mse"
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 net.state_dict().values()))
+    saved = tiny_predictor()
+    saved.save(tmp_path / "model.pt")
+    loaded = Predictor.load(tmp_path / "model.pt")
+    assert loaded.metrics["loss"] == "mse" and loaded.version == saved.version
+    assert all(torch.equal(a, b) for a, b in zip(loaded.members[0].module.state_dict().values(),
+                                                 saved.members[0].module.state_dict().values()))
 
 
 def test_model_files_carry_their_format_and_unknown_formats_are_refused(tmp_path):
-    from model.artefact import save_model
     from schemas import model_file
 
-    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
-                       dense=8)
-    state = build_net(config).state_dict()
     path = tmp_path / "model.pt"
-    save_model(path, config, state, {"n_mels": 16}, 1.0, {"loss": "mse"})
-    artefact = torch.load(path, weights_only=True)
-    assert artefact["format"] == model_file.FORMAT
-
-    # A file written before the format was recorded is format 1, and still loads.
-    legacy = tmp_path / "legacy.pt"
-    torch.save({key: value for key, value in artefact.items() if key != "format"}, legacy)
-    assert load_model(legacy)[1]["version"] == artefact["version"]
+    tiny_predictor().save(path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == model_file.FORMAT
 
     future = tmp_path / "future.pt"
-    torch.save({**artefact, "format": 99}, future)
+    torch.save({**raw, "format": 99}, future)
     with pytest.raises(ValueError, match=f"{future}: model file format 99; this version"):
-        load_model(future)
+        Predictor.load(future)
     broken = tmp_path / "broken.pt"
-    torch.save({key: value for key, value in artefact.items() if key != "factor_scale"}, broken)
-    with pytest.raises(ValueError, match=r"lacks \['factor_scale'\]"):
-        load_model(broken)
+    torch.save({key: value for key, value in raw.items() if key != "members"}, broken)
+    with pytest.raises(ValueError, match=r"lacks \['members'\]"):
+        Predictor.load(broken)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({**raw, "members": raw["members"] + [{"kind": "oracle"}]}, unknown)
+    with pytest.raises(ValueError, match="a member of kind 'oracle'"):
+        Predictor.load(unknown)
+
+
+def test_model_files_of_format_5_and_before_still_load_and_predict_the_same(tmp_path):
+    """Format 5 held the network as keys of the file, the taste classifier beside it."""
+    from model import taste
+
+    network = tiny_predictor().members[0]
+    rng = np.random.default_rng(0)
+    mels = rng.normal(size=(6, 16, 140)).astype(np.float32)
+    features = taste.statistics(torch.from_numpy(mels)).double().numpy()
+    arrays = taste.fit(features, rng.normal(size=(6, 4)), c=0.1, seed=0,
+                       labels=np.array([0, 1] * 3))
+    raw = {"format": 5, "version": "old", "net_config": network.module.config.to_dict(),
+           "state": network.module.state_dict(), "mel_params": MelParams(n_mels=16).to_dict(),
+           "factor_scale": 2.0, "unit_output": True, "metrics": {"loss": "mse"},
+           "factor_space": "s", "taste": arrays, "taste_held_out": None}
+    torch.save(raw, tmp_path / "v5.pt")
+    loaded = Predictor.load(tmp_path / "v5.pt")
+    assert loaded.kinds == ("network", "taste") and loaded.version == "old"
+    assert loaded.held_out().kinds == ("network",)  # no held-out fit: judged without it
+    from model.predictor import Excerpts
+    excerpts = Excerpts([f"t{i}" for i in range(6)], mels, loaded.mel_params)
+    with torch.no_grad():
+        alone = unit_rows(network.module(torch.from_numpy(mels)).numpy()) * 2.0
+    expected = (alone + taste.predict(arrays, torch.from_numpy(mels)).numpy()) / 2
+    np.testing.assert_allclose(loaded.predict(excerpts, FactorSpace("s", "f")), expected,
+                               rtol=1e-5, atol=1e-6)
+    # format 1 (no format key) loads too
+    torch.save({key: value for key, value in raw.items()
+                if key not in ("format", "factor_space", "taste", "taste_held_out")},
+               tmp_path / "v1.pt")
+    assert Predictor.load(tmp_path / "v1.pt").kinds == ("network",)
 
 
 def test_a_model_is_tied_to_the_factor_space_it_learned(tmp_path):
-    from model.artefact import save_model
-    from schemas import model_file
+    tiny_predictor("night-1").save(tmp_path / "model.pt")
+    predictor = Predictor.load(tmp_path / "model.pt")
 
-    config = NetConfig(arch="dieleman2014", n_mels=16, n_factors=4, channels=(4, 4, 4, 4),
-                       dense=8)
-    path = tmp_path / "model.pt"
-    save_model(path, config, build_net(config).state_dict(), {"n_mels": 16}, 1.0,
-               {"loss": "mse"}, factor_space="night-1")
-    _, artefact = load_model(path)
-
-    model_file.check_factor_space(artefact, path, {"factor_space": "night-1"}, "f1")
+    predictor.check_space(FactorSpace("night-1", "f1"))
     with pytest.raises(ValueError, match="learned the factor space night-1 but f2 is in night-2"):
-        model_file.check_factor_space(artefact, path, {"factor_space": "night-2"}, "f2")
-    legacy = {key: value for key, value in artefact.items()
-              if key not in ("format", "factor_space")}
+        predictor.check_space(FactorSpace("night-2", "f2"))
     with pytest.raises(ValueError, match="does not record which ALS factors it learned"):
-        model_file.check_factor_space(legacy, path, {"factor_space": "night-1"}, "f1")
+        tiny_predictor(None).check_space(FactorSpace("night-1", "f1"))
+    # and predicting checks it itself
+    from model.predictor import Excerpts
+    excerpts = Excerpts(["a"], np.zeros((1, 16, 140), np.float32), predictor.mel_params)
+    with pytest.raises(ValueError, match="learned the factor space night-1"):
+        predictor.predict(excerpts, FactorSpace("night-2", "f2"))
+    with pytest.raises(ValueError, match="mel parameters"):
+        predictor.predict(Excerpts(["a"], excerpts.mels, MelParams(n_mels=16, n_fft=512).to_dict()),
+                          FactorSpace("night-1", "f1"))
 
 
 def test_an_input_with_nothing_to_train_on_is_found_by_the_check_alone(tmp_path):
@@ -501,7 +534,6 @@ def write_artists(root, ids, warm, factors_path, seed=1):
 
 def test_late_fusion_learns_what_only_the_artist_tells_and_still_hears_the_audio(tmp_path):
     from model import metadata
-    from model.predict import predict_tracks
 
     mels_dir, factors, ids, kinds, warm = write_toy_set(tmp_path)
     catalogue, artist_bit = write_artists(tmp_path, ids, warm, factors)
@@ -509,17 +541,19 @@ def test_late_fusion_learns_what_only_the_artist_tells_and_still_hears_the_audio
                                                    "--catalogue", str(catalogue)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    model, artefact = load_model(tmp_path / "model.pt")
-    assert "artist=artist 0" in model.config.metadata_vocab and "genre=game" in model.config.metadata_vocab
-    assert artefact["metrics"]["metadata_tokens"] == len(model.config.metadata_vocab)
-    assert artefact["taste"] is None  # an audio-only classifier would blur the artist
+    predictor = Predictor.load(tmp_path / "model.pt")
+    vocab = predictor.vocabulary
+    assert "artist=artist 0" in vocab and "genre=game" in vocab
+    assert predictor.metrics["metadata_tokens"] == len(vocab)
+    assert predictor.kinds == ("network",)  # an audio-only classifier would blur the artist
     shards = sorted(mels_dir.glob("*/mels-*.parquet"))
     tokens, cold = metadata.read_tokens(catalogue), ids[warm:]
+    space = FactorSpace.of(factors)
     with pytest.raises(ValueError, match="give it the catalogue"):
-        predict_tracks(model, artefact, shards, cold)
+        predictor.predict_tracks(shards, cold, space)
 
     def accuracy(withhold):
-        found, pred = predict_tracks(model, artefact, shards, cold, tokens, withhold)
+        found, pred = predictor.withholding(withhold).predict_tracks(shards, cold, space, tokens)
         rows = [ids.index(t) for t in found]
         return (np.mean(np.argmax(pred[:, :2], axis=1) == kinds[rows]),
                 np.mean(np.argmax(pred[:, 2:], axis=1) == artist_bit[rows]))

@@ -6,9 +6,8 @@ import pytest
 
 import schemas
 from jobs.score import score
-from model.artefact import load_model
-from model.data import mel_array, read_mels
-from model.predict import predict
+from model.data import read_mels
+from model.predictor import Excerpts, FactorSpace, Predictor
 from schemas import layout, storage
 from tests.test_evaluate import tiny_model, write_evaluation_set
 
@@ -58,9 +57,10 @@ def test_a_model_with_a_metadata_branch_reads_the_catalogues_artists(tmp_path):
         assert table.num_rows == 4
     assert predicted["a"] != predicted["b"]  # the artist is heard
     # an artist the model never saw is no token at all: the audio alone decides
-    net, artefact = load_model(model)
+    predictor = Predictor.load(model)
     cold = read_mels(layout.mel_shards(mels_dir), [f"t{i}" for i in range(8, 12)])
-    alone = predict(net, artefact, mel_array(cold), np.zeros((4, 1), np.int64))
+    alone = predictor.predict(Excerpts.of(cold, params.to_dict()), FactorSpace("night", "items"),
+                              {})  # a catalogue that says nothing of these tracks
     order = pq.read_table(tmp_path / "someone new" / layout.PREDICTED_FACTORS)["track_id"]
     assert order.to_pylist() == cold["track_id"].to_pylist()
     np.testing.assert_allclose(predicted["someone new"], alone, rtol=1e-5)
@@ -95,8 +95,9 @@ def test_semi_cold_tracks_are_held_toward_their_audio_or_keep_it_when_few_and_pl
         ["als", "als+audio", "audio", "audio"]  # t7: one listener, below the two needed
     assert [table["listeners"][row[t]] for t in ("t0", "t6", "t9")] == [20, 2, 0]
     assert [table["plays"][row[t]] for t in ("t0", "t6", "t9")] == [60, 6, 0]
-    net, artefact = load_model(model)
-    audio = predict(net, artefact, mel_array(read_mels(layout.mel_shards(mels_dir), ["t6", "t7"])))
+    audio = Predictor.load(model).predict(
+        Excerpts.of(read_mels(layout.mel_shards(mels_dir), ["t6", "t7"]), params.to_dict()),
+        FactorSpace("night", "items"))
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
     expected = blend_toward(schemas.factor_matrix(users),
                             plays_matrix(sparse, {"t6": 0}, user_index), 10.0, 1.0, 5.0, audio[:1])

@@ -15,7 +15,6 @@ PACKAGES = ("jobs", "model", "schemas", "workflows")
 # environment, so it may use them; no stage uses it.
 STAGE_OF = {"jobs.als": "als", "jobs.evaluate_als": "als", "jobs.spectrograms": "spectrograms",
             "jobs.score": "score", "jobs.evaluate": "evaluate",
-            "jobs.evaluate_semicold": "evaluate",
             "jobs.demo_catalogue": "demo", "jobs.doctor": "doctor", "jobs.publish": "publish",
             "jobs.audience": "audience", "jobs.query": "query", "jobs.index": "index",
             "jobs.report": "report"}

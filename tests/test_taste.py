@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from model import taste
-from model.artefact import load_model, save_model
-from model.net import NetConfig, build_net
-from model.predict import predict, predict_tracks
+from model.net import NetConfig, Network, build_net
+from model.predictor import Excerpts, FactorSpace, Predictor
 from schemas import mels as mel_values
 
 N_MELS, FRAMES = 16, 160
@@ -114,24 +113,26 @@ def test_a_model_file_with_a_classifier_averages_it_with_the_network(tmp_path):
     fitted = taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0)
     config = NetConfig(arch="dieleman2014", n_mels=N_MELS, n_factors=4, channels=(4, 4, 4, 4),
                        dense=8)
-    net = build_net(config)
     path = tmp_path / "model.pt"
-    save_model(path, config, net.state_dict(), {"n_mels": N_MELS}, 1.0, {"loss": "wpe"},
-               unit_output=False, taste=fitted)
-    model, artefact = load_model(path)
+    # the test's shards record no mel settings: the model's are the defaults too
+    Predictor((Network(build_net(config), 1.0, False), taste.Taste(fitted)), {}, "s",
+              {"loss": "wpe"}).save(path)
+    predictor, space = Predictor.load(path), FactorSpace("s", "factors")
+    assert predictor.kinds == ("network", "taste")
     new, _ = two_styles(6, 1)
-    alone = predict(model, {**artefact, "taste": None}, new)
-    np.testing.assert_allclose(predict(model, artefact, new),
-                               (alone + taste.predict(artefact["taste"], torch.from_numpy(new)).numpy()) / 2,
+    ids = [f"t{i}" for i in range(6)]
+    excerpts = Excerpts(ids, new, {})
+    alone = predictor.without("taste").predict(excerpts, space)
+    np.testing.assert_allclose(predictor.predict(excerpts, space),
+                               (alone + taste.predict(fitted, torch.from_numpy(new)).numpy()) / 2,
                                rtol=1e-5, atol=1e-6)
 
     # and scoring from shards predicts the same, a row group at a time
-    ids = [f"t{i}" for i in range(6)]
     shard = tmp_path / "part-0.parquet"
     write_shard(shard, ids, new, row_group_size=4)
-    found, pred = predict_tracks(model, artefact, [shard], ids)
+    found, pred = predictor.predict_tracks([shard], ids, space)
     assert found == ids
-    np.testing.assert_allclose(pred, predict(model, artefact, new), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred, predictor.predict(excerpts, space), rtol=1e-4, atol=1e-5)
 
 
 def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):

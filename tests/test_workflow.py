@@ -158,17 +158,17 @@ def test_resumed_run_finishes_without_redoing(killed_then_resumed):
 
 
 def test_the_shipped_model_was_chosen_on_validation(killed_then_resumed):
-    from model.artefact import load_model
+    from model.predictor import Predictor
 
     root, _, _ = killed_then_resumed
-    _, artefact = load_model(only("runs/backfill/model-chosen-*.pt", root))
-    selection = artefact["metrics"]["selection"]
+    shipped = Predictor.load(only("runs/backfill/model-chosen-*.pt", root))
+    selection = shipped.metrics["selection"]
     assert "bag-of-words + linear regression" in selection["candidates"]
     assert any(name.startswith("model-dieleman2014-wpe-") for name in selection["candidates"])
     assert selection["why"].startswith("highest validation AUC")
     factors = only("runs/backfill/factors-*", root)
     predicted = storage.read_table(factors / "predicted_factors.parquet", schemas.PREDICTED_FACTORS)
-    assert set(predicted.column("model_version").to_pylist()) == {artefact["version"]}
+    assert set(predicted.column("model_version").to_pylist()) == {shipped.version}
 
 
 REPORT_SECTIONS = ("Stages", "Data", "ALS", "Training", "Evaluation", "Map of the factors",
@@ -278,18 +278,19 @@ def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
 def test_the_quality_check_fails_for_a_model_of_one_direction(killed_then_resumed, tmp_path):
     """The check the chain's product passes must fail for a network that says the same
     for every track: evaluated on the same held-out tracks by the evaluation job."""
-    from model.artefact import load_model, save_model
+    from model.predictor import Predictor
 
     root, _, _ = killed_then_resumed
-    trained = only("runs/backfill/model-heldout-dieleman2014-wpe-*.pt", root)
-    model, artefact = load_model(trained)
-    state = {name: torch.zeros_like(value) if name.startswith(("conv", "head")) else value
-             for name, value in model.state_dict().items()}
-    last = max(name for name in state if name.startswith("head") and name.endswith("bias"))
-    state[last] = torch.linspace(-1, 1, len(state[last]))  # one direction, whatever it hears
+    trained = Predictor.load(only("runs/backfill/model-heldout-dieleman2014-wpe-*.pt", root))
+    network = trained.member("network").module
+    with torch.no_grad():
+        for name, value in network.named_parameters():
+            if name.startswith(("conv", "head")):
+                value.zero_()
+        last = network.head[-1].bias
+        last.copy_(torch.linspace(-1, 1, len(last)))  # one direction, whatever it hears
     constant = tmp_path / "constant.pt"
-    save_model(constant, model.config, state, artefact["mel_params"], artefact["factor_scale"],
-               artefact["metrics"], factor_space=artefact["factor_space"])
+    trained.without("taste").save(constant)
     als = only("runs/backfill/als-heldout-*", root)
     result = subprocess.run(
         [sys.executable, "-m", "jobs.evaluate", "--user-factors", str(als / "user_factors"),

@@ -579,7 +579,7 @@ class TrainModel(RunTask, JobTask):
 class ChooseModel(RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
     (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
-    `python -m model.choose`; its model file says which and why."""
+    `python -m jobs.evaluate.choose`; its model file says which and why."""
     candidates = luigi.ListParameter(default=list(ChooseConfig.candidates))
     bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
                                       description="k-means words of the baseline")
@@ -607,7 +607,7 @@ class ChooseModel(RunTask, JobTask):
     def program_args(self):
         als = Path(self.input()["als"].path)
         models = [arg for target in self.input()["models"] for arg in ("--candidate", target.path)]
-        return [sys.executable, "-m", "model.choose", "--mels", self.requires()["mels"].params_dir(),
+        return [sys.executable, "-m", "jobs.evaluate.choose", "--mels", self.requires()["mels"].params_dir(),
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--user-factors", als / layout.USER_FACTORS,
                 "--plays", self.input()["inputs"]["plays"].path, *models,

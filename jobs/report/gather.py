@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 import schemas
-from model.artefact import load_weights
+from model.predictor import Predictor
 from schemas import layout, storage
 from schemas.config import MelParams
 
@@ -59,7 +59,7 @@ def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) ->
     models = sorted(p for p in run.glob("model-*.pt") if not p.name.startswith("model-chosen-"))
     chosen = newest(run, "model-chosen-*.pt")
     mels = None if chosen is None else layout.params_dir(
-        data_root / "mels", MelParams.from_dict(load_weights(chosen)["mel_params"]))
+        data_root / "mels", MelParams.from_dict(Predictor.load(chosen).mel_params))
     return RunFiles(
         run=run, als=newest(run, "als-[0-9a-f]*"), heldout_als=newest(run, "als-heldout-*"),
         factors=newest(run, "factors-*"), chosen=chosen, models=models,

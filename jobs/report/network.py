@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from model.artefact import load_model
+from model.predictor import Predictor
 from model.data import mel_array, read_mels
 from schemas import layout
 from jobs.report.gather import RunFiles
@@ -41,10 +41,11 @@ def network_section(files: RunFiles, names) -> Section:
     if not files.chosen:
         section.text("This run shipped no model.")
         return section
-    model, _ = load_model(files.chosen)
-    if not hasattr(model, "conv"):
+    network = Predictor.load(files.chosen).member("network")
+    if network is None:
         section.text("The shipped predictor is the bag-of-words baseline: it has no filters.")
         return section
+    model = network.module
     table = read_mels(layout.mel_shards(files.mels)).slice(0, TRACKS)
     if table.num_rows < TOP:
         section.text("Too few spectrograms to show what the network responds to.")

@@ -14,7 +14,7 @@ from sklearn.manifold import TSNE
 
 import schemas
 from schemas import factor_matrix, layout, storage
-from model.artefact import load_weights
+from model.predictor import Predictor
 from schemas.metrics import unit_rows
 from jobs.report.gather import RunFiles
 from jobs.report.render import Section
@@ -121,7 +121,7 @@ def training_section(files: RunFiles, figures: dict[str, str]) -> Section:
     section = Section("Training")
     rows = []
     for path in ([files.chosen] if files.chosen else []) + files.models:
-        metrics = load_weights(path)["metrics"]
+        metrics = Predictor.load(path).metrics
         history = metrics.get("history") or []
         name = path.stem.rsplit("-", 1)[0]
         rows.append([name, metrics.get("epochs"), metrics.get("validation_score"),
@@ -165,16 +165,19 @@ def evaluation_section(evaluation: dict | None, files: RunFiles, figures: dict[s
         section.text("AUC by slice of the held-out tracks (tracks in the slice):")
         section.table(["method"] + [f"{s} ({methods[0]['slices'][s]['tracks']})" for s in slices],
                       [[m["method"]] + [m["slices"][s]["auc"] for s in slices] for m in methods])
-    cnn = [m for m in methods if m["method"].startswith("CNN")]
+    cnn = [m for m in methods if "network" in m.get("members", ())]
     if cnn:
         best = max(cnn, key=lambda m: np.nan_to_num(m["auc"], nan=-1))
         figures[files.evaluation.name] = f"best CNN AUC {best['auc']:.3f}"
     semi = evaluation.get("semi_cold")
     if semi and semi.get("buckets"):
-        section.text(f"Semi-cold tracks (audio from {semi['audio']}): AUC with some plays revealed.")
-        section.table(["revealed plays", "tracks", "ALS alone", "audio alone", "blend", "lambda"],
+        section.text(f"Semi-cold tracks (audio from {semi['audio']}): AUC with some plays "
+                     f"revealed, the blend as scoring serves it (fewer than "
+                     f"{semi.get('min_listeners')} listeners keep the audio, the others are "
+                     f"held toward it with strength {semi.get('reg')}).")
+        section.table(["revealed plays", "tracks", "ALS alone", "audio alone", "blend"],
                       [[b["revealed"], b["tracks"], b["als"]["auc"], b["audio"]["auc"],
-                        b["blend"]["auc"], b.get("lambda")] for b in semi["buckets"]])
+                        b["blend"]["auc"]] for b in semi["buckets"]])
     return section
 
 

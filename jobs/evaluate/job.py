@@ -17,8 +17,10 @@ where the catalogue has artists, by whether the artist has warm tracks (known) o
   i.e. the exact ALS item step (same alpha, eps and regularisation as the run) against
   the trained user factors, so they live in the same space as the predictions.
 
-Then semi-cold tracks (jobs/evaluate_semicold.py): 1, 2, 5 and 10 plays of each
-held-out track revealed, ALS on them against the best CNN's audio alone and the blend.
+Every method is judged by jobs/evaluate/judge.py, as choosing judges its candidates.
+Then semi-cold tracks (jobs/evaluate/semicold.py): 1, 2, 5 and 10 plays of each
+held-out track revealed, ALS on them against the best CNN's audio alone and the blend
+that scoring serves.
 
     python -m jobs.evaluate --user-factors ALS/user_factors --item-factors ALS/item_factors \\
         --mels DATA/mels/<hash> --heldout-plays heldout.parquet --model m1.pt --model m2.pt \\
@@ -37,43 +39,27 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import schemas
-from model.artefact import load_model
-from model import bow, metadata
+from jobs.evaluate.judge import HeldOut, judge, predicted
+from jobs.evaluate.semicold import evaluate_semicold, markdown as semicold_markdown
+from model import metadata
 from model.bow import BagOfWords
-from model.data import mel_array, read_mels, unit_rows
-from model.predict import predict_tracks, vocabulary
-from jobs.evaluate_semicold import evaluate_semicold, markdown as semicold_markdown
-from schemas import cli, layout, metrics, model_file, storage
-from schemas import factor_matrix, factors_column
-from schemas.config import BowConfig, EvaluateConfig
-from schemas.metrics import rank_metrics
+from model.data import mel_array, read_mels
+from model.predictor import FactorSpace, Predictor
+from schemas import cli, factor_matrix, layout, model_file, storage
+from schemas.config import BowConfig, EvaluateConfig, SemiColdConfig
 from schemas.feedback import als_settings, fold_in, plays_matrix
 
 logger = logging.getLogger(__name__)
 
 NETWORK_ALONE = "network alone"  # the row of a CNN without its taste classifier
 
-
-def cosine_distance(pred: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over tracks of 1 - cos(pred_i, reference_i)."""
-    return float(np.mean(1 - np.sum(unit_rows(pred) * unit_rows(reference), axis=1)))
-
-
-def same_artist(pred: np.ndarray, artists: list[str | None], warm: np.ndarray,
-                warm_artists: list[str | None], n: int) -> float:
-    """How often a track's ``n`` nearest warm tracks (cosine) share its artist; NaN
-    without artists."""
-    known = [i for i, a in enumerate(artists) if a is not None]
-    if not known or not any(a is not None for a in warm_artists):
-        return float("nan")
-    similar = unit_rows(pred[known]) @ unit_rows(warm).T
-    nearest = np.argsort(-similar, axis=1, kind="stable")[:, :n]
-    labels = np.array(warm_artists, dtype=object)
-    return float(np.mean(labels[nearest] == np.array([artists[i] for i in known],
-                                                     dtype=object)[:, None]))
+# What each row is, recorded with it, so that readers pick rows without parsing names:
+REFERENCE = "reference"  # random, the artist oracle, the upper bound
+BASELINE = "baseline"    # the bag-of-words baselines fitted here
+MODEL = "model"          # a model file as it would ship
+VARIANT = "variant"      # a model file less a member, or with a column withheld
 
 
 def artist_oracle(track_ids: list[str], artist_of: dict[str, str | None], items: pa.Table,
@@ -114,12 +100,12 @@ def artist_slices(track_ids: list[str], artist_of: dict[str, str | None],
     return {name: ids for name, ids in parts.items() if ids}
 
 
-def model_name(artefact: dict) -> str:
-    config = artefact["net_config"]
-    if config["arch"] == bow.ARCH:
+def model_name(predictor: Predictor) -> str:
+    network = predictor.member("network")
+    if network is None:
         return "bag-of-words + linear regression (model file)"
-    fused = " + metadata" if config.get("metadata_vocab") else ""
-    return f"CNN {config['arch']}, {artefact['metrics']['loss']} loss{fused}"
+    fused = " + metadata" if predictor.vocabulary else ""
+    return f"CNN {network.module.config.arch}, {predictor.metrics['loss']} loss{fused}"
 
 
 def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: BowConfig,
@@ -138,18 +124,39 @@ def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: B
             "bag-of-words + MLP": words.predict(held_mels, "mlp")}
 
 
+def candidates(models: list[Path], space: FactorSpace) -> dict[str, tuple[str, Predictor]]:
+    """Each model file as it ships and its variants, by row name: (role, predictor).
+    One with a metadata branch also with the artist withheld, as for a track of an
+    artist never seen; one with a taste classifier also as the network alone."""
+    out: dict[str, tuple[str, Predictor]] = {}
+    for path in models:
+        predictor = Predictor.load(path)
+        predictor.check_space(space)
+        name = model_name(predictor)
+        if name in out:  # two models of the same kind: each keeps its own row
+            name = f"{name} ({Path(path).name})"
+        out[name] = (MODEL, predictor)
+        if predictor.vocabulary:
+            out[f"{name}, artist withheld (as if new)"] = (VARIANT,
+                                                          predictor.withholding(("artist",)))
+        if predictor.member("taste") is not None:  # what the classifier adds (model/taste.py)
+            out[f"{name}, {NETWORK_ALONE}"] = (VARIANT, predictor.without("taste"))
+    return out
+
+
 def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: pa.Table,
              shards: list[Path], models: list[Path], bow: BowConfig,
              config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None,
-             catalogue: pa.Table | None = None, tokens: metadata.Tokens | None = None) -> dict:
+             catalogue: pa.Table | None = None, tokens: metadata.Tokens | None = None,
+             semi_cold: SemiColdConfig = SemiColdConfig()) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
     ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
     with ``factor_space`` (the ALS factors' id) every model must have learned it.
     With a ``catalogue`` that names artists, the artist oracle, same_artist@n and the
     artist slices; models with a metadata branch read the catalogue's ``tokens``.
+    ``semi_cold``: scoring's settings for tracks with a few plays.
     """
-    k, seed = config.k, config.seed
     warm = set(items.column("track_id").to_pylist())
     wanted = sorted(set(heldout.column("track_id").to_pylist()) - warm)
     held_mels = read_mels(shards, wanted)
@@ -159,71 +166,42 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     user_index = {u: j for j, u in enumerate(users.column("user_id").to_pylist())}
     truth = fold_in(user_x, plays_matrix(heldout, {t: i for i, t in enumerate(track_ids)},
                                          user_index), als["alpha"], als["eps"], als["reg"])
-    rank = user_x.shape[1]
     artist_of = {} if catalogue is None or "artist" not in catalogue.column_names else dict(
         zip(catalogue.column("track_id").to_pylist(), catalogue.column("artist").to_pylist()))
+    warm_ids = items.column("track_id").to_pylist()
+    space = FactorSpace(factor_space, "the ALS factors evaluated")
 
-    methods: dict[str, np.ndarray] = {}
-    methods["random"] = np.random.default_rng(seed).normal(size=(len(track_ids), rank)).astype(np.float32)
+    role: dict[str, str] = {}
+    methods: dict[str, Predictor | np.ndarray] = {}
+    methods["random"] = np.random.default_rng(config.seed).normal(
+        size=(len(track_ids), user_x.shape[1])).astype(np.float32)
     methods.update(baselines(items, shards, mel_array(held_mels), bow, config))
-    for path in models:
-        model, artefact = load_model(path)
-        if factor_space is not None:
-            model_file.check_factor_space(artefact, path, {model_file.FACTOR_SPACE: factor_space},
-                                          "the ALS factors evaluated")
-        name = model_name(artefact)
-        if name in methods:  # two models of the same kind: each keeps its own row
-            name = f"{name} ({Path(path).name})"
-        if vocabulary(model) and tokens is None:
-            raise ValueError(f"{path}: the model reads catalogue metadata: give the catalogue")
-        variants = {name: ((), artefact)}
-        if vocabulary(model):
-            variants[f"{name}, artist withheld (as if new)"] = (("artist",), artefact)
-        if artefact.get("taste"):  # what the taste classifier adds (model/taste.py)
-            variants[f"{name}, {NETWORK_ALONE}"] = ((), {**artefact, "taste": None})
-        for variant, (withhold, used) in variants.items():
-            ids, predicted = predict_tracks(model, used, shards, track_ids, tokens, withhold)
-            order = {t: i for i, t in enumerate(ids)}
-            methods[variant] = predicted[[order[t] for t in track_ids]]
+    role.update({name: BASELINE for name in methods if name != "random"})
+    for name, (kind, predictor) in candidates(models, space).items():
+        methods[name], role[name] = predictor, kind
     known_artists = 0
     if any(a is not None for a in artist_of.values()):
         methods["artist oracle (mean factor of the artist's warm tracks)"], known_artists = \
             artist_oracle(track_ids, artist_of, items, factor_matrix(items).mean(axis=0))
     methods["upper bound (ALS sees the plays)"] = truth
 
-    warm_ids = items.column("track_id").to_pylist()
-    warm_artists = [artist_of.get(t) for t in warm_ids]
-    held_artists = [artist_of.get(t) for t in track_ids]
-    slices = {**popularity_slices(heldout, track_ids),
-              **artist_slices(track_ids, artist_of, warm_ids)}
-    results = []
-    for name, factors in methods.items():
-        table = pa.table({"track_id": track_ids, "factors": factors_column(factors)})
-        ranked = rank_metrics(users, table, heldout, k, config.recall_k)
-        row = {"method": name, **{key: ranked[key] for key in
-                                  ("auc", f"map@{k}", f"recall@{config.recall_k}")},
-               "cosine_distance": cosine_distance(factors, truth),
-               "spread": metrics.spread(factors),
-               f"same_artist@{config.neighbours}": same_artist(
-                   factors, held_artists, factor_matrix(items), warm_artists, config.neighbours),
-               "slices": {}}
-        for slice_name, ids in slices.items():
-            part = rank_metrics(users, table.filter(pc.is_in(table["track_id"], pa.array(ids))),
-                                heldout, k, config.recall_k)
-            row["slices"][slice_name] = {"tracks": len(ids), "auc": part["auc"],
-                                         f"map@{k}": part[f"map@{k}"]}
-        results.append(row)
-        logger.info("%s: %s", name, {key: value for key, value in row.items() if key != "slices"})
-    report = {"users": ranked["users"], "heldout_tracks": len(track_ids), "k": k,
+    held = HeldOut(users, heldout, track_ids, truth, items, shards, space, tokens, artist_of,
+                   {**popularity_slices(heldout, track_ids),
+                    **artist_slices(track_ids, artist_of, warm_ids)})
+    results = [{**row, "role": role.get(row["method"], REFERENCE)}
+               for row in judge(methods, held, config)]
+    report = {"users": results[-1]["users"], "heldout_tracks": len(track_ids), "k": config.k,
               "recall_k": config.recall_k, "neighbours": config.neighbours,
               "tracks_with_known_artist": known_artists, "methods": results}
-    cnns = [row for row in results if row["method"].startswith("CNN")
-            and "+ metadata" not in row["method"] and NETWORK_ALONE not in row["method"]
-            and np.isfinite(row["auc"])]
-    if cnns:  # semi-cold tracks: a few plays revealed, with the best audio-only model
-        best = max(cnns, key=lambda row: row["auc"])["method"]
-        report["semi_cold"] = {"audio": best, **evaluate_semicold(
-            users, heldout, track_ids, methods[best], als, k, config.recall_k, seed)}
+    # semi-cold tracks: a few plays revealed, with the best audio-only model as it ships
+    audio_only = [row for row in results if row["role"] == MODEL and np.isfinite(row["auc"])
+                  and not methods[row["method"]].vocabulary
+                  and methods[row["method"]].member("network") is not None]
+    if audio_only:
+        best = max(audio_only, key=lambda row: row["auc"])["method"]
+        report["semi_cold"] = {"audio": best, "model": methods[best].source, **evaluate_semicold(
+            users, heldout, track_ids, predicted(methods[best], held), als,
+            config.k, config.recall_k, config.seed, semi_cold)}
     return report
 
 
@@ -285,6 +263,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="warm tracks sampled to fit the baseline (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="random seed (default %(default)s)")
+    parser.add_argument("--semi-cold-reg", type=float, default=SemiColdConfig.reg,
+                        help="scoring's strength holding a semi-cold track toward its audio "
+                             "prediction (default %(default)s)")
+    parser.add_argument("--semi-cold-min-listeners", type=int,
+                        default=SemiColdConfig.min_listeners,
+                        help="scoring keeps the audio prediction of a semi-cold track with "
+                             "fewer listeners (default %(default)s)")
     parser.add_argument("--out", required=True, type=Path,
                         help="JSON report to write; the markdown table goes beside it (.md)")
     return parser.parse_args(argv)
@@ -303,7 +288,9 @@ def run_job(args: argparse.Namespace) -> None:
                       factors_params.get(model_file.FACTOR_SPACE),
                       storage.read_table(args.catalogue, schemas.CATALOGUE) if args.catalogue
                       else None,
-                      metadata.read_tokens(args.catalogue) if args.catalogue else None)
+                      metadata.read_tokens(args.catalogue) if args.catalogue else None,
+                      SemiColdConfig(min_listeners=args.semi_cold_min_listeners,
+                                     reg=args.semi_cold_reg))
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))

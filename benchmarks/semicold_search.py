@@ -1,51 +1,51 @@
-"""Semi-cold tracks in the evaluation: a few plays revealed, ALS alone, audio alone, the blend.
+"""The validated search that set scoring's semi-cold settings (SemiColdConfig).
 
-For each number r of revealed plays (1, 2, 5, 10), every held-out track with more than
-r listeners shows r of them, chosen at random (seeded); its remaining plays are what
-the factors must rank. Three ways to give the track factors from what is known:
+    python benchmarks/semicold_search.py --als DATA/runs/backfill/als-<fp> \
+        --mels DATA/mels/<hash> --model DATA/runs/backfill/model-<...>.pt [--seed 0]
 
-- ALS on those plays: the exact ALS item step against the trained user factors
-  (Spark's regularisation, toward zero);
-- audio alone: the audio model's prediction, which ignores the plays;
-- the blend: the item step held toward the audio prediction with strength lambda, at
-  the audio prediction's length (schemas.feedback.blend_toward), which is what
-  scoring does for semi-cold tracks.
-
-What the blend does is chosen by validation, the way scoring uses it: tracks with
-fewer than m revealed plays keep the audio prediction, the others are held toward it
-with one strength lambda (SemiColdConfig's min_listeners and reg). One (m, lambda)
-for every bucket, chosen on the validation AUC summed over the buckets (see choose):
-a choice per bucket rests on a dozen tracks and follows their luck. The grid runs up
-to infinity, the audio prediction itself, so validation may also decide that a few
-plays should not move it.
+On an evaluation's ALS run (trained without the held-out tracks' plays) and an
+audio model, for each number r of revealed plays (jobs/evaluate/semicold.py reveals
+them the same way) it searches what the blend should do: tracks with fewer than m
+revealed plays keep the audio prediction, the others are held toward it with one
+strength lambda. One (m, lambda) for every bucket, chosen on the validation AUC summed
+over the buckets (see choose): a choice per bucket rests on a dozen tracks and follows
+their luck. The grid runs up to infinity, the audio prediction itself, so validation
+may also decide that a few plays should not move it.
 
 The choice is judged on tracks it never saw: the held-out tracks are split in FOLDS
 folds by a hash of their id, and each fold is blended as the choice made on the other
 folds says; this is repeated over SPLITS different hashes and every figure is the
 mean over those FOLDS x SPLITS test folds (ALS alone and audio alone on the very same
 folds). Each fold is ranked on its own: factors held with different strengths differ
-in scale, so mixing them in one ranking would mislead. Scoring's settings
-(SemiColdConfig) were set from these choices.
+in scale, so mixing them in one ranking would mislead. benchmarks/real_music.py runs
+it on every seed; SemiColdConfig states what it chose. Asserts nothing.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import logging
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import factor_matrix, factors_column
-from schemas.feedback import blend_toward, fold_in, plays_matrix
-from schemas.metrics import mean_auc, mean_auc_without_each, rank_metrics
+import schemas
+from jobs.evaluate.semicold import REVEALED, reveal, scores
+from model.predictor import FactorSpace, Predictor
+from schemas import factor_matrix, layout, storage
+from schemas.config import EvaluateConfig
+from schemas.feedback import als_settings, blend_toward, fold_in, plays_matrix
+from schemas.metrics import mean_auc, mean_auc_without_each
 
 logger = logging.getLogger(__name__)
 
-REVEALED = (1, 2, 5, 10)
 LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, math.inf)
 SPLITS = 5
 FOLDS = 4
@@ -63,31 +63,6 @@ def fold_of(track_id: str, split: int) -> int:
     # blake2b, not crc32: crc32 is affine, so salts would give the same split or its mirror
     digest = hashlib.blake2b(f"semi-cold:{split}:{track_id}".encode(), digest_size=8).digest()
     return digest[0] % FOLDS
-
-
-def reveal(heldout: pa.Table, track_ids: list[str], r: int,
-           rng: np.random.Generator) -> tuple[list[str], pa.Table, pa.Table]:
-    """(tracks with more than r listeners, their r revealed plays, their other plays)."""
-    rows: dict[str, list[int]] = {}
-    for i, track in enumerate(heldout.column("track_id").to_pylist()):
-        rows.setdefault(track, []).append(i)
-    shown, hidden, kept = [], [], []
-    for track in track_ids:
-        mine = rows.get(track, [])
-        if len(mine) <= r:
-            continue
-        kept.append(track)
-        picked = set(rng.choice(len(mine), r, replace=False).tolist())
-        shown += [row for j, row in enumerate(mine) if j in picked]
-        hidden += [row for j, row in enumerate(mine) if j not in picked]
-    return kept, heldout.take(pa.array(shown, pa.int64())), heldout.take(pa.array(hidden, pa.int64()))
-
-
-def scores(users: pa.Table, track_ids: list[str], factors: np.ndarray, plays: pa.Table,
-           k: int, recall_k: int) -> dict:
-    table = pa.table({"track_id": track_ids, "factors": factors_column(factors)})
-    ranked = rank_metrics(users, table, plays, k, recall_k)
-    return {"auc": ranked["auc"], f"map@{k}": ranked[f"map@{k}"], "users": ranked["users"]}
 
 
 @dataclass
@@ -183,8 +158,8 @@ def choose(validation: dict[int, Validation]
     return chosen, full
 
 
-def evaluate_semicold(users: pa.Table, heldout: pa.Table, track_ids: list[str], audio: np.ndarray,
-                      als: dict[str, float], k: int, recall_k: int, seed: int) -> dict:
+def search(users: pa.Table, heldout: pa.Table, track_ids: list[str], audio: np.ndarray,
+           als: dict[str, float], k: int, recall_k: int, seed: int) -> dict:
     """The semi-cold report: per r, AUC and mAP@k of ALS alone, audio alone and the
     validated blend, each the mean over the FOLDS x SPLITS test folds; the choice made
     for each test fold, and the validation AUC of every lambda."""
@@ -247,9 +222,9 @@ def evaluate_semicold(users: pa.Table, heldout: pa.Table, track_ids: list[str], 
 
 def markdown(report: dict, k: int) -> str:
     choices = ", ".join(f"{c} x{n}" for c, n in Counter(report["choices"]).most_common())
-    lines = [f"Semi-cold tracks (audio: {report['audio']}; min revealed plays / lambda chosen "
-             f"on {FOLDS - 1} of {FOLDS} folds of the held-out tracks, AUC / mAP@{k} on the "
-             f"other, mean over the folds of {SPLITS} splits; choices: {choices})",
+    lines = [f"Semi-cold search (min revealed plays / lambda chosen on {FOLDS - 1} of {FOLDS} "
+             f"folds of the held-out tracks, AUC / mAP@{k} on the other, mean over the folds "
+             f"of {SPLITS} splits; choices: {choices})",
              "", "| revealed plays | tracks | ALS alone | audio alone | blend | lambda (most chosen) |",
              "|---|---|---|---|---|---|"]
     for b in report["buckets"]:
@@ -257,3 +232,39 @@ def markdown(report: dict, k: int) -> str:
         lines.append(f"| {b['revealed']} | {b['tracks']} | " + " | ".join(cells)
                      + f" | {b['lambda']} |")
     return "\n".join(lines) + "\n"
+
+
+def run(als_dir: Path, mels: Path, model: Path, seed: int,
+        config: EvaluateConfig = EvaluateConfig()) -> dict:
+    """The search on the held-out tracks of the ALS run ``als_dir``, with ``model``'s
+    predictions as the audio."""
+    users = storage.read_table(als_dir / layout.USER_FACTORS, schemas.USER_FACTORS)
+    items = als_dir / layout.ITEM_FACTORS
+    heldout = storage.read_table(als_dir / layout.HELDOUT_PLAYS, schemas.PLAYS)
+    wanted = sorted(set(heldout.column("track_id").to_pylist()))
+    ids, audio = Predictor.load(model).predict_tracks(layout.mel_shards(mels), wanted,
+                                                      FactorSpace.of(items))
+    return search(users, heldout, ids, audio, als_settings(storage.read_params(items), items),
+                  config.k, config.recall_k, seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--als", type=Path, required=True,
+                        help="an evaluation's ALS run (with held-out plays)")
+    parser.add_argument("--mels", type=Path, required=True, help="the model's spectrograms")
+    parser.add_argument("--model", type=Path, required=True, help="the audio model file")
+    parser.add_argument("--seed", type=int, default=EvaluateConfig.seed)
+    parser.add_argument("--out", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    report = run(args.als, args.mels, args.model, args.seed)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report, EvaluateConfig.k))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from jobs.evaluate.job import main
+
+raise SystemExit(main())
