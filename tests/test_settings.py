@@ -121,3 +121,22 @@ def test_tasks_whose_outputs_are_named_otherwise_keep_their_parameters():
     params = dict(tasks.MelSpectrograms.get_params())
     assert params["excerpt_s"].significant and params["dtype"].significant
     assert not params["workers"].significant and not params["max_bad_fraction"].significant
+
+
+def test_the_spectrogram_and_training_jobs_parse_their_tasks_flags(luigi_cfg):
+    from jobs.spectrograms.job import parse_options
+    from model.train import job_of, parse_args
+
+    luigi_cfg("MelSpectrograms", "excerpt_s", "")  # none: whole tracks
+    luigi_cfg("MelSpectrograms", "retry_dead_letters", "true")
+    luigi_cfg("TrainModel", "loss", "cosine")
+    luigi_cfg("TrainModel", "lr", "0.01")
+    mels = tasks.MelSpectrograms()
+    job = parse_options(["--catalogue", "c", "--out", "o", *flags(mels, tasks.Mels, tasks.MelJob)])
+    assert job.params == mels.params() and job.params.excerpt_s is None
+    assert job.options == config_of(mels, tasks.MelJob) and job.options.retry_dead_letters
+    model = tasks.TrainModel()
+    train = job_of(parse_args(["--mels", "m", "--item-factors", "f", "--out", "o",
+                               *flags(model, tasks.Network, tasks.Training)]))
+    assert (train.arch, train.loss) == (model.arch, "cosine")
+    assert train.config == config_of(model, tasks.Training) and train.config.lr == 0.01
