@@ -29,7 +29,7 @@ Output directory (appears atomically, every table a directory of Parquet parts):
     user_factors/  schemas.USER_FACTORS      item_factors/  schemas.ITEM_FACTORS
     user_ids/      schemas.USER_IDS          track_ids/     schemas.TRACK_IDS
     quarantine/    schemas.QUARANTINED_PLAYS (rows that could not be used, with why)
-    heldout_plays/ schemas.PLAYS, with --hold-out-tracks only: the held-out tracks' plays
+    heldout_plays/ schemas.PLAYS, with --holdout only: the held-out tracks' plays
 """
 from __future__ import annotations
 
@@ -60,10 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import schemas  # noqa: E402
 from schemas import cli, inputs, layout, model_file, storage  # noqa: E402
-from schemas.config import (STORAGE_LEVELS, AlsParams, AlsTuning, InputOptions,  # noqa: E402
+from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, InputOptions,  # noqa: E402
                             SemiColdConfig, TrackHoldout)
-from schemas.inputs import (FORMATS, PlaysInputError, local_path,  # noqa: E402
-                            plays_format)
+from schemas.inputs import PlaysInputError, local_path, plays_format  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -444,7 +443,7 @@ def resolve_blocks(spark: SparkSession, params: AlsParams) -> AlsParams:
 def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
         tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None,
-        holdout: TrackHoldout = TrackHoldout(fraction=0.0),
+        holdout: TrackHoldout = NO_HOLDOUT,
         semi_cold: int = SemiColdConfig.max_listeners) -> None:
     """Extract, validate, factorise and write every output table under ``out``.
 
@@ -513,81 +512,32 @@ def write_play_counts(learned: DataFrame, out: Path, semi_cold: int) -> None:
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments that say how to read and validate the plays (InputOptions)."""
-    defaults = InputOptions()
     parser.add_argument("--plays", required=True,
                         help="play-count table: a Parquet, CSV or triplet file, or a directory "
                              "of them; any path Spark reads (local, hdfs://, s3a://)")
-    parser.add_argument("--format", default=defaults.format, choices=("auto",) + FORMATS,
-                        help="input format; auto: by extension (.parquet/.pq, .csv, "
-                             ".tsv/.txt/.triplets, optionally compressed), Parquet when there "
-                             "is none (default %(default)s). CSV needs a header line; triplets "
-                             "are the MSD Taste Profile's user<TAB>song<TAB>count, no header")
-    parser.add_argument("--user-column", default=defaults.user_column,
-                        help="user id column of Parquet/CSV input (default %(default)s)")
-    parser.add_argument("--track-column", default=defaults.track_column,
-                        help="track id column of Parquet/CSV input (default %(default)s)")
-    parser.add_argument("--plays-column", default=defaults.plays_column,
-                        help="play count column of Parquet/CSV input (default %(default)s)")
-    parser.add_argument("--delimiter", default=defaults.delimiter,
-                        help="field delimiter of CSV input, e.g. '\\t' (default %(default)r)")
-    parser.add_argument("--max-bad-fraction", type=float, default=defaults.max_bad_fraction,
-                        help="fail when more than this fraction of input rows cannot be used "
-                             "(default %(default)s)")
+    cli.add_settings(parser, InputOptions, aliases={"format": "--format"})
 
 
 def add_als_arguments(parser: argparse.ArgumentParser) -> None:
     """The factorisation's arguments (AlsParams) and speed settings (AlsTuning)."""
-    defaults, tuning = AlsParams(), AlsTuning()
-    parser.add_argument("--rank", type=int, default=defaults.rank,
-                        help="number of latent factors (default %(default)s)")
-    parser.add_argument("--reg", type=float, default=defaults.reg,
-                        help="L2 regularisation per play: row u is regularised by reg * n_u, "
-                             "its number of plays (Spark's ALS-WR) (default %(default)s)")
-    parser.add_argument("--alpha", type=float, default=defaults.alpha,
-                        help="confidence scale alpha in c = 1 + alpha*log(1 + r/eps) "
-                             "(default %(default)s)")
-    parser.add_argument("--eps", type=float, default=defaults.eps,
-                        help="play-count scale eps in the confidence (default %(default)s)")
-    parser.add_argument("--iterations", type=int, default=defaults.iterations,
-                        help="ALS sweeps (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="random seed of the factor initialisation (default %(default)s)")
-    parser.add_argument("--blocks", type=int, default=defaults.blocks,
-                        help="user and item blocks of Spark's ALS; they also fix the random "
-                             "initialisation, so pin them to reproduce factors on another cluster "
-                             "(default: one per core, Spark's default parallelism)")
-    parser.add_argument("--checkpoint-interval", type=int, default=defaults.checkpoint_interval,
-                        help="iterations between RDD checkpoints, which keep lineage short "
-                             "(default %(default)s)")
+    cli.add_settings(parser, AlsParams)
     parser.add_argument("--checkpoint-dir",
                         help="checkpoint directory visible to all executors (HDFS/S3 on a "
                              "cluster); default: a scratch folder inside the output")
-    parser.add_argument("--intermediate-storage", default=tuning.intermediate_storage,
-                        choices=STORAGE_LEVELS,
-                        help="storage level of ALS's blocks during the iterations "
-                             "(default %(default)s)")
-    parser.add_argument("--final-storage", default=tuning.final_storage, choices=STORAGE_LEVELS,
-                        help="storage level of the final factors (default %(default)s)")
-    parser.add_argument("--no-cache-ratings", dest="cache_ratings", action="store_false",
-                        help="do not cache the indexed ratings before the fit")
+    cli.add_settings(parser, AlsTuning)
 
 
 def input_options(args: argparse.Namespace) -> InputOptions:
-    delimiter = inputs.delimiter(args.delimiter)
-    return InputOptions(format=args.format, user_column=args.user_column,
-                        track_column=args.track_column, plays_column=args.plays_column,
-                        delimiter=delimiter, max_bad_fraction=args.max_bad_fraction)
+    options = cli.settings_from(InputOptions, args)
+    return dataclasses.replace(options, delimiter=inputs.delimiter(options.delimiter))
 
 
 def als_params(args: argparse.Namespace) -> AlsParams:
-    return AlsParams(rank=args.rank, reg=args.reg, alpha=args.alpha, eps=args.eps,
-                     iterations=args.iterations, seed=args.seed,
-                     checkpoint_interval=args.checkpoint_interval, blocks=args.blocks)
+    return cli.settings_from(AlsParams, args)
 
 
 def als_tuning(args: argparse.Namespace) -> AlsTuning:
-    return AlsTuning(intermediate_storage=args.intermediate_storage,
-                     final_storage=args.final_storage, cache_ratings=args.cache_ratings)
+    return cli.settings_from(AlsTuning, args)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -600,15 +550,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--catalogue",
                         help="catalogue Parquet (schemas.CATALOGUE); plays of tracks it does "
                              "not list are quarantined, and none matching is an error")
-    parser.add_argument("--hold-out-tracks", type=float, default=0.0, metavar="FRACTION",
-                        help="evaluation: write every play of this fraction of the tracks "
-                             "(stratified by the catalogue's artist, and by popularity) to "
-                             "heldout_plays/ instead of learning from them (default 0: none)")
-    parser.add_argument("--hold-out-seed", type=int, default=TrackHoldout.seed,
-                        help="seed of the track hold-out (default %(default)s)")
-    parser.add_argument("--semi-cold-listeners", type=int, default=SemiColdConfig.max_listeners,
-                        help="tracks with at most this many listeners are semi-cold: their "
-                             "plays go to sparse_plays/ (default %(default)s)")
+    cli.add_settings(parser, NO_HOLDOUT, aliases={"fraction": "--hold-out-tracks",
+                                                  "seed": "--hold-out-seed"})
+    cli.add_settings(parser, SemiColdConfig, only=("max_listeners",))
     add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -629,8 +573,7 @@ def run_job(args: argparse.Namespace) -> None:
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
             input_options(args), als_tuning(args), args.catalogue,
-            TrackHoldout(fraction=args.hold_out_tracks, seed=args.hold_out_seed),
-            args.semi_cold_listeners)
+            cli.settings_from(NO_HOLDOUT, args), args.semi_cold_listeners)
     finally:
         spark.stop()
 

@@ -56,7 +56,6 @@ def audience(user_factors: Path, track_factors: Path, out: Path, k: int = QueryC
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = QueryConfig()
     parser = argparse.ArgumentParser(prog="python -m jobs.audience", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--user-factors", required=True, type=Path,
@@ -64,10 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--track-factors", required=True, type=Path,
                         help="the combined factor table (schemas.TRACK_FACTORS)")
     parser.add_argument("--out", required=True, type=Path, help="Parquet file to write")
-    parser.add_argument("--k", type=int, default=defaults.audience,
-                        help="users per track (default %(default)s)")
-    parser.add_argument("--user-batch", type=int, default=defaults.user_batch,
-                        help="users scored at once (default %(default)s)")
+    cli.add_settings(parser, QueryConfig, only=("audience", "user_batch"))
     args = parser.parse_args(argv)
     if args.k < 1 or args.user_batch < 1:
         parser.error("--k and --user-batch must be at least 1")

@@ -706,7 +706,6 @@ def generate(out: Path, config: DemoConfig = DemoConfig(), workers: int | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defaults = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="python -m jobs.demo_catalogue",
         description="Build the built-in demo catalogue: synthetic tracks in several musical "
@@ -715,26 +714,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "to heldout_plays.parquet for evaluation.")
     parser.add_argument("--out", required=True, type=Path,
                         help="output directory; must not exist, appears only when complete")
-    parser.add_argument("--n-tracks", type=int, default=defaults.n_tracks,
-                        help="number of tracks, warm and cold (default %(default)s)")
-    parser.add_argument("--n-users", type=int, default=defaults.n_users,
-                        help="number of simulated users (default %(default)s)")
-    parser.add_argument("--duration-s", type=float, default=defaults.duration_s,
-                        help="length of every track in seconds (default %(default)s)")
-    parser.add_argument("--cold-fraction", type=float, default=defaults.cold_fraction,
-                        help="fraction of tracks whose plays are held out "
-                             "(default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="random seed; the same seed gives the same catalogue "
-                             "(default %(default)s)")
+    cli.add_settings(parser, DemoConfig)
     parser.add_argument("--workers", type=int, default=None,
                         help="threads synthesising and encoding audio; does not change "
                              "the output (default: number of CPUs)")
     args = parser.parse_args(argv)
     cli.setup_logging()
-    config = DemoConfig(n_tracks=args.n_tracks, n_users=args.n_users,
-                        duration_s=args.duration_s, cold_fraction=args.cold_fraction,
-                        seed=args.seed)
+    config = cli.settings_from(DemoConfig, args)
     return cli.run_job(lambda: generate(args.out, config, workers=args.workers), logger,
                        FileExistsError)
 

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import schemas
 from schemas import cli, inputs, storage
 from schemas.config import InputOptions, MelParams
-from schemas.inputs import FORMATS, PlaysInputError, plays_format
+from schemas.inputs import PlaysInputError, plays_format
 
 logger = logging.getLogger(__name__)
 
@@ -252,17 +252,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--catalogue", type=Path, help="catalogue Parquet file or directory")
     parser.add_argument("--plays", type=Path,
                         help="play counts: Parquet, CSV or triplets, a file or a directory")
-    parser.add_argument("--plays-format", default="auto",
-                        choices=("auto", *FORMATS),
-                        help="format of --plays; auto goes by the extension. Default: auto")
-    defaults = InputOptions()
-    parser.add_argument("--user-column", default=defaults.user_column, help="Default: %(default)s")
-    parser.add_argument("--track-column", default=defaults.track_column,
-                        help="Default: %(default)s")
-    parser.add_argument("--plays-column", default=defaults.plays_column,
-                        help="Default: %(default)s")
-    parser.add_argument("--delimiter", default=defaults.delimiter,
-                        help="CSV delimiter; \\t for tab. Default: %(default)s")
+    # How ALS will read the plays; the doctor has no rows to quarantine.
+    cli.add_settings(parser, InputOptions, skip=("max_bad_fraction",))
     parser.add_argument("--report", type=Path, help="also write the checks here as JSON")
     return parser.parse_args(argv)
 

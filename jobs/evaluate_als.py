@@ -206,15 +206,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     als.add_input_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="JSON report to write")
-    defaults = HoldoutOptions()
-    parser.add_argument("--holdout", type=float, default=defaults.fraction,
-                        help="fraction of each user's plays held out (default %(default)s)")
-    parser.add_argument("--k", type=int, default=defaults.k,
-                        help="cut-off of mAP@k and recall@k (default %(default)s)")
-    parser.add_argument("--split-seed", type=int, default=defaults.seed,
-                        help="seed of the held-out selection and user sample (default %(default)s)")
-    parser.add_argument("--max-users", type=int, default=defaults.max_users,
-                        help="score a seeded sample of this many users (default: all)")
+    cli.add_settings(parser, HoldoutOptions)
     als.add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -226,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_job(args: argparse.Namespace) -> None:
-    holdout = HoldoutOptions(fraction=args.holdout, k=args.k, seed=args.split_seed,
-                             max_users=args.max_users)
+    holdout = cli.settings_from(HoldoutOptions, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     spark = SparkSession.builder.appName("coldstart-evaluate-als").getOrCreate()
     try:

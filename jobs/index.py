@@ -27,6 +27,7 @@ from schemas import cli, factor_matrix, layout, storage
 from schemas.config import IndexConfig
 
 logger = logging.getLogger(__name__)
+BUILD_ONLY = ("query_ef",)  # searching's setting (jobs/query.py); building does not use it
 
 
 def build(track_factors: Path, out: Path, config: IndexConfig = IndexConfig()) -> int:
@@ -53,17 +54,13 @@ def build(track_factors: Path, out: Path, config: IndexConfig = IndexConfig()) -
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = IndexConfig()
     parser = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--track-factors", required=True, type=Path,
                         help="the combined factor table (schemas.TRACK_FACTORS), one file")
     parser.add_argument("--out", required=True, type=Path,
                         help="index directory; must not exist, appears when complete")
-    parser.add_argument("--m", type=int, default=defaults.m,
-                        help="HNSW links per node (default %(default)s)")
-    parser.add_argument("--ef-construction", type=int, default=defaults.ef_construction,
-                        help="search depth while building (default %(default)s)")
+    cli.add_settings(parser, IndexConfig, skip=BUILD_ONLY)
     return parser.parse_args(argv)
 
 
@@ -72,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def body() -> None:
-        build(args.track_factors, args.out, IndexConfig(m=args.m, ef_construction=args.ef_construction))
+        build(args.track_factors, args.out, cli.settings_from(IndexConfig, args, skip=BUILD_ONLY))
     return cli.run_job(body, logger, ValueError, FileExistsError)
 
 

@@ -126,9 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=Path,
                         help="directory of the runs' outputs (DATA/runs); removed with their "
                              "snapshots")
-    parser.add_argument("--keep", type=int, default=PublishConfig.keep,
-                        help="snapshots kept, the newest; 0 keeps only the latest "
-                             "(default %(default)s)")
+    cli.add_settings(parser, PublishConfig)
     return parser.parse_args(argv)
 
 

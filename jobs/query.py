@@ -182,13 +182,12 @@ def render(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = QueryConfig()
     parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--published", type=Path, default=layout.data_root() / "published",
                         help="directory of the published snapshots (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("-n", type=int, default=defaults.top, help="rows (default %(default)s)")
+    cli.add_settings(parser, QueryConfig, only=("top",), aliases={"top": "-n"})
     commands = parser.add_subparsers(dest="command", required=True)
     near = commands.add_parser("similar", help="tracks nearest to a track")
     near.add_argument("--track", required=True)
@@ -199,12 +198,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--track", required=True)
     mix = commands.add_parser("recommend", help="tracks for a user")
     mix.add_argument("--user", required=True)
-    mix.add_argument("--cold-share", type=float, default=defaults.cold_share,
-                     help="share of cold tracks (factors from audio) (default %(default)s)")
+    cli.add_settings(mix, QueryConfig, only=("cold_share",))
     mix.add_argument("--plays", type=Path,
                      help="plays to leave out (default: those the snapshot was made from)")
     args = parser.parse_args(argv)
-    if args.n < 1:
+    if args.top < 1:
         parser.error("-n must be at least 1")
     if args.command == "recommend" and not 0.0 <= args.cold_share <= 1.0:
         parser.error("--cold-share must be between 0 and 1")
@@ -214,14 +212,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def answer(args: argparse.Namespace) -> list[dict]:
     snap = Snapshot(args.published)
     if args.command == "similar":
-        return similar(snap, args.track, args.n, args.among)
+        return similar(snap, args.track, args.top, args.among)
     if args.command == "audience":
-        return audience(snap, args.track, args.n)
+        return audience(snap, args.track, args.top)
     plays = args.plays or snap.manifest.get("inputs", {}).get("plays")
     if plays is None:
         raise cli.JobError(f"{snap.path}: the snapshot does not say which plays it was made "
                            "from; give --plays")
-    return recommend(snap, args.user, args.n, args.cold_share, played_by(Path(plays), args.user))
+    return recommend(snap, args.user, args.top, args.cold_share, played_by(Path(plays), args.user))
 
 
 def main(argv: list[str] | None = None) -> int:

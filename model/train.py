@@ -39,7 +39,7 @@ from model.data import (ShardStream, band_stats, in_validation, plan_pieces, sha
 from model.net import NetConfig, Network, build_net
 from model.trainer import Trainer, is_main
 from schemas import cli, factor_matrix, layout, model_file, storage
-from schemas.config import ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, TrainConfig
+from schemas.config import DEFAULT_ARCH, DEFAULT_LOSS, NetworkChoice, TrainConfig
 from schemas.feedback import als_settings, plays_matrix
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,6 @@ def train(job: TrainJob) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    t = TrainConfig()
     parser = argparse.ArgumentParser(prog="torchrun -m model.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("inputs and outputs")
@@ -274,42 +273,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="per-epoch snapshot file; resumed from when it exists")
     io.add_argument("--tensorboard", type=Path, help="TensorBoard log directory (rank 0 writes)")
     net = parser.add_argument_group("network (defaults: the seeds' sizes for --arch)")
-    net.add_argument("--arch", choices=ARCHS, default=DEFAULT_ARCH,
-                     help="dieleman2014: 4 conv + global pooling; vandenoord2013: 2 conv + "
-                          "2 dense on 3 s windows, averaged (default %(default)s)")
+    cli.add_settings(net, NetworkChoice, only=("arch",))
     net.add_argument("--channels", type=int, nargs="+", help="conv layer widths")
     net.add_argument("--pools", type=int, nargs="+", help="max-pool sizes after the conv layers")
     net.add_argument("--dense", type=int, help="dense layer width")
     net.add_argument("--dropout", type=float, help="dropout rate")
     net.add_argument("--window-frames", type=int, help="vandenoord2013 window length in frames")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--loss", choices=LOSSES, default=DEFAULT_LOSS,
-                     help="mse on unit-normalised factors, cosine distance, or the weighted "
-                          "prediction error of WMF (paper eq. 5) (default %(default)s)")
-    opt.add_argument("--epochs", type=int, default=t.epochs, help="maximum epochs (default %(default)s)")
-    opt.add_argument("--batch-size", type=int, default=t.batch_size,
-                     help="examples per step and process (default %(default)s)")
-    opt.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate (default %(default)s)")
-    opt.add_argument("--weight-decay", type=float, default=t.weight_decay,
-                     help="L2 weight decay (default %(default)s)")
-    opt.add_argument("--crop-frames", type=int, default=t.crop_frames,
-                     help="random time-crop length in frames, 0 for none (default %(default)s)")
-    opt.add_argument("--clips-per-track", type=int, default=t.clips_per_track,
-                     help="random crops of each training track per epoch (default %(default)s)")
-    opt.add_argument("--taste-tracks", type=int, default=t.taste_tracks,
-                     help="warm tracks the taste classifier averaged with the network is "
-                          "fitted on, 0 for none (default %(default)s)")
-    opt.add_argument("--min-spread", type=float, default=t.min_spread,
-                     help="fail unless some epoch's validation predictions spread at least "
-                          "this much (1 - mean pairwise cosine): a model that predicts one "
-                          "direction for every track is refused (default %(default)s)")
-    opt.add_argument("--val-fraction", type=float, default=t.val_fraction,
-                     help="fraction of tracks held out for validation (default %(default)s)")
-    opt.add_argument("--patience", type=int, default=t.patience,
-                     help="epochs without validation improvement before stopping (default %(default)s)")
-    opt.add_argument("--loader-workers", type=int, default=t.loader_workers,
-                     help="data-loader processes per rank (default %(default)s)")
-    opt.add_argument("--seed", type=int, default=t.seed, help="random seed (default %(default)s)")
+    cli.add_settings(opt, NetworkChoice, only=("loss",))
+    cli.add_settings(opt, TrainConfig)
     parser.add_argument("--check", action="store_true",
                         help="only check the inputs (in one process, without torchrun) and "
                              "exit: 0 when there is something to train on, 1 with the reason")
@@ -331,13 +303,7 @@ def job_of(args: argparse.Namespace) -> TrainJob:
         user_factors=args.user_factors, plays=args.plays, snapshot=args.snapshot,
         tensorboard=args.tensorboard, arch=args.arch, loss=args.loss,
         net={key: value for key, value in shape.items() if value is not None},
-        catalogue=args.catalogue,
-        config=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, crop_frames=args.crop_frames,
-                           clips_per_track=args.clips_per_track, min_spread=args.min_spread,
-                           val_fraction=args.val_fraction, patience=args.patience,
-                           seed=args.seed, loader_workers=args.loader_workers,
-                           taste_tracks=args.taste_tracks))
+        catalogue=args.catalogue, config=cli.settings_from(TrainConfig, args))
 
 
 def main(argv: list[str] | None = None) -> int:

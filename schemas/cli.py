@@ -4,12 +4,21 @@ expected failure is reported (one line naming the input, no traceback).
     0  done
     1  failed: bad input, a bound exceeded, a broken environment
     2  bad usage: unknown or missing flags, or an output that already exists
+
+A job's settings are flags derived from the fields of a config dataclass
+(schemas/config.py): ``add_settings`` adds them, ``settings_from`` builds the config
+from the parsed command line. The Luigi tasks derive their parameters the same way
+(workflows/settings.py) and pass them back as these flags.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import time
-from typing import Callable
+import types
+import typing
+from typing import Any, Callable, Collection, Mapping
 
 OK, FAILED, USAGE = 0, 1, 2
 PROGRESS_EVERY_S = 10.0  # how often a long stage logs its progress
@@ -64,3 +73,94 @@ def run_job(body: Callable[[], int | None], log: logging.Logger,
     except (JobError, *expected) as err:
         log.error("%s", err)
         return FAILED
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One field of a config dataclass, as a command line and a Luigi task see it."""
+    field: str  # the dataclass field
+    name: str  # what flags and luigi.cfg call it
+    kind: type  # bool, int, float or str; of each item when ``many``
+    optional: bool  # None is a value ("none" on a command line)
+    many: bool  # a tuple of ``kind``
+    default: Any
+    help: str
+    choices: tuple | None
+    significant: bool  # changes results, so outputs are fingerprinted by it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def settings_of(config: Any, only: Collection[str] | None = None,
+                skip: Collection[str] = ()) -> list[Setting]:
+    """The settings of ``config``, a config dataclass or an instance of one whose values
+    are the defaults; ``only`` and ``skip`` pick fields by name."""
+    cls = config if isinstance(config, type) else type(config)
+    defaults = config() if isinstance(config, type) else config
+    hints = typing.get_type_hints(cls)
+    found = []
+    for field in dataclasses.fields(cls):
+        if (only is not None and field.name not in only) or field.name in skip:
+            continue
+        kind, optional, many = _unpack(hints[field.name])
+        meta = field.metadata
+        found.append(Setting(field.name, meta.get("name") or field.name, kind, optional, many,
+                             getattr(defaults, field.name), meta.get("help", ""),
+                             meta.get("choices"), meta.get("significant", True)))
+    return found
+
+
+def _unpack(hint: Any) -> tuple[type, bool, bool]:
+    """(item type, None allowed, tuple) of ``int``, ``float | None``, ``tuple[str, ...]``."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    if optional:
+        [hint] = [arg for arg in args if arg is not type(None)]
+        args = typing.get_args(hint)
+    many = typing.get_origin(hint) is tuple
+    kind = args[0] if many else hint
+    if kind not in (bool, int, float, str):
+        raise TypeError(f"a setting is a bool, int, float or str, or a tuple of them; got {hint}")
+    return kind, optional, many
+
+
+def _or_none(kind: type) -> Callable[[str], Any]:
+    """``kind`` from a command-line word, where "none" means None."""
+    def parse(word: str) -> Any:
+        return None if word.lower() == "none" else kind(word)
+    parse.__name__ = kind.__name__  # argparse names it in its errors
+    return parse
+
+
+def add_settings(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config: Any,
+                 only: Collection[str] | None = None, skip: Collection[str] = (),
+                 aliases: Mapping[str, str] | None = None) -> None:
+    """A flag for each setting of ``config`` (see settings_of): ``--rank`` for ``rank``,
+    ``--cache-ratings``/``--no-cache-ratings`` for a bool, several words for a tuple;
+    its type, default, choices and help from the field. ``aliases`` maps a field to
+    another flag that sets it too (one a command line used before)."""
+    for setting in settings_of(config, only, skip):
+        flags = [setting.flag, *([aliases[setting.field]] if aliases and setting.field in aliases
+                                 else [])]
+        common = dict(dest=setting.name, default=setting.default,
+                      help=setting.help.replace("%", "%%") + " (default %(default)s)")
+        if setting.kind is bool:
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
+            continue
+        parser.add_argument(*flags, type=_or_none(setting.kind) if setting.optional
+                            else setting.kind, choices=setting.choices,
+                            nargs="*" if setting.many else None, **common)
+
+
+def settings_from(config: Any, args: argparse.Namespace, only: Collection[str] | None = None,
+                  skip: Collection[str] = ()) -> Any:
+    """The config the parsed flags of ``add_settings(parser, config, only, skip)`` describe;
+    fields without a flag keep their defaults."""
+    defaults = config() if isinstance(config, type) else config
+    values = {setting.field: getattr(args, setting.name)
+              for setting in settings_of(config, only, skip)}
+    return dataclasses.replace(defaults, **{
+        field: tuple(value) if isinstance(value, list) else value  # nargs gives a list
+        for field, value in values.items()})

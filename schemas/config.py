@@ -1,7 +1,8 @@
 """Every stage's settings and their defaults, stated once.
 
-Jobs build these from their command lines and pass them to their core functions;
-the Luigi tasks take their parameter defaults from them; luigi.cfg and deploy/ only
+Each field carries its help text (``setting``): the jobs derive their flags from the
+fields (schemas.cli.add_settings) and the Luigi tasks their parameters
+(workflows.settings), so a setting is one field here; luigi.cfg and deploy/ only
 override. Plain Python: importing this module loads no engine.
 """
 from __future__ import annotations
@@ -11,7 +12,20 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from schemas.inputs import FORMATS
+
+
+def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
+            significant: bool = True, name: str | None = None) -> Any:
+    """A config field with what its flag and its task parameter say: ``help``, the
+    allowed ``choices``, whether it changes results (``significant``; outputs are
+    fingerprinted by the significant ones) and ``name``, when command lines and
+    luigi.cfg call it something other than the field."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices) if choices else None,
+        "significant": significant, "name": name})
 
 # -- ALS (jobs/als.py) ------------------------------------------------------------------
 
@@ -23,41 +37,60 @@ class AlsParams:
     initialisation; None means one block per core (Spark's default parallelism),
     and the number used is recorded with the factors.
     """
-    rank: int = 32
-    reg: float = 0.1
-    alpha: float = 10.0
-    eps: float = 1.0
-    iterations: int = 15
-    seed: int = 42
-    checkpoint_interval: int = 5
-    blocks: int | None = None
+    rank: int = setting(32, "number of latent factors")
+    reg: float = setting(0.1, "L2 regularisation per play: row u is regularised by reg * n_u, "
+                              "its number of plays (Spark's ALS-WR)")
+    alpha: float = setting(10.0, "confidence scale alpha in c = 1 + alpha*log(1 + r/eps)")
+    eps: float = setting(1.0, "play-count scale eps in the confidence")
+    iterations: int = setting(15, "ALS sweeps")
+    seed: int = setting(42, "random seed of the factor initialisation")
+    checkpoint_interval: int = setting(
+        5, "iterations between RDD checkpoints, which keep lineage short")
+    blocks: int | None = setting(
+        None, "user and item blocks of Spark's ALS; they also fix the random initialisation, "
+              "so pin them to reproduce factors on another cluster (none: one per core, "
+              "Spark's default parallelism)")
+
+
+STORAGE_LEVELS = ("MEMORY_ONLY", "MEMORY_ONLY_SER", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER",
+                  "DISK_ONLY")
 
 
 @dataclass(frozen=True)
 class AlsTuning:
     """Settings that change speed and memory use, never the factors."""
-    intermediate_storage: str = "MEMORY_AND_DISK"
-    final_storage: str = "MEMORY_AND_DISK"
-    cache_ratings: bool = True
+    intermediate_storage: str = setting(
+        "MEMORY_AND_DISK", "storage level of ALS's blocks during the iterations",
+        choices=STORAGE_LEVELS, significant=False)
+    final_storage: str = setting("MEMORY_AND_DISK", "storage level of the final factors",
+                                 choices=STORAGE_LEVELS, significant=False)
+    cache_ratings: bool = setting(True, "cache the indexed ratings before the fit",
+                                  significant=False)
 
 
 @dataclass(frozen=True)
 class InputOptions:
     """How to read and validate the play-count table.
 
-    ``format`` is one of FORMATS or "auto" (by extension; Parquet when there is
-    none). The column names apply to Parquet and CSV; triplets are positional.
+    The column names apply to Parquet and CSV; triplets are positional. None of these
+    change what is computed from the plays read.
     """
-    format: str = "auto"
-    user_column: str = "user_id"
-    track_column: str = "track_id"
-    plays_column: str = "plays"
-    delimiter: str = ","
-    max_bad_fraction: float = 0.01
-
-
-STORAGE_LEVELS = ("MEMORY_ONLY", "MEMORY_ONLY_SER", "MEMORY_AND_DISK", "MEMORY_AND_DISK_SER",
-                  "DISK_ONLY")
+    format: str = setting(
+        "auto", "input format; auto: by extension (.parquet/.pq, .csv, .tsv/.txt/.triplets, "
+                "optionally compressed), Parquet when there is none. CSV needs a header line; "
+                "triplets are the MSD Taste Profile's user<TAB>song<TAB>count, no header",
+        choices=("auto", *FORMATS), significant=False, name="plays_format")
+    user_column: str = setting("user_id", "user id column of Parquet/CSV input",
+                               significant=False)
+    track_column: str = setting("track_id", "track id column of Parquet/CSV input",
+                                significant=False)
+    plays_column: str = setting("plays", "play count column of Parquet/CSV input",
+                                significant=False)
+    delimiter: str = setting(",", "field delimiter of CSV input; \\t for tab",
+                             significant=False)
+    max_bad_fraction: float = setting(
+        0.01, "fail when more than this fraction of input rows cannot be used",
+        significant=False)
 
 
 # -- Spectrograms (jobs/spectrograms) ---------------------------------------------------
@@ -75,25 +108,24 @@ MEL_DTYPES = ("float16", "float32")
 
 @dataclass(frozen=True)
 class MelParams:
-    """Everything that determines a spectrogram's values.
+    """Everything that determines a spectrogram's values."""
 
-    sample_rate: Hz after resampling. n_fft, hop_length: STFT window and hop, in
-    samples. n_mels: mel bands. excerpt_s: seconds taken from the middle of the
-    track; None (or 0) keeps the whole track. log_offset: added before the log,
-    log(mel + log_offset). pad: how a track shorter than the excerpt is padded,
-    one of PAD_MODES. dtype: how the values are stored, one of MEL_DTYPES.
-    """
-
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    hop_length: int = 512
-    n_mels: int = 128
+    sample_rate: int = setting(22050, "sample rate (Hz) audio is resampled to")
+    n_fft: int = setting(1024, "STFT window length in samples")
+    hop_length: int = setting(512, "STFT hop in samples (one spectrogram frame per hop)")
+    n_mels: int = setting(128, "number of mel bands")
     # 30 s: three times the audio of 10 s, which on real music lifts the CNN's held-out
     # AUC by about 0.05 (benchmarks/real_music.py); a shorter track is looped to length.
-    excerpt_s: float | None = 30.0
-    log_offset: float = 1e-6
-    pad: str = "wrap"
-    dtype: str = "float16"
+    excerpt_s: float | None = setting(
+        30.0, "seconds of audio taken from the middle of each track; 0 (or none) keeps whole "
+              "tracks")
+    log_offset: float = setting(1e-6, "spectrograms are log(mel power + offset)")
+    pad: str = setting(
+        "wrap", "what happens to tracks shorter than the excerpt: zeros appends silence, wrap "
+                "loops the audio, none keeps them short (fewer frames), reject sends them to "
+                "the dead letters", choices=PAD_MODES)
+    dtype: str = setting("float16", "how spectrogram values are stored: float16 halves what "
+                                    "training reads", choices=MEL_DTYPES)
 
     def __post_init__(self) -> None:
         # Normalise types so that equal settings always hash equally (10 vs 10.0).
@@ -148,32 +180,52 @@ class MelParams:
 class SpectrogramOptions:
     """How the spectrogram job treats its inputs; none of these change a spectrogram.
 
-    Tracks with less audio than ``min_duration_s``, more than ``max_duration_s``
-    (None: no limit), files over ``max_file_mb`` MiB (None: no limit) and decodes
-    slower than ``decode_timeout_s`` are dead letters. The job fails when more than
-    ``max_bad_fraction`` of the catalogue's tracks are failing. A track that failed is
-    tried again ``retry_after_days`` after its first failure, then after twice as
-    long each time (all at once with ``retry_dead_letters``). ``row_group_mb`` sizes
-    the Parquet row groups readers load one at a time; a shard is closed once it holds
-    ``shard_mb`` (one row group more at most) and the worker starts another, so a shard
-    never grows with the catalogue. With ``isolate_decoding`` each worker computes in
-    ``decoders`` child processes (0: one per CPU). A catalogue is done in parts
-    of about ``tracks_per_part`` tracks, each published when done, so a killed run
-    keeps what it finished.
+    A shard never grows with the catalogue: it is closed at ``shard_mb``.
     """
-    min_duration_s: float = 1.0
-    max_duration_s: float | None = 3 * 3600.0
-    max_file_mb: float | None = 1024.0
-    decode_timeout_s: float = 120.0
-    isolate_decoding: bool = True
-    decoders: int = 0
-    torch_threads: int = 1
-    max_bad_fraction: float = 0.05
-    retry_dead_letters: bool = False
-    retry_after_days: float = 1.0
-    row_group_mb: float = 32.0
-    shard_mb: float = 256.0
-    tracks_per_part: int = 10_000
+    min_duration_s: float = setting(
+        1.0, "tracks with less audio than this are dead letters ('too short')",
+        significant=False)
+    max_duration_s: float | None = setting(
+        3 * 3600.0, "tracks longer than this many seconds are dead letters ('too long'), "
+                    "whether the container says so or decoding finds it; 0 for no limit",
+        significant=False)
+    max_file_mb: float | None = setting(
+        1024.0, "audio files larger than this many MiB are dead letters ('too large'); 0 for "
+                "no limit", significant=False)
+    decode_timeout_s: float = setting(
+        120.0, "a track whose decoding and log-mel take longer is a dead letter",
+        significant=False)
+    isolate_decoding: bool = setting(
+        True, "decode in child processes of each worker; without, decoding runs in the "
+              "workers themselves, and a crash in FFmpeg kills the worker and the run",
+        significant=False)
+    decoders: int = setting(
+        0, "child processes computing spectrograms in each worker; 0 for one per CPU. With a "
+           "runner whose workers run several threads each (Dataflow, Flink), 1",
+        significant=False)
+    torch_threads: int = setting(
+        1, "threads torch may use for the mel transform in each process computing "
+           "spectrograms; 0 leaves torch's default (one per core)", significant=False)
+    max_bad_fraction: float = setting(
+        0.05, "fail (exit 1) when more than this fraction of the tracks processed become dead "
+              "letters; outputs are kept", significant=False)
+    retry_dead_letters: bool = setting(
+        False, "retry now every track that a published earlier run sent to the dead letters "
+               "with the same audio URI (otherwise each is retried after --retry-after-days, "
+               "then after twice as long each time; tracks of rejected runs are always "
+               "retried)", significant=False)
+    retry_after_days: float = setting(
+        1.0, "days before a track that failed is tried again; the wait doubles at each "
+             "further failure", significant=False)
+    row_group_mb: float = setting(
+        32.0, "approximate size of a Parquet row group of spectrograms, in MiB (readers load "
+              "one row group at a time)", significant=False)
+    shard_mb: float = setting(
+        256.0, "a shard of spectrograms is closed, and another begun, once it holds this many "
+               "MiB (one row group more at most)", significant=False)
+    tracks_per_part: int = setting(
+        10_000, "the catalogue is done in parts of about this many tracks, each published "
+                "when done, so that a killed run keeps what it finished", significant=False)
 
     @property
     def max_bytes(self) -> int | None:
@@ -209,27 +261,39 @@ DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
 
 
 @dataclass(frozen=True)
+class NetworkChoice:
+    """The network training builds and the loss it learns by."""
+    arch: str = setting(DEFAULT_ARCH, "dieleman2014: 4 conv + global pooling; vandenoord2013: "
+                                      "2 conv + 2 dense on 3 s windows, averaged", choices=ARCHS)
+    loss: str = setting(DEFAULT_LOSS, "mse on unit-normalised factors, cosine distance, or the "
+                                      "weighted prediction error of WMF (paper eq. 5)",
+                        choices=LOSSES)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings."""
     # A small catalogue gives a few dozen steps an epoch: a lower rate trained longer
     # beat 1e-3 for 40 epochs by 0.02-0.03 AUC on real music (benchmarks/real_music.py).
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    crop_frames: int = 256  # random time crop (frames of hop 512 at 22050 Hz: ~6 s)
-    clips_per_track: int = 8  # random crops of each training track per epoch
-    val_fraction: float = 0.1
-    patience: int = 15  # epochs without validation improvement before stopping
-    seed: int = 0
-    loader_workers: int = 0  # data-loader processes per rank
-    # Training fails when the best model's validation predictions spread less than
-    # this (1 - mean pairwise cosine): a model that says the same for every track.
-    min_spread: float = 0.05
-    # The taste classifier averaged with the network (model/taste.py): fitted on at
-    # most this many warm tracks (0: none), with this inverse L2 strength.
-    taste_tracks: int = 20_000
-    taste_c: float = 0.1
+    epochs: int = setting(100, "maximum epochs")
+    batch_size: int = setting(32, "examples per step and process")
+    lr: float = setting(3e-4, "Adam learning rate")
+    weight_decay: float = setting(1e-4, "L2 weight decay")
+    # frames of hop 512 at 22050 Hz: 256 is about 6 s
+    crop_frames: int = setting(256, "random time-crop length in frames, 0 for none")
+    clips_per_track: int = setting(8, "random crops of each training track per epoch")
+    val_fraction: float = setting(0.1, "fraction of tracks held out for validation")
+    patience: int = setting(15, "epochs without validation improvement before stopping")
+    seed: int = setting(0, "random seed")
+    loader_workers: int = setting(0, "data-loader processes per rank", significant=False)
+    min_spread: float = setting(
+        0.05, "fail unless some epoch's validation predictions spread at least this much "
+              "(1 - mean pairwise cosine): a model that predicts one direction for every "
+              "track is refused")
+    # The taste classifier averaged with the network (model/taste.py).
+    taste_tracks: int = setting(20_000, "warm tracks the taste classifier averaged with the "
+                                        "network is fitted on, 0 for none")
+    taste_c: float = setting(0.1, "inverse L2 strength of the taste classifier")
 
 
 @dataclass(frozen=True)
@@ -273,8 +337,15 @@ class TrackHoldout:
     """The evaluation's split (the paper's protocol): ``fraction`` of the warm tracks,
     stratified by artist and popularity, chosen by ``seed``, lose all their plays to
     the evaluation; ALS and the models are trained on the rest. 0 holds out nothing."""
-    fraction: float = 0.2
-    seed: int = 0
+    fraction: float = setting(
+        0.2, "evaluation: the share of tracks whose plays are held out instead of learned "
+             "from (stratified by the catalogue's artist, and by popularity); 0 for none",
+        name="holdout")
+    seed: int = setting(0, "seed of the track hold-out", name="holdout_seed")
+
+
+# The production chain learns from every play; only the evaluation holds tracks out.
+NO_HOLDOUT = TrackHoldout(fraction=0.0)
 
 
 @dataclass(frozen=True)
@@ -284,10 +355,11 @@ class HoldoutOptions:
     ``max_users`` evaluates a seeded sample of that many users (None: all); the
     scoring runs on the driver, so sample when there are millions of users.
     """
-    fraction: float = 0.2
-    k: int = 500
-    seed: int = 0
-    max_users: int | None = None
+    fraction: float = setting(0.2, "fraction of each user's plays held out", name="holdout")
+    k: int = setting(500, "cut-off of mAP@k and recall@k")
+    seed: int = setting(0, "seed of the held-out selection and user sample", name="split_seed")
+    max_users: int | None = setting(None, "score a seeded sample of this many users "
+                                          "(none: all)")
 
 
 # -- Publishing (jobs/publish.py) --------------------------------------------------------
@@ -296,7 +368,8 @@ class HoldoutOptions:
 class PublishConfig:
     """How many published snapshots (nights) are kept; older ones, and their runs'
     outputs, are removed, never the latest."""
-    keep: int = 7
+    keep: int = setting(7, "snapshots kept, the newest; 0 keeps only the latest",
+                        significant=False)
 
 
 @dataclass(frozen=True)
@@ -310,9 +383,14 @@ class SemiColdConfig:
     folds of two seeds, and on the third blends from 5 revealed plays, mostly with
     lambda 100. With 57 held-out tracks a seed (--more) it blends in most folds of two
     seeds, from 1 to 5 plays, mostly with lambda 100."""
-    max_listeners: int = 10
-    min_listeners: int = 3
-    reg: float = 100.0
+    max_listeners: int = setting(
+        10, "tracks with at most this many listeners are semi-cold: their factors are held "
+            "toward their audio prediction", name="semi_cold_listeners")
+    min_listeners: int = setting(
+        3, "semi-cold tracks with fewer listeners keep their audio prediction as it is",
+        name="semi_cold_min_listeners")
+    reg: float = setting(100.0, "strength with which semi-cold factors are held toward their "
+                                "audio prediction", name="semi_cold_reg")
 
 
 @dataclass(frozen=True)
@@ -320,9 +398,9 @@ class IndexConfig:
     """The similar-track index (jobs/index.py): HNSW links per node (``m``), search
     depth when building and when querying. On 100,000 random 32-dimensional vectors
     these give recall@10 0.995 against exact search (benchmarks/similar.py)."""
-    m: int = 16
-    ef_construction: int = 200
-    query_ef: int = 100
+    m: int = setting(16, "HNSW links per node")
+    ef_construction: int = setting(200, "search depth while building")
+    query_ef: int = setting(100, "search depth while querying")
 
 
 @dataclass(frozen=True)
@@ -330,10 +408,10 @@ class QueryConfig:
     """The factors at work (jobs/audience.py, jobs/query.py): users kept per new
     release, rows of a query's answer, the share of cold tracks in a user's
     recommendations, and how many users are scored at once (memory stays flat)."""
-    audience: int = 100
-    top: int = 10
-    cold_share: float = 0.2
-    user_batch: int = 8192
+    audience: int = setting(100, "users per track", name="k")
+    top: int = setting(10, "rows")
+    cold_share: float = setting(0.2, "share of cold tracks (factors from audio)")
+    user_batch: int = setting(8192, "users scored at once", significant=False)
 
 
 # -- Demo data (jobs/demo_catalogue.py) -------------------------------------------------
@@ -342,33 +420,27 @@ class QueryConfig:
 class DemoConfig:
     """Everything that determines the demo catalogue; equal configs give equal outputs."""
 
-    n_tracks: int = 400
-    """Number of tracks, warm and cold together."""
-    n_users: int = 3000
-    """Number of simulated listeners."""
-    duration_s: float = 12.0
-    """Length of every track, seconds."""
-    cold_fraction: float = 0.2
-    """Fraction of tracks, chosen at random, whose plays are held out (cold tracks)."""
-    seed: int = 0
-    """Seed of every random choice: styles, audio, popularity, tastes and plays."""
-    mean_tracks_per_user: float = 30.0
-    """Mean number of distinct tracks a user plays (geometric distribution)."""
-    min_tracks_per_user: int = 3
-    """Fewest distinct tracks a user plays."""
-    min_listeners_per_track: int = 5
-    """Fewest distinct users who play each track, so every track has some plays."""
-    popularity_exponent: float = 1.0
-    """Zipf exponent of track popularity: the r-th most popular track has weight r^-a."""
-    taste_concentration: float = 0.1
-    """Dirichlet concentration of a user's taste over kinds (style and tempo); small
-    means 1-2 kinds."""
-    taste_noise: float = 0.05
-    """Share of a user's choices that follow popularity alone, ignoring style."""
-    play_count_exponent: float = 2.2
-    """Zipf exponent of the play count of one (user, track) pair; counts are >= 1."""
-    max_play_count: int = 500
-    """Largest play count of one (user, track) pair."""
+    n_tracks: int = setting(400, "number of tracks, warm and cold")
+    n_users: int = setting(3000, "number of simulated listeners")
+    duration_s: float = setting(12.0, "length of every track in seconds")
+    cold_fraction: float = setting(0.2, "fraction of tracks, chosen at random, whose plays are "
+                                        "held out (cold tracks)")
+    seed: int = setting(0, "seed of every random choice (styles, audio, popularity, tastes, "
+                           "plays): the same seed gives the same catalogue")
+    mean_tracks_per_user: float = setting(30.0, "mean number of distinct tracks a user plays "
+                                                "(geometric distribution)")
+    min_tracks_per_user: int = setting(3, "fewest distinct tracks a user plays")
+    min_listeners_per_track: int = setting(5, "fewest distinct users who play each track, so "
+                                              "every track has some plays")
+    popularity_exponent: float = setting(1.0, "Zipf exponent of track popularity: the r-th most "
+                                              "popular track has weight r^-a")
+    taste_concentration: float = setting(0.1, "Dirichlet concentration of a user's taste over "
+                                              "kinds (style and tempo); small means 1-2 kinds")
+    taste_noise: float = setting(0.05, "share of a user's choices that follow popularity "
+                                       "alone, ignoring style")
+    play_count_exponent: float = setting(2.2, "Zipf exponent of the play count of one (user, "
+                                              "track) pair; counts are >= 1")
+    max_play_count: int = setting(500, "largest play count of one (user, track) pair")
 
     def __post_init__(self) -> None:
         if self.n_tracks < 1 or self.n_users < 1:

@@ -4,8 +4,10 @@ Each task runs a standalone job as a separate process (spark-submit, the Beam
 job, torchrun, the scoring job), so every stage stays runnable by hand. Jobs write
 their outputs atomically, so an output that exists is complete.
 
-Task parameters take their defaults from schemas/config.py, overridden by luigi.cfg
-sections named after the task ([TrainAls] rank = 50, ...). Output names carry a
+Task parameters are derived from the dataclasses of schemas/config.py
+(workflows/settings.py), overridden by luigi.cfg sections named after the task
+([TrainAls] rank = 50, ...), and passed to the jobs as the flags the jobs derive from
+the same fields. Output names carry a
 fingerprint of the task's parameters, its inputs' paths and the catalogue's and
 plays' content, so changing a setting or an input re-runs everything downstream of
 it instead of reusing stale results, and an unchanged input re-runs nothing.
@@ -31,11 +33,11 @@ from luigi.contrib.external_program import ExternalProgramRunError, ExternalProg
 from luigi.contrib.spark import SparkSubmitTask
 
 from schemas import layout, storage
-from schemas.config import (ARCHS, DEFAULT_ARCH, DEFAULT_LOSS, LOSSES, MEL_DTYPES, AlsParams,
-                            BowConfig, ChooseConfig, DemoConfig, PublishConfig, QueryConfig,
-                            SemiColdConfig, EvaluateConfig, InputOptions, MelParams,
-                            SpectrogramOptions, TrackHoldout, TrainConfig)
-from schemas.inputs import FORMATS
+from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, BowConfig, ChooseConfig,
+                            DemoConfig, EvaluateConfig, InputOptions, MelParams, NetworkChoice,
+                            PublishConfig, QueryConfig, SemiColdConfig, SpectrogramOptions,
+                            TrackHoldout, TrainConfig)
+from workflows.settings import config_of, flags, settings
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -259,22 +261,35 @@ class JobTask(ChildProcess, ExternalProgramTask):
     """A job run as a child process with this interpreter's environment."""
 
 
-class DemoCatalogue(JobTask):
+# The settings each task takes, as parameters derived from schemas/config.py.
+Demo = settings(DemoConfig)
+# Checkpoints only keep Spark's lineage short; the workflow never offered the interval,
+# and a new significant parameter would give every ALS output a new fingerprint.
+Als = settings(AlsParams, skip=("checkpoint_interval",))
+AlsSpeed = settings(AlsTuning)
+PlaysReading = settings(InputOptions)
+Split = settings(NO_HOLDOUT)
+SemiCold = settings(SemiColdConfig, only=("max_listeners",))
+Mels = settings(MelParams)
+# [MelSpectrograms] workers is what luigi.cfg files call the job's --decoders.
+MelJob = settings(SpectrogramOptions, names={"decoders": "workers"})
+Network = settings(NetworkChoice)
+# As for ALS: the settings training took from its own defaults stay out, so that the
+# models already trained keep their fingerprints.
+Training = settings(TrainConfig, skip=("weight_decay", "val_fraction", "taste_tracks", "taste_c"))
+Audience = settings(QueryConfig, only=("audience", "user_batch"))
+Publishing = settings(PublishConfig)
+
+
+class DemoCatalogue(Demo, JobTask):
     """Synthesise the built-in demo catalogue (audio, catalogue, plays, held-out plays)."""
-    n_tracks = luigi.IntParameter(default=DemoConfig.n_tracks)
-    n_users = luigi.IntParameter(default=DemoConfig.n_users)
-    duration_s = luigi.FloatParameter(default=DemoConfig.duration_s)
-    cold_fraction = luigi.FloatParameter(default=DemoConfig.cold_fraction)
-    seed = luigi.IntParameter(default=DemoConfig.seed)
 
     def output(self):
         return luigi.LocalTarget(root().demo.root)
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.demo_catalogue", "--out", self.output().path,
-                "--n-tracks", self.n_tracks, "--n-users", self.n_users,
-                "--duration-s", self.duration_s, "--cold-fraction", self.cold_fraction,
-                "--seed", self.seed]
+                *flags(self, Demo)]
 
 
 class UserInputs(luigi.Task):
@@ -364,48 +379,21 @@ class Preflight(RunTask, JobTask):
 
     def program_args(self):
         als = TrainAls(run_id=self.run_id)
+        # The doctor reads the plays as ALS will, but has nothing to quarantine.
         return [sys.executable, "-m", "jobs.doctor",
                 "--catalogue", self.input()["catalogue"].path,
-                "--plays", self.input()["plays"].path, "--plays-format", als.plays_format,
-                "--user-column", als.user_column, "--track-column", als.track_column,
-                "--plays-column", als.plays_column, "--delimiter", als.delimiter,
+                "--plays", self.input()["plays"].path,
+                *flags(als, PlaysReading, skip=("max_bad_fraction",)),
                 "--report", self.output().path]
 
 
-class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
+class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProcess,
+               SparkSubmitTask):
     """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
-    rank = luigi.IntParameter(default=AlsParams.rank)
-    reg = luigi.FloatParameter(default=AlsParams.reg)
-    alpha = luigi.FloatParameter(default=AlsParams.alpha)
-    eps = luigi.FloatParameter(default=AlsParams.eps)
-    iterations = luigi.IntParameter(default=AlsParams.iterations)
-    seed = luigi.IntParameter(default=AlsParams.seed)
-    blocks = luigi.OptionalIntParameter(
-        default=None, description="ALS user and item blocks; default one per core")
     checkpoint_dir = luigi.OptionalParameter(
         default=None, significant=False,
         description="Spark checkpoint directory every executor reaches (hdfs://...); "
                     "default: inside the output being written")
-    # How to read the user's plays: they change what is read, not what is computed.
-    plays_format = luigi.ChoiceParameter(
-        choices=("auto",) + FORMATS, default="auto", significant=False,
-        description="parquet, csv or triplets; auto goes by the file extension")
-    user_column = luigi.Parameter(default=InputOptions.user_column, significant=False)
-    track_column = luigi.Parameter(default=InputOptions.track_column, significant=False)
-    plays_column = luigi.Parameter(default=InputOptions.plays_column, significant=False)
-    delimiter = luigi.Parameter(default=InputOptions.delimiter, significant=False,
-                                description="CSV field delimiter; \\t for tab")
-    max_bad_fraction = luigi.FloatParameter(
-        default=InputOptions.max_bad_fraction, significant=False,
-        description="fail when more than this fraction of play rows is quarantined")
-    holdout = luigi.FloatParameter(
-        default=0.0, description="evaluation only: the share of tracks whose plays are held "
-        "out (stratified by artist and popularity); 0 for the production factors")
-    holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
-    semi_cold_listeners = luigi.IntParameter(
-        default=SemiColdConfig.max_listeners,
-        description="tracks with at most this many listeners get factors held toward their "
-                    "audio prediction (semi-cold)")
     app = str(REPO / "jobs" / "als.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
@@ -434,33 +422,18 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
         return luigi.LocalTarget(self.run_path("als-heldout" if self.holdout else "als"))
 
     def app_options(self):
-        holdout = ["--catalogue", self.input()["inputs"]["catalogue"].path,
-                   "--hold-out-tracks", self.holdout, "--hold-out-seed", self.holdout_seed] \
+        catalogue = ["--catalogue", self.input()["inputs"]["catalogue"].path] \
             if self.holdout else []
-        return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path, *holdout,
-                "--rank", self.rank, "--reg", self.reg, "--alpha", self.alpha, "--eps", self.eps,
-                "--iterations", self.iterations, "--seed", self.seed,
-                *(["--blocks", self.blocks] if self.blocks else []),
-                *(["--checkpoint-dir", self.checkpoint_dir] if self.checkpoint_dir else []),
-                "--format", self.plays_format, "--user-column", self.user_column,
-                "--track-column", self.track_column, "--plays-column", self.plays_column,
-                "--delimiter", self.delimiter, "--max-bad-fraction", self.max_bad_fraction,
-                "--semi-cold-listeners", self.semi_cold_listeners]
+        return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
+                *catalogue, *flags(self, Als, AlsSpeed, PlaysReading, Split, SemiCold),
+                *(["--checkpoint-dir", self.checkpoint_dir] if self.checkpoint_dir else [])]
 
 
-class MelSpectrograms(RunTask, JobTask):
+class MelSpectrograms(Mels, MelJob, RunTask, JobTask):
     """Log-mel excerpts of every catalogue track not done before, by the Beam job."""
-    excerpt_s = luigi.FloatParameter(default=MelParams.excerpt_s)
-    dtype = luigi.ChoiceParameter(choices=MEL_DTYPES, default=MelParams.dtype)
-    workers = luigi.OptionalIntParameter(
-        default=None, significant=False,
-        description="processes decoding tracks and computing their log-mels (the job's "
-                    "--decoders); default: the job's, one per CPU")
-    max_bad_fraction = luigi.FloatParameter(default=SpectrogramOptions.max_bad_fraction,
-                                            significant=False)
 
     def params(self) -> MelParams:
-        return MelParams(excerpt_s=self.excerpt_s, dtype=self.dtype)
+        return config_of(self, Mels)
 
     def params_dir(self) -> Path:
         """Every run's spectrograms made with these parameters (what training reads)."""
@@ -475,21 +448,12 @@ class MelSpectrograms(RunTask, JobTask):
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",
                 "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", root().mels,
-                "--run-id", self.run_id, "--excerpt-s", self.excerpt_s, "--dtype", self.dtype,
-                "--max-bad-fraction", self.max_bad_fraction,
-                *(["--decoders", self.workers] if self.workers else [])]
+                "--run-id", self.run_id, *flags(self, Mels, MelJob)]
 
 
-class TrainModel(RunTask, JobTask):
-    """Train the audio CNN on warm tracks under torchrun (DDP)."""
-    arch = luigi.ChoiceParameter(choices=ARCHS, default=DEFAULT_ARCH)
-    loss = luigi.ChoiceParameter(choices=LOSSES, default=DEFAULT_LOSS)
-    epochs = luigi.IntParameter(default=TrainConfig.epochs)
-    batch_size = luigi.IntParameter(default=TrainConfig.batch_size)
-    lr = luigi.FloatParameter(default=TrainConfig.lr)
-    crop_frames = luigi.IntParameter(default=TrainConfig.crop_frames)
-    patience = luigi.IntParameter(default=TrainConfig.patience)
-    seed = luigi.IntParameter(default=TrainConfig.seed)
+class TrainModel(Network, Training, Split, RunTask, JobTask):
+    """Train the audio CNN on warm tracks under torchrun (DDP); ``holdout`` and
+    ``holdout_seed`` pick the factors it learns (see TrainAls)."""
     net = luigi.DictParameter(
         default={}, description="network sizes per architecture, e.g. {\"dieleman2014\": "
         "{\"channels\": [64, 64, 128, 128], \"dense\": 256}}; what is not given takes the "
@@ -498,14 +462,6 @@ class TrainModel(RunTask, JobTask):
                                description="processes (GPUs) on this node")
     max_restarts = luigi.IntParameter(default=3, significant=False,
                                       description="torchrun restarts after a lost worker")
-    loader_workers = luigi.IntParameter(default=TrainConfig.loader_workers, significant=False,
-                                        description="data-loader processes per rank")
-    clips_per_track = luigi.IntParameter(default=TrainConfig.clips_per_track)
-    min_spread = luigi.FloatParameter(default=TrainConfig.min_spread,
-                                      description="refuse a model whose validation predictions "
-                                                  "spread less (a collapsed model)")
-    holdout = luigi.FloatParameter(default=0.0, description="see TrainAls")
-    holdout_seed = luigi.IntParameter(default=TrackHoldout.seed)
     metadata = luigi.BoolParameter(default=False,
                                    description="late fusion: the catalogue's artist, genre and "
                                                "tags feed a metadata branch beside the audio")
@@ -567,11 +523,7 @@ class TrainModel(RunTask, JobTask):
                 "--user-factors", als / layout.USER_FACTORS,
                 "--plays", self.input()["inputs"]["plays"].path,
                 "--out", out, "--snapshot", snapshot, "--tensorboard", tensorboard,
-                "--arch", self.arch, "--loss", self.loss,
-                "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.lr,
-                "--crop-frames", self.crop_frames, "--patience", self.patience,
-                "--clips-per-track", self.clips_per_track, "--min-spread", self.min_spread,
-                "--seed", self.seed, "--loader-workers", self.loader_workers, *shape,
+                *flags(self, Network, Training), *shape,
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.metadata
                   else [])]
 
@@ -677,9 +629,8 @@ class EvaluateColdStart(RunTask, JobTask):
                 "--out", self.output().path]
 
 
-class NewReleaseAudience(RunTask, JobTask):
+class NewReleaseAudience(Audience, RunTask, JobTask):
     """For every cold track, the users most likely to like it (jobs/audience.py)."""
-    k = luigi.IntParameter(default=QueryConfig.audience, description="users per track")
 
     def requires(self):
         return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
@@ -691,7 +642,7 @@ class NewReleaseAudience(RunTask, JobTask):
         return [sys.executable, "-m", "jobs.audience",
                 "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
-                "--k", self.k, "--out", self.output().path]
+                *flags(self, Audience), "--out", self.output().path]
 
 
 class SimilarityIndex(RunTask, JobTask):
@@ -709,10 +660,9 @@ class SimilarityIndex(RunTask, JobTask):
                 "--out", self.output().path]
 
 
-class PublishFactors(RunTask, JobTask):
+class PublishFactors(Publishing, RunTask, JobTask):
     """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
     snapshots (and runs) beyond the newest ``keep`` are removed."""
-    keep = luigi.IntParameter(default=PublishConfig.keep, significant=False)
     # Luigi runs a task's dependencies at its priority: the night's product is
     # published before the evaluation, which only reports on it, starts.
     priority = 10
@@ -734,7 +684,7 @@ class PublishFactors(RunTask, JobTask):
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
                 "--audience", self.input()["audience"].path, "--index", self.input()["index"].path,
                 "--out", root().published, "--runs", root().run(self.run_id).parent,
-                "--keep", self.keep]
+                *flags(self, Publishing)]
 
 
 class RunReport(RunTask, JobTask):

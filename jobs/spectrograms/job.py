@@ -49,7 +49,7 @@ from jobs.spectrograms.decode import SystemicError, is_systemic, systemic_messag
 from jobs.spectrograms.mel import check_environment
 from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, write
 from schemas import cli, layout, storage
-from schemas.config import MEL_DTYPES, PAD_MODES, MelParams, SpectrogramOptions
+from schemas.config import MelParams, SpectrogramOptions
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class MelOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        defaults, job = MelParams(), SpectrogramOptions()
         parser.add_argument(
             "--catalogue",
             help="Catalogue Parquet file, directory or glob (schemas.CATALOGUE: track_id, "
@@ -72,106 +71,14 @@ class MelOptions(PipelineOptions):
             "--run-id", dest="run_id", default=None,
             help="Name of this run's directory; must not exist yet. "
                  "Default: the UTC time, e.g. 20240131T120000Z.")
-        parser.add_argument(
-            "--excerpt-s", dest="excerpt_s", type=float, default=defaults.excerpt_s,
-            help="Seconds of audio taken from the middle of each track; 0 keeps whole "
-                 "tracks. Default: %(default)s.")
-        parser.add_argument(
-            "--sample-rate", dest="sample_rate", type=int, default=defaults.sample_rate,
-            help="Sample rate (Hz) audio is resampled to. Default: %(default)s.")
-        parser.add_argument(
-            "--n-fft", dest="n_fft", type=int, default=defaults.n_fft,
-            help="STFT window length in samples. Default: %(default)s.")
-        parser.add_argument(
-            "--hop-length", dest="hop_length", type=int, default=defaults.hop_length,
-            help="STFT hop in samples (one spectrogram frame per hop). Default: %(default)s.")
-        parser.add_argument(
-            "--n-mels", dest="n_mels", type=int, default=defaults.n_mels,
-            help="Number of mel bands. Default: %(default)s.")
-        parser.add_argument(
-            "--log-offset", dest="log_offset", type=float, default=defaults.log_offset,
-            help="Spectrograms are log(mel power + offset). Default: %(default)s.")
-        parser.add_argument(
-            "--pad", default=defaults.pad, choices=PAD_MODES,
-            help="What happens to tracks shorter than the excerpt: zeros appends silence, "
-                 "wrap loops the audio, none keeps them short (fewer frames), reject sends "
-                 "them to the dead letters. Default: %(default)s.")
-        parser.add_argument(
-            "--dtype", default=defaults.dtype, choices=MEL_DTYPES,
-            help="How spectrogram values are stored: float16 halves what training reads. "
-                 "Default: %(default)s.")
-        parser.add_argument(
-            "--min-duration-s", dest="min_duration_s", type=float, default=job.min_duration_s,
-            help="Tracks with less audio than this are dead letters ('too short'). "
-                 "Default: %(default)s.")
-        parser.add_argument(
-            "--max-duration-s", dest="max_duration_s", type=float,
-            default=job.max_duration_s,
-            help="Tracks longer than this many seconds are dead letters ('too long'), "
-                 "whether the container says so or decoding finds it; 0 for no limit. "
-                 "Default: %(default)s.")
-        parser.add_argument(
-            "--max-file-mb", dest="max_file_mb", type=float, default=job.max_file_mb,
-            help="Audio files larger than this many MiB are dead letters ('too large'); "
-                 "0 for no limit. Default: %(default)s.")
-        parser.add_argument(
-            "--decode-timeout-s", dest="decode_timeout_s", type=float,
-            default=job.decode_timeout_s,
-            help="A track whose decoding and log-mel take longer is a dead letter. "
-                 "Default: %(default)s.")
-        parser.add_argument(
-            "--no-isolate-decoding", dest="isolate_decoding", action="store_false",
-            default=job.isolate_decoding,
-            help="Decode in the worker processes themselves instead of child processes: "
-                 "a crash in FFmpeg then kills the worker and the run.")
-        parser.add_argument(
-            "--decoders", type=int, default=job.decoders,
-            help="Child processes computing spectrograms in each worker; 0 for one per "
-                 "CPU. With a runner whose workers run several threads each (Dataflow, "
-                 "Flink), 1. Default: %(default)s.")
-        parser.add_argument(
-            "--torch-threads", dest="torch_threads", type=int, default=job.torch_threads,
-            help="Threads torch may use for the mel transform in each process computing "
-                 "spectrograms; 0 leaves torch's default (one per core). Default: %(default)s.")
-        parser.add_argument(
-            "--max-bad-fraction", dest="max_bad_fraction", type=float,
-            default=job.max_bad_fraction,
-            help="Fail (exit 1) when more than this fraction of the tracks processed "
-                 "become dead letters; outputs are kept. Default: %(default)s.")
-        parser.add_argument(
-            "--retry-dead-letters", dest="retry_dead_letters", action="store_true",
-            default=job.retry_dead_letters,
-            help="Retry now every track that a published earlier run sent to the dead "
-                 "letters with the same audio URI (by default each is retried after "
-                 "--retry-after-days, then after twice as long each time; tracks of "
-                 "rejected runs are always retried).")
-        parser.add_argument(
-            "--retry-after-days", dest="retry_after_days", type=float,
-            default=job.retry_after_days,
-            help="Days before a track that failed is tried again; the wait doubles at "
-                 "each further failure. Default: %(default)s.")
-        parser.add_argument(
-            "--tracks-per-part", dest="tracks_per_part", type=int,
-            default=job.tracks_per_part,
-            help="The catalogue is done in parts of about this many tracks, each published "
-                 "when done, so that a killed run keeps what it finished. "
-                 "Default: %(default)s.")
-        parser.add_argument(
-            "--row-group-mb", dest="row_group_mb", type=float, default=job.row_group_mb,
-            help="Approximate size of a Parquet row group of spectrograms, in MiB "
-                 "(readers load one row group at a time). Default: %(default)s.")
-        parser.add_argument(
-            "--shard-mb", dest="shard_mb", type=float, default=job.shard_mb,
-            help="A shard of spectrograms is closed, and another begun, once it holds this "
-                 "many MiB (one row group more at most). Default: %(default)s.")
+        cli.add_settings(parser, MelParams)
+        cli.add_settings(parser, SpectrogramOptions)
 
 
 def configs(options: PipelineOptions) -> tuple[MelParams, SpectrogramOptions]:
     """The typed settings the job's options describe."""
-    values = options.view_as(MelOptions).get_all_options()
-    return (MelParams(**{f.name: values[f.name] for f in dataclasses.fields(MelParams)}),
-            SpectrogramOptions(**{f.name: values[f.name]
-                                  for f in dataclasses.fields(SpectrogramOptions)}))
+    values = argparse.Namespace(**options.view_as(MelOptions).get_all_options())
+    return cli.settings_from(MelParams, values), cli.settings_from(SpectrogramOptions, values)
 
 
 def existing_track_ids(params_dir: str | os.PathLike) -> set[str]:
