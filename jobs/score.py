@@ -160,13 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--als", type=Path,
                         help="the ALS run's directory: blend its semi-cold tracks "
                              "(sparse_plays/) with their audio, and record plays")
-    parser.add_argument("--semi-cold-reg", type=float, default=SemiColdConfig.reg,
-                        help="how strongly a semi-cold track is held toward its audio "
-                             "prediction (default %(default)s)")
-    parser.add_argument("--semi-cold-min-listeners", type=int,
-                        default=SemiColdConfig.min_listeners,
-                        help="a semi-cold track with fewer listeners keeps its audio prediction "
-                             "as it is (default %(default)s)")
+    cli.add_settings(parser, SemiColdConfig, only=("min_listeners", "reg"))
     return parser.parse_args(argv)
 
 

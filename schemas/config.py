@@ -301,7 +301,9 @@ class ChooseConfig:
     """The trained CNNs (architecture:loss, or architecture:loss:meta for one with a
     metadata branch) that compete to be shipped, with the bag-of-words baseline
     (jobs/evaluate/choose.py)."""
-    candidates: tuple[str, ...] = (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",)
+    candidates: tuple[str, ...] = setting(
+        (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",),
+        "the trained CNNs that compete with the baseline, as architecture:loss[:meta]")
 
 
 # -- Evaluation (jobs/evaluate/, jobs/evaluate_als.py) --------------------------------
@@ -309,7 +311,9 @@ class ChooseConfig:
 @dataclass(frozen=True)
 class BowConfig:
     n_mfcc: int = 13
-    codebook: int = 4000  # the paper's size; small catalogues want far fewer words
+    # the paper's size; small catalogues want far fewer words
+    codebook: int = setting(4000, "k-means words of the bag-of-words baseline",
+                            name="bow_codebook")
     pca_variance: float = 0.95
     frames_per_track: int = 200  # frames sampled per track to fit the codebook
     mlp_hidden: int = 1000  # the MLP head: one hidden layer of ReLUs
@@ -323,13 +327,16 @@ class EvaluateConfig:
     """The cold-start evaluation: mAP@``k`` and recall@``recall_k``, the CNNs to
     compare (architecture:loss[:meta]), how many warm tracks fit the bag-of-words baselines,
     and the seed."""
-    k: int = 500
-    models: tuple[str, ...] = ("dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe",
-                               "vandenoord2013:mse", "dieleman2014:wpe:meta")
-    bow_train_tracks: int = 5000
-    seed: int = 0
-    recall_k: int = 10
-    neighbours: int = 5  # warm neighbours compared by artist (same_artist@n)
+    k: int = setting(500, "cut-off of mAP@k")
+    models: tuple[str, ...] = setting(
+        ("dieleman2014:mse", "dieleman2014:cosine", "dieleman2014:wpe", "vandenoord2013:mse",
+         "dieleman2014:wpe:meta"),
+        "the CNNs to compare, as architecture:loss, or architecture:loss:meta with a metadata "
+        "branch (late fusion)")
+    bow_train_tracks: int = setting(5000, "warm tracks sampled to fit the baselines")
+    seed: int = setting(0, "seed of the hold-out and the baselines")
+    recall_k: int = setting(10, "cut-off of recall@k")
+    neighbours: int = setting(5, "warm neighbours compared by artist (same_artist@n)")
 
 
 @dataclass(frozen=True)

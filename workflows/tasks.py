@@ -279,6 +279,12 @@ Network = settings(NetworkChoice)
 Training = settings(TrainConfig, skip=("weight_decay", "val_fraction", "taste_tracks", "taste_c"))
 Audience = settings(QueryConfig, only=("audience", "user_batch"))
 Publishing = settings(PublishConfig)
+Candidates = settings(ChooseConfig)
+Baseline = settings(BowConfig, only=("codebook",))
+# What scoring serves a semi-cold track; the evaluation reports the same blend.
+Blend = settings(SemiColdConfig, only=("min_listeners", "reg"))
+Evaluation = settings(EvaluateConfig, only=("models", "seed"))
+EvaluationSplit = settings(TrackHoldout, only=("fraction",))
 
 
 class DemoCatalogue(Demo, JobTask):
@@ -528,13 +534,10 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
                   else [])]
 
 
-class ChooseModel(RunTask, JobTask):
+class ChooseModel(Candidates, Baseline, RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
     (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
     `python -m jobs.evaluate.choose`; its model file says which and why."""
-    candidates = luigi.ListParameter(default=list(ChooseConfig.candidates))
-    bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
-                                      description="k-means words of the baseline")
 
     def requires(self):
         models = [TrainModel.of_spec(c, run_id=self.run_id) for c in self.candidates]
@@ -565,12 +568,12 @@ class ChooseModel(RunTask, JobTask):
                 "--plays", self.input()["inputs"]["plays"].path, *models,
                 # training's own setting: a model it would keep is never refused here
                 "--min-spread", TrainModel(run_id=self.run_id).min_spread,
-                "--bow-codebook", self.bow_codebook, "--out", self.output().path,
+                *flags(self, Baseline), "--out", self.output().path,
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.fused()
                   else [])]
 
 
-class ScoreColdTracks(RunTask, JobTask):
+class ScoreColdTracks(Blend, RunTask, JobTask):
     """Predicted factors for every cold track, and the combined factor table."""
 
     def requires(self):
@@ -585,27 +588,20 @@ class ScoreColdTracks(RunTask, JobTask):
                 "--mels", self.requires()["mels"].params_dir(),
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
-                "--als", self.input()["als"].path, "--out", self.output().path]
+                "--als", self.input()["als"].path, *flags(self, Blend),
+                "--out", self.output().path]
 
 
-class EvaluateColdStart(RunTask, JobTask):
+class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask):
     """The paper's evaluation on any catalogue and plays: a stratified share of the
     warm tracks is held out, ALS and every model are trained without their plays, and
     random factors, the bag-of-words baselines, each CNN, the artist oracle and the
     upper bound are compared on them. The production chain still uses every play.
 
         luigi --module workflows EvaluateColdStart --local-scheduler
+
+    The semi-cold blend it reports is the one scoring serves ([ScoreColdTracks]).
     """
-    models = luigi.ListParameter(
-        default=list(EvaluateConfig.models),
-        description="the CNNs to compare, as architecture:loss, or architecture:loss:meta "
-                    "with a metadata branch (late fusion)")
-    bow_codebook = luigi.IntParameter(default=BowConfig.codebook,
-                                      description="k-means words of the baseline")
-    holdout = luigi.FloatParameter(default=TrackHoldout.fraction,
-                                   description="share of the warm tracks held out")
-    seed = luigi.IntParameter(default=EvaluateConfig.seed,
-                              description="seed of the hold-out and the baselines")
 
     def requires(self):
         split = dict(run_id=self.run_id, holdout=self.holdout, holdout_seed=self.seed)
@@ -625,8 +621,8 @@ class EvaluateColdStart(RunTask, JobTask):
                 "--heldout-plays", als / layout.HELDOUT_PLAYS,
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--mels", self.requires()["mels"].params_dir(), *models,
-                "--bow-codebook", self.bow_codebook, "--seed", self.seed,
-                "--out", self.output().path]
+                *flags(self, Baseline), "--seed", self.seed,
+                *flags(ScoreColdTracks(run_id=self.run_id), Blend), "--out", self.output().path]
 
 
 class NewReleaseAudience(Audience, RunTask, JobTask):

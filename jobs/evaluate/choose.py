@@ -128,13 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--catalogue", type=Path,
                         help="the catalogue; needed by candidates with a metadata branch")
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
-    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
-                        help="training's validation share (default %(default)s)")
-    parser.add_argument("--min-spread", type=float, default=TrainConfig.min_spread,
-                        help="candidates whose predictions spread less are out "
-                             "(default %(default)s)")
-    parser.add_argument("--bow-codebook", type=int, default=BowConfig.codebook,
-                        help="k-means words of the baseline (default %(default)s)")
+    cli.add_settings(parser, TrainConfig, only=("val_fraction", "min_spread"))
+    cli.add_settings(parser, BowConfig, only=("codebook",))
     return parser.parse_args(argv)
 
 
@@ -144,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         choose(args.mels, args.item_factors, args.user_factors, args.plays, args.candidate,
-               args.out, args.val_fraction, args.min_spread, BowConfig(codebook=args.bow_codebook),
-               catalogue=args.catalogue)
+               args.out, args.val_fraction, args.min_spread,
+               cli.settings_from(BowConfig, args, only=("codebook",)), catalogue=args.catalogue)
     return cli.run_job(body, logger, ValueError, FileNotFoundError)
 
 

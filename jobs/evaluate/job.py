@@ -234,7 +234,6 @@ def markdown(report: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    defaults = EvaluateConfig()
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--user-factors", required=True, type=Path,
@@ -253,23 +252,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "oracle, how often a track's nearest warm tracks share its artist "
                              "and the known/new artist slices; models with a metadata branch "
                              "need it")
-    parser.add_argument("--k", type=int, default=defaults.k,
-                        help="cut-off of mAP@k (default %(default)s)")
-    parser.add_argument("--recall-k", type=int, default=defaults.recall_k,
-                        help="cut-off of recall@k (default %(default)s)")
-    parser.add_argument("--bow-codebook", type=int, default=BowConfig.codebook,
-                        help="k-means words of the bag-of-words baseline (default %(default)s)")
-    parser.add_argument("--bow-train-tracks", type=int, default=defaults.bow_train_tracks,
-                        help="warm tracks sampled to fit the baseline (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="random seed (default %(default)s)")
-    parser.add_argument("--semi-cold-reg", type=float, default=SemiColdConfig.reg,
-                        help="scoring's strength holding a semi-cold track toward its audio "
-                             "prediction (default %(default)s)")
-    parser.add_argument("--semi-cold-min-listeners", type=int,
-                        default=SemiColdConfig.min_listeners,
-                        help="scoring keeps the audio prediction of a semi-cold track with "
-                             "fewer listeners (default %(default)s)")
+    cli.add_settings(parser, EvaluateConfig, skip=("models",))
+    cli.add_settings(parser, BowConfig, only=("codebook",))
+    cli.add_settings(parser, SemiColdConfig, only=("min_listeners", "reg"))
     parser.add_argument("--out", required=True, type=Path,
                         help="JSON report to write; the markdown table goes beside it (.md)")
     return parser.parse_args(argv)
@@ -283,14 +268,12 @@ def run_job(args: argparse.Namespace) -> None:
                       storage.read_table(args.heldout_plays, schemas.PLAYS),
                       layout.mel_shards(args.mels), args.model,
                       BowConfig(codebook=args.bow_codebook, seed=args.seed),
-                      EvaluateConfig(k=args.k, recall_k=args.recall_k,
-                                     bow_train_tracks=args.bow_train_tracks, seed=args.seed),
+                      cli.settings_from(EvaluateConfig, args, skip=("models",)),
                       factors_params.get(model_file.FACTOR_SPACE),
                       storage.read_table(args.catalogue, schemas.CATALOGUE) if args.catalogue
                       else None,
                       metadata.read_tokens(args.catalogue) if args.catalogue else None,
-                      SemiColdConfig(min_listeners=args.semi_cold_min_listeners,
-                                     reg=args.semi_cold_reg))
+                      cli.settings_from(SemiColdConfig, args, only=("min_listeners", "reg")))
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))
