@@ -86,6 +86,29 @@ def recall_at(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     return float(relevant[top].sum() / relevant.sum())
 
 
+def user_metrics(scores: np.ndarray, relevant: np.ndarray, k: int, recall_k: int,
+                 candidates: np.ndarray | None = None) -> tuple[float, float, float]:
+    """One user's AUC, AP@k and recall@recall_k: ``scores`` (n_tracks,), ``relevant``
+    (n_tracks,) bool the tracks they played; ``candidates`` (n_tracks,) bool the tracks
+    that may be ranked (default all; those played in training are not). AUC is NaN
+    when no candidate is unplayed."""
+    if candidates is not None:
+        negative = candidates & ~relevant
+        scores = np.where(candidates, scores, -np.inf)  # never recommended
+    else:
+        negative = ~relevant
+    area = auc(scores[relevant], scores[negative]) if negative.any() else float("nan")
+    return (area, average_precision_at(scores, relevant, k), recall_at(scores, relevant, recall_k))
+
+
+def averages(per_user: list[tuple[float, float, float]], k: int, recall_k: int) -> dict:
+    """Mean AUC (over the users that have one), AP@k and recall@recall_k of
+    ``user_metrics`` rows."""
+    aucs = [a for a, _, _ in per_user if not np.isnan(a)]
+    return {"auc": mean(aucs), f"map@{k}": mean([ap for _, ap, _ in per_user]),
+            f"recall@{recall_k}": mean([r for _, _, r in per_user])}
+
+
 def mean(values: list[float]) -> float:
     """The mean over users; NaN when no user could be scored."""
     return float(np.mean(values)) if values else float("nan")
@@ -133,15 +156,12 @@ def rank_metrics(user_factors: pa.Table, track_factors: pa.Table, heldout: pa.Ta
             unknown_users.add(user)
         elif track in col_of:
             played.setdefault(row_of[user], []).append(col_of[track])
-    aucs, aps, recalls = [], [], []
+    per_user = []
     for row, cols in played.items():
         relevant = np.zeros(len(tracks), dtype=bool)
         relevant[cols] = True
         if relevant.all():
             continue  # AUC needs a track the user did not play
-        aucs.append(auc(scores[row][relevant], scores[row][~relevant]))
-        aps.append(average_precision_at(scores[row], relevant, k))
-        recalls.append(recall_at(scores[row], relevant, recall_k))
-    return {"users": len(aucs), "tracks": len(tracks), "unknown_users": len(unknown_users),
-            "auc": mean(aucs), f"map@{k}": mean(aps),
-            f"recall@{recall_k}": mean(recalls)}
+        per_user.append(user_metrics(scores[row], relevant, k, recall_k))
+    return {"users": len(per_user), "tracks": len(tracks), "unknown_users": len(unknown_users),
+            **averages(per_user, k, recall_k)}
