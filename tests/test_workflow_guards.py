@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from workflows.tasks import TrainAls, lock_dir
+from workflows.luigi_config import lock_dir
+from workflows.tasks import TrainAls
 
 REPO = Path(__file__).resolve().parent.parent
 LUIGI = [sys.executable, "-m", "luigi", "--module", "workflows"]
@@ -182,7 +183,7 @@ def test_outputs_follow_the_content_of_the_inputs_not_their_paths(tmp_path, monk
 
 
 def test_the_preflight_sees_a_package_installed_while_the_scheduler_runs(tmp_path, monkeypatch):
-    from workflows.tasks import installed_versions
+    from workflows.fingerprints import installed_versions
 
     site = tmp_path / "site"
     site.mkdir()
