@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# -- ALS (jobs/als.py) ------------------------------------------------------------------
+# -- ALS (jobs/als/) ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AlsParams:
@@ -240,7 +240,7 @@ class ChooseConfig:
     candidates: tuple[str, ...] = (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",)
 
 
-# -- Evaluation (jobs/evaluate.py, jobs/evaluate_als.py) --------------------------------
+# -- Evaluation (jobs/evaluate.py, jobs/als/holdout.py) ---------------------------------
 
 @dataclass(frozen=True)
 class BowConfig:

@@ -86,7 +86,7 @@ def final_dead_letter_files(params_dir: str | os.PathLike) -> list[Path]:
     return [path for run in runs for path in dead_letter_files(run)]
 
 
-# -- ALS output directory (tables written by jobs/als.py) --------------------------------
+# -- ALS output directory (tables written by jobs/als/job.py) ----------------------------
 
 USER_FACTORS = "user_factors"
 ITEM_FACTORS = "item_factors"

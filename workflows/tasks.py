@@ -131,7 +131,7 @@ class Preflight(RunTask, JobTask):
 
 
 class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
-    """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
+    """Implicit ALS on the warm plays, by spark-submit of jobs/als/job.py."""
     rank = luigi.IntParameter(default=AlsParams.rank)
     reg = luigi.FloatParameter(default=AlsParams.reg)
     alpha = luigi.FloatParameter(default=AlsParams.alpha)
@@ -164,7 +164,7 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
         default=SemiColdConfig.max_listeners,
         description="tracks with at most this many listeners get factors held toward their "
                     "audio prediction (semi-cold)")
-    app = str(REPO / "jobs" / "als.py")
+    app = str(REPO / "jobs" / "als" / "job.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
 
