@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas import layout
+
 REPO = Path(__file__).resolve().parent.parent
 
 PACKAGES = ("singularity-music", "hyperrogue-music", "warzone2100-music", "colobot-common-sounds",
@@ -132,8 +134,9 @@ def evaluate(data: Path, seed: int) -> dict:
     subprocess.run([sys.executable, "-m", "luigi", "--module", "workflows", "EvaluateColdStart",
                     "--local-scheduler", "--EvaluateColdStart-seed", str(seed)],
                    cwd=REPO, env=env, check=True)
-    report, = sorted((data / "runs" / "backfill").glob("evaluation-*.json"),
-                     key=lambda path: path.stat().st_mtime)[-1:]
+    report = layout.DataRoot(data).outputs("backfill").newest_evaluation()
+    if report is None:
+        raise FileNotFoundError(f"{data}: EvaluateColdStart wrote no evaluation")
     return json.loads(report.read_text())
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from luigi.contrib.external_program import ExternalProgramRunError, ExternalProgramTask
 
-from schemas import layout
 from workflows.locations import root
 
 # This interpreter's scripts (spark-submit, torchrun).
@@ -54,7 +53,7 @@ class ChildProcess:
         run_id = getattr(self, "run_id", None)
         if run_id is None:
             return
-        log = root().run(run_id) / layout.STAGE_LOG
+        log = root().outputs(run_id).stage_log
         log.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"task": self.task_family, "output": Path(self.output().path).name,
                            "seconds": round(seconds, 2)})

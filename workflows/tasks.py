@@ -91,8 +91,9 @@ class RunTask(luigi.Task):
     """A task of one pipeline run; its outputs live under DATA_ROOT/runs/<run_id>/."""
     run_id = RunIdParameter(default="backfill")
 
-    def run_path(self, name: str) -> Path:
-        return root().output(self.run_id, f"{name}-{self.fingerprint()}")
+    def run_outputs(self) -> layout.RunOutputs:
+        """Where this run's outputs live, by name (schemas/layout.py)."""
+        return root().outputs(self.run_id)
 
     def fingerprint(self) -> str:
         """What the output depends on, the user's catalogue and plays by content."""
@@ -115,10 +116,8 @@ class Preflight(RunTask, JobTask):
         return Inputs()
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("preflight").with_suffix(".json"))
-
-    def run_path(self, name: str) -> Path:
-        return root().output(self.run_id, f"{name}-{with_installed_versions(self.fingerprint())}")
+        return luigi.LocalTarget(
+            self.run_outputs().preflight(with_installed_versions(self.fingerprint())))
 
     def program_args(self):
         als = TrainAls(run_id=self.run_id)
@@ -189,7 +188,8 @@ class TrainAls(RunTask, ChildProcess, SparkSubmitTask):
         return [inputs["plays"]] + ([inputs["catalogue"]] if self.holdout else [])
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("als-heldout" if self.holdout else "als"))
+        return luigi.LocalTarget(
+            self.run_outputs().als(self.fingerprint(), heldout=bool(self.holdout)))
 
     def app_options(self):
         holdout = ["--catalogue", self.input()["inputs"]["catalogue"].path,
@@ -291,9 +291,9 @@ class TrainModel(RunTask, JobTask):
             + ([inputs["catalogue"]] if self.metadata else [])
 
     def output(self):
-        name = (f"model-{'heldout-' if self.holdout else ''}{self.arch}-{self.loss}"
-                f"{'-meta' if self.metadata else ''}")
-        return luigi.LocalTarget(self.run_path(name).with_suffix(".pt"))
+        return luigi.LocalTarget(self.run_outputs().model(
+            self.fingerprint(), self.arch, self.loss, metadata=self.metadata,
+            heldout=bool(self.holdout)))
 
     def run(self):
         if adopt_twin(self):  # trained on the same factors with the same settings
@@ -356,7 +356,7 @@ class ChooseModel(RunTask, JobTask):
         return any(model.metadata for model in self.requires()["models"])
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("model-chosen").with_suffix(".pt"))
+        return luigi.LocalTarget(self.run_outputs().chosen_model(self.fingerprint()))
 
     def run(self):
         if not adopt_twin(self):  # the same candidates, factors and plays: the same choice
@@ -384,7 +384,7 @@ class ScoreColdTracks(RunTask, JobTask):
                 "mels": MelSpectrograms(run_id=self.run_id), "model": ChooseModel(run_id=self.run_id)}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("factors"))
+        return luigi.LocalTarget(self.run_outputs().factors(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
@@ -420,7 +420,7 @@ class EvaluateColdStart(RunTask, JobTask):
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("evaluation").with_suffix(".json"))
+        return luigi.LocalTarget(self.run_outputs().evaluation(self.fingerprint()))
 
     def program_args(self):
         als = Path(self.input()["als"].path)
@@ -443,7 +443,7 @@ class NewReleaseAudience(RunTask, JobTask):
         return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("audience").with_suffix(".parquet"))
+        return luigi.LocalTarget(self.run_outputs().audience(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.audience",
@@ -459,7 +459,7 @@ class SimilarityIndex(RunTask, JobTask):
         return ScoreColdTracks(run_id=self.run_id)
 
     def output(self):
-        return luigi.LocalTarget(self.run_path(layout.INDEX))
+        return luigi.LocalTarget(self.run_outputs().index(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.index",
@@ -491,7 +491,7 @@ class PublishFactors(RunTask, JobTask):
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
                 "--audience", self.input()["audience"].path, "--index", self.input()["index"].path,
-                "--out", root().published, "--runs", root().run(self.run_id).parent,
+                "--out", root().published, "--runs", root().runs,
                 "--keep", self.keep]
 
 
@@ -508,7 +508,7 @@ class RunReport(RunTask, JobTask):
         return tasks
 
     def output(self):
-        return luigi.LocalTarget(self.run_path(layout.REPORT))
+        return luigi.LocalTarget(self.run_outputs().report(self.fingerprint()))
 
     def program_args(self):
         inputs = self.input()["inputs"]

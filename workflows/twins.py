@@ -22,7 +22,7 @@ def adopt_twin(task: luigi.Task) -> bool:
     out = Path(task.output().path)
     if out.exists():  # its inputs, known only now, are ones an earlier run used
         return True
-    twins = sorted((path for path in root().path.glob(f"runs/*/{out.name}")
+    twins = sorted((path for path in root().outputs_named(out.name)
                     if path.parent.name != task.run_id), key=lambda path: path.stat().st_mtime)
     if not twins:
         return False

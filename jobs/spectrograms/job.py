@@ -435,7 +435,7 @@ def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
                 raise SystemicError(systemic) from err
             raise
         return {**_counters(pipeline.result),
-                "mels": _count_rows(tmp.glob(f"{layout.MELS_PREFIX}-*{layout.PARQUET}")),
+                "mels": _count_rows(layout.mel_shard_files(tmp)),
                 "dead_letters": _count_rows(layout.dead_letter_files(tmp))}
 
 
