@@ -1,4 +1,4 @@
-"""Seconds per ALS iteration: Spark (jobs/als.py's settings and alternatives) vs implicit (CPU).
+"""Seconds per ALS iteration: Spark (jobs/als/job.py's settings and alternatives) vs implicit (CPU).
 
     python benchmarks/als_vs_implicit.py                       # hetrec + 10M generated
     python benchmarks/als_vs_implicit.py --dataset hetrec --rank 40
@@ -123,7 +123,7 @@ def spark_times(ratings_dir: str, variant: str, settings: list[str], args) -> di
     """Spark ALS per setting, in a session of this process with ``variant``'s conf."""
     from pyspark import StorageLevel
     from pyspark.sql import SparkSession
-    from jobs import als
+    from jobs.als import job as als
     builder = (SparkSession.builder.master(args.master).appName("als-benchmark")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.memory", args.driver_memory))

@@ -54,11 +54,13 @@ def classified(train: np.ndarray, labels: np.ndarray, factors: np.ndarray,
 
 
 def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
-    als = newest("runs/backfill/als-heldout-*", data)
+    als = layout.DataRoot(data).outputs("backfill").newest_als(heldout=True)
+    if als is None:
+        raise FileNotFoundError(f"{data}: no held-out ALS output; run real_music.py first")
     users = storage.read_table(als / "user_factors", schemas.USER_FACTORS)
     items = storage.read_table(als / "item_factors", schemas.ITEM_FACTORS)
     heldout = storage.read_table(als / "heldout_plays", schemas.PLAYS)
-    mels = read_mels(layout.mel_shards(newest("mels/*/", data)))
+    mels = read_mels(layout.mel_shards(newest("*/", layout.DataRoot(data).mels)))
     catalogue = pq.read_table(data / "catalogue.parquet", columns=["track_id", "artist"])
     source = dict(zip(catalogue["track_id"].to_pylist(), catalogue["artist"].to_pylist()))
 

@@ -138,8 +138,9 @@ def evaluate(data: Path, seed: int) -> dict:
     subprocess.run([sys.executable, "-m", "luigi", "--module", "workflows", "EvaluateColdStart",
                     "--local-scheduler", "--EvaluateColdStart-seed", str(seed)],
                    cwd=REPO, env=env, check=True)
-    report, = sorted((data / "runs" / "backfill").glob("evaluation-*.json"),
-                     key=lambda path: path.stat().st_mtime)[-1:]
+    report = layout.DataRoot(data).outputs("backfill").newest_evaluation()
+    if report is None:
+        raise FileNotFoundError(f"{data}: EvaluateColdStart wrote no evaluation")
     return json.loads(report.read_text())
 
 

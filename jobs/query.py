@@ -184,7 +184,8 @@ def render(rows: list[dict]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--published", type=Path, default=layout.data_root() / "published",
+    published = layout.DataRoot(layout.data_root()).published
+    parser.add_argument("--published", type=Path, default=published,
                         help="directory of the published snapshots (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cli.add_settings(parser, QueryConfig, only=("top",), aliases={"top": "-n"})

@@ -27,7 +27,7 @@ def setting(default: Any, help: str, *, choices: Sequence[Any] | None = None,
         "help": help, "choices": tuple(choices) if choices else None,
         "significant": significant, "name": name})
 
-# -- ALS (jobs/als.py) ------------------------------------------------------------------
+# -- ALS (jobs/als/) ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class AlsParams:
@@ -306,7 +306,7 @@ class ChooseConfig:
         "the trained CNNs that compete with the baseline, as architecture:loss[:meta]")
 
 
-# -- Evaluation (jobs/evaluate/, jobs/evaluate_als.py) --------------------------------
+# -- Evaluation (jobs/evaluate/, jobs/als/holdout.py) --------------------------------
 
 @dataclass(frozen=True)
 class BowConfig:

@@ -1,7 +1,7 @@
 """Implicit feedback as the pipeline models it (Hu, Koren & Volinsky 2008; NIPS 2013):
 the confidence of a play count, the play matrix, and the exact ALS item step.
 
-Spark's ALS is fed r' = log(1 + r / eps) (jobs/als.py), which makes its c = 1 + alpha r'
+Spark's ALS is fed r' = log(1 + r / eps) (jobs/als/job.py), which makes its c = 1 + alpha r'
 this same confidence.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def als_settings(params: Mapping[str, object], source: str | os.PathLike) -> dic
     missing = [name for name in ALS_SETTINGS if name not in params]
     if missing:
         raise ValueError(f"{source}: its metadata lacks the ALS settings {missing}; "
-                         "factors written by jobs/als.py carry them")
+                         "factors written by jobs/als/job.py carry them")
     return {name: float(params[name]) for name in ALS_SETTINGS}
 
 

@@ -4,7 +4,8 @@
         catalogue.parquet, plays.parquet     the user's inputs (or [paths] in luigi.cfg)
         demo/                                DemoFiles: the built-in demo data
         mels/<params hash>/<run id>/         mels-*.parquet, dead_letters-*.parquet
-        runs/<run id>/<stage>-<fp>...        one run's outputs (als, model, factors, ...)
+        runs/<run id>/<stage>-<fp>...        RunOutputs: one run's outputs (als, model, ...)
+        published/<run id>/, latest          the published snapshots (jobs/publish.py)
 
 Directories starting with "." are work in progress (see schemas.storage) and are
 never read as outputs.
@@ -15,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from schemas.config import MelParams
 
@@ -67,6 +69,11 @@ def mel_shards(params_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(params_dir).glob(MEL_SHARD_GLOB))
 
 
+def mel_shard_files(run_dir: str | os.PathLike) -> list[Path]:
+    """The mels-*.parquet of one spectrogram run, sorted."""
+    return sorted(Path(run_dir).glob(f"{MELS_PREFIX}-*{PARQUET}"))
+
+
 def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{PARQUET}"))
 
@@ -86,7 +93,7 @@ def final_dead_letter_files(params_dir: str | os.PathLike) -> list[Path]:
     return [path for run in runs for path in dead_letter_files(run)]
 
 
-# -- ALS output directory (tables written by jobs/als.py) --------------------------------
+# -- ALS output directory (tables written by jobs/als/job.py) ----------------------------
 
 USER_FACTORS = "user_factors"
 ITEM_FACTORS = "item_factors"
@@ -111,7 +118,8 @@ SNAPSHOT_USERS = f"user_factors{PARQUET}"
 SNAPSHOT_TRACKS = f"track_factors{PARQUET}"
 SNAPSHOT_MANIFEST = "snapshot.json"
 SNAPSHOT_CATALOGUE = f"catalogue{PARQUET}"  # title and artist of every track of the snapshot
-AUDIENCE = f"audience{PARQUET}"  # also the name of a run's audience table (jobs/audience.py)
+AUDIENCE_NAME = "audience"  # the audience table (jobs/audience.py), in a run and a snapshot
+AUDIENCE = f"{AUDIENCE_NAME}{PARQUET}"
 INDEX = "similar"  # the similar-track index directory (jobs/index.py), in a run and a snapshot
 INDEX_FILE = "tracks.voy"
 INDEX_IDS = f"track_ids{PARQUET}"  # row i: the track of index id i
@@ -122,11 +130,30 @@ INDEX_MANIFEST = "index.json"
 # under report/ (by hand) or report-<fingerprint>/ (by the workflow).
 STAGE_LOG = "stages.jsonl"
 REPORT = "report"
+REPORT_HTML = "index.html"
+REPORT_MARKDOWN = "report.md"
+
+# The rest of a run's outputs, each named <name>-<fingerprint><suffix> (RunOutputs).
+PREFLIGHT = "preflight"
+ALS = "als"
+HELDOUT_ALS = "als-heldout"  # the evaluation's ALS, without the held-out tracks' plays
+MODEL = "model"
+CHOSEN_MODEL = "model-chosen"
+FACTORS = "factors"
+EVALUATION = "evaluation"
+JSON = ".json"
+MODEL_FILE = ".pt"
 
 
 def data_root() -> Path:
     """The pipeline's data root: COLDSTART_DATA_ROOT, default ./data."""
     return Path(os.environ.get("COLDSTART_DATA_ROOT", "data")).resolve()
+
+
+def newest(paths: Iterable[Path]) -> Path | None:
+    """The most recently modified of ``paths``, or None when there are none."""
+    found = sorted(paths, key=lambda path: path.stat().st_mtime)
+    return found[-1] if found else None
 
 
 def snapshot_dir(published: str | os.PathLike, run_id: str) -> Path:
@@ -190,13 +217,102 @@ class DataRoot:
     def published(self) -> Path:
         return self.path / "published"
 
+    @property
+    def runs(self) -> Path:
+        """runs/: one directory per pipeline run."""
+        return self.path / "runs"
+
     def run(self, run_id: str) -> Path:
         """runs/<run id>: every output of one pipeline run."""
-        return self.path / "runs" / check_run_id(run_id)
+        return self.runs / check_run_id(run_id)
 
-    def output(self, run_id: str, name: str, suffix: str = "") -> Path:
-        """runs/<run id>/<name><suffix>: one output of one pipeline run."""
-        return self.run(run_id) / f"{name}{suffix}"
+    def outputs(self, run_id: str) -> RunOutputs:
+        """The outputs of one pipeline run, by name."""
+        return RunOutputs(self.run(run_id))
+
+    def outputs_named(self, name: str) -> list[Path]:
+        """Every run's output called ``name`` (runs/*/<name>): the same fingerprint."""
+        return list(self.runs.glob(f"*/{name}"))
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """runs/<run id>/: one run's outputs, each named by its stage and the fingerprint of
+    what it depends on (workflows/fingerprints.py), so that a run finds an output
+    another run computed, and the run report finds them whatever their fingerprints."""
+    path: Path
+
+    @property
+    def data_root(self) -> DataRoot:
+        """The data root holding this run (<data root>/runs/<run id>)."""
+        return DataRoot(self.path.parent.parent)
+
+    @property
+    def stage_log(self) -> Path:
+        return self.path / STAGE_LOG
+
+    def output(self, name: str, fingerprint: str, suffix: str = "") -> Path:
+        return self.path / f"{name}-{fingerprint}{suffix}"
+
+    def preflight(self, fingerprint: str) -> Path:
+        return self.output(PREFLIGHT, fingerprint, JSON)
+
+    def als(self, fingerprint: str, heldout: bool = False) -> Path:
+        return self.output(HELDOUT_ALS if heldout else ALS, fingerprint)
+
+    def model(self, fingerprint: str, arch: str, loss: str, metadata: bool = False,
+              heldout: bool = False) -> Path:
+        """A trained CNN: model-[heldout-]<arch>-<loss>[-meta]-<fingerprint>.pt."""
+        name = (f"{MODEL}-{'heldout-' if heldout else ''}{arch}-{loss}"
+                f"{'-meta' if metadata else ''}")
+        return self.output(name, fingerprint, MODEL_FILE)
+
+    def chosen_model(self, fingerprint: str) -> Path:
+        return self.output(CHOSEN_MODEL, fingerprint, MODEL_FILE)
+
+    def factors(self, fingerprint: str) -> Path:
+        return self.output(FACTORS, fingerprint)
+
+    def evaluation(self, fingerprint: str) -> Path:
+        return self.output(EVALUATION, fingerprint, JSON)
+
+    def audience(self, fingerprint: str) -> Path:
+        return self.output(AUDIENCE_NAME, fingerprint, PARQUET)
+
+    def index(self, fingerprint: str) -> Path:
+        return self.output(INDEX, fingerprint)
+
+    def report(self, fingerprint: str) -> Path:
+        return self.output(REPORT, fingerprint)
+
+    # Found again whatever their fingerprints (the run report reads them).
+
+    def newest_als(self, heldout: bool = False) -> Path | None:
+        # A fingerprint is hex, so als-[0-9a-f]* never matches als-heldout-*.
+        return newest(self.path.glob(f"{HELDOUT_ALS}-*" if heldout else f"{ALS}-[0-9a-f]*"))
+
+    def newest_chosen_model(self) -> Path | None:
+        return newest(self.path.glob(f"{CHOSEN_MODEL}-*{MODEL_FILE}"))
+
+    def newest_factors(self) -> Path | None:
+        return newest(self.path.glob(f"{FACTORS}-*"))
+
+    def newest_evaluation(self) -> Path | None:
+        return newest(self.path.glob(f"{EVALUATION}-*{JSON}"))
+
+    def trained_models(self) -> list[Path]:
+        """Every CNN the run trained, the evaluation's included; not the chosen model."""
+        return sorted(path for path in self.path.glob(f"{MODEL}-*{MODEL_FILE}")
+                      if not path.name.startswith(f"{CHOSEN_MODEL}-"))
+
+    def preflights(self) -> list[Path]:
+        return list(self.path.glob(f"{PREFLIGHT}-*{JSON}"))
+
+    def audiences(self) -> list[Path]:
+        return list(self.path.glob(f"{AUDIENCE_NAME}-*{PARQUET}"))
+
+    def indexes(self) -> list[Path]:
+        return list(self.path.glob(f"{INDEX}-*"))
 
 
 def model_companions(model: str | os.PathLike) -> tuple[Path, Path]:

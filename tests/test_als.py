@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from jobs import als
+from jobs.als import job as als
 from schemas import factor_matrix, storage
 from schemas.config import AlsParams, InputOptions, SemiColdConfig, TrackHoldout
 from schemas.inputs import PlaysInputError, plays_format

@@ -1,4 +1,4 @@
-"""jobs/als.py run as users run it: spark-submit, the master from the command line."""
+"""The ALS job (jobs/als/job.py) run as users run it: spark-submit, the master from the command line."""
 import os
 import subprocess
 import sys
@@ -21,7 +21,7 @@ def spark_submit(master: str, *args: str, cwd: Path) -> subprocess.CompletedProc
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     command = [str(BIN / "spark-submit"), "--master", master, "--conf", "spark.ui.enabled=false",
-               "--conf", "spark.sql.shuffle.partitions=4", str(REPO / "jobs" / "als.py"), *args]
+               "--conf", "spark.sql.shuffle.partitions=4", str(REPO / "jobs" / "als" / "job.py"), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -8,7 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, decode_excerpt
+from jobs.spectrograms.decode import DecodeError, decode_excerpt
+from jobs.spectrograms.pool import IsolatedDecoder
 from jobs.spectrograms.mel import log_mel, spectrogram
 from schemas.config import MelParams
 from schemas.layout import mel_shards

@@ -20,7 +20,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
 from jobs.spectrograms import job as spectrograms
-from jobs.spectrograms.decode import IsolatedDecoder, SystemicError
+from jobs.spectrograms.decode import SystemicError
+from jobs.spectrograms.pool import IsolatedDecoder
 from jobs.spectrograms.job import main, parse_options
 from jobs.spectrograms.migrate import main as migrate_main
 from jobs.spectrograms.pipeline import DEAD_LETTERS, ComputeSpectrograms, build, mel_table

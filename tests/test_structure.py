@@ -13,7 +13,7 @@ PACKAGES = ("jobs", "model", "schemas", "workflows")
 
 # The stage each module of jobs/ belongs to. The doctor checks every stage's
 # environment, so it may use them; no stage uses it.
-STAGE_OF = {"jobs.als": "als", "jobs.evaluate_als": "als", "jobs.spectrograms": "spectrograms",
+STAGE_OF = {"jobs.als": "als", "jobs.spectrograms": "spectrograms",
             "jobs.score": "score", "jobs.evaluate": "evaluate",
             "jobs.demo_catalogue": "demo", "jobs.doctor": "doctor", "jobs.publish": "publish",
             "jobs.audience": "audience", "jobs.query": "query", "jobs.index": "index",

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from workflows.tasks import TrainAls, lock_dir
+from workflows.luigi_config import lock_dir
+from workflows.tasks import TrainAls
 
 REPO = Path(__file__).resolve().parent.parent
 LUIGI = [sys.executable, "-m", "luigi", "--module", "workflows"]
@@ -84,7 +85,7 @@ def test_a_failed_job_does_not_show_the_environment(tmp_path):
 
     assert result.returncode == 30, result.stderr[-3000:]
     assert "JobFailed: Program failed with return code=" in result.stderr
-    assert "jobs/als.py" in result.stderr
+    assert "jobs/als/job.py" in result.stderr
     assert secret not in result.stdout + result.stderr
     assert "COLDSTART_TEST_SECRET" not in result.stdout + result.stderr
 
@@ -182,7 +183,7 @@ def test_outputs_follow_the_content_of_the_inputs_not_their_paths(tmp_path, monk
 
 
 def test_the_preflight_sees_a_package_installed_while_the_scheduler_runs(tmp_path, monkeypatch):
-    from workflows.tasks import installed_versions
+    from workflows.fingerprints import installed_versions
 
     site = tmp_path / "site"
     site.mkdir()

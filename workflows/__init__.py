@@ -1,7 +1,8 @@
 """Luigi workflows: ``luigi --module workflows BackfillFactors`` or ``NightlyFactors``."""
+from workflows.luigi_config import configure_luigi
 from workflows.tasks import (BackfillFactors, ChooseModel, DemoCatalogue, EvaluateColdStart,
                              Inputs, MelSpectrograms, NightlyFactors, Preflight, PublishFactors,
-                             ScoreColdTracks, TrainAls, TrainModel, UserInputs, configure_luigi)
+                             ScoreColdTracks, TrainAls, TrainModel, UserInputs)
 
 configure_luigi()
 

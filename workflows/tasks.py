@@ -7,258 +7,34 @@ their outputs atomically, so an output that exists is complete.
 Task parameters are derived from the dataclasses of schemas/config.py
 (workflows/settings.py), overridden by luigi.cfg sections named after the task
 ([TrainAls] rank = 50, ...), and passed to the jobs as the flags the jobs derive from
-the same fields. Output names carry a
-fingerprint of the task's parameters, its inputs' paths and the catalogue's and
-plays' content, so changing a setting or an input re-runs everything downstream of
-it instead of reusing stale results, and an unchanged input re-runs nothing.
+the same fields. Output names carry a fingerprint of what they depend on
+(workflows/fingerprints.py).
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from importlib import metadata
 from pathlib import Path
 
 import luigi
-import luigi.lock
-from luigi.contrib.external_program import ExternalProgramRunError, ExternalProgramTask
 from luigi.contrib.spark import SparkSubmitTask
 
-from schemas import layout, storage
+from schemas import layout
 from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, BowConfig, ChooseConfig,
                             DemoConfig, EvaluateConfig, InputOptions, MelParams, NetworkChoice,
                             PublishConfig, QueryConfig, SemiColdConfig, SpectrogramOptions,
                             TrackHoldout, TrainConfig)
+from workflows.fingerprints import fingerprint, with_installed_versions
+from workflows.locations import configured_inputs, root, user_inputs
+from workflows.parameters import RunIdParameter
+from workflows.process import BIN, ChildProcess, JobFailed, JobTask, job_environment
 from workflows.settings import config_of, flags, settings
+from workflows.twins import adopt_twin
 
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
+# luigi's own logger: `luigi --module workflows` shows what it logs.
 logger = logging.getLogger("luigi-interface")
-
-# Exit codes of `luigi --module workflows ...`, so that a scheduler sees every failure
-# even when no luigi.cfg is found; a luigi.cfg [retcode] section overrides them.
-RETCODES = {"already_running": 10, "missing_data": 20, "not_run": 25, "task_failed": 30,
-            "scheduling_error": 35, "unhandled_exception": 40}
-
-
-class paths(luigi.Config):
-    """Where data lives. The data root comes from COLDSTART_DATA_ROOT (default ./data)."""
-    catalogue = luigi.OptionalPathParameter(
-        default=None, description="catalogue Parquet; default DATA_ROOT/catalogue.parquet")
-    plays = luigi.OptionalPathParameter(
-        default=None, description="play counts: a Parquet, CSV or triplet file or a directory "
-        "of them ([TrainAls] says how to read it); default DATA_ROOT/plays.parquet")
-
-
-def data_root() -> Path:
-    return layout.data_root()
-
-
-def root() -> layout.DataRoot:
-    return layout.DataRoot(data_root())
-
-
-def lock_dir(root: Path) -> Path:
-    """Where luigi keeps its pid lock for runs on data root ``root``.
-
-    Luigi refuses a second process with the same command line while one runs; one
-    lock directory per data root makes that "the same command on the same data",
-    so pipelines on different data roots run side by side.
-    """
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"luigi-coldstart-{digest}"
-
-
-def configure_luigi() -> None:
-    """Defaults luigi takes from configuration: exit codes and the lock directory.
-
-    Called when `luigi --module workflows` imports this package, before luigi reads
-    them; values set in luigi.cfg win.
-    """
-    config = luigi.configuration.get_config()
-    for section in ("retcode", "core"):
-        if not config.has_section(section):
-            config.add_section(section)
-    for key, code in RETCODES.items():
-        if not config.has_option("retcode", key):
-            config.set("retcode", key, str(code))
-    if not config.has_option("core", "lock_pid_dir"):
-        config.set("core", "lock_pid_dir", str(lock_dir(data_root())))
-    explain_lock(Path(config.get("core", "lock_pid_dir")))
-
-
-def explain_lock(pid_dir: Path) -> None:
-    """Say why luigi is about to refuse this run, when another one holds its lock."""
-    if "--no-lock" in sys.argv:
-        return
-    my_pid, my_cmd, pid_file = luigi.lock.get_info(str(pid_dir))
-    try:
-        pids = {int(line) for line in Path(pid_file).read_text().split()}
-    except (OSError, ValueError):
-        return
-    running = sorted(pid for pid in pids if pid != my_pid and luigi.lock.getpcmd(pid) == my_cmd)
-    if running:
-        logger.error("refused: the same command is already running on data root %s (pid %s); "
-                     "two runs on one data root would redo and overwrite each other's work. "
-                     "A run on another data root (COLDSTART_DATA_ROOT) is not blocked.",
-                     data_root(), ", ".join(map(str, running)))
-
-
-class RunIdParameter(luigi.Parameter):
-    """A run's name: one plain path component under DATA_ROOT/runs/, never a way out
-    of the data root (schemas.layout.check_run_id)."""
-
-    def normalize(self, x):
-        return layout.check_run_id(str(x))
-
-
-def user_inputs() -> tuple[Path, Path]:
-    """(catalogue, plays) a user supplied, configured or at their default place."""
-    cfg = paths()
-    return Path(cfg.catalogue or root().catalogue), Path(cfg.plays or root().plays)
-
-
-def content_digest(path: str | os.PathLike) -> str:
-    """sha1 of a file's bytes, or of a directory's visible files (names and bytes);
-    "missing" when there is nothing there.
-
-    Kept in DATA_ROOT/.cache/digests.json by path, size and modification time, so an
-    input is read once per change, and one that is touched but unchanged keeps its
-    digest (and nothing downstream of it runs again).
-    """
-    path = Path(path)
-    files = (sorted(p for p in path.rglob("*") if p.is_file()
-                    and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
-             if path.is_dir() else [path] if path.exists() else [])
-    if not files:
-        return "missing"
-    cache_file = data_root() / ".cache" / "digests.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    combined, changed = hashlib.sha1(), False
-    for file in files:
-        stat = file.stat()
-        key, stamp = str(file.resolve()), [stat.st_size, stat.st_mtime_ns]
-        if cache.get(key, [None])[:2] != stamp:
-            digest = hashlib.sha1()
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            cache[key], changed = stamp + [digest.hexdigest()], True
-        combined.update(f"{file.relative_to(path) if path.is_dir() else ''}:{cache[key][2]}"
-                        .encode())
-    if changed:
-        storage.write_text(cache_file, json.dumps(cache))
-    return combined.hexdigest()
-
-
-def fingerprint(task: luigi.Task, inputs: list | None = None) -> str:
-    """Short hash of what a task's output depends on, whatever run it belongs to.
-
-    Its significant parameters but the run id; the content of the inputs nothing in
-    the pipeline makes (catalogue, plays), which can change in place; and for every
-    other input its name, which carries that input's own fingerprint (spectrograms:
-    their parameters, since every run of them adds to one set). Two runs whose task
-    has the same fingerprint would compute the same output.
-    """
-    inputs = [target.path for target in luigi.task.flatten(
-        task.input() if inputs is None else inputs)]
-    external = {target.path for target in luigi.task.flatten(Inputs().output())}
-    contents = [content_digest(path) for path in sorted(set(inputs) & external)]
-    params = {name: value for name, value in task.to_str_params(only_significant=True).items()
-              if name != "run_id"}
-    names = sorted(_stable_name(Path(path)) for path in set(inputs) - external)
-    text = json.dumps([task.get_task_family(), params, names, contents], sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _stable_name(path: Path) -> str:
-    """An input's name without the run it came from."""
-    mels = root().mels
-    if mels in path.parents:
-        return str(path.relative_to(mels).parts[0])  # the spectrograms' parameter hash
-    return path.name
-
-
-def installed_versions() -> list[tuple[str, str]]:
-    """(name, version) of every installed distribution, sorted. Reading them all takes
-    a fifth of a second, and every task's output path asks for the preflight's: they
-    are read again only when a folder they are installed in changes (an install or an
-    uninstall adds or removes a folder there)."""
-    folders = tuple((entry, os.stat(entry).st_mtime_ns) for entry in sys.path
-                    if entry and os.path.isdir(entry))
-    return _versions_in(folders)
-
-
-@functools.lru_cache(maxsize=4)
-def _versions_in(folders: tuple) -> list[tuple[str, str]]:
-    return sorted((dist.metadata["Name"], dist.version) for dist in metadata.distributions())
-
-
-def configured_inputs() -> bool:
-    """Whether luigi.cfg names the catalogue or the plays ([paths])."""
-    cfg = paths()
-    return cfg.catalogue is not None or cfg.plays is not None
-
-
-def job_environment() -> dict:
-    """Child processes use this interpreter and find its scripts (spark-submit, torchrun)."""
-    env = os.environ.copy()
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("PYSPARK_PYTHON", sys.executable)
-    env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    return env
-
-
-class JobFailed(RuntimeError):
-    """A job's process failed; its own log, streamed above, says why."""
-
-
-class ChildProcess:
-    """Runs the task's job with this interpreter's environment; a failure is reported
-    with the command and exit code alone. luigi's own error text carries the whole
-    environment, tokens and passwords included, into logs and the scheduler's UI."""
-    capture_output = False  # stream the job's own log to the console
-
-    def program_environment(self):
-        return job_environment()
-
-    def run(self):
-        if self.complete():  # its inputs, known only now, are ones an earlier run used
-            return
-        started = time.perf_counter()
-        try:
-            super().run()
-        except ExternalProgramRunError as err:
-            raise JobFailed(f"{err.message} {' '.join(map(str, err.args))}; its log above "
-                            "says why") from None
-        self.record_time(time.perf_counter() - started)
-
-    def record_time(self, seconds: float) -> None:
-        """One line in the run's stage log, for its report and summary (jobs/report)."""
-        run_id = getattr(self, "run_id", None)
-        if run_id is None:
-            return
-        log = root().run(run_id) / layout.STAGE_LOG
-        log.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"task": self.task_family, "output": Path(self.output().path).name,
-                           "seconds": round(seconds, 2)})
-        with open(log, "a", encoding="utf-8") as out:  # one short write: whole lines
-            out.write(line + "\n")
-
-
-class JobTask(ChildProcess, ExternalProgramTask):
-    """A job run as a child process with this interpreter's environment."""
 
 
 # The settings each task takes, as parameters derived from schemas/config.py.
@@ -307,7 +83,7 @@ class UserInputs(luigi.Task):
         return {"catalogue": luigi.LocalTarget(catalogue), "plays": luigi.LocalTarget(plays)}
 
     def run(self):
-        where = "[paths] in luigi.cfg" if configured_inputs() else f"the data root {data_root()}"
+        where = "[paths] in luigi.cfg" if configured_inputs() else f"the data root {root().path}"
         missing = [f"{name} {target.path}" for name, target in self.output().items()
                    if not target.exists()]
         raise FileNotFoundError(f"{' and '.join(missing)} not found (from {where})")
@@ -336,33 +112,17 @@ class RunTask(luigi.Task):
     """A task of one pipeline run; its outputs live under DATA_ROOT/runs/<run_id>/."""
     run_id = RunIdParameter(default="backfill")
 
-    def run_path(self, name: str) -> Path:
-        return root().output(self.run_id, f"{name}-{fingerprint(self, self.data_inputs())}")
+    def run_outputs(self) -> layout.RunOutputs:
+        """Where this run's outputs live, by name (schemas/layout.py)."""
+        return root().outputs(self.run_id)
+
+    def fingerprint(self) -> str:
+        """What the output depends on, the user's catalogue and plays by content."""
+        return fingerprint(self, Inputs().output(), self.data_inputs())
 
     def data_inputs(self) -> list | None:
         """The inputs the output is computed from (None: all of them)."""
         return None
-
-    def adopt_twin(self) -> bool:
-        """Take the same output from another run, when one computed it (same name, so
-        same fingerprint): hard links, written atomically; the other run's retention
-        then removes only its own links. Whether there was one."""
-        out = Path(self.output().path)
-        if out.exists():  # its inputs, known only now, are ones an earlier run used
-            return True
-        twins = sorted((path for path in root().path.glob(f"runs/*/{out.name}")
-                        if path.parent.name != self.run_id), key=lambda path: path.stat().st_mtime)
-        if not twins:
-            return False
-        twin = twins[-1]
-        logger.info("%s: the same output exists in run %s; linking it", self, twin.parent.name)
-        if twin.is_dir():
-            with storage.atomic_dir(out) as tmp:
-                shutil.copytree(twin, tmp, copy_function=os.link, dirs_exist_ok=True)
-        else:
-            with storage.atomic_file(out) as tmp:
-                os.link(twin, tmp)
-        return True
 
 
 class Preflight(RunTask, JobTask):
@@ -377,11 +137,8 @@ class Preflight(RunTask, JobTask):
         return Inputs()
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("preflight").with_suffix(".json"))
-
-    def run_path(self, name: str) -> Path:
-        digest = hashlib.sha1(json.dumps([installed_versions(), fingerprint(self)]).encode())
-        return root().output(self.run_id, f"{name}-{digest.hexdigest()[:10]}")
+        return luigi.LocalTarget(
+            self.run_outputs().preflight(with_installed_versions(self.fingerprint())))
 
     def program_args(self):
         als = TrainAls(run_id=self.run_id)
@@ -395,17 +152,17 @@ class Preflight(RunTask, JobTask):
 
 class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProcess,
                SparkSubmitTask):
-    """Implicit ALS on the warm plays, by spark-submit of jobs/als.py."""
+    """Implicit ALS on the warm plays, by spark-submit of jobs/als/job.py."""
     checkpoint_dir = luigi.OptionalParameter(
         default=None, significant=False,
         description="Spark checkpoint directory every executor reaches (hdfs://...); "
                     "default: inside the output being written")
-    app = str(REPO / "jobs" / "als.py")
+    app = str(REPO / "jobs" / "als" / "job.py")
     name = "coldstart-als"
     tracking_url_pattern = None  # its URL tracker needs captured output; we stream it
 
     def run(self):
-        if not self.adopt_twin():  # the same plays, catalogue and settings: no need to refit
+        if not adopt_twin(self):  # the same plays, catalogue and settings: no need to refit
             super().run()
 
     @property
@@ -425,7 +182,8 @@ class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProce
         return [inputs["plays"]] + ([inputs["catalogue"]] if self.holdout else [])
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("als-heldout" if self.holdout else "als"))
+        return luigi.LocalTarget(
+            self.run_outputs().als(self.fingerprint(), heldout=bool(self.holdout)))
 
     def app_options(self):
         catalogue = ["--catalogue", self.input()["inputs"]["catalogue"].path] \
@@ -495,12 +253,12 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
             + ([inputs["catalogue"]] if self.metadata else [])
 
     def output(self):
-        name = (f"model-{'heldout-' if self.holdout else ''}{self.arch}-{self.loss}"
-                f"{'-meta' if self.metadata else ''}")
-        return luigi.LocalTarget(self.run_path(name).with_suffix(".pt"))
+        return luigi.LocalTarget(self.run_outputs().model(
+            self.fingerprint(), self.arch, self.loss, metadata=self.metadata,
+            heldout=bool(self.holdout)))
 
     def run(self):
-        if self.adopt_twin():  # trained on the same factors with the same settings
+        if adopt_twin(self):  # trained on the same factors with the same settings
             return
         # A missing or empty input fails every attempt alike: check it once, alone,
         # before torchrun would restart workers that cannot succeed.
@@ -553,10 +311,10 @@ class ChooseModel(Candidates, Baseline, RunTask, JobTask):
         return any(model.metadata for model in self.requires()["models"])
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("model-chosen").with_suffix(".pt"))
+        return luigi.LocalTarget(self.run_outputs().chosen_model(self.fingerprint()))
 
     def run(self):
-        if not self.adopt_twin():  # the same candidates, factors and plays: the same choice
+        if not adopt_twin(self):  # the same candidates, factors and plays: the same choice
             super().run()
 
     def program_args(self):
@@ -581,7 +339,7 @@ class ScoreColdTracks(Blend, RunTask, JobTask):
                 "mels": MelSpectrograms(run_id=self.run_id), "model": ChooseModel(run_id=self.run_id)}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("factors"))
+        return luigi.LocalTarget(self.run_outputs().factors(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
@@ -610,7 +368,7 @@ class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask)
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("evaluation").with_suffix(".json"))
+        return luigi.LocalTarget(self.run_outputs().evaluation(self.fingerprint()))
 
     def program_args(self):
         als = Path(self.input()["als"].path)
@@ -632,7 +390,7 @@ class NewReleaseAudience(Audience, RunTask, JobTask):
         return {"als": TrainAls(run_id=self.run_id), "factors": ScoreColdTracks(run_id=self.run_id)}
 
     def output(self):
-        return luigi.LocalTarget(self.run_path("audience").with_suffix(".parquet"))
+        return luigi.LocalTarget(self.run_outputs().audience(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.audience",
@@ -648,7 +406,7 @@ class SimilarityIndex(RunTask, JobTask):
         return ScoreColdTracks(run_id=self.run_id)
 
     def output(self):
-        return luigi.LocalTarget(self.run_path(layout.INDEX))
+        return luigi.LocalTarget(self.run_outputs().index(self.fingerprint()))
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.index",
@@ -679,7 +437,7 @@ class PublishFactors(Publishing, RunTask, JobTask):
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
                 "--audience", self.input()["audience"].path, "--index", self.input()["index"].path,
-                "--out", root().published, "--runs", root().run(self.run_id).parent,
+                "--out", root().published, "--runs", root().runs,
                 *flags(self, Publishing)]
 
 
@@ -696,7 +454,7 @@ class RunReport(RunTask, JobTask):
         return tasks
 
     def output(self):
-        return luigi.LocalTarget(self.run_path(layout.REPORT))
+        return luigi.LocalTarget(self.run_outputs().report(self.fingerprint()))
 
     def program_args(self):
         inputs = self.input()["inputs"]

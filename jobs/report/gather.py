@@ -1,4 +1,4 @@
-"""Where a run's outputs are: found in its directory by the names the workflow gives them."""
+"""Where a run's outputs are: found in its directory by the names schemas/layout.py gives them."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,6 @@ import schemas
 from model.predictor import Predictor
 from schemas import layout, storage
 from schemas.config import MelParams
-
-
-def newest(run: Path, pattern: str) -> Path | None:
-    found = sorted(run.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 @dataclass
@@ -34,8 +29,12 @@ class RunFiles:
     mels: Path | None  # the spectrograms of the shipped model's parameters
 
     @property
+    def outputs(self) -> layout.RunOutputs:
+        return layout.RunOutputs(self.run)
+
+    @property
     def stages(self) -> Path:
-        return self.run / layout.STAGE_LOG
+        return self.outputs.stage_log
 
     @cached_property
     def track_factors(self) -> pa.Table | None:
@@ -50,18 +49,18 @@ def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) ->
     plays default to those the run's published snapshot records."""
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
-    data_root = run.parent.parent
-    published = layout.snapshot_dir(data_root / "published", run.name)
+    outputs = layout.RunOutputs(run)
+    data_root = outputs.data_root
+    published = layout.snapshot_dir(data_root.published, run.name)
     manifest = published / layout.SNAPSHOT_MANIFEST
     recorded = json.loads(manifest.read_text())["inputs"] if manifest.exists() else {}
     catalogue = catalogue or (recorded.get("catalogue") and Path(recorded["catalogue"]))
     plays = plays or (recorded.get("plays") and Path(recorded["plays"]))
-    models = sorted(p for p in run.glob("model-*.pt") if not p.name.startswith("model-chosen-"))
-    chosen = newest(run, "model-chosen-*.pt")
+    chosen = outputs.newest_chosen_model()
     mels = None if chosen is None else layout.params_dir(
-        data_root / "mels", MelParams.from_dict(Predictor.load(chosen).mel_params))
+        data_root.mels, MelParams.from_dict(Predictor.load(chosen).mel_params))
     return RunFiles(
-        run=run, als=newest(run, "als-[0-9a-f]*"), heldout_als=newest(run, "als-heldout-*"),
-        factors=newest(run, "factors-*"), chosen=chosen, models=models,
-        evaluation=newest(run, "evaluation-*.json"), catalogue=catalogue, plays=plays,
+        run=run, als=outputs.newest_als(), heldout_als=outputs.newest_als(heldout=True),
+        factors=outputs.newest_factors(), chosen=chosen, models=outputs.trained_models(),
+        evaluation=outputs.newest_evaluation(), catalogue=catalogue, plays=plays,
         published=published, mels=mels)

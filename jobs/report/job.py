@@ -24,15 +24,15 @@ def key_figures(files: gather.RunFiles) -> dict[str, str]:
     mels = files.mels / files.run.name if files.mels else None  # this run's spectrogram output
     if mels is not None and mels.is_dir():
         figures["MelSpectrograms"] = (
-            f"{sum(pq.read_metadata(p).num_rows for p in mels.glob('mels-*.parquet'))} "
+            f"{sum(pq.read_metadata(p).num_rows for p in layout.mel_shard_files(mels))} "
             f"spectrograms, {sum(pq.read_metadata(p).num_rows for p in layout.dead_letter_files(mels))} "
             "dead letters")
-    for path in files.run.glob("preflight-*.json"):
+    for path in files.outputs.preflights():
         checks = json.loads(path.read_text())
         figures[path.name] = f"{sum(c['ok'] for c in checks)} of {len(checks)} checks passed"
-    for path in files.run.glob("audience-*.parquet"):
+    for path in files.outputs.audiences():
         figures[path.name] = f"{pq.read_metadata(path).num_rows} (track, user) rows"
-    for path in files.run.glob(f"{layout.INDEX}-*"):
+    for path in files.outputs.indexes():
         manifest = path / layout.INDEX_MANIFEST
         if manifest.exists():
             figures[path.name] = f"{json.loads(manifest.read_text())['tracks']} tracks indexed"
@@ -56,7 +56,7 @@ def summary(rows: list, report: Path) -> str:
     """The one-screen summary: each stage, its time and key figure, and the report."""
     lines = [f"{'stage':<22} {'seconds':>8}  key figure"]
     lines += [f"{task:<22} {seconds:>8.1f}  {figure}"[:110] for task, _, seconds, figure in rows]
-    lines.append(f"report: {report / 'index.html'}")
+    lines.append(f"report: {report / layout.REPORT_HTML}")
     return "\n".join(lines)
 
 

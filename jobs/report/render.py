@@ -13,6 +13,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a cluster node
 import matplotlib.pyplot as plt  # noqa: E402
 
+from schemas import layout  # noqa: E402
+
 
 @dataclass
 class Image:
@@ -99,8 +101,8 @@ def to_markdown(title: str, sections: list[Section]) -> str:
 
 def write(out: Path, title: str, sections: list[Section]) -> None:
     """index.html, report.md and the markdown's PNGs into the directory ``out``."""
-    (out / "index.html").write_text(to_html(title, sections), encoding="utf-8")
-    (out / "report.md").write_text(to_markdown(title, sections), encoding="utf-8")
+    (out / layout.REPORT_HTML).write_text(to_html(title, sections), encoding="utf-8")
+    (out / layout.REPORT_MARKDOWN).write_text(to_markdown(title, sections), encoding="utf-8")
     for section in sections:
         for block in section.blocks:
             if isinstance(block, Image):

@@ -1,7 +1,8 @@
 """Stage 2, spectrograms: catalogue audio -> log-mel Parquet shards, with Apache Beam.
 
-    decode.py    PyAV decoding of a track's middle excerpt; child processes that run
-                 per-track work in isolation
+    decode.py    PyAV decoding of a track's middle excerpt
+    pool.py      child processes that run per-track work in isolation (a crash or a
+                 hang costs one track)
     mel.py       the log-mel spectrogram (torchaudio) of a track
     pipeline.py  the Beam graph: spectrograms in child processes, dead letters, Parquet sink
     job.py       running it: incremental runs, the bad-fraction bound, the command line

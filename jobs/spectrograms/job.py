@@ -44,7 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from jobs.spectrograms import decode, failures
+from jobs.spectrograms import failures, pool
 from jobs.spectrograms.decode import SystemicError, is_systemic, systemic_message
 from jobs.spectrograms.mel import check_environment
 from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, write
@@ -249,13 +249,13 @@ def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
         check_environment(params)  # seconds, before any worker starts
     else:  # the children check it as they warm up
         # Started now, they import and warm up while the pipeline is built and started.
-        decode.start_spares(_workers_here(job.beam) * options.decoder_count, params,
+        pool.start_spares(_workers_here(job.beam) * options.decoder_count, params,
                             **decoder_settings(params, options.decode_timeout_s, options.limits,
                                                options.torch_threads))
     try:
         return _run_parts(job, target, run_id, pattern, files)
     finally:
-        decode.close_spares()
+        pool.close_spares()
 
 
 def _workers_here(beam_options: PipelineOptions) -> int:
@@ -342,7 +342,7 @@ def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
                 raise SystemicError(systemic) from err
             raise
         return {**_counters(pipeline.result),
-                "mels": _count_rows(tmp.glob(f"{layout.MELS_PREFIX}-*{layout.PARQUET}")),
+                "mels": _count_rows(layout.mel_shard_files(tmp)),
                 "dead_letters": _count_rows(layout.dead_letter_files(tmp))}
 
 

@@ -29,8 +29,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from jobs.spectrograms.decode import DecodeError, IsolatedDecoder, is_systemic, take_decoder
+from jobs.spectrograms.decode import DecodeError, is_systemic
 from jobs.spectrograms.mel import prepare, spectrogram
+from jobs.spectrograms.pool import IsolatedDecoder, take_decoder
 from schemas import cli, layout, mels
 from schemas.config import MelParams, SpectrogramOptions
 

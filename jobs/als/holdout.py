@@ -7,10 +7,11 @@ should come first. Reported as JSON, averaged over users with held-out plays:
 AUC, mAP@K (AP normalised by min(held-out, K), as jobs.evaluate) and recall@K
 (held-out tracks in the top K / held-out tracks).
 
-    spark-submit jobs/evaluate_als.py --plays plays.parquet --out als-eval.json \\
+    spark-submit jobs/als/holdout.py --plays plays.parquet --out als-eval.json \\
         --rank 32 --iterations 15 --holdout 0.2 --k 500
 
-Input and ALS arguments are those of jobs/als.py; see there for the objective.
+Input and ALS arguments are those of the ALS job (jobs/als/job.py); see there for the
+objective.
 """
 from __future__ import annotations
 
@@ -28,13 +29,10 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-# spark-submit runs this file as a script: make the repository importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from jobs import als  # noqa: E402  (this stage's own job: the same validation and fit)
-from schemas import cli, metrics, storage  # noqa: E402
-from schemas.config import AlsParams, AlsTuning, HoldoutOptions, InputOptions  # noqa: E402
-from schemas.inputs import PlaysInputError  # noqa: E402
+from jobs.als import job as als  # the same validation and fit as the job
+from schemas import cli, metrics, storage
+from schemas.config import AlsParams, AlsTuning, HoldoutOptions, InputOptions
+from schemas.inputs import PlaysInputError
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +142,7 @@ class Split:
 
 def prepare(spark: SparkSession, plays_path: str, holdout: HoldoutOptions = HoldoutOptions(),
             options: InputOptions = InputOptions()) -> Split:
-    """Validate the plays as jobs/als.py does, split them, index the training plays."""
+    """Validate the plays as the ALS job does, split them, index the training plays."""
     plays = als.read_valid_plays(spark, plays_path, options)
     plays.quarantined.unpersist()
     train, heldout = split_holdout(plays.usable, holdout.fraction, holdout.seed)
@@ -202,7 +200,7 @@ def evaluate(spark: SparkSession, plays_path: str, params: AlsParams, checkpoint
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="jobs/evaluate_als.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="jobs/als/holdout.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     als.add_input_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="JSON report to write")

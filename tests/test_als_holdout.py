@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jobs import evaluate_als
+from jobs.als import holdout as als_holdout
 from schemas import metrics
 from schemas.config import AlsParams, HoldoutOptions, InputOptions
 from tests.test_als import checkerboard_plays
@@ -30,33 +30,33 @@ def test_auc_of_is_roc_auc_with_ties():
 def test_ranking_metrics_of_known_rankings():
     # Four tracks on a line; user 0 trained on track 0 and holds out track 1.
     tracks = np.array([[3.0], [2.0], [1.0], [0.5]], dtype=np.float32)
-    train = evaluate_als.Pairs(np.array([0]), np.array([0]), np.array([1.0]))
-    heldout = evaluate_als.Pairs(np.array([0]), np.array([1]), np.array([1.0]))
-    best = evaluate_als.ranking_metrics(np.array([[1.0]], np.float32), tracks, train, heldout, k=1)
+    train = als_holdout.Pairs(np.array([0]), np.array([0]), np.array([1.0]))
+    heldout = als_holdout.Pairs(np.array([0]), np.array([1]), np.array([1.0]))
+    best = als_holdout.ranking_metrics(np.array([[1.0]], np.float32), tracks, train, heldout, k=1)
     assert best == {"users": 1, "tracks": 4, "heldout_plays": 1, "auc": 1.0, "map@1": 1.0,
                     "recall@1": 1.0}, "the trained track must not take the top place"
-    worst = evaluate_als.ranking_metrics(np.array([[-1.0]], np.float32), tracks, train, heldout, k=1)
+    worst = als_holdout.ranking_metrics(np.array([[-1.0]], np.float32), tracks, train, heldout, k=1)
     assert worst["auc"] == 0.0 and worst["map@1"] == 0.0 and worst["recall@1"] == 0.0
 
 
 def test_split_holds_out_a_fraction_of_each_user(spark):
     rows = [(f"u{u}", f"t{t}", 1.0) for u in range(30) for t in range(u % 10 + 1)]
     plays = spark.createDataFrame(rows, "user_id string, track_id string, plays double")
-    train, heldout = evaluate_als.split_holdout(plays, 0.3, seed=1)
+    train, heldout = als_holdout.split_holdout(plays, 0.3, seed=1)
     train_rows, held_rows = set(map(tuple, train.collect())), set(map(tuple, heldout.collect()))
     assert train_rows | held_rows == set(rows) and not train_rows & held_rows
     for u in range(30):
         n = u % 10 + 1
         held = sum(1 for row in held_rows if row[0] == f"u{u}")
         assert held == min(round(0.3 * n), n - 1), f"u{u} of {n} plays"
-    again = set(map(tuple, evaluate_als.split_holdout(plays.repartition(5), 0.3, seed=1)[1].collect()))
-    other = set(map(tuple, evaluate_als.split_holdout(plays, 0.3, seed=2)[1].collect()))
+    again = set(map(tuple, als_holdout.split_holdout(plays.repartition(5), 0.3, seed=1)[1].collect()))
+    other = set(map(tuple, als_holdout.split_holdout(plays, 0.3, seed=2)[1].collect()))
     assert again == held_rows and other != held_rows
 
 
 def test_evaluate_ranks_held_out_checkerboard_plays(spark, tmp_path):
     pq.write_table(checkerboard_plays(), tmp_path / "plays.parquet")
-    report = evaluate_als.evaluate(
+    report = als_holdout.evaluate(
         spark, str(tmp_path / "plays.parquet"), AlsParams(rank=4, iterations=5, reg=0.05),
         str(tmp_path / "checkpoints"), HoldoutOptions(fraction=0.25, k=5))
     assert report["users"] == 40 and report["heldout_plays"] > 40
@@ -81,10 +81,10 @@ def test_spark_matches_implicit_on_hetrec(spark, tmp_path):
     params = AlsParams(rank=32, reg=0.01, alpha=2.0, eps=1.0, iterations=10, seed=0, blocks=2)
     holdout = HoldoutOptions(fraction=0.2, k=500, seed=0)
     spark.sparkContext.setCheckpointDir(str(tmp_path / "checkpoints"))
-    split = evaluate_als.prepare(spark, str(HETREC / "user_artists.dat"), holdout, HETREC_INPUT)
-    spark_report = evaluate_als.score(split, *evaluate_als.fit_factors(split, params), holdout)
+    split = als_holdout.prepare(spark, str(HETREC / "user_artists.dat"), holdout, HETREC_INPUT)
+    spark_report = als_holdout.score(split, *als_holdout.fit_factors(split, params), holdout)
 
-    train = evaluate_als.indexed_pairs(split.train, split.user_ids, split.track_ids)
+    train = als_holdout.indexed_pairs(split.train, split.user_ids, split.track_ids)
     confidence = 1 + params.alpha * np.log1p(train.plays / params.eps)
     matrix = sparse.csr_matrix((confidence.astype(np.float32), (train.users, train.tracks)),
                                shape=(split.n_users, split.n_tracks))
@@ -94,7 +94,7 @@ def test_spark_matches_implicit_on_hetrec(spark, tmp_path):
             factors=params.rank, regularization=lam, alpha=1.0, use_cg=False,
             iterations=params.iterations, random_state=0)
         model.fit(matrix, show_progress=False)
-    implicit_report = evaluate_als.score(split, model.user_factors, model.item_factors, holdout)
+    implicit_report = als_holdout.score(split, model.user_factors, model.item_factors, holdout)
     split.unpersist()
 
     logger.info("hetrec spark %s implicit %s", spark_report, implicit_report)

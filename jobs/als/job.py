@@ -3,8 +3,8 @@
 Runs under spark-submit (the master comes from spark-submit), as
 ``python -m jobs.als``, or from the Luigi chain:
 
-    spark-submit jobs/als.py --plays plays.parquet --out /data/als --rank 50
-    spark-submit --master yarn jobs/als.py --plays hdfs:///msd/train_triplets.txt \\
+    spark-submit jobs/als/job.py --plays plays.parquet --out /data/als --rank 50
+    spark-submit --master yarn jobs/als/job.py --plays hdfs:///msd/train_triplets.txt \\
         --out /data/als --format triplets --blocks 64
 
 Inputs: Parquet, CSV with a header line, or the MSD Taste Profile triplets
@@ -55,14 +55,11 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
-# spark-submit runs this file as a script: make the repository importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import schemas  # noqa: E402
-from schemas import cli, inputs, layout, model_file, storage  # noqa: E402
-from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, InputOptions,  # noqa: E402
-                            SemiColdConfig, TrackHoldout)
-from schemas.inputs import PlaysInputError, local_path, plays_format  # noqa: E402
+import schemas
+from schemas import cli, inputs, layout, model_file, storage
+from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, InputOptions, SemiColdConfig,
+                            TrackHoldout)
+from schemas.inputs import PlaysInputError, local_path, plays_format
 
 logger = logging.getLogger(__name__)
 
@@ -542,7 +539,7 @@ def als_tuning(args: argparse.Namespace) -> AlsTuning:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="jobs/als.py", description=__doc__,
+        prog="jobs/als/job.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_input_arguments(parser)
     parser.add_argument("--out", required=True, type=Path,

@@ -1,0 +1,5 @@
+import sys
+
+from jobs.als.job import main
+
+sys.exit(main())
