@@ -103,24 +103,18 @@ def ranking_metrics(user_factors: np.ndarray, item_factors: np.ndarray, train: P
     held = _tracks_by_user(heldout)
     users = np.array(sorted(held), dtype=np.int64)
     n_tracks = item_factors.shape[0]
-    aucs, aps, recalls = [], [], []
+    per_user = []
     for start in range(0, len(users), chunk):
         block = users[start:start + chunk]
         scores = user_factors[block] @ item_factors.T
         for row, user in zip(scores, block.tolist()):
             relevant = np.zeros(n_tracks, dtype=bool)
             relevant[held[user]] = True
-            negative = np.ones(n_tracks, dtype=bool)
-            negative[held[user]] = False
-            negative[trained.get(user, [])] = False
-            if negative.any():
-                aucs.append(metrics.auc(row[relevant], row[negative]))
-            row[trained.get(user, [])] = -np.inf  # never recommend what was played in training
-            aps.append(metrics.average_precision_at(row, relevant, k))
-            recalls.append(metrics.recall_at(row, relevant, k))
+            candidates = np.ones(n_tracks, dtype=bool)
+            candidates[trained.get(user, [])] = False  # never recommend what was played
+            per_user.append(metrics.user_metrics(row, relevant, k, k, candidates))
     return {"users": len(users), "tracks": n_tracks, "heldout_plays": int(len(heldout.users)),
-            "auc": metrics.mean(aucs), f"map@{k}": metrics.mean(aps),
-            f"recall@{k}": metrics.mean(recalls)}
+            **metrics.averages(per_user, k, k)}
 
 
 @dataclass(frozen=True)
