@@ -30,7 +30,7 @@ import torch
 from sklearn.cluster import KMeans
 
 import schemas
-from jobs.evaluate import same_artist
+from jobs.evaluate.judge import same_artist
 from model.data import mel_array, read_mels
 from model import taste
 from schemas import factor_matrix, factors_column, layout, storage
