@@ -167,9 +167,10 @@ def validated_semicold(data: Path, report: dict, seed: int) -> dict | None:
     """The validated semi-cold search on the evaluation's ALS run and audio model."""
     if "semi_cold" not in report:
         return None
-    als, = {path.parent for path in (data / "runs" / "backfill").glob(f"als-*/{layout.HELDOUT_PLAYS}")}
-    mels, = (data / "mels").iterdir()
-    return semicold_search.run(als, mels, Path(report["semi_cold"]["model"]), seed)
+    root = layout.DataRoot(data)
+    mels, = [path for path in root.mels.iterdir() if not path.name.startswith(".")]
+    return semicold_search.run(root.outputs("backfill").newest_als(heldout=True), mels,
+                               Path(report["semi_cold"]["model"]), seed)
 
 
 def print_semicold(reports: list[dict | None], what: str) -> None:
