@@ -74,7 +74,7 @@ def luigi_cfg():
 
 
 def test_a_luigi_cfg_override_reaches_the_job_flag(luigi_cfg):
-    from jobs import als
+    from jobs.als import job as als
 
     luigi_cfg("TrainAls", "rank", "50")
     luigi_cfg("TrainAls", "cache_ratings", "false")

@@ -250,6 +250,8 @@ def test_cold_tracks_rank_held_out_plays_above_chance(killed_then_resumed):
 
 
 def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
+    from model.predictor import Predictor
+
     root, _, _ = killed_then_resumed
     evaluation = only("runs/backfill/evaluation-*.json", root)
     report = json.loads(evaluation.read_text())
@@ -271,7 +273,7 @@ def test_evaluation_keeps_the_papers_ordering(killed_then_resumed):
     assert sum(slices.get(part, {"tracks": 0})["tracks"] for part in ("known artist", "new artist")) \
         == report["heldout_tracks"]
     fused_model = only("runs/backfill/model-heldout-vandenoord2013-mse-meta-*.pt", root)
-    vocab = torch.load(fused_model, weights_only=True)["net_config"]["metadata_vocab"]
+    vocab = Predictor.load(fused_model).vocabulary
     assert any(token.startswith("artist=demo artist") for token in vocab)
 
 
