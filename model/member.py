@@ -54,11 +54,6 @@ class ScaledModule(Member):
         self.module, self.factor_scale, self.unit_output = module.eval(), factor_scale, unit_output
 
     @property
-    def device(self) -> torch.device:
-        tensor = next(iter(self.module.state_dict().values()), None)
-        return tensor.device if tensor is not None else torch.device("cpu")
-
-    @property
     def n_factors(self) -> int:
         return self.module.config.n_factors
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,6 @@ from model.taste import Taste
 from schemas import mels as mel_schema
 from schemas import model_file, storage
 from schemas.config import MelParams
-
-logger = logging.getLogger(__name__)
 
 MEMBERS: dict[str, type[Member]] = {member.kind: member for member in (Network, Taste, Bow)}
 
