@@ -291,7 +291,7 @@ def semicold_case(seed=0, n_users=300, n_tracks=40):
 
 
 def test_semi_cold_tracks_are_reported_as_scoring_serves_them():
-    from jobs.evaluate.semicold import REVEALED, evaluate_semicold
+    from jobs.evaluate.semicold import REVEALED, evaluate_semicold, markdown
     from schemas.config import SemiColdConfig
 
     users, heldout, ids, truth, rng = semicold_case()
@@ -311,9 +311,7 @@ def test_semi_cold_tracks_are_reported_as_scoring_serves_them():
     bad = evaluate_semicold(users, heldout, ids, noise, als, 10, 5, 0, settings)
     ten = bad["buckets"][-1]
     assert ten["blend"]["auc"] > ten["audio"]["auc"] + 0.1
-    assert "held toward it with strength 100" in \
-        __import__("jobs.evaluate.semicold", fromlist=["markdown"]).markdown(
-            {"audio": "CNN", **good}, 10)
+    assert "held toward it with strength 100" in markdown({"audio": "CNN", **good}, 10)
 
 
 def test_mean_auc_without_each_track_equals_ranking_again_without_it():

@@ -91,7 +91,7 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
                    listened.filter(pc.is_in(listened["track_id"], pa.array(val))), val,
                    factors[[row_of[t] for t in val]], items, shards, space, tokens)
     # each candidate as fitted without the validation tracks (its taste classifier)
-    rows = judge({name: p.held_out() for name, p in options.items()}, held)
+    rows, _ = judge({name: p.held_out() for name, p in options.items()}, held)
     judged = {row["method"]: {key: value for key, value in row.items()
                               if key not in ("method", "slices")} for row in rows}
     usable = {name: j for name, j in judged.items()

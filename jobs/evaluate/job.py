@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 import schemas
-from jobs.evaluate.judge import HeldOut, judge, predicted
+from jobs.evaluate.judge import HeldOut, judge
 from jobs.evaluate.semicold import evaluate_semicold, markdown as semicold_markdown
 from model import metadata
 from model.bow import BagOfWords
@@ -124,14 +124,13 @@ def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: B
             "bag-of-words + MLP": words.predict(held_mels, "mlp")}
 
 
-def candidates(models: list[Path], space: FactorSpace) -> dict[str, tuple[str, Predictor]]:
+def candidates(models: list[Path]) -> dict[str, tuple[str, Predictor]]:
     """Each model file as it ships and its variants, by row name: (role, predictor).
     One with a metadata branch also with the artist withheld, as for a track of an
     artist never seen; one with a taste classifier also as the network alone."""
     out: dict[str, tuple[str, Predictor]] = {}
     for path in models:
         predictor = Predictor.load(path)
-        predictor.check_space(space)
         name = model_name(predictor)
         if name in out:  # two models of the same kind: each keeps its own row
             name = f"{name} ({Path(path).name})"
@@ -177,7 +176,7 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         size=(len(track_ids), user_x.shape[1])).astype(np.float32)
     methods.update(baselines(items, shards, mel_array(held_mels), bow, config))
     role.update({name: BASELINE for name in methods if name != "random"})
-    for name, (kind, predictor) in candidates(models, space).items():
+    for name, (kind, predictor) in candidates(models).items():
         methods[name], role[name] = predictor, kind
     known_artists = 0
     if any(a is not None for a in artist_of.values()):
@@ -188,8 +187,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     held = HeldOut(users, heldout, track_ids, truth, items, shards, space, tokens, artist_of,
                    {**popularity_slices(heldout, track_ids),
                     **artist_slices(track_ids, artist_of, warm_ids)})
-    results = [{**row, "role": role.get(row["method"], REFERENCE)}
-               for row in judge(methods, held, config)]
+    rows, predictions = judge(methods, held, config)
+    results = [{**row, "role": role.get(row["method"], REFERENCE)} for row in rows]
     report = {"users": results[-1]["users"], "heldout_tracks": len(track_ids), "k": config.k,
               "recall_k": config.recall_k, "neighbours": config.neighbours,
               "tracks_with_known_artist": known_artists, "methods": results}
@@ -200,7 +199,7 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     if audio_only:
         best = max(audio_only, key=lambda row: row["auc"])["method"]
         report["semi_cold"] = {"audio": best, "model": methods[best].source, **evaluate_semicold(
-            users, heldout, track_ids, predicted(methods[best], held), als,
+            users, heldout, track_ids, predictions[best], als,
             config.k, config.recall_k, config.seed, semi_cold)}
     return report
 

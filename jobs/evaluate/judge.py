@@ -83,18 +83,21 @@ def predicted(candidate: Predictor | np.ndarray, held: HeldOut) -> np.ndarray:
 
 
 def judge(candidates: Mapping[str, Predictor | np.ndarray], held: HeldOut,
-          config: EvaluateConfig = EvaluateConfig()) -> list[dict]:
-    """One row per candidate, in order: ``method`` (its name), ``members`` (a
-    predictor's member kinds; empty for given factors), ``users`` ranked, the mean
-    per-user AUC, mAP@k and recall@recall_k, the cosine distance to ``truth``, the
-    predictions' spread, same_artist@neighbours, and AUC and mAP@k in each slice."""
+          config: EvaluateConfig = EvaluateConfig()
+          ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """(the table, each candidate's factors for the held-out tracks by name, so that
+    nothing is predicted twice). The table has one row per candidate, in order:
+    ``method`` (its name), ``members`` (a predictor's member kinds; empty for given
+    factors), ``users`` ranked, the mean per-user AUC, mAP@k and recall@recall_k, the
+    cosine distance to ``truth``, the predictions' spread, same_artist@neighbours, and
+    AUC and mAP@k in each slice."""
     k, recall_k, n = config.k, config.recall_k, config.neighbours
     warm_x = factor_matrix(held.warm)
     warm_artists = [held.artist_of.get(t) for t in held.warm.column("track_id").to_pylist()]
     artists = [held.artist_of.get(t) for t in held.track_ids]
-    rows = []
+    rows, predictions = [], {}
     for name, candidate in candidates.items():
-        factors = predicted(candidate, held)
+        factors = predictions[name] = predicted(candidate, held)
         table = pa.table({"track_id": held.track_ids, "factors": factors_column(factors)})
         ranked = metrics.rank_metrics(held.users, table, held.plays, k, recall_k)
         row = {"method": name,
@@ -114,4 +117,4 @@ def judge(candidates: Mapping[str, Predictor | np.ndarray], held: HeldOut,
         rows.append(row)
         logger.info("%s: %s", name, {key: value for key, value in row.items()
                                      if key not in ("slices", "members")})
-    return rows
+    return rows, predictions
