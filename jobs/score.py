@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
                                      args.out, args.als, args.semi_cold_reg,
                                      args.semi_cold_min_listeners),
-                       logger, ValueError, FileExistsError)
+                       logger, ValueError, FileExistsError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,25 @@ def test_factors_without_als_settings_are_refused_not_given_another_alpha(tmp_pa
         "alpha": 2.0, "eps": 0.5, "reg": 0.1}
 
 
+def test_a_missing_model_file_fails_in_one_line_naming_it(tmp_path, capfd):
+    mels_dir, users, items, heldout, _ = write_evaluation_set(tmp_path)
+    meta = {"alpha": 10.0, "eps": 1.0, "reg": 0.1}
+    storage.write_table(users, tmp_path / "users.parquet", schemas.USER_FACTORS, meta)
+    storage.write_table(items, tmp_path / "items.parquet", schemas.ITEM_FACTORS, meta)
+    storage.write_table(heldout, tmp_path / "heldout.parquet", schemas.PLAYS)
+
+    code = evaluate_main(["--user-factors", str(tmp_path / "users.parquet"),
+                          "--item-factors", str(tmp_path / "items.parquet"),
+                          "--heldout-plays", str(tmp_path / "heldout.parquet"),
+                          "--mels", str(mels_dir), "--model", str(tmp_path / "gone.pt"),
+                          "--bow-codebook", "4", "--out", str(tmp_path / "report.json")])
+
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "gone.pt" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "report.json").exists()
+
+
 def test_a_fused_model_is_reported_with_and_without_the_artist_and_by_artist_slice(tmp_path):
     from model import metadata
 

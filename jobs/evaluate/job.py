@@ -281,7 +281,7 @@ def run_job(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     cli.setup_logging()
     args = parse_args(argv)
-    return cli.run_job(lambda: run_job(args), logger, ValueError)
+    return cli.run_job(lambda: run_job(args), logger, ValueError, FileNotFoundError)
 
 
 if __name__ == "__main__":
