@@ -71,7 +71,8 @@ def semi_cold(predictor: Predictor, shards: list[Path], tokens: metadata.Tokens 
 def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_path: Path,
           out: Path, als_dir: Path | None = None,
           semi_cold_reg: float = SemiColdConfig.reg,
-          semi_cold_min_listeners: int = SemiColdConfig.min_listeners) -> None:
+          semi_cold_min_listeners: int = SemiColdConfig.min_listeners,
+          frontend_mels: Path | None = None) -> None:
     predictor = Predictor.load(model_path)
     catalogue = storage.read_table(catalogue_path, schemas.CATALOGUE)
     factors = storage.read_table(item_factors_path, schemas.ITEM_FACTORS)
@@ -84,7 +85,10 @@ def score(model_path: Path, mels_dir: Path, catalogue_path: Path, item_factors_p
     space = FactorSpace.of(item_factors_path)
     # refused before any work: a model of another factor space would serve nonsense
     predictor.check_space(space)
-    shards = layout.mel_shards(mels_dir)
+    # the pretrained taggers' input beside the model's own spectrograms, for a model
+    # that reads it (Predictor.predict_tracks picks each input's shards)
+    shards = layout.mel_shards(mels_dir) + (layout.mel_shards(frontend_mels) if frontend_mels
+                                            else [])
     tokens = metadata.read_tokens(catalogue_path) if predictor.vocabulary else None
     ids, predicted = predictor.predict_tracks(shards, cold, space, tokens)
     version = predictor.version
@@ -151,6 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, type=Path, help="model file from model.train")
     parser.add_argument("--mels", required=True, type=Path,
                         help="mel-spectrogram directory of the model's parameter set")
+    parser.add_argument("--frontend-mels", type=Path,
+                        help="the pretrained taggers' input (DATA/mels/<tagger hash>); needed by "
+                             "a model with a pretrained front end")
     parser.add_argument("--catalogue", required=True, type=Path,
                         help="catalogue Parquet (schemas.CATALOGUE): every track to cover")
     parser.add_argument("--item-factors", required=True, type=Path,
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
                                      args.out, args.als, args.semi_cold_reg,
-                                     args.semi_cold_min_listeners),
+                                     args.semi_cold_min_listeners, args.frontend_mels),
                        logger, ValueError, FileExistsError, FileNotFoundError)
 
 

@@ -58,6 +58,12 @@ def in_validation(track_id: str, val_fraction: float) -> bool:
     return zlib.crc32(track_id.encode()) % 10_000 < val_fraction * 10_000
 
 
+def fold_of(track_id: str, folds: int) -> int:
+    """The cross-validation fold of a track, stable like in_validation (a salted hash, so
+    that folds cut across the validation split)."""
+    return zlib.crc32(b"fold:" + track_id.encode()) % folds
+
+
 @dataclass(frozen=True)
 class Piece:
     """Rows [start, stop) of one row group of one shard."""

@@ -19,6 +19,9 @@ class Member:
     """One part of the ensemble. ``kind`` names it in the model file."""
 
     kind: ClassVar[str]
+    # the spectrograms it reads: "mels", the predictor's own settings, or "frontend",
+    # the pretrained taggers' input made with them (schemas/config.py)
+    input: ClassVar[str] = "mels"
     vocabulary: tuple[str, ...] = ()  # the catalogue tokens it reads; () for audio only
     n_factors: int  # the rank of the factors it predicts
 
@@ -34,6 +37,14 @@ class Member:
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "Member":
         raise NotImplementedError
+
+    def check(self, where: str) -> None:
+        """ValueError naming ``where`` (the model file) when it cannot predict here."""
+
+    def fold(self, index: int) -> "Member | None":
+        """The member as fitted without fold ``index`` of the warm tracks
+        (model/data.py fold_of), or None: it has no such version."""
+        return None
 
     def held_out(self) -> "Member | None":
         """The member as fitted without training's validation tracks, to be judged on

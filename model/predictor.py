@@ -30,12 +30,14 @@ from model.artefact import load_weights
 from model.bow import Bow
 from model.member import Member
 from model.net import Network
+from model.pretrained import Pretrained
 from model.taste import Taste
 from schemas import mels as mel_schema
 from schemas import model_file, storage
 from schemas.config import MelParams
 
-MEMBERS: dict[str, type[Member]] = {member.kind: member for member in (Network, Taste, Bow)}
+MEMBERS: dict[str, type[Member]] = {member.kind: member
+                                    for member in (Network, Taste, Bow, Pretrained)}
 
 
 class FactorSpace(NamedTuple):
@@ -133,6 +135,14 @@ class Predictor:
         members = tuple(m for m in (m.held_out() for m in self.members) if m is not None)
         return dataclasses.replace(self, members=members, version="")
 
+    def fold(self, index: int) -> Predictor | None:
+        """The ensemble as fitted without fold ``index`` of the warm tracks
+        (model/data.py fold_of); None when a member has no such version."""
+        members = tuple(m.fold(index) for m in self.members)
+        if any(m is None for m in members):
+            return None
+        return dataclasses.replace(self, members=members, version="")
+
     def with_metrics(self, extra: dict) -> Predictor:
         return dataclasses.replace(self, metrics={**self.metrics, **extra})
 
@@ -153,69 +163,102 @@ class Predictor:
 
     # -- predicting ---------------------------------------------------------------------
 
+    def known_inputs(self) -> dict[str, MelParams]:
+        """Every input a member may read, by name (Member.input): its own ``mel_params``,
+        and the taggers' input made with them."""
+        own = MelParams.from_dict(self.mel_params)
+        return {"mels": own, "frontend": own.frontend()}
+
+    def inputs(self) -> dict[str, dict]:
+        """The spectrograms its members read, by input name, as MelParams dicts."""
+        known = self.known_inputs()
+        return {m.input: known[m.input].to_dict() for m in self.members}
+
+    def _matching(self, excerpts: Sequence[Excerpts]) -> dict[str, Excerpts]:
+        """The excerpts each input reads; ValueError when one has none or they disagree
+        on the tracks."""
+        found = {}
+        for name, params in self.inputs().items():
+            same = [e for e in excerpts if MelParams.from_dict(e.params) == MelParams.from_dict(params)]
+            if not same:
+                self.check_mels(excerpts[0].params if excerpts else {}, "the excerpts")
+                raise ValueError(f"the excerpts: none made with the {name} parameters "
+                                 f"{params} that {self.source} reads")
+            found[name] = same[0]
+        ids = {tuple(e.track_ids) for e in found.values()}
+        if len(ids) > 1:
+            raise ValueError("the excerpts of the model's inputs are of different tracks")
+        return found
+
     @torch.no_grad()
-    def predict(self, excerpts: Excerpts, space: FactorSpace,
+    def predict(self, excerpts: Excerpts | Sequence[Excerpts], space: FactorSpace,
                 tokens: metadata.Tokens | None = None, batch_size: int = 64) -> np.ndarray:
-        """Factors (n, rank) float32 of ``excerpts``, the mean of the members'.
+        """Factors (n, rank) float32 of ``excerpts`` (one Excerpts per input the members
+        read, of the same tracks), the mean of the members'.
 
         ``tokens``: the catalogue's (metadata.read_tokens), needed when a member reads
         them. Batches go to the predictor's device; on a GPU the networks run in bf16
         autocast, the taste statistics in float32."""
         self.check_space(space)
-        self.check_mels(excerpts.params, "the excerpts")
+        by_input = self._matching([excerpts] if isinstance(excerpts, Excerpts) else excerpts)
+        for member in self.members:
+            member.check(self.source)
+        first = next(iter(by_input.values()))
         vocab = self.vocabulary
         if vocab and tokens is None:
             raise ValueError(f"{self.source}: the model reads catalogue metadata (artist, genre, "
                              "tags): give it the catalogue")
-        token_ids = metadata.token_ids(vocab, tokens, excerpts.track_ids, self.withheld) \
+        token_ids = metadata.token_ids(vocab, tokens, first.track_ids, self.withheld) \
             if vocab else None
-        outs: list[list[np.ndarray]] = [[] for _ in self.members]
-        for i in range(0, len(excerpts.mels), batch_size):
-            # a copy: the values may be a read-only view of Arrow's memory
-            mel = torch.tensor(excerpts.mels[i:i + batch_size]).to(self.device, non_blocking=True)
-            ids = None if token_ids is None else \
-                torch.from_numpy(token_ids[i:i + batch_size]).to(self.device)
-            for out, member in zip(outs, self.members):
-                out.append(member.predict(mel, ids))
-        if not len(excerpts.mels):
+        if not len(first.mels):
             return np.zeros((0, self.n_factors), np.float32)
-        parts = [np.concatenate(out) for out in outs]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total / len(parts) if len(parts) > 1 else total
+        total = np.zeros((len(first.mels), self.n_factors), np.float32)
+        for member in self.members:
+            mels = by_input[member.input].mels
+            for i in range(0, len(mels), batch_size):
+                # a copy: the values may be a read-only view of Arrow's memory
+                mel = torch.tensor(mels[i:i + batch_size]).to(self.device, non_blocking=True)
+                ids = None if token_ids is None else \
+                    torch.from_numpy(token_ids[i:i + batch_size]).to(self.device)
+                total[i:i + len(mel)] += member.predict(mel, ids)
+        return total / len(self.members)
 
     def predict_tracks(self, shards: Sequence[Path], track_ids: Sequence[str],
                        space: FactorSpace, tokens: metadata.Tokens | None = None
                        ) -> tuple[list[str], np.ndarray]:
         """Predicted factors of ``track_ids`` found in the shards, one row group at a time.
 
-        Returns (ids in the order found, factors (n, rank)); memory is bounded by a row
-        group, whatever the catalogue's size (a track in several shards is predicted
-        once)."""
+        ``shards`` may hold spectrograms of several settings (the taggers' input beside
+        the predictor's own): each input is read from the shards made with its
+        settings, and a track is predicted when every input has it. Returns (ids in the
+        order found, factors (n, rank)); memory is bounded by a row group, whatever the
+        catalogue's size (a track in several shards is predicted once)."""
         self.check_space(space)
-        wanted, ids, parts = set(track_ids), [], []
+        inputs, known = self.inputs(), self.known_inputs()
+        by_input: dict[str, list[Path]] = {name: [] for name in inputs}
         for shard in shards:
-            reader = pq.ParquetFile(shard)
-            params = schemas.params_of(reader.schema_arrow)
-            self.check_mels(params, str(shard))
-            for group in range(reader.metadata.num_row_groups):
-                if not wanted:
-                    break
-                names = reader.read_row_group(group, columns=["track_id"])["track_id"].to_pylist()
-                first: dict[str, int] = {}  # each wanted track's first row, in shard order
-                for i, track in enumerate(names):
-                    if track in wanted:
-                        first.setdefault(track, i)
-                if not first:
-                    continue
-                found = list(first)
-                table = mel_schema.conform(reader.read_row_group(group)).take(
-                    [first[t] for t in found])
-                parts.append(self.predict(Excerpts.of(table, params), space, tokens))
-                ids += found
-                wanted -= set(found)
-        return ids, (np.concatenate(parts) if parts else np.zeros((0, self.n_factors), np.float32))
+            params = schemas.params_of(pq.read_schema(shard))
+            name = next((n for n, p in known.items() if MelParams.from_dict(params) == p), None)
+            if name is None:
+                self.check_mels(params, str(shard))
+            if name in by_input:
+                by_input[name].append(shard)
+        missing = [name for name, found in by_input.items() if not found and shards]
+        if missing:
+            raise ValueError(f"{self.source} reads spectrograms made with {inputs[missing[0]]} "
+                             f"({missing[0]}); none of the {len(shards)} shards given has them")
+        sums: dict[str, np.ndarray] = {}
+        for member in self.members:
+            alone = dataclasses.replace(self, members=(member,), version=self.version)
+            for ids, factors in _row_groups(by_input[member.input], set(track_ids), alone,
+                                            space, tokens):
+                for track, row in zip(ids, factors):
+                    sums.setdefault(track, [np.zeros_like(row), 0])
+                    sums[track][0] += row
+                    sums[track][1] += 1
+        found = [t for t, (_, n) in sums.items() if n == len(self.members)]
+        return found, (np.stack([sums[t][0] / len(self.members) for t in found]) if found
+                       else np.zeros((0, self.n_factors), np.float32))
 
     # -- the file -----------------------------------------------------------------------
 
@@ -245,6 +288,31 @@ class Predictor:
             members.append(MEMBERS[state["kind"]].from_state(state, device))
         return cls(tuple(members), raw["mel_params"], raw.get(model_file.FACTOR_SPACE),
                    raw["metrics"], raw["version"], device=device, source=str(path))
+
+
+def _row_groups(shards: Sequence[Path], wanted: set[str], predictor: Predictor,
+                space: FactorSpace, tokens: metadata.Tokens | None):
+    """(ids, factors) of the wanted tracks, one row group of ``shards`` at a time, each
+    track once (its first row); ``predictor`` has one input."""
+    wanted = set(wanted)
+    for shard in shards:
+        reader = pq.ParquetFile(shard)
+        params = schemas.params_of(reader.schema_arrow)
+        for group in range(reader.metadata.num_row_groups):
+            if not wanted:
+                return
+            names = reader.read_row_group(group, columns=["track_id"])["track_id"].to_pylist()
+            first: dict[str, int] = {}  # each wanted track's first row, in shard order
+            for i, track in enumerate(names):
+                if track in wanted:
+                    first.setdefault(track, i)
+            if not first:
+                continue
+            found = list(first)
+            table = mel_schema.conform(reader.read_row_group(group)).take(
+                [first[t] for t in found])
+            yield found, predictor.predict(Excerpts.of(table, params), space, tokens)
+            wanted -= set(found)
 
 
 def legacy_members(raw: dict) -> list[dict]:

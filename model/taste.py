@@ -158,12 +158,12 @@ class Taste(Member):
     """The classifier as a member of a shipped predictor (model/predictor.py): its
     arrays fitted on every warm track, and ``held_out``, the same fitted without
     training's validation tracks (None when those were too few), which is what is
-    judged on them."""
+    judged on them; ``folds[i]``, where fitted, without fold i of the warm tracks."""
 
     kind = "taste"
 
-    def __init__(self, arrays: dict, held_out: dict | None = None):
-        self.arrays, self.held_out_arrays = arrays, held_out
+    def __init__(self, arrays: dict, held_out: dict | None = None, folds: list | None = None):
+        self.arrays, self.held_out_arrays, self.folds = arrays, held_out, list(folds or [])
 
     @property
     def n_factors(self) -> int:
@@ -176,12 +176,16 @@ class Taste(Member):
     def held_out(self) -> "Taste | None":
         return None if self.held_out_arrays is None else Taste(self.held_out_arrays)
 
+    def fold(self, index: int) -> "Taste | None":
+        arrays = self.folds[index] if index < len(self.folds) else None
+        return None if arrays is None else Taste(arrays)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.arrays)
 
     def state(self) -> dict:
-        return {"arrays": self.arrays, "held_out": self.held_out_arrays}
+        return {"arrays": self.arrays, "held_out": self.held_out_arrays, "folds": self.folds}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device) -> "Taste":
-        return cls(state["arrays"], state.get("held_out"))
+        return cls(state["arrays"], state.get("held_out"), state.get("folds"))

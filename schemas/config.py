@@ -258,6 +258,9 @@ ARCHS = ("dieleman2014", "vandenoord2013")
 # steadily across seeds (benchmarks/real_music.py), and the demo at least as well.
 LOSSES = ("wpe", "mse", "cosine")
 DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
+# A model spec's architecture for the pretrained taggers with a fitted head
+# (musicnn:ridge, musicnn:clusters; model/pretrained.py)
+PRETRAINED_ARCH = "musicnn"
 
 
 @dataclass(frozen=True)
@@ -297,6 +300,18 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """The pretrained front end's head (model/pretrained.py, model/head.py)."""
+    head: str = setting("ridge", "what learns the factors from the taggers' pooled features: "
+                                 "ridge regression, or the taste classifier's clusters",
+                        choices=("ridge", "clusters"))
+    head_c: float = setting(0.1, "inverse L2 strength of the clusters head")
+    folds: int = setting(5, "cross-validation folds of the warm tracks the head and the taste "
+                            "classifier are also fitted without, for choosing to judge on every "
+                            "warm track")
+
+
+@dataclass(frozen=True)
 class ChooseConfig:
     """The trained CNNs (architecture:loss, or architecture:loss:meta for one with a
     metadata branch) that compete to be shipped, with the bag-of-words baseline
@@ -304,6 +319,10 @@ class ChooseConfig:
     candidates: tuple[str, ...] = setting(
         (f"{DEFAULT_ARCH}:{DEFAULT_LOSS}",),
         "the trained CNNs that compete with the baseline, as architecture:loss[:meta]")
+    margin: float = setting(
+        0.02, "AUC by which a candidate judged only on the validation tracks (a trained "
+              "network, the baseline) must beat the best one judged out of fold on every warm "
+              "track to be shipped instead")
 
 
 # -- Evaluation (jobs/evaluate/, jobs/als/holdout.py) --------------------------------

@@ -22,7 +22,8 @@ from luigi.contrib.spark import SparkSubmitTask
 
 from schemas import layout
 from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, BowConfig, ChooseConfig,
-                            DemoConfig, EvaluateConfig, InputOptions, MelParams, NetworkChoice,
+                            DemoConfig, EvaluateConfig, HeadConfig, InputOptions, MelParams,
+                            NetworkChoice, PRETRAINED_ARCH,
                             PublishConfig, QueryConfig, SemiColdConfig, SpectrogramOptions,
                             TrackHoldout, TrainConfig)
 from workflows.fingerprints import fingerprint, with_installed_versions
@@ -55,6 +56,9 @@ Network = settings(NetworkChoice)
 Training = settings(TrainConfig, skip=("weight_decay", "val_fraction", "taste_tracks", "taste_c"))
 Audience = settings(QueryConfig, only=("audience", "user_batch"))
 Publishing = settings(PublishConfig)
+Head = settings(HeadConfig, skip=("head",))
+# the settings of training the head shares with the networks (model/head.py)
+HeadTraining = settings(TrainConfig, only=("seed",))
 Candidates = settings(ChooseConfig)
 Baseline = settings(BowConfig, only=("codebook",))
 # What scoring serves a semi-cold track; the evaluation reports the same blend.
@@ -292,13 +296,64 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
                   else [])]
 
 
+class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
+    """The pretrained front end's head (and taste classifier) fitted on warm tracks, by
+    `python -m model.head`: no torchrun, the taggers are frozen."""
+    head = luigi.ChoiceParameter(choices=["ridge", "clusters"], default=HeadConfig.head,
+                                 description=HeadConfig.__dataclass_fields__["head"]
+                                 .metadata["help"])
+    metadata = False  # reads no catalogue columns
+
+    def requires(self):
+        return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id),
+                "als": TrainAls(run_id=self.run_id, holdout=self.holdout,
+                                holdout_seed=self.holdout_seed)}
+
+    def data_inputs(self):
+        return [self.input()["als"], self.input()["mels"]]
+
+    def output(self):
+        return luigi.LocalTarget(self.run_outputs().model(
+            self.fingerprint(), PRETRAINED_ARCH, self.head, heldout=bool(self.holdout)))
+
+    def run(self):
+        if not adopt_twin(self):
+            super().run()
+
+    def program_args(self):
+        als = Path(self.input()["als"].path)
+        mels = self.requires()["mels"]
+        return [sys.executable, "-m", "model.head", "--mels", mels.params_dir(),
+                "--frontend-mels", mels.frontend_dir(),
+                "--item-factors", als / layout.ITEM_FACTORS, "--head", self.head,
+                *flags(self, Head, HeadTraining), "--out", self.output().path]
+
+
+def model_task(spec: str, **params) -> luigi.Task:
+    """The task that makes the model a spec names: ``musicnn:<head>`` for the pretrained
+    front end's head (FitHead), else a network's ``architecture:loss[:meta]``."""
+    arch, _, rest = spec.partition(":")
+    if arch == PRETRAINED_ARCH:
+        if rest not in ("ridge", "clusters"):
+            raise ValueError(f"model {spec!r}: write {PRETRAINED_ARCH}:ridge or "
+                             f"{PRETRAINED_ARCH}:clusters")
+        return FitHead(head=rest, **params)
+    return TrainModel.of_spec(spec, **params)
+
+
+def frontend_args(mels: "MelSpectrograms", models: list) -> list:
+    """--frontend-mels for a job that judges or runs models, when one reads it."""
+    return ["--frontend-mels", mels.frontend_dir()] \
+        if any(isinstance(model, FitHead) for model in models) else []
+
+
 class ChooseModel(Candidates, Baseline, RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
     (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
     `python -m jobs.evaluate.choose`; its model file says which and why."""
 
     def requires(self):
-        models = [TrainModel.of_spec(c, run_id=self.run_id) for c in self.candidates]
+        models = [model_task(c, run_id=self.run_id) for c in self.candidates]
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
@@ -326,7 +381,8 @@ class ChooseModel(Candidates, Baseline, RunTask, JobTask):
                 "--plays", self.input()["inputs"]["plays"].path, *models,
                 # training's own setting: a model it would keep is never refused here
                 "--min-spread", TrainModel(run_id=self.run_id).min_spread,
-                *flags(self, Baseline), "--out", self.output().path,
+                *flags(self, Baseline), "--margin", self.margin, "--out", self.output().path,
+                *frontend_args(self.requires()["mels"], self.requires()["models"]),
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.fused()
                   else [])]
 
@@ -344,6 +400,8 @@ class ScoreColdTracks(Blend, RunTask, JobTask):
     def program_args(self):
         return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
                 "--mels", self.requires()["mels"].params_dir(),
+                *frontend_args(self.requires()["mels"],
+                               self.requires()["model"].requires()["models"]),
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
                 "--als", self.input()["als"].path, *flags(self, Blend),
@@ -363,7 +421,7 @@ class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask)
 
     def requires(self):
         split = dict(run_id=self.run_id, holdout=self.holdout, holdout_seed=self.seed)
-        models = [TrainModel.of_spec(m, **split) for m in self.models]
+        models = [model_task(m, **split) for m in self.models]
         return {"inputs": Inputs(), "als": TrainAls(**split),
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
@@ -379,6 +437,7 @@ class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask)
                 "--heldout-plays", als / layout.HELDOUT_PLAYS,
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--mels", self.requires()["mels"].params_dir(), *models,
+                *frontend_args(self.requires()["mels"], self.requires()["models"]),
                 *flags(self, Baseline), "--seed", self.seed,
                 *flags(ScoreColdTracks(run_id=self.run_id), Blend), "--out", self.output().path]
 

@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Sequence
 from collections import Counter
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from jobs.evaluate.judge import HeldOut, judge
 from jobs.evaluate.semicold import evaluate_semicold, markdown as semicold_markdown
 from model import metadata
 from model.bow import BagOfWords
-from model.data import mel_array, read_mels
+from model.data import mel_array, read_mels, shard_track_ids
 from model.predictor import FactorSpace, Predictor
 from schemas import cli, factor_matrix, layout, model_file, storage
 from schemas.config import BowConfig, EvaluateConfig, SemiColdConfig
@@ -54,6 +55,7 @@ from schemas.feedback import als_settings, fold_in, plays_matrix
 logger = logging.getLogger(__name__)
 
 NETWORK_ALONE = "network alone"  # the row of a CNN without its taste classifier
+HEAD_ALONE = "head alone"  # the pretrained front end without its taste classifier
 
 # What each row is, recorded with it, so that readers pick rows without parsing names:
 REFERENCE = "reference"  # random, the artist oracle, the upper bound
@@ -102,6 +104,8 @@ def artist_slices(track_ids: list[str], artist_of: dict[str, str | None],
 
 def model_name(predictor: Predictor) -> str:
     network = predictor.member("network")
+    if predictor.member("pretrained") is not None:
+        return f"pretrained musicnn taggers, {predictor.metrics['loss']}"
     if network is None:
         return "bag-of-words + linear regression (model file)"
     fused = " + metadata" if predictor.vocabulary else ""
@@ -139,7 +143,8 @@ def candidates(models: list[Path]) -> dict[str, tuple[str, Predictor]]:
             out[f"{name}, artist withheld (as if new)"] = (VARIANT,
                                                           predictor.withholding(("artist",)))
         if predictor.member("taste") is not None:  # what the classifier adds (model/taste.py)
-            out[f"{name}, {NETWORK_ALONE}"] = (VARIANT, predictor.without("taste"))
+            alone = HEAD_ALONE if predictor.member("pretrained") is not None else NETWORK_ALONE
+            out[f"{name}, {alone}"] = (VARIANT, predictor.without("taste"))
     return out
 
 
@@ -147,17 +152,22 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
              shards: list[Path], models: list[Path], bow: BowConfig,
              config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None,
              catalogue: pa.Table | None = None, tokens: metadata.Tokens | None = None,
-             semi_cold: SemiColdConfig = SemiColdConfig()) -> dict:
+             semi_cold: SemiColdConfig = SemiColdConfig(),
+             tagger_shards: Sequence[Path] = ()) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
     ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
     with ``factor_space`` (the ALS factors' id) every model must have learned it.
     With a ``catalogue`` that names artists, the artist oracle, same_artist@n and the
     artist slices; models with a metadata branch read the catalogue's ``tokens``.
-    ``semi_cold``: scoring's settings for tracks with a few plays.
+    ``semi_cold``: scoring's settings for tracks with a few plays. ``tagger_shards``: the
+    pretrained taggers' input, for models that read it; a track is judged when it has
+    both kinds of spectrogram.
     """
     warm = set(items.column("track_id").to_pylist())
     wanted = sorted(set(heldout.column("track_id").to_pylist()) - warm)
+    if tagger_shards:
+        wanted = sorted(set(wanted) & set(shard_track_ids(tagger_shards)))
     held_mels = read_mels(shards, wanted)
     track_ids = held_mels.column("track_id").to_pylist()
     logger.info("%d held-out tracks, %d of them with spectrograms", len(wanted), len(track_ids))
@@ -184,7 +194,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
             artist_oracle(track_ids, artist_of, items, factor_matrix(items).mean(axis=0))
     methods["upper bound (ALS sees the plays)"] = truth
 
-    held = HeldOut(users, heldout, track_ids, truth, items, shards, space, tokens, artist_of,
+    held = HeldOut(users, heldout, track_ids, truth, items, [*shards, *tagger_shards], space,
+                   tokens, artist_of,
                    {**popularity_slices(heldout, track_ids),
                     **artist_slices(track_ids, artist_of, warm_ids)})
     rows, predictions = judge(methods, held, config)
@@ -195,7 +206,8 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     # semi-cold tracks: a few plays revealed, with the best audio-only model as it ships
     audio_only = [row for row in results if row["role"] == MODEL and np.isfinite(row["auc"])
                   and not methods[row["method"]].vocabulary
-                  and methods[row["method"]].member("network") is not None]
+                  and any(methods[row["method"]].member(kind) is not None
+                          for kind in ("network", "pretrained"))]
     if audio_only:
         best = max(audio_only, key=lambda row: row["auc"])["method"]
         report["semi_cold"] = {"audio": best, "model": methods[best].source, **evaluate_semicold(
@@ -244,6 +256,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="plays of the held-out tracks that ALS never saw (schemas.PLAYS)")
     parser.add_argument("--mels", required=True, type=Path,
                         help="mel-spectrogram directory of the models' parameter set")
+    parser.add_argument("--frontend-mels", type=Path,
+                        help="the pretrained taggers' input (DATA/mels/<tagger hash>); needed by "
+                             "models with a pretrained front end")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="a trained model file; repeat for each loss/architecture")
     parser.add_argument("--catalogue", type=Path,
@@ -272,7 +287,8 @@ def run_job(args: argparse.Namespace) -> None:
                       storage.read_table(args.catalogue, schemas.CATALOGUE) if args.catalogue
                       else None,
                       metadata.read_tokens(args.catalogue) if args.catalogue else None,
-                      cli.settings_from(SemiColdConfig, args, only=("min_listeners", "reg")))
+                      cli.settings_from(SemiColdConfig, args, only=("min_listeners", "reg")),
+                      layout.mel_shards(args.frontend_mels) if args.frontend_mels else [])
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))
