@@ -17,15 +17,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 import schemas
-from model import frontend, musicnn, pretrained, taste
-from model.data import fold_of, in_validation, read_mels, shard_track_ids
+from model import frontend, pretrained, taste
+from model.data import fold_of, in_validation, shard_track_ids
 from model.pretrained import Pretrained
 from model.predictor import Predictor
 from model.taste import Taste
@@ -36,22 +35,6 @@ logger = logging.getLogger(__name__)
 
 # what of training's settings the head shares with the networks
 TRAIN_SETTINGS = ("val_fraction", "seed", "taste_tracks", "taste_c")
-
-
-def heard(shards: Sequence[Path], track_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """(ids in the order found, pooled tagger features as float64), one shard's wanted
-    excerpts in memory at a time."""
-    wanted, ids, parts = set(track_ids), [], []
-    for shard in shards:
-        table = read_mels([shard], wanted)
-        if not table.num_rows:
-            continue
-        mel = torch.from_numpy(schemas.mels.values(table).astype(np.float32))
-        parts.append(frontend.hear(mel).features.astype(np.float64))
-        found = table.column("track_id").to_pylist()
-        ids += found
-        wanted -= set(found)
-    return ids, (np.concatenate(parts) if parts else np.zeros((0, 0)))
 
 
 def versions(ids: list[str], features: np.ndarray, targets: np.ndarray,
@@ -77,7 +60,8 @@ def fit_predictor(mels: Path, frontend_mels: Path, item_factors: Path, config: H
     if len(warm) < 3:
         raise ValueError(f"{item_factors}: {len(warm)} warm tracks have spectrograms in both "
                          f"{mels} and {frontend_mels}; the head needs at least 3")
-    ids, features = heard(tagger_shards, warm)
+    ids, found = frontend.heard_tracks(tagger_shards, warm)
+    features = found.features.astype(np.float64)
     logger.info("%d warm tracks, %d tagger features each", len(ids), features.shape[1])
     targets = factors[[row_of[t] for t in ids]]
     head, head_folds, head_held = versions(
@@ -86,7 +70,7 @@ def fit_predictor(mels: Path, frontend_mels: Path, item_factors: Path, config: H
         config.folds, train.val_fraction)
     if head is None:
         raise ValueError(f"{item_factors}: too few warm tracks to fit the head")
-    members = [Pretrained(head, musicnn.weights_digest(), head_folds, head_held)]
+    members = [Pretrained(head, frontend.version(), head_folds, head_held)]
     if train.taste_tracks:
         sample = sorted(np.random.default_rng(train.seed).choice(
             warm, min(train.taste_tracks, len(warm)), replace=False).tolist())

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import RidgeCV
 
-from model import frontend, musicnn, taste
+from model import frontend, taste
 from model.data import unit_rows
 from model.member import Member
 
@@ -84,7 +84,7 @@ class Pretrained(Member):
         return int(self.head["centres" if "clusters" in self.head else "coef"].shape[1])
 
     def check(self, where: str) -> None:
-        installed = musicnn.weights_digest()
+        installed = frontend.version()
         if installed != self.weights:
             raise ValueError(f"{where}: fitted on tagger weights {self.weights}, the installed "
                              f"musicnn wheel has {installed}: refit the model")

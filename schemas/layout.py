@@ -74,6 +74,14 @@ def mel_shard_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{MELS_PREFIX}-*{PARQUET}"))
 
 
+def heard_file(shard: str | os.PathLike, taggers: str) -> Path:
+    """What the pretrained taggers of version ``taggers`` heard in a tagger-input shard
+    (model/frontend.py): beside the shard, in a hidden folder of its run, so that it
+    goes when the run goes and no shard listing sees it."""
+    shard = Path(shard)
+    return shard.parent / f".heard-{taggers}" / shard.name
+
+
 def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{PARQUET}"))
 
