@@ -105,6 +105,28 @@ PAD_MODES = ("zeros", "wrap", "none", "reject")
 # thousandths of their spread (benchmarks/mel_reader.py).
 MEL_DTYPES = ("float16", "float32")
 
+# Mel filterbanks: "htk", HTK's mel scale with triangles of peak 1 (torchaudio's default,
+# the seeds' spectrograms); "slaney", Slaney's mel scale with triangles of unit area
+# (librosa's default, what pretrained music taggers were trained on).
+FILTERBANKS = ("htk", "slaney")
+# How mel power becomes a spectrogram value: "log", log(power + log_offset); "log10_1p",
+# log10(1 + LOG10_1P_SCALE * power), musicnn's compression.
+COMPRESSIONS = ("log", "log10_1p")
+LOG10_1P_SCALE = 10000.0
+
+# The input of the pretrained tagger (musicnn: Pons and Serra 2019), fixed by the weights
+# it was trained with: 16 kHz audio, a 512-sample STFT with a 256-sample hop, 96 Slaney mel
+# bands of power, log10_1p. MelParams.frontend gives it for the main spectrograms.
+MUSICNN_SAMPLE_RATE = 16000
+MUSICNN_N_FFT = 512
+MUSICNN_HOP_LENGTH = 256
+MUSICNN_N_MELS = 96
+
+# Settings that MelParams gained after spectrograms were first written: at their defaults
+# they are left out of to_dict, so the parameter hashes (directory names), the parameters
+# stored in shards and model files, and every fingerprint made from them stay as they were.
+_ADDED_MEL_SETTINGS = ("filterbank", "compression")
+
 
 @dataclass(frozen=True)
 class MelParams:
@@ -119,13 +141,20 @@ class MelParams:
     excerpt_s: float | None = setting(
         30.0, "seconds of audio taken from the middle of each track; 0 (or none) keeps whole "
               "tracks")
-    log_offset: float = setting(1e-6, "spectrograms are log(mel power + offset)")
+    log_offset: float = setting(1e-6, "spectrograms are log(mel power + offset) (compression "
+                                      "log)")
     pad: str = setting(
         "wrap", "what happens to tracks shorter than the excerpt: zeros appends silence, wrap "
                 "loops the audio, none keeps them short (fewer frames), reject sends them to "
                 "the dead letters", choices=PAD_MODES)
     dtype: str = setting("float16", "how spectrogram values are stored: float16 halves what "
                                     "training reads", choices=MEL_DTYPES)
+    filterbank: str = setting(
+        "htk", "mel filterbank: htk (HTK's mel scale, triangles of peak 1) or slaney (Slaney's "
+               "mel scale, triangles of unit area: librosa's default)", choices=FILTERBANKS)
+    compression: str = setting(
+        "log", "how mel power becomes a value: log, log(power + log offset); log10_1p, "
+               f"log10(1 + {LOG10_1P_SCALE:g} power) as musicnn reads it", choices=COMPRESSIONS)
 
     def __post_init__(self) -> None:
         # Normalise types so that equal settings always hash equally (10 vs 10.0).
@@ -146,14 +175,27 @@ class MelParams:
             raise ValueError(f"pad must be one of {PAD_MODES}, got {self.pad!r}")
         if self.dtype not in MEL_DTYPES:
             raise ValueError(f"dtype must be one of {MEL_DTYPES}, got {self.dtype!r}")
+        if self.filterbank not in FILTERBANKS:
+            raise ValueError(f"filterbank must be one of {FILTERBANKS}, got {self.filterbank!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, "
+                             f"got {self.compression!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every setting by name, but those MelParams gained later where they are at
+        their defaults (see _ADDED_MEL_SETTINGS)."""
+        values = dataclasses.asdict(self)
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for name in _ADDED_MEL_SETTINGS:
+            if values[name] == defaults[name]:
+                del values[name]
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> MelParams:
         """Inverse of :meth:`to_dict`; raises ValueError on unknown keys. Settings
-        without a dtype were stored before it existed, as float32."""
+        without a dtype were stored before it existed, as float32; the settings added
+        later take their defaults."""
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown mel parameters {sorted(unknown)}")
@@ -174,6 +216,14 @@ class MelParams:
     def excerpt_samples(self) -> int | None:
         """Length of the excerpt in samples, or None for whole tracks."""
         return round(self.excerpt_s * self.sample_rate) if self.excerpt_s else None
+
+    def frontend(self) -> MelParams:
+        """The pretrained tagger's input (musicnn's settings) made from the same excerpt of
+        the same decoded audio as these spectrograms: their excerpt, padding and dtype."""
+        return MelParams(sample_rate=MUSICNN_SAMPLE_RATE, n_fft=MUSICNN_N_FFT,
+                         hop_length=MUSICNN_HOP_LENGTH, n_mels=MUSICNN_N_MELS,
+                         filterbank="slaney", compression="log10_1p",
+                         excerpt_s=self.excerpt_s, pad=self.pad, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -223,6 +273,10 @@ class SpectrogramOptions:
     shard_mb: float = setting(
         256.0, "a shard of spectrograms is closed, and another begun, once it holds this many "
                "MiB (one row group more at most)", significant=False)
+    frontend: bool = setting(
+        True, "also write the pretrained tagger's input (musicnn's log-mels at 16 kHz) of every "
+              "track, from the same decoded excerpt, under its own parameters' directory",
+        significant=False)
     tracks_per_part: int = setting(
         10_000, "the catalogue is done in parts of about this many tracks, each published "
                 "when done, so that a killed run keeps what it finished", significant=False)

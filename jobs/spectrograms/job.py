@@ -6,27 +6,35 @@ not yet done for the same mel parameters, computes its log-mel spectrogram and w
     <out>/<params_hash>/<run_id>/mels-*.parquet          schemas.MEL_SHARD
     <out>/<params_hash>/<run_id>/dead_letters-*.parquet  schemas.DEAD_LETTERS
 
-both with the mel parameters in their schema metadata. The run directory appears
-only once the pipeline has succeeded. The job exits non-zero when the fraction of
-tracks that failed exceeds --max-bad-fraction; its outputs are then kept under
-<run_id>.rejected-<time> instead, so a rerun only retries the tracks that failed.
+both with the mel parameters in their schema metadata. With --frontend (the default)
+the same decoded excerpt also makes the pretrained tagger's input (musicnn's log-mels,
+MelParams.frontend), written alike under its own parameters' hash, with its own dead
+letters: a track whose tagger input fails alone keeps its spectrogram. The run
+directories appear only once the pipeline has succeeded. The job exits non-zero when
+the fraction of tracks that failed for an output exceeds --max-bad-fraction; that
+output is then kept under <run_id>.rejected-<time> instead, so a rerun only retries
+the tracks that failed.
 
-Incremental: a track is skipped when a spectrogram for it exists in an earlier run
-with the same parameters, and also when a published (not rejected) run already
-sent the same track id and audio URI to the dead letters (--retry-dead-letters
-tries those again). Audio URIs are local paths or anything fsspec opens.
+Incremental, for each output apart: a track is skipped when it has that output in an
+earlier run with the same parameters, and also when a published (not rejected) run
+already sent the same track id and audio URI to that output's dead letters
+(--retry-dead-letters tries those again). A track is decoded once, for the outputs
+it lacks. An output whose run directory exists already is not written again, so a
+run made before the tagger's input existed can be completed under its own run id.
+Audio URIs are local paths or anything fsspec opens.
 
 Runs on Beam's local FnApiRunner (the engine behind DirectRunner, pinned so that
 Beam does not try to download the Prism runner) with one worker in this process that
 hands the tracks to --decoders child processes (one per CPU), each decoding tracks and
 computing their log-mels; any other Beam pipeline option
 (--runner=DataflowRunner, --runner=FlinkRunner, ...) is passed through. --out must
-be a local or mounted filesystem: the run directory is published with an atomic rename.
+be a local or mounted filesystem: the run directories are published with atomic renames.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -47,7 +55,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from jobs.spectrograms import failures, pool
 from jobs.spectrograms.decode import SystemicError, is_systemic, systemic_message
 from jobs.spectrograms.mel import check_environment
-from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, write
+from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, numbered, write
 from schemas import cli, layout, storage
 from schemas.config import MelParams, SpectrogramOptions
 
@@ -133,11 +141,13 @@ class SpectrogramJob:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSummary:
-    """What a run did. skipped_done: tracks that already had spectrograms;
-    skipped_failed: tracks whose audio URI failed in a published earlier run."""
+class OutputSummary:
+    """What a run did for one of its outputs (the spectrograms of one set of
+    parameters): where they are, the tracks skipped (skipped_done: they had this output
+    already; skipped_failed: their audio URI failed for it in a published earlier
+    run), and the spectrograms and dead letters written."""
+    params: MelParams
     run_dir: Path
-    catalogue_rows: int
     skipped_done: int
     skipped_failed: int
     mels: int
@@ -145,12 +155,34 @@ class RunSummary:
 
     @property
     def bad_fraction(self) -> float:
-        """The share of the catalogue's tracks whose audio is failing: this run's dead
+        """The share of the catalogue's tracks failing for this output: this run's dead
         letters and the earlier failures not yet due again. Taken over the catalogue,
         so that one bad file among a night's few new tracks does not fail the night."""
         failing = self.dead_letters + self.skipped_failed
         tracks = self.mels + self.skipped_done + failing
         return failing / tracks if tracks else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a run did: the catalogue rows it read, and each output it wrote (the main
+    spectrograms first, unless this run id had them already)."""
+    catalogue_rows: int
+    outputs: tuple[OutputSummary, ...]
+
+    def of(self, params: MelParams) -> OutputSummary:
+        """The output of ``params``; KeyError when the run did not write it."""
+        for output in self.outputs:
+            if output.params == params:
+                return output
+        raise KeyError(f"the run wrote no spectrograms of {params.to_dict()}")
+
+
+def outputs_of(params: MelParams, options: SpectrogramOptions) -> tuple[MelParams, ...]:
+    """What the job makes of each track: ``params``' spectrograms and, with
+    ``options.frontend``, the pretrained tagger's input (once, were they the same)."""
+    frontend = params.frontend()
+    return (params, frontend) if options.frontend and frontend != params else (params,)
 
 
 def catalogue_pattern(catalogue: str) -> str:
@@ -226,34 +258,43 @@ def systemic_failure(err: BaseException) -> str | None:
 
 
 def run(job: SpectrogramJob) -> RunSummary:
-    """Run the job and publish its run directory.
+    """Run the job and publish its run directories.
 
-    Runs with the same parameters take turns: each decides what is left to do only
-    once the one before it has published, so no track is decoded twice.
+    Runs that write the same parameters take turns: each decides what is left to do
+    only once the one before it has published, so no track is made twice. (Main
+    spectrograms of different settings can share one tagger input.)
     """
-    params = job.params
     run_id = job.run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = layout.run_dir(job.out, params, run_id)
-    with storage.exclusive(layout.params_lock(job.out, params)):
-        return _run(job, target, run_id)
+    outputs = outputs_of(job.params, job.options)
+    with contextlib.ExitStack() as held:
+        for lock in sorted({layout.params_lock(job.out, params) for params in outputs}):
+            held.enter_context(storage.exclusive(lock))  # in one order: no deadlock
+        return _run(job, run_id, outputs)
 
 
-def _run(job: SpectrogramJob, target: Path, run_id: str) -> RunSummary:
+def _run(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...]) -> RunSummary:
     params, options = job.params, job.options
-    if target.exists():
-        raise cli.UsageError(f"run directory {target} already exists; pick another --run-id")
+    targets = {output: layout.run_dir(job.out, output, run_id) for output in outputs}
+    left = tuple(output for output, target in targets.items() if not target.exists())
+    if not left:
+        raise cli.UsageError(f"run directory {' and '.join(map(str, targets.values()))} "
+                             "already exists; pick another --run-id")
+    for output in outputs:
+        if output not in left:  # an output of this run id, made before the others existed
+            logger.info("%s exists already: this run writes only %s", targets[output],
+                        ", ".join(str(targets[other]) for other in left))
     pattern = catalogue_pattern(job.catalogue)
     files = catalogue_files(pattern)
     check_catalogue(files)
     if not options.isolate_decoding:
-        check_environment(params)  # seconds, before any worker starts
+        check_environment(params, left)  # seconds, before any worker starts
     else:  # the children check it as they warm up
         # Started now, they import and warm up while the pipeline is built and started.
         pool.start_spares(_workers_here(job.beam) * options.decoder_count, params,
-                            **decoder_settings(params, options.decode_timeout_s, options.limits,
-                                               options.torch_threads))
+                          **decoder_settings(params, options.decode_timeout_s, options.limits,
+                                             options.torch_threads, left))
     try:
-        return _run_parts(job, target, run_id, pattern, files)
+        return _run_parts(job, run_id, left, pattern, files)
     finally:
         pool.close_spares()
 
@@ -269,9 +310,10 @@ def _workers_here(beam_options: PipelineOptions) -> int:
     return values.get("direct_num_workers") or os.cpu_count() or 1
 
 
-def _run_parts(job: SpectrogramJob, target: Path, run_id: str, pattern: str,
-               files: list[str]) -> RunSummary:
+def _run_parts(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...],
+               pattern: str, files: list[str]) -> RunSummary:
     options = job.options
+    targets = {output: layout.run_dir(job.out, output, run_id) for output in outputs}
 
     # The catalogue is done in parts, each published as a run of its own when it is
     # done (<run_id>.part-<k>-of-<n>; the last one is the run directory itself), so a
@@ -279,71 +321,101 @@ def _run_parts(job: SpectrogramJob, target: Path, run_id: str, pattern: str,
     rows = _count_rows(files)
     parts = max(1, math.ceil(rows / options.tracks_per_part))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    totals: collections.Counter = collections.Counter()
+    totals = {output: collections.Counter() for output in outputs}
+    catalogue_rows = 0
     for part in range(parts):
         last = part == parts - 1
         # The last part is published under a pending name first: the run directory
         # itself (what Luigi checks) appears only if the bad fraction is within
         # bounds. A rejected run keeps its spectrograms, so a rerun redoes only the
         # tracks that failed.
-        destination = (target.with_name(f"{run_id}.pending-{stamp}") if last
-                       else target.with_name(f"{run_id}.part-{part + 1}-of-{parts}"))
-        if destination.exists():
+        destinations = {output: target.with_name(f"{run_id}.pending-{stamp}") if last
+                        else target.with_name(f"{run_id}.part-{part + 1}-of-{parts}")
+                        for output, target in targets.items()}
+        todo = {output: path for output, path in destinations.items() if not path.exists()}
+        if not todo:
             logger.info("part %d of %d was finished by an earlier attempt", part + 1, parts)
             continue
-        totals.update(_run_part(job, pattern, (part, parts), destination, rows))
-    summary = RunSummary(
-        run_dir=target, catalogue_rows=totals["catalogue_rows"],
-        skipped_done=totals["skipped_done"], skipped_failed=totals["skipped_failed"],
-        mels=totals["mels"], dead_letters=totals["dead_letters"])
-    if summary.bad_fraction > options.max_bad_fraction:
-        summary = dataclasses.replace(
-            summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
-    os.rename(target.with_name(f"{run_id}.pending-{stamp}"), summary.run_dir)
-    failing = failures.history(target.parent, options.retry_after_days,
-                               recovered=existing_track_ids(target.parent))
-    logger.info("%d tracks are failing; see %s", failing.num_rows,
-                failures.write(target.parent, failing))
-    logger.info("catalogue: %d rows; skipped %d tracks with spectrograms and %d that failed "
-                "before; wrote %d spectrograms and %d dead letters to %s",
-                summary.catalogue_rows, summary.skipped_done, summary.skipped_failed,
-                summary.mels, summary.dead_letters, summary.run_dir)
-    return summary
+        if len(todo) < len(destinations):
+            logger.info("part %d of %d: only %s left to write", part + 1, parts,
+                        ", ".join(map(str, todo.values())))
+        read, counted = _run_part(job, pattern, (part, parts), todo, rows)
+        catalogue_rows += read
+        for output, counts in counted.items():
+            totals[output].update(counts)
+    summaries = {}
+    for output, target in reversed(targets.items()):  # the main spectrograms published last
+        counts = totals[output]
+        summary = OutputSummary(
+            params=output, run_dir=target, skipped_done=counts["skipped_done"],
+            skipped_failed=counts["skipped_failed"], mels=counts["mels"],
+            dead_letters=counts["dead_letters"])
+        if summary.bad_fraction > options.max_bad_fraction:
+            summary = dataclasses.replace(
+                summary, run_dir=target.with_name(f"{run_id}.rejected-{stamp}"))
+        os.rename(target.with_name(f"{run_id}.pending-{stamp}"), summary.run_dir)
+        summaries[output] = summary
+        failing = failures.history(target.parent, options.retry_after_days,
+                                   recovered=existing_track_ids(target.parent))
+        logger.info("%s: %d tracks are failing; see %s", target.parent, failing.num_rows,
+                    failures.write(target.parent, failing))
+    logger.info("catalogue: %d rows", catalogue_rows)
+    for summary in summaries.values():
+        logger.info("%s: skipped %d tracks that had them and %d that failed before; wrote %d "
+                    "spectrograms and %d dead letters", summary.run_dir, summary.skipped_done,
+                    summary.skipped_failed, summary.mels, summary.dead_letters)
+    return RunSummary(catalogue_rows=catalogue_rows,
+                      outputs=tuple(summaries[output] for output in outputs))
 
 
 def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
-              destination: Path, expected: int | None = None) -> dict[str, int]:
-    """Run the pipeline on one part of the catalogue and publish it as ``destination``;
-    returns its counters and the spectrograms and dead letters it wrote. ``expected``,
-    the catalogue's rows, is for the progress log."""
+              destinations: dict[MelParams, Path],
+              expected: int | None = None) -> tuple[int, dict[MelParams, dict[str, int]]]:
+    """Run the pipeline on one part of the catalogue for the outputs of
+    ``destinations``, and publish each as its destination; returns the catalogue rows
+    read, and for each output its counters and the spectrograms and dead letters it
+    wrote. ``expected``, the catalogue's rows, is for the progress log."""
     params, options = job.params, job.options
-    params_dir = destination.parent
-    earlier_mels = layout.mel_shards(params_dir)
+    outputs = tuple(destinations)
     now = datetime.datetime.now(datetime.timezone.utc)
-    earlier_failures = [] if options.retry_dead_letters else failures.not_due(
-        failures.history(params_dir, options.retry_after_days), now)
-    logger.info("params %s (%s), part %d of %d: catalogue %s; skipping the tracks of %d "
-                "earlier spectrogram shards and %d earlier failures not yet due again",
-                params.params_hash(), params.to_dict(), part[0] + 1, part[1], job.catalogue,
-                len(earlier_mels), len(earlier_failures))
-    with storage.atomic_dir(destination) as tmp:
+    earlier_mels, earlier_failures = {}, {}
+    for output, destination in destinations.items():
+        earlier_mels[output] = layout.mel_shards(destination.parent)
+        earlier_failures[output] = [] if options.retry_dead_letters else failures.not_due(
+            failures.history(destination.parent, options.retry_after_days), now)
+        logger.info("params %s (%s), part %d of %d: catalogue %s; skipping the tracks of %d "
+                    "earlier spectrogram shards and %d earlier failures not yet due again",
+                    output.params_hash(), output.to_dict(), part[0] + 1, part[1],
+                    job.catalogue, len(earlier_mels[output]), len(earlier_failures[output]))
+    with contextlib.ExitStack() as published:  # each published on success, the last first
+        tmp = {output: published.enter_context(storage.atomic_dir(destination))
+               for output, destination in destinations.items()}
         try:
             with beam.Pipeline(options=job.beam) as pipeline:
                 rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
                     pattern, columns=CATALOGUE_COLUMNS)
-                done = (_read_parquet_rows(pipeline, "EarlierMels", earlier_mels, ["track_id"])
-                        | "TrackIds" >> beam.Map(lambda row: row["track_id"]))
-                failed = pipeline | "EarlierFailures" >> beam.Create(earlier_failures)
-                write(build(rows, params, options, done, failed, part, expected), tmp,
-                      params, options.row_group_mb, options.shard_mb)
+                done = [_read_parquet_rows(pipeline, numbered("EarlierMels", i),
+                                           earlier_mels[output], ["track_id"])
+                        | numbered("TrackIds", i) >> beam.Map(lambda row: row["track_id"])
+                        for i, output in enumerate(outputs)]
+                failed = [pipeline | numbered("EarlierFailures", i) >> beam.Create(
+                    earlier_failures[output]) for i, output in enumerate(outputs)]
+                built = build(rows, params, options, done, failed, part, expected, outputs)
+                for i, (output, written) in enumerate(zip(outputs, built)):
+                    write(written, tmp[output], output, options.row_group_mb, options.shard_mb,
+                          label=numbered("Write", i))
         except Exception as err:
             systemic = systemic_failure(err)
             if systemic is not None:
                 raise SystemicError(systemic) from err
             raise
-        return {**_counters(pipeline.result),
-                "mels": _count_rows(layout.mel_shard_files(tmp)),
-                "dead_letters": _count_rows(layout.dead_letter_files(tmp))}
+        counters = _counters(pipeline.result)
+        return counters.get("catalogue_rows", 0), {output: {
+            "skipped_done": counters.get(numbered("skipped_done", i), 0),
+            "skipped_failed": counters.get(numbered("skipped_failed", i), 0),
+            "mels": _count_rows(layout.mel_shard_files(tmp[output])),
+            "dead_letters": _count_rows(layout.dead_letter_files(tmp[output]))}
+            for i, output in enumerate(outputs)}
 
 
 # -- Command line ---------------------------------------------------------------------
@@ -409,15 +481,19 @@ def run_or_stop(job: SpectrogramJob) -> RunSummary:
 
 
 def report(job: SpectrogramJob, summary: RunSummary) -> int:
-    """Exit code of a finished run: FAILED, with the most frequent errors, above the bound."""
+    """Exit code of a finished run: FAILED, with the most frequent errors, when an
+    output is above the bound."""
     max_bad = job.options.max_bad_fraction
-    if summary.bad_fraction <= max_bad:
-        return cli.OK
-    logger.error("catalogue %s: %d of %d tracks (%.1f%%) failed, more than "
-                 "--max-bad-fraction %g; most frequent errors: %s; see %s",
-                 job.catalogue, summary.dead_letters, summary.mels + summary.dead_letters,
-                 100 * summary.bad_fraction, max_bad,
-                 "; ".join(f"{kind} ({count})" for kind, count in
-                           frequent_errors(layout.dead_letter_files(summary.run_dir))),
-                 summary.run_dir / f"{layout.DEAD_LETTERS_PREFIX}-*{layout.PARQUET}")
-    return cli.FAILED
+    code = cli.OK
+    for output in summary.outputs:
+        if output.bad_fraction <= max_bad:
+            continue
+        logger.error("catalogue %s: %d of %d tracks (%.1f%%) failed for %s, more than "
+                     "--max-bad-fraction %g; most frequent errors: %s; see %s",
+                     job.catalogue, output.dead_letters, output.mels + output.dead_letters,
+                     100 * output.bad_fraction, output.run_dir.parent, max_bad,
+                     "; ".join(f"{kind} ({count})" for kind, count in
+                               frequent_errors(layout.dead_letter_files(output.run_dir))),
+                     output.run_dir / f"{layout.DEAD_LETTERS_PREFIX}-*{layout.PARQUET}")
+        code = cli.FAILED
+    return code

@@ -1,8 +1,11 @@
 """The Beam graph of the spectrogram job: catalogue rows -> log-mel rows and dead letters.
 
-Every step is labelled; a track's failure becomes a dead letter (track id, URI,
-stage, error), while a broken environment (see decode.is_systemic) fails the graph.
-Build it with :func:`build`, write it with :func:`write`; jobs.spectrograms.job runs it.
+A job makes one or more outputs of every track (the main spectrograms and the
+pretrained tagger's input), each with its own parameters, earlier runs and dead
+letters, all from one decoding of the track. Every step is labelled; a track's failure
+becomes a dead letter (track id, URI, stage, error) of the outputs it fails, while a
+broken environment (see decode.is_systemic) fails the graph. Build it with
+:func:`build`, write it with :func:`write`; jobs.spectrograms.job runs it.
 """
 from __future__ import annotations
 
@@ -30,17 +33,25 @@ from apache_beam.transforms.window import GlobalWindows
 
 import schemas
 from jobs.spectrograms.decode import DecodeError, is_systemic
-from jobs.spectrograms.mel import prepare, spectrogram
+from jobs.spectrograms.mel import prepare, spectrograms
 from jobs.spectrograms.pool import IsolatedDecoder, take_decoder
 from schemas import cli, layout, mels
 from schemas.config import MelParams, SpectrogramOptions
 
 logger = logging.getLogger(__name__)
 
-# The tag of the dead-letter outputs.
+# The tags of the graph's outputs: the spectrograms and the dead letters of each output
+# (see numbered).
+MELS = "mels"
 DEAD_LETTERS = "dead_letters"
 # Beam counters of the job, read back after the run.
 COUNTERS = "spectrograms"
+
+
+def numbered(name: str, output: int) -> str:
+    """``name`` (a tag, counter or label) for output ``output`` of a job's outputs: the
+    name itself for the first (the main spectrograms), name_<output> for the others."""
+    return name if output == 0 else f"{name}_{output}"
 
 
 def mel_schema(params: MelParams) -> pa.Schema:
@@ -57,22 +68,27 @@ def _dead_letter(row: dict, stage: str, error: object) -> dict:
 
 
 class PickOnePerTrack(beam.DoFn):
-    """(track_id, {"rows", "done", "failed"}) -> the catalogue row to process, if any.
+    """(track_id, {"rows", "done", "failed", ...}) -> (catalogue row, outputs wanted), if any.
 
-    rows: the catalogue rows with this track id; done: not empty when the track
-    already has a spectrogram; failed: audio URIs that a published earlier run sent
-    to the dead letters for it. A done track, or one whose chosen URI failed before
-    (unless ``retry_dead_letters``), is skipped and counted. Duplicated track ids
-    keep the row with the smallest audio_uri (rows without a URI last); the others,
-    and rows without a track id or audio URI, go to the dead letters (stage
-    "catalogue").
+    rows: the catalogue rows with this track id. For each of the ``outputs`` outputs
+    i, numbered("done", i): not empty when the track already has that output;
+    numbered("failed", i): audio URIs that a published earlier run sent to that
+    output's dead letters for it. An output is not wanted when the track has it, or
+    when the chosen URI failed for it before (unless ``retry_dead_letters``); each
+    skip is counted for its output, and a track no output wants is not decoded.
+    Duplicated track ids keep the row with the smallest audio_uri (rows without a URI
+    last); the others, and rows without a track id or audio URI, go to the dead
+    letters (stage "catalogue") of every output that wants the track.
     """
 
-    def __init__(self, retry_dead_letters: bool = False) -> None:
+    def __init__(self, outputs: int = 1, retry_dead_letters: bool = False) -> None:
+        self.outputs = outputs
         self.retry_dead_letters = retry_dead_letters
         self.catalogue_rows = Metrics.counter(COUNTERS, "catalogue_rows")
-        self.skipped_done = Metrics.counter(COUNTERS, "skipped_done")
-        self.skipped_failed = Metrics.counter(COUNTERS, "skipped_failed")
+        self.skipped_done = [Metrics.counter(COUNTERS, numbered("skipped_done", i))
+                             for i in range(outputs)]
+        self.skipped_failed = [Metrics.counter(COUNTERS, numbered("skipped_failed", i))
+                               for i in range(outputs)]
 
     def process(self, keyed: tuple[str | None, dict[str, Iterable]]) -> Iterator:
         track_id, joined = keyed
@@ -81,37 +97,48 @@ class PickOnePerTrack(beam.DoFn):
         if not rows:  # known from earlier runs, gone from the catalogue
             return
         self.catalogue_rows.inc(len(rows))
-        failed = set() if self.retry_dead_letters else set(joined["failed"])
+        failed = [set() if self.retry_dead_letters else set(joined[numbered("failed", i)])
+                  for i in range(self.outputs)]
         if not track_id:
-            for row in rows:
-                if row.get("audio_uri") in failed:
-                    self.skipped_failed.inc()
+            for row, i in itertools.product(rows, range(self.outputs)):
+                if row.get("audio_uri") in failed[i]:
+                    self.skipped_failed[i].inc()
                     continue
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTERS, _dead_letter(row, "catalogue", "missing track_id"))
-            return
-        if any(True for _ in joined["done"]):
-            self.skipped_done.inc()
+                yield beam.pvalue.TaggedOutput(numbered(DEAD_LETTERS, i), _dead_letter(
+                    row, "catalogue", "missing track_id"))
             return
         first, *duplicates = rows
-        if first.get("audio_uri") in failed:
-            self.skipped_failed.inc()
-            return
-        for row in duplicates:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
-                row, "catalogue", f"duplicate track_id; kept {first.get('audio_uri')}"))
-        if not first.get("audio_uri"):
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTERS, _dead_letter(first, "catalogue", "missing audio_uri"))
-            return
-        yield first
+        wanted = []
+        for i in range(self.outputs):
+            if any(True for _ in joined[numbered("done", i)]):
+                self.skipped_done[i].inc()
+            elif first.get("audio_uri") in failed[i]:
+                self.skipped_failed[i].inc()
+            else:
+                wanted.append(i)
+        for i in wanted:
+            for row in duplicates:
+                yield beam.pvalue.TaggedOutput(numbered(DEAD_LETTERS, i), _dead_letter(
+                    row, "catalogue", f"duplicate track_id; kept {first.get('audio_uri')}"))
+            if not first.get("audio_uri"):
+                yield beam.pvalue.TaggedOutput(numbered(DEAD_LETTERS, i), _dead_letter(
+                    first, "catalogue", "missing audio_uri"))
+        if wanted and first.get("audio_uri"):
+            yield first, tuple(wanted)
 
 
 class ComputeSpectrograms(beam.DoFn):
-    """Catalogue row -> schemas.MEL_SHARD row, mel flattened in the parameters' dtype;
-    failures -> dead letters (stage "decode" or "mel").
+    """(catalogue row, outputs wanted) -> for each output wanted, a schemas.MEL_SHARD row
+    (mel flattened in the output's dtype), or a dead letter (stage "decode" or "mel").
 
-    A track's work is ``spectrogram`` (mel.spectrogram's signature; tests replace it).
+    One decoding per track, with ``params``, makes every output it wants of
+    ``outputs`` (default: ``params`` alone; a plain catalogue row wants all): a
+    decoding that fails is a dead letter of each, an output that fails alone (its
+    values are not finite, say) a dead letter of that output. Output i's rows and dead
+    letters are tagged numbered(MELS, i) and numbered(DEAD_LETTERS, i); the first
+    output's rows are the main output.
+
+    A track's work is ``spectrograms`` (mel.spectrograms's signature; tests replace it).
     With ``isolate`` it runs in ``decoders`` child processes (:class:`IsolatedDecoder`),
     so that a crash in FFmpeg costs one track, not the worker. Each child keeps
     QUEUED tracks queued so that it never waits for this process; rows come out as the
@@ -124,14 +151,16 @@ class ComputeSpectrograms(beam.DoFn):
 
     instances = itertools.count(1)  # in this process: names each worker's progress log
 
-    def __init__(self, params: MelParams, *, isolate: bool = True, decoders: int = 1,
+    def __init__(self, params: MelParams, outputs: Sequence[MelParams] = (), *,
+                 isolate: bool = True, decoders: int = 1,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  torch_threads: int = SpectrogramOptions.torch_threads,
                  min_duration_s: float = 0.0, max_bytes: int | None = None,
                  max_duration_s: float | None = None,
-                 spectrogram: Callable[..., np.ndarray] = spectrogram,
+                 spectrograms: Callable[..., tuple] = spectrograms,
                  expected: int | None = None) -> None:
         self.params = params
+        self.outputs = tuple(outputs) or (params,)
         self.expected = expected  # tracks of the whole job, for the progress log
         self.isolate = isolate
         self.decoders = decoders
@@ -139,7 +168,7 @@ class ComputeSpectrograms(beam.DoFn):
         self.torch_threads = torch_threads
         self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
                        "max_duration_s": max_duration_s}
-        self.spectrogram = spectrogram
+        self.spectrograms = spectrograms
 
     def setup(self) -> None:
         # each worker (a process, or a thread of one) logs its own share; the job's tracks
@@ -152,26 +181,29 @@ class ComputeSpectrograms(beam.DoFn):
             self._children = [
                 take_decoder(self.params, **decoder_settings(
                     self.params, self.timeout_s, self.limits, self.torch_threads,
-                    self.spectrogram))
+                    self.outputs, self.spectrograms))
                 for _ in range(self.decoders)]
         else:
-            prepare(self.params, self.torch_threads)
-            self._compute = functools.partial(self.spectrogram, params=self.params,
-                                              **self.limits)
+            prepare(self.params, self.torch_threads, self.outputs)
 
     def start_bundle(self) -> None:
-        self._rows = {child: collections.deque() for child in self._children}  # queued rows
+        # (row, outputs wanted) queued on each child
+        self._rows = {child: collections.deque() for child in self._children}
 
-    def process(self, row: dict) -> Iterator:
+    def process(self, element: dict | tuple[dict, tuple[int, ...]]) -> Iterator:
+        row, wanted = element if isinstance(element, tuple) else (
+            element, tuple(range(len(self.outputs))))
+        outputs = tuple(self.outputs[i] for i in wanted)
         self.progress.add()
         if not self.isolate:
-            yield from self._result(row, functools.partial(self._compute, row["audio_uri"]))
+            yield from self._result(row, wanted, lambda: self.spectrograms(
+                row["audio_uri"], self.params, outputs, **self.limits))
             return
         while sum(child.queued for child in self._children) >= self.QUEUED * len(self._children):
             yield from self._finished()
         child = min(self._children, key=lambda child: child.queued)
-        child.send(row["audio_uri"])
-        self._rows[child].append(row)
+        child.send(row["audio_uri"], outputs)
+        self._rows[child].append((row, wanted))
 
     def finish_bundle(self) -> Iterator:
         while any(child.queued for child in self._children):
@@ -190,22 +222,27 @@ class ComputeSpectrograms(beam.DoFn):
         ready = multiprocessing.connection.wait([child.connection for child in busy], wait_s)
         for child in busy:
             if child.connection in ready or child.deadline <= time.monotonic():
-                yield from self._result(self._rows[child].popleft(), child.receive)
+                yield from self._result(*self._rows[child].popleft(), child.receive)
 
-    def _result(self, row: dict, compute: Callable[[], np.ndarray]) -> Iterator:
+    def _result(self, row: dict, wanted: tuple[int, ...],
+                compute: Callable[[], tuple]) -> Iterator:
         try:
-            mel = compute()
+            results = compute()
         except Exception as err:  # one bad file must never fail the bundle...
             if is_systemic(err):  # ...but a broken environment must stop the job
                 raise
-            if isinstance(err, DecodeError):
-                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(row, err.stage, err))
-            else:
-                yield beam.pvalue.TaggedOutput(DEAD_LETTERS, _dead_letter(
-                    row, DecodeError.stage, f"{type(err).__name__}: {err}"))
-            return
-        yield {"track_id": row["track_id"], "n_mels": mel.shape[0], "n_frames": mel.shape[1],
-               "dtype": self.params.dtype, "mel": mel.reshape(-1)}
+            results = [err] * len(wanted)  # the decoding failed: every output with it
+        for i, result in zip(wanted, results):
+            if isinstance(result, Exception):
+                stage, error = ((result.stage, result) if isinstance(result, DecodeError) else
+                                (DecodeError.stage, f"{type(result).__name__}: {result}"))
+                yield beam.pvalue.TaggedOutput(numbered(DEAD_LETTERS, i),
+                                               _dead_letter(row, stage, error))
+                continue
+            mel = {"track_id": row["track_id"], "n_mels": result.shape[0],
+                   "n_frames": result.shape[1], "dtype": self.outputs[i].dtype,
+                   "mel": result.reshape(-1)}
+            yield mel if i == 0 else beam.pvalue.TaggedOutput(numbered(MELS, i), mel)
 
     def teardown(self) -> None:
         for child in self._children:
@@ -213,15 +250,18 @@ class ComputeSpectrograms(beam.DoFn):
 
 
 def decoder_settings(params: MelParams, timeout_s: float, limits: dict, torch_threads: int,
-                     spectrogram: Callable[..., np.ndarray] = spectrogram) -> dict:
+                     outputs: Sequence[MelParams] = (),
+                     spectrograms: Callable[..., tuple] = spectrograms) -> dict:
     """IsolatedDecoder's keyword arguments for the job's children: each computes
-    ``spectrogram`` per track, after mel.prepare."""
-    return {"timeout_s": timeout_s, "decode": spectrogram,
-            "warm_up": functools.partial(prepare, params, torch_threads), **limits}
+    ``spectrograms`` per track, after mel.prepare for ``outputs``."""
+    return {"timeout_s": timeout_s, "decode": spectrograms,
+            "warm_up": functools.partial(prepare, params, torch_threads, tuple(outputs)),
+            **limits}
 
 
 @dataclasses.dataclass(frozen=True)
 class MelOutputs:
+    """One output of the graph."""
     mels: beam.PCollection          # schemas.MEL_SHARD rows, "mel" a flat ndarray of "dtype"
     dead_letters: beam.PCollection  # schemas.DEAD_LETTERS rows
 
@@ -234,41 +274,54 @@ def in_part(row: dict, part: int, parts: int) -> bool:
 
 def build(rows: beam.PCollection, params: MelParams,
           options: SpectrogramOptions = SpectrogramOptions(),
-          done: beam.PCollection | None = None,
-          failed: beam.PCollection | None = None, part: tuple[int, int] = (0, 1),
-          expected: int | None = None) -> MelOutputs:
-    """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri).
+          done: Sequence[beam.PCollection] = (), failed: Sequence[beam.PCollection] = (),
+          part: tuple[int, int] = (0, 1), expected: int | None = None,
+          outputs: Sequence[MelParams] = ()) -> tuple[MelOutputs, ...]:
+    """Spectrograms of catalogue ``rows`` (dicts with track_id and audio_uri), one
+    MelOutputs for each of ``outputs`` (default: ``params`` alone), all made from one
+    decoding of each track with ``params``; an output's excerpt and padding must be
+    those of ``params``.
 
-    done: track ids that already have spectrograms; they are skipped. failed:
-    dead-letter rows (dicts with track_id and audio_uri) of earlier published runs;
-    tracks whose audio_uri is among them are skipped unless
-    ``options.retry_dead_letters``. Grouping by track id joins the three (nothing is
-    held in memory whole), removes duplicates and spreads the tracks over the workers.
-    ``part`` (index, count) keeps only the rows of that part of the catalogue;
-    ``expected``, the number of catalogue rows, is for the progress log.
+    done[i]: track ids that already have output i; they are not made again. failed[i]:
+    dead-letter rows (dicts with track_id and audio_uri) of earlier published runs of
+    output i; tracks whose audio_uri is among them are skipped for it unless
+    ``options.retry_dead_letters``. Missing ones are empty. Grouping by track id joins
+    them all (nothing is held in memory whole), removes duplicates and spreads the
+    tracks over the workers. ``part`` (index, count) keeps only the rows of that part
+    of the catalogue; ``expected``, the number of catalogue rows, is for the progress log.
     """
+    outputs = tuple(outputs) or (params,)
+    for output in outputs:
+        if (output.excerpt_s, output.pad) != (params.excerpt_s, params.pad):
+            raise ValueError(f"an output's excerpt and padding must be the decoding's: "
+                             f"{output.to_dict()} against {params.to_dict()}")
     if part[1] > 1:
         rows = rows | "ThisPart" >> beam.Filter(in_part, *part)
-    if done is None:
-        done = rows.pipeline | "NoEarlierSpectrograms" >> beam.Create([])
-    if failed is None:
-        failed = rows.pipeline | "NoEarlierFailures" >> beam.Create([])
-    tracks = (
-        {"rows": rows | "KeyRows" >> beam.Map(lambda row: (row.get("track_id"), row)),
-         "done": done | "KeyDone" >> beam.Map(lambda track_id: (track_id, True)),
-         "failed": failed | "KeyFailed" >> beam.Map(
-             lambda row: (row.get("track_id"), row.get("audio_uri")))}
-        | "JoinByTrack" >> beam.CoGroupByKey()
-        | "PickOnePerTrack" >> beam.ParDo(
-            PickOnePerTrack(options.retry_dead_letters)).with_outputs(
-            DEAD_LETTERS, main="tracks"))
+    joined = {"rows": rows | "KeyRows" >> beam.Map(lambda row: (row.get("track_id"), row))}
+    for i in range(len(outputs)):
+        done_i = done[i] if i < len(done) else (
+            rows.pipeline | numbered("NoEarlierSpectrograms", i) >> beam.Create([]))
+        failed_i = failed[i] if i < len(failed) else (
+            rows.pipeline | numbered("NoEarlierFailures", i) >> beam.Create([]))
+        joined[numbered("done", i)] = done_i | numbered("KeyDone", i) >> beam.Map(
+            lambda track_id: (track_id, True))
+        joined[numbered("failed", i)] = failed_i | numbered("KeyFailed", i) >> beam.Map(
+            lambda row: (row.get("track_id"), row.get("audio_uri")))
+    dead_tags = [numbered(DEAD_LETTERS, i) for i in range(len(outputs))]
+    tracks = (joined
+              | "JoinByTrack" >> beam.CoGroupByKey()
+              | "PickOnePerTrack" >> beam.ParDo(PickOnePerTrack(
+                  len(outputs), options.retry_dead_letters)).with_outputs(
+                  *dead_tags, main="tracks"))
     computed = tracks.tracks | "Spectrograms" >> beam.ParDo(ComputeSpectrograms(
-        params, isolate=options.isolate_decoding, decoders=options.decoder_count,
+        params, outputs, isolate=options.isolate_decoding, decoders=options.decoder_count,
         timeout_s=options.decode_timeout_s, torch_threads=options.torch_threads,
-        expected=expected, **options.limits)).with_outputs(DEAD_LETTERS, main="mels")
-    dead_letters = ((tracks[DEAD_LETTERS], computed[DEAD_LETTERS])
-                    | "CollectDeadLetters" >> beam.Flatten())
-    return MelOutputs(mels=computed.mels, dead_letters=dead_letters)
+        expected=expected, **options.limits)).with_outputs(
+        *[numbered(MELS, i) for i in range(1, len(outputs))], *dead_tags, main=MELS)
+    return tuple(
+        MelOutputs(mels=computed[numbered(MELS, i)], dead_letters=(
+            (tracks[tag], computed[tag]) | numbered("CollectDeadLetters", i) >> beam.Flatten()))
+        for i, tag in enumerate(dead_tags))
 
 
 def mel_table(rows: Sequence[dict], schema: pa.Schema = schemas.MEL_SHARD) -> pa.Table:
@@ -340,27 +393,45 @@ class ParquetTableSink(FileBasedSink):
         super().close(handle)
 
 
-def write(outputs: MelOutputs, directory: str | os.PathLike, params: MelParams,
-          row_group_mb: float = SpectrogramOptions.row_group_mb,
-          shard_mb: float = SpectrogramOptions.shard_mb) -> None:
-    """Write ``outputs`` as mels-*.parquet and dead_letters-*.parquet in ``directory``.
+class WriteShards(beam.PTransform):
+    """(spectrogram rows, dead letters) of one output -> mels-*.parquet and
+    dead_letters-*.parquet in ``directory``, both with ``params`` in their metadata.
 
     Spectrograms are batched into row groups holding about ``row_group_mb`` MiB of
     spectrogram values each (the last of a worker's batches may be smaller), in shards
     of about ``shard_mb`` MiB at most; an empty output still yields a readable Parquet
     file with the schema.
     """
-    row_group_bytes = int(row_group_mb * 2**20)
-    schema = mel_schema(params)
-    (outputs.mels
-     | "BatchMels" >> beam.BatchElements(
-         min_batch_size=row_group_bytes, max_batch_size=row_group_bytes,
-         element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
-     | "ToArrow" >> beam.Map(mel_table, schema)
-     | "WriteMels" >> beam.io.Write(
-         ParquetTableSink(os.path.join(directory, layout.MELS_PREFIX), schema,
-                          max_bytes=int(shard_mb * 2**20))))
-    (outputs.dead_letters
-     | "WriteDeadLetters" >> beam.io.WriteToParquet(
-         os.path.join(directory, layout.DEAD_LETTERS_PREFIX), dead_letter_schema(params),
-         file_name_suffix=layout.PARQUET))
+
+    def __init__(self, directory: str | os.PathLike, params: MelParams,
+                 row_group_mb: float = SpectrogramOptions.row_group_mb,
+                 shard_mb: float = SpectrogramOptions.shard_mb) -> None:
+        super().__init__()
+        self.directory, self.params = directory, params
+        self.row_group_mb, self.shard_mb = row_group_mb, shard_mb
+
+    def expand(self, outputs: tuple[beam.PCollection, beam.PCollection]) -> None:
+        mel_rows, dead_letters = outputs
+        row_group_bytes = int(self.row_group_mb * 2**20)
+        schema = mel_schema(self.params)
+        (mel_rows
+         | "BatchMels" >> beam.BatchElements(
+             min_batch_size=row_group_bytes, max_batch_size=row_group_bytes,
+             element_size_fn=lambda row: row["mel"].nbytes, record_metrics=False)
+         | "ToArrow" >> beam.Map(mel_table, schema)
+         | "WriteMels" >> beam.io.Write(
+             ParquetTableSink(os.path.join(self.directory, layout.MELS_PREFIX), schema,
+                              max_bytes=int(self.shard_mb * 2**20))))
+        (dead_letters
+         | "WriteDeadLetters" >> beam.io.WriteToParquet(
+             os.path.join(self.directory, layout.DEAD_LETTERS_PREFIX),
+             dead_letter_schema(self.params), file_name_suffix=layout.PARQUET))
+
+
+def write(outputs: MelOutputs, directory: str | os.PathLike, params: MelParams,
+          row_group_mb: float = SpectrogramOptions.row_group_mb,
+          shard_mb: float = SpectrogramOptions.shard_mb, label: str = "Write") -> None:
+    """Write one output of :func:`build` to ``directory`` (see :class:`WriteShards`);
+    ``label`` names the step, one per output of a graph."""
+    (outputs.mels, outputs.dead_letters) | label >> WriteShards(directory, params,
+                                                                row_group_mb, shard_mb)

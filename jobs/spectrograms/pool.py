@@ -40,11 +40,13 @@ class IsolatedDecoder:
     forking a process that runs threads is unsafe, and multiprocessing's "spawn"
     would re-import the parent's main module (all of Beam, in a Beam worker),
     seconds per start. ``decode`` is what the child runs instead of decode_excerpt,
-    with the same arguments, returning an array of any shape and dtype; ``warm_up``,
-    if given, runs once in the child before it takes a track (imports, checks), and
-    its failure is systemic. Both must be importable by name.
+    with the same arguments and any a track is sent with (``send(uri, *args)``),
+    returning an array of any shape and dtype, or a tuple of such arrays and
+    DecodeErrors (the track's outputs, which may fail apart); ``warm_up``, if given,
+    runs once in the child before it takes a track (imports, checks), and its failure
+    is systemic. Both must be importable by name.
 
-    ``decoder(uri)`` returns one track's result. :meth:`send` and :meth:`receive`
+    ``decoder(uri, *args)`` returns one track's result. :meth:`send` and :meth:`receive`
     keep several tracks queued, so the child never waits for the parent between
     tracks; results come back in the order sent.
     """
@@ -64,7 +66,8 @@ class IsolatedDecoder:
         self._process: subprocess.Popen | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._ready = False
-        self._queued: collections.deque[str] = collections.deque()  # sent, not yet received
+        # (uri, args) sent, not yet received
+        self._queued: collections.deque[tuple[str, tuple]] = collections.deque()
         self._since = 0.0  # when the child began the oldest queued track
 
     @property
@@ -75,8 +78,8 @@ class IsolatedDecoder:
             warm_up = (warm_up.func, warm_up.args, tuple(warm_up.keywords.items()))
         return (self.params, self.timeout_s, tuple(self._kwargs.items()), self._decode, warm_up)
 
-    def __call__(self, uri: str) -> np.ndarray:
-        self.send(uri)
+    def __call__(self, uri: str, *args) -> np.ndarray | tuple:
+        self.send(uri, *args)
         return self.receive()
 
     @property
@@ -95,32 +98,34 @@ class IsolatedDecoder:
         """time.monotonic() by which the oldest queued track must be done."""
         return self._since + self.timeout_s
 
-    def send(self, uri: str) -> None:
-        """Queue ``uri``; its result comes from a later :meth:`receive`."""
+    def send(self, uri: str, *args) -> None:
+        """Queue ``uri`` (with ``args`` for the per-track function); its result comes
+        from a later :meth:`receive`."""
         if self._process is None or (not self._queued and self._process.poll() is not None):
             self.start()
         self._wait_ready()
         if not self._queued:
             self._since = time.monotonic()
-        self._queued.append(uri)
+        self._queued.append((uri, args))
         try:
-            self._conn.send(uri)
+            self._conn.send((uri, args))
         except OSError:  # the child died; receive() says why
             pass
 
-    def receive(self) -> np.ndarray:
+    def receive(self) -> np.ndarray | tuple:
         """The result of the oldest queued track; DecodeError (or MelError) when the
         track is at fault, SystemicError when the environment is."""
-        uri = self._queued[0]
+        uri = self._queued[0][0]
         try:
             if not self._conn.poll(max(0.0, self.deadline - time.monotonic())):
                 self._restart()
                 raise DecodeError(f"{uri}: decoding timed out after {self.timeout_s:g} s")
             status, result = self._conn.recv()
-            if status == "ok":  # the values follow as raw bytes: no pickling, one copy less
-                shape, dtype = result
-                values = np.empty(int(np.prod(shape)), dtype)
-                self._conn.recv_bytes_into(values)
+            if status == "ok":
+                values = self._receive_array(*result)
+            elif status == "parts":
+                values = tuple(self._receive_array(*part) if kind == "ok" else _track_error(*part)
+                               for kind, part in result)
         except (EOFError, OSError):  # the child died: broken pipe, reset, closed
             reason = self._exit_reason()
             self._restart()
@@ -130,9 +135,14 @@ class IsolatedDecoder:
         if status == "broken":
             self.close()
             raise SystemicError(result)
-        if status != "ok":
-            stage, message = result
-            raise (MelError if stage == MelError.stage else DecodeError)(message)
+        if status not in ("ok", "parts"):
+            raise _track_error(*result)
+        return values
+
+    def _receive_array(self, shape: tuple, dtype: str) -> np.ndarray:
+        # the values follow as raw bytes: no pickling, one copy less
+        values = np.empty(int(np.prod(shape)), dtype)
+        self._conn.recv_bytes_into(values)
         return values.reshape(shape)
 
     @property
@@ -186,8 +196,8 @@ class IsolatedDecoder:
         behind = list(self._queued)[1:]
         self._queued.clear()
         self.start()
-        for uri in behind:
-            self.send(uri)
+        for uri, args in behind:
+            self.send(uri, *args)
 
     def _exit_reason(self) -> str:
         process, self._process = self._process, None
@@ -254,6 +264,18 @@ def close_spares() -> None:
             _spares.pop().close()
 
 
+def _track_error(stage: str, message: str) -> DecodeError:
+    """The error a child reported for a track (or one output of it), by its stage."""
+    return (MelError if stage == MelError.stage else DecodeError)(message)
+
+
+def _failure(uri: str, err: Exception) -> tuple[str, str]:
+    """(stage, message) of a track's failure, for the parent."""
+    if isinstance(err, DecodeError):
+        return err.stage, str(err)
+    return DecodeError.stage, f"{uri}: {err!r}"
+
+
 # Directory holding the ``jobs`` package, for the child's import path.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -265,11 +287,13 @@ def _serve(fd: int) -> None:
     """Child loop of IsolatedDecoder on connection ``fd``.
 
     Receives the parent's import path and its configuration, warms up and answers
-    "ready", then receives URIs; answers each with ("ok", (shape, dtype)) and the
-    values as raw bytes, ("bad", (stage, error message)) when the track is at fault,
-    or ("broken", error message) when the environment is (see :func:`is_systemic`),
-    which is also the answer instead of "ready" when warming up fails. Returns when
-    the parent closes the pipe or dies.
+    "ready", then receives (URI, args); answers each with ("ok", (shape, dtype)) and the
+    values as raw bytes; or, for a tuple of results, ("parts", [("ok", (shape, dtype))
+    or ("bad", (stage, error message)) each]) and the values of each "ok" part; or
+    ("bad", (stage, error message)) when the track is at fault, or ("broken", error
+    message) when the environment is (see :func:`is_systemic`), which is also the
+    answer instead of "ready" when warming up fails. Returns when the parent closes
+    the pipe or dies.
     """
     conn = multiprocessing.connection.Connection(fd)
     try:
@@ -286,18 +310,26 @@ def _serve(fd: int) -> None:
     conn.send("ready")
     while True:
         try:
-            uri = conn.recv()
+            uri, args = conn.recv()
         except (EOFError, OSError):  # the parent closed the pipe or died
             return
         try:
-            values = np.ascontiguousarray(decode(uri, params, **kwargs))
+            result = decode(uri, params, *args, **kwargs)
         except Exception as err:
             if is_systemic(err):
                 conn.send(("broken", systemic_message(err)))
-            elif isinstance(err, DecodeError):
-                conn.send(("bad", (err.stage, str(err))))
             else:
-                conn.send(("bad", (DecodeError.stage, f"{uri}: {err!r}")))
+                conn.send(("bad", _failure(uri, err)))
             continue
+        if isinstance(result, tuple):
+            parts = [part if isinstance(part, Exception) else np.ascontiguousarray(part)
+                     for part in result]
+            conn.send(("parts", [("bad", _failure(uri, part)) if isinstance(part, Exception)
+                                 else ("ok", (part.shape, part.dtype.str)) for part in parts]))
+            for part in parts:
+                if not isinstance(part, Exception):
+                    conn.send_bytes(part)
+            continue
+        values = np.ascontiguousarray(result)
         conn.send(("ok", (values.shape, values.dtype.str)))
         conn.send_bytes(values)
