@@ -59,6 +59,8 @@ def tag_tracks(frontend_mels: Path, catalogue: Path, out: Path,
     """Write the ``top`` tags of every catalogue track with a tagger input under
     ``frontend_mels`` to ``out`` (schemas.TRACK_TAGS), each track from the first shard
     holding it; returns how many were tagged."""
+    if not Path(catalogue).exists():
+        raise cli.JobError(f"{catalogue}: no such catalogue")
     wanted = set(storage.read_table(catalogue, schemas.CATALOGUE).column("track_id").to_pylist())
     total = len(wanted)
     shards = layout.mel_shards(frontend_mels)
