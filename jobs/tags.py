@@ -37,7 +37,8 @@ from schemas.config import TagsConfig
 logger = logging.getLogger(__name__)
 
 
-def shard_tags(shard: Path, wanted: set[str], top: int) -> tuple[list[str], list]:
+def shard_tags(shard: Path, wanted: set[str],
+               top: int) -> tuple[list[str], list[list[tuple[str, float]]]]:
     """The ``wanted`` tracks of one tagger-input shard, each once, and their ``top``
     (tag, probability), most probable first. A shard that is not a tagger input fails
     naming it."""

@@ -476,7 +476,9 @@ class SimilarityIndex(RunTask, JobTask):
 
 class TagTracks(Tagging, RunTask, JobTask):
     """Every catalogue track's top tags from the pretrained taggers (jobs/tags.py), read
-    from the tagger-input spectrograms."""
+    from the tagger-input spectrograms. Not taken from a twin run: a night with the same
+    catalogue may have heard more tracks (one whose audio failed before), and tagging
+    again only reads what the taggers heard, kept beside each shard."""
 
     def requires(self):
         return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id)}

@@ -233,11 +233,10 @@ def map_section(files: RunFiles, what: str, label_of: dict[str, str], seed: int 
 def common_tags(tags: dict[str, list[str]], ids: list[str], sources: list[str]) -> list[list]:
     """(tag, cold tracks, warm tracks whose top tags hold it) of the COMMON_TAGS tags most
     often among the top tags, most often first."""
-    counts = {kind: Counter(tag for track, source in zip(ids, sources)
-                            if (source == "als") == (kind == "warm") for tag in tags.get(track, ()))
-              for kind in ("cold", "warm")}
-    common = (counts["cold"] + counts["warm"]).most_common(COMMON_TAGS)
-    return [[tag, counts["cold"][tag], counts["warm"][tag]] for tag, _ in common]
+    cold, warm = Counter(), Counter()
+    for track, source in zip(ids, sources):
+        (warm if source == "als" else cold).update(tags.get(track, ()))
+    return [[tag, cold[tag], warm[tag]] for tag, _ in (cold + warm).most_common(COMMON_TAGS)]
 
 
 def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 5) -> Section:
