@@ -24,17 +24,17 @@ from model.tf_checkpoint import WeightsError, read_checkpoint
 TAGGERS = ("MTT_musicnn", "MSD_musicnn")
 PATCH_FRAMES = 187
 N_MELS = 96
-INSTALL = "pip install --no-deps musicnn==0.1.0"
+_INSTALL = "pip install --no-deps musicnn==0.1.0"
 
 _EPS = 1e-3  # TensorFlow's batch-norm default
 _TIMBRAL = ((7, int(0.4 * N_MELS)), (7, int(0.7 * N_MELS)))  # (frames, bands) kernels
 _TIMBRAL_FILTERS = int(1.6 * 128)
 _TEMPORAL = (128, 64, 32)  # frames
 _TEMPORAL_FILTERS = int(1.6 * 32)
-FRONTEND = len(_TIMBRAL) * _TIMBRAL_FILTERS + len(_TEMPORAL) * _TEMPORAL_FILTERS  # 561
+FRONTEND_FEATURES = len(_TIMBRAL) * _TIMBRAL_FILTERS + len(_TEMPORAL) * _TEMPORAL_FILTERS  # 561
 _MIDEND_FILTERS, _MIDEND_LAYERS = 64, 3
-MIDEND = FRONTEND + _MIDEND_LAYERS * _MIDEND_FILTERS  # 753
-PENULTIMATE = 200
+MIDEND_FEATURES = FRONTEND_FEATURES + _MIDEND_LAYERS * _MIDEND_FILTERS  # 753
+PENULTIMATE_FEATURES = 200
 
 
 class Outputs(NamedTuple):
@@ -64,14 +64,14 @@ class _Branch(nn.Module):
 
     def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
         maps = self.conv(F.pad(spectrogram, (0, 0, *self.pad)))
-        if self.training:
+        if self.norm.training:
             return self.norm(F.relu(maps)).amax(dim=3)
         # With fixed statistics, relu then batch norm is monotonic for each filter, so the
         # band maximum can be taken first (the minimum where the norm's scale is negative):
         # the same values, without normalising every band.
         low, high = torch.aminmax(maps, dim=3)
-        rising = (self.norm.weight >= 0).unsqueeze(1)
         norm = self.norm
+        rising = (norm.weight >= 0).unsqueeze(1)
         return F.batch_norm(F.relu(torch.where(rising, high, low)), norm.running_mean,
                             norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
@@ -81,7 +81,7 @@ class _MidEnd(nn.Module):
 
     def __init__(self):
         super().__init__()
-        widths = (FRONTEND,) + (_MIDEND_FILTERS,) * (_MIDEND_LAYERS - 1)
+        widths = (FRONTEND_FEATURES,) + (_MIDEND_FILTERS,) * (_MIDEND_LAYERS - 1)
         self.convs = nn.ModuleList(nn.Conv1d(w, _MIDEND_FILTERS, 7, padding=3) for w in widths)
         self.norms = nn.ModuleList(nn.BatchNorm1d(_MIDEND_FILTERS, eps=_EPS) for _ in widths)
 
@@ -99,10 +99,10 @@ class _BackEnd(nn.Module):
 
     def __init__(self, n_tags: int):
         super().__init__()
-        self.pool_norm = nn.BatchNorm1d(2 * MIDEND, eps=_EPS)
-        self.hidden = nn.Linear(2 * MIDEND, PENULTIMATE)
-        self.hidden_norm = nn.BatchNorm1d(PENULTIMATE, eps=_EPS)
-        self.output = nn.Linear(PENULTIMATE, n_tags)
+        self.pool_norm = nn.BatchNorm1d(2 * MIDEND_FEATURES, eps=_EPS)
+        self.hidden = nn.Linear(2 * MIDEND_FEATURES, PENULTIMATE_FEATURES)
+        self.hidden_norm = nn.BatchNorm1d(PENULTIMATE_FEATURES, eps=_EPS)
+        self.output = nn.Linear(PENULTIMATE_FEATURES, n_tags)
 
     def forward(self, max_pool: torch.Tensor, mean_pool: torch.Tensor):
         # The original flattens (features, [max, mean]): each feature's max, then its mean.
@@ -127,7 +127,8 @@ class MusiCNN(nn.Module):
         self.backend = _BackEnd(n_tags)
 
     def forward(self, patches: torch.Tensor) -> Outputs:
-        """patches: (n, T, 96) float32 log-mel (frames, bands); T is 187 for 3 s."""
+        """patches: (n, T, 96) float32 log-mel (frames, bands). The taggers were trained on
+        T = 187 (3 s); other lengths run too."""
         if patches.dim() != 3 or patches.shape[2] != N_MELS:
             raise ValueError(f"patches must be (n, frames, {N_MELS}), not {tuple(patches.shape)}")
         spectrogram = self.input_norm(patches.unsqueeze(1))
@@ -149,9 +150,12 @@ _VARIABLES = {
 }
 
 
+_WEIGHT_NAMES = {variable for kind in _VARIABLES.values() for variable in kind}
+
+
 def _is_weight(variable: str) -> bool:
     """Adam's slots are named `<variable>/Adam`, so they fail this too."""
-    return variable.rsplit("/", 1)[-1] in {v for kind in _VARIABLES.values() for v in kind}
+    return variable.rsplit("/", 1)[-1] in _WEIGHT_NAMES
 
 
 def _kind(layer: nn.Module) -> str:
@@ -200,24 +204,25 @@ def _assign(net: MusiCNN, weights: dict[str, np.ndarray], source: str) -> None:
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def _package_dir() -> Path:
-    # find_spec locates the package without importing it (nor TensorFlow).
-    spec = importlib.util.find_spec("musicnn")
-    if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"the musicnn package (the taggers' weights) is not installed: "
-                           f"{INSTALL}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def _check_name(name: str) -> None:
     if name not in TAGGERS:
         raise ValueError(f"unknown tagger {name!r}; choose one of {', '.join(TAGGERS)}")
 
 
+def checkpoint_dir(name: str) -> Path:
+    """Where the installed musicnn wheel keeps tagger `name`'s checkpoint."""
+    _check_name(name)
+    # find_spec locates the package without importing it (nor TensorFlow).
+    spec = importlib.util.find_spec("musicnn")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(f"the musicnn package (the taggers' weights) is not installed: "
+                           f"{_INSTALL}")
+    return Path(list(spec.submodule_search_locations)[0]) / name
+
+
 def labels(name: str) -> tuple[str, ...]:
     """The tag of each output of tagger `name`, in order."""
-    _check_name(name)
-    _package_dir()
+    checkpoint_dir(name)
     configuration = importlib.import_module("musicnn.configuration")  # plain lists, no imports
     return tuple(configuration.MTT_LABELS if name.startswith("MTT") else configuration.MSD_LABELS)
 
@@ -227,8 +232,7 @@ def load(name: str, device: torch.device | str = "cpu",
     """Tagger `name` in eval mode, with the weights of the installed musicnn wheel, or of
     the checkpoint in `directory` (files `.index` and `.data-00000-of-00001`) if given.
     A missing or damaged file raises WeightsError naming it."""
-    _check_name(name)
-    directory = Path(directory) if directory is not None else _package_dir() / name
+    directory = Path(directory) if directory is not None else checkpoint_dir(name)
     weights = read_checkpoint(f"{directory}{os.sep}", include=_is_weight)
     net = MusiCNN(n_tags=len(labels(name)))
     _assign(net, weights, str(directory / ".index"))

@@ -83,6 +83,8 @@ class NetConfig:
         """Shortest input (frames) the network accepts."""
         if self.arch == "vandenoord2013":
             return self.window_frames
+        if self.arch == "musicnn":
+            return 1  # the tagger pools over any length
         frames = 1
         for pool in reversed(self.pools):
             frames = (frames + self.kernel - 1) * pool
@@ -216,7 +218,12 @@ class VanDenOord2013(FactorNet):
                                                                meta))
 
 
-def build_net(config: NetConfig) -> FactorNet:
+def build_net(config: NetConfig, pretrained: bool = False) -> FactorNet:
+    """The untrained network of ``config``; ``pretrained``: musicnn starts from the
+    tagger's weights (training), not from random ones (a model file's are loaded next)."""
+    if config.arch == "musicnn":
+        from model.finetune import FineTuned  # it builds on FactorNet, defined here
+        return FineTuned(config, pretrained)
     return {"dieleman2014": Dieleman2014, "vandenoord2013": VanDenOord2013}[config.arch](config)
 
 

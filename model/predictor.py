@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,19 +235,24 @@ class Predictor:
         order found, factors (n, rank)); memory is bounded by a row group, whatever the
         catalogue's size (a track in several shards is predicted once)."""
         self.check_space(space)
-        inputs, known = self.inputs(), self.known_inputs()
+        inputs = self.inputs()
         by_input: dict[str, list[Path]] = {name: [] for name in inputs}
+        other: dict[str, Path] = {}  # shards of settings no member reads, by settings
         for shard in shards:
-            params = schemas.params_of(pq.read_schema(shard))
-            name = next((n for n, p in known.items() if MelParams.from_dict(params) == p), None)
+            params = MelParams.from_dict(schemas.params_of(pq.read_schema(shard)))
+            name = next((n for n, p in inputs.items() if params == MelParams.from_dict(p)), None)
             if name is None:
-                self.check_mels(params, str(shard))
-            if name in by_input:
+                other.setdefault(json.dumps(params.to_dict(), sort_keys=True), shard)
+            else:
                 by_input[name].append(shard)
-        missing = [name for name, found in by_input.items() if not found and shards]
-        if missing:
-            raise ValueError(f"{self.source} reads spectrograms made with {inputs[missing[0]]} "
-                             f"({missing[0]}); none of the {len(shards)} shards given has them")
+        missing = [name for name, found in by_input.items() if not found]
+        if missing and shards:
+            if other:
+                shard = next(iter(other.values()))
+                self.check_mels(schemas.params_of(pq.read_schema(shard)), str(shard))
+            raise ValueError(f"{self.source} reads spectrograms made with "
+                             f"{inputs[missing[0]]} ({missing[0]}); none of the {len(shards)} "
+                             "shards given has them")
         sums: dict[str, np.ndarray] = {}
         for member in self.members:
             alone = dataclasses.replace(self, members=(member,), version=self.version)

@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,13 +35,14 @@ _DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 1
 
 @dataclass(frozen=True)
 class Entry:
-    """Where one variable lies: dtype is a numpy dtype string, offset and size in bytes."""
-    dtype: str
+    """Where one variable lies: offset and size in bytes within its shard."""
+    dtype: int  # TensorFlow's DataType number
     shape: tuple[int, ...]
     shard: int
     offset: int
     size: int
     crc32c: int  # masked, as stored
+    sliced: bool  # a partitioned variable, whose parts are stored under other names
 
 
 def _masked(crc: int) -> int:
@@ -92,14 +94,13 @@ def _shape(message: bytes) -> tuple[int, ...]:
 
 
 def _entry(value: bytes) -> Entry:
+    """BundleEntryProto: dtype, shape, shard_id, offset, size, crc32c, slices (fields 1-7)."""
     fields = {1: 0, 2: b"", 3: 0, 4: 0, 5: 0, 6: 0}
+    sliced = False
     for number, field in _fields(value):
-        if number == 7:
-            raise ValueError("a partitioned (sliced) variable")
         fields[number] = field
-    if fields[1] not in _DTYPES:
-        raise ValueError(f"tensor dtype {fields[1]}")
-    return Entry(_DTYPES[fields[1]], _shape(fields[2]), *(fields[n] for n in (3, 4, 5, 6)))
+        sliced = sliced or number == 7
+    return Entry(fields[1], _shape(fields[2]), *(fields[n] for n in (3, 4, 5, 6)), sliced)
 
 
 def _block(table: bytes, handle: bytes) -> bytes:
@@ -149,7 +150,7 @@ def _table_items(table: bytes) -> Iterator[tuple[bytes, bytes]]:
 def read_index(path: str | os.PathLike) -> tuple[int, dict[str, Entry]]:
     """The number of data shards and every variable's Entry, from a checkpoint's .index."""
     try:
-        table = open(path, "rb").read()
+        table = Path(path).read_bytes()
     except OSError as err:
         raise WeightsError(f"{path}: cannot read the checkpoint index ({err.strerror})") from None
     try:
@@ -165,18 +166,22 @@ def read_index(path: str | os.PathLike) -> tuple[int, dict[str, Entry]]:
 
 
 def _tensor(data, path: str, name: str, entry: Entry) -> np.ndarray:
-    itemsize = np.dtype(entry.dtype).itemsize
-    if any(d < 0 for d in entry.shape) or math.prod(entry.shape) * itemsize != entry.size:
-        raise WeightsError(f"{path}: '{name}' is {entry.size} bytes, not a {entry.dtype} "
+    if entry.sliced:
+        raise WeightsError(f"{path}: '{name}' is a partitioned variable, which is not read")
+    if entry.dtype not in _DTYPES:
+        raise WeightsError(f"{path}: '{name}' has TensorFlow dtype {entry.dtype}, "
+                           f"which is not read")
+    dtype = np.dtype(_DTYPES[entry.dtype])
+    if any(d < 0 for d in entry.shape) or math.prod(entry.shape) * dtype.itemsize != entry.size:
+        raise WeightsError(f"{path}: '{name}' is {entry.size} bytes, not a {dtype} "
                            f"tensor of shape {entry.shape}")
     data.seek(entry.offset)
     raw = data.read(entry.size)
     if len(raw) != entry.size:
-        raise WeightsError(f"{path}: truncated: '{name}' needs bytes {entry.offset} to "
-                           f"{entry.offset + entry.size}, the file ends at {data.tell()}")
+        raise WeightsError(f"{path}: truncated within '{name}'")
     if _masked(crc32c(raw)) != entry.crc32c:
         raise WeightsError(f"{path}: damaged: '{name}' fails its checksum")
-    return np.frombuffer(raw, dtype=entry.dtype).reshape(entry.shape).copy()
+    return np.frombuffer(raw, dtype=dtype).reshape(entry.shape).copy()
 
 
 def read_checkpoint(prefix: str | os.PathLike,
@@ -189,12 +194,16 @@ def read_checkpoint(prefix: str | os.PathLike,
     weights = {}
     for shard in range(shards):
         path = f"{prefix}.data-{shard:05d}-of-{shards:05d}"
-        mine = {name: e for name, e in entries.items() if e.shard == shard and include(name)}
-        if not mine:
-            continue
+        # Every tensor counts towards the length, read or not: a short file is a broken copy.
+        end = max((e.offset + e.size for e in entries.values() if e.shard == shard), default=0)
         try:
             with open(path, "rb") as data:
-                weights.update((name, _tensor(data, path, name, e)) for name, e in mine.items())
+                size = os.fstat(data.fileno()).st_size
+                if size < end:
+                    raise WeightsError(f"{path}: truncated: {size} bytes, where the index "
+                                       f"places tensors up to byte {end}")
+                weights.update((name, _tensor(data, path, name, e)) for name, e in entries.items()
+                               if e.shard == shard and include(name))
         except OSError as err:
             raise WeightsError(f"{path}: cannot read checkpoint data ({err.strerror})") from None
     return weights

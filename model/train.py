@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 import schemas
-from model import losses, metadata, taste
+from model import losses, metadata, musicnn, taste
 from model.predictor import Predictor
 from model.taste import Taste
 from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
@@ -194,6 +194,8 @@ def train(job: TrainJob) -> None:
     crop = max(config.crop_frames, net.min_frames()) if config.crop_frames else None
     if job.arch == "vandenoord2013":
         crop = net.window_frames  # trained on single windows, as in the paper
+    elif job.arch == "musicnn":
+        crop = musicnn.PATCH_FRAMES  # the input length the tagger was trained on
     else:
         net = dataclasses.replace(net, clip_frames=crop)
     train_ids = [t for t in warm if not in_validation(t, config.val_fraction)]
@@ -203,7 +205,7 @@ def train(job: TrainJob) -> None:
         by_index = sorted(track_index, key=track_index.get)
         tokens = torch.from_numpy(metadata.token_ids(net.metadata_vocab, found.tokens, by_index))
         logger.info("metadata branch: %d tokens from %s", len(net.metadata_vocab), job.catalogue)
-    model = build_net(net)
+    model = build_net(net, pretrained=True)
     model.mel_mean, model.mel_std = mean, std
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)

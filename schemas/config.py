@@ -252,7 +252,8 @@ class SpectrogramOptions:
 # -- Training (model/train.py) ----------------------------------------------------------
 
 # The networks and losses training offers; the first of each is the default.
-ARCHS = ("dieleman2014", "vandenoord2013")
+# musicnn: the pretrained tagger fine-tuned (model/finetune.py), on the taggers' input.
+ARCHS = ("dieleman2014", "vandenoord2013", "musicnn")
 # wpe is the default: it ranked held-out real music at least as well as mse (0.729 against
 # 0.710 AUC over 3 seeds with the taste classifier, 0.676 against 0.668 without) and more
 # steadily across seeds (benchmarks/real_music.py), and the demo at least as well.
@@ -267,7 +268,9 @@ PRETRAINED_ARCH = "musicnn"
 class NetworkChoice:
     """The network training builds and the loss it learns by."""
     arch: str = setting(DEFAULT_ARCH, "dieleman2014: 4 conv + global pooling; vandenoord2013: "
-                                      "2 conv + 2 dense on 3 s windows, averaged", choices=ARCHS)
+                                      "2 conv + 2 dense on 3 s windows, averaged; musicnn: the "
+                                      "pretrained tagger fine-tuned (reads the taggers' input)",
+                        choices=ARCHS)
     loss: str = setting(DEFAULT_LOSS, "mse on unit-normalised factors, cosine distance, or the "
                                       "weighted prediction error of WMF (paper eq. 5)",
                         choices=LOSSES)

@@ -279,6 +279,14 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
                 f"--nproc_per_node={self.nproc}", f"--max-restarts={self.max_restarts}",
                 "-m", *self.train_args()]
 
+    def reads_frontend(self) -> bool:
+        """Whether it learns from the taggers' input (fine-tuning musicnn)."""
+        return self.arch == PRETRAINED_ARCH
+
+    def mels_dir(self) -> Path:
+        mels = self.requires()["mels"]
+        return mels.frontend_dir() if self.reads_frontend() else mels.params_dir()
+
     def train_args(self) -> list:
         """``model.train`` and its arguments."""
         out = Path(self.output().path)
@@ -287,7 +295,7 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
         shape = []
         for key, value in self.net.get(self.arch, {}).items():
             shape += [f"--{key.replace('_', '-')}", *(value if isinstance(value, (list, tuple)) else [value])]
-        return ["model.train", "--mels", self.requires()["mels"].params_dir(),
+        return ["model.train", "--mels", self.mels_dir(),
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--user-factors", als / layout.USER_FACTORS,
                 "--plays", self.input()["inputs"]["plays"].path,
@@ -304,6 +312,9 @@ class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
                                  description=HeadConfig.__dataclass_fields__["head"]
                                  .metadata["help"])
     metadata = False  # reads no catalogue columns
+
+    def reads_frontend(self) -> bool:
+        return True
 
     def requires(self):
         return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id),
@@ -331,13 +342,11 @@ class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
 
 
 def model_task(spec: str, **params) -> luigi.Task:
-    """The task that makes the model a spec names: ``musicnn:<head>`` for the pretrained
-    front end's head (FitHead), else a network's ``architecture:loss[:meta]``."""
+    """The task that makes the model a spec names: ``musicnn:<head>`` (ridge, clusters)
+    for the frozen taggers with a fitted head (FitHead), else a network's
+    ``architecture:loss[:meta]`` (``musicnn:<loss>``: the tagger fine-tuned)."""
     arch, _, rest = spec.partition(":")
-    if arch == PRETRAINED_ARCH:
-        if rest not in ("ridge", "clusters"):
-            raise ValueError(f"model {spec!r}: write {PRETRAINED_ARCH}:ridge or "
-                             f"{PRETRAINED_ARCH}:clusters")
+    if arch == PRETRAINED_ARCH and rest in FitHead.head.choices:
         return FitHead(head=rest, **params)
     return TrainModel.of_spec(spec, **params)
 
@@ -345,7 +354,7 @@ def model_task(spec: str, **params) -> luigi.Task:
 def frontend_args(mels: "MelSpectrograms", models: list) -> list:
     """--frontend-mels for a job that judges or runs models, when one reads it."""
     return ["--frontend-mels", mels.frontend_dir()] \
-        if any(isinstance(model, FitHead) for model in models) else []
+        if any(model.reads_frontend() for model in models) else []
 
 
 class ChooseModel(Candidates, Baseline, RunTask, JobTask):
