@@ -4,14 +4,15 @@
         --track-factors FACTORS/track_factors.parquet --out DATA/published
 
 A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parquet
-(warm tracks from ALS, cold ones from audio), with --catalogue the title and artist
-of those tracks (catalogue.parquet), with --audience the new releases' audience
-(audience.parquet, jobs/audience.py), with --index the similar-track index
-(similar/, jobs/index.py), and snapshot.json (run id, factor space, model
-version, row counts, time, the catalogue and plays it was made from). Users and
-tracks of one snapshot share one factor space; consumers read <out>/latest/, a
-symbolic link switched atomically once the new snapshot is complete, so they never
-mix one night's users with another's tracks.
+(warm tracks from ALS, cold ones from audio, and a ``tags`` column: with --tags,
+jobs/tags.py, each track's top tags, null where the taggers never heard it), with
+--catalogue the title and artist of those tracks (catalogue.parquet), with --audience
+the new releases' audience (audience.parquet, jobs/audience.py), with --index the
+similar-track index (similar/, jobs/index.py), and snapshot.json (run id, factor
+space, model and taggers' versions, row counts, time, the catalogue and plays it was
+made from). Users and tracks of one snapshot share one factor space; consumers read
+<out>/latest/, a symbolic link switched atomically once the new snapshot is complete,
+so they never mix one night's users with another's tracks.
 
 Retention: after publishing, snapshots beyond the newest --keep are removed, never
 the one "latest" points to, and with --runs so are those runs' outputs
@@ -28,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
@@ -40,11 +42,12 @@ logger = logging.getLogger(__name__)
 def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             keep: int = PublishConfig.keep, runs: Path | None = None,
             catalogue: Path | None = None, plays: Path | None = None,
-            audience: Path | None = None, index: Path | None = None) -> Path:
+            audience: Path | None = None, index: Path | None = None,
+            tags: Path | None = None) -> Path:
     """Write the snapshot of ``run_id`` under ``out``, point ``latest`` at it, apply
     retention (to ``runs``/<run id> too); returns the snapshot directory."""
     users = storage.read_table(user_factors, schemas.USER_FACTORS)
-    tracks = storage.read_table(track_factors, schemas.TRACK_FACTORS)
+    tracks, taggers = with_tags(storage.read_table(track_factors, schemas.TRACK_FACTORS), tags)
     names = None
     if catalogue is not None:
         names = storage.read_table(catalogue, schemas.CATALOGUE)
@@ -55,7 +58,7 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
     with storage.atomic_dir(target) as tmp:
         storage.write_table(users, tmp / layout.SNAPSHOT_USERS, schemas.USER_FACTORS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
-        storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS,
+        storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.SNAPSHOT_TRACKS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
         if names is not None:
             storage.write_table(names, tmp / layout.SNAPSHOT_CATALOGUE, schemas.SNAPSHOT_CATALOGUE)
@@ -65,7 +68,9 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             shutil.copytree(index, tmp / layout.INDEX)
         storage.write_text(tmp / layout.SNAPSHOT_MANIFEST, json.dumps({
             "run_id": run_id, "factor_space": space, "model_versions": versions,
+            "taggers_versions": taggers,
             "users": users.num_rows, "tracks": tracks.num_rows,
+            "tagged_tracks": tracks.num_rows - tracks.column("tags").null_count,
             "inputs": {"catalogue": catalogue and str(Path(catalogue).resolve()),
                        "plays": plays and str(Path(plays).resolve())},
             "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
@@ -79,6 +84,18 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
     logger.info("published %s: %d users, %d tracks, factor space %s; %s -> %s",
                 run_id, users.num_rows, tracks.num_rows, space, layout.latest(out), target.name)
     return target
+
+
+def with_tags(tracks: pa.Table, tags: Path | None) -> tuple[pa.Table, list[str]]:
+    """(``tracks`` with each one's top tags from the table ``tags`` (schemas.TRACK_TAGS),
+    null for a track it does not hold or when there is none; the taggers' versions)."""
+    if tags is None:
+        return tracks.append_column("tags", pa.nulls(tracks.num_rows, schemas.TAGS)), []
+    table = storage.read_table(tags, schemas.TRACK_TAGS)
+    # by position, not by a join: the index and the query rely on the table's order
+    rows = pc.index_in(tracks["track_id"], value_set=table["track_id"])
+    return (tracks.append_column("tags", table["tags"].take(rows)),
+            sorted(pc.unique(table["taggers_version"]).to_pylist()))
 
 
 def point_latest(out: Path, target: Path) -> None:
@@ -123,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the new releases' audience table (jobs/audience.py) to include")
     parser.add_argument("--index", type=Path,
                         help="the similar-track index (jobs/index.py) to include")
+    parser.add_argument("--tags", type=Path,
+                        help="every track's top tags (jobs/tags.py, schemas.TRACK_TAGS) for the "
+                             "track table")
     parser.add_argument("--runs", type=Path,
                         help="directory of the runs' outputs (DATA/runs); removed with their "
                              "snapshots")
@@ -139,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if target.exists():
             raise cli.UsageError(f"snapshot {target} already exists")
         publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
-                args.runs, args.catalogue, args.plays, args.audience, args.index)
+                args.runs, args.catalogue, args.plays, args.audience, args.index, args.tags)
     return cli.run_job(body, logger, ValueError)
 
 

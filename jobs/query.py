@@ -11,9 +11,10 @@
 Reads DATA_ROOT/published/latest (--published to read another directory of
 snapshots); ``similar`` searches the snapshot's index (jobs/index.py) when it was
 built from the snapshot's factors, and exactly otherwise. Prints a table naming each
-track by title and artist (the snapshot's catalogue), its score and where its factors
+track by title and artist (the snapshot's catalogue), its score, where its factors
 came from ("als": plays, "audio": the audio model, "als+audio": a few plays held
-toward the audio), or JSON with --json. An id the snapshot does not know is an error
+toward the audio) and, when the snapshot has them, its top tags from the pretrained
+taggers (jobs/tags.py; "-" for a track they never heard), or JSON with --json. An id the snapshot does not know is an error
 naming it. ``recommend`` leaves out what the user played, read from the plays the
 snapshot was made from (--plays to read others; Parquet).
 """
@@ -52,6 +53,7 @@ class Snapshot:
         self.manifest = json.loads(manifest.read_text())
         self.users = storage.read_table(self.path / layout.SNAPSHOT_USERS, schemas.USER_FACTORS)
         self.tracks = storage.read_table(self.path / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS)
+        self.tags = self.read_tags()
         self.user_ids = self.users.column("user_id").to_pylist()
         self.track_ids = self.tracks.column("track_id").to_pylist()
         self.sources = self.tracks.column("source").to_pylist()
@@ -60,6 +62,15 @@ class Snapshot:
         if catalogue.exists():
             names = storage.read_table(catalogue, schemas.SNAPSHOT_CATALOGUE).to_pydict()
             self.names = dict(zip(names["track_id"], zip(names["title"], names["artist"])))
+
+    def read_tags(self) -> list[list[str] | None] | None:
+        """Each track's top tags (None: not heard), or None when the snapshot has none:
+        those published before tags were, or without them."""
+        path = self.path / layout.SNAPSHOT_TRACKS
+        if "tags" not in pq.read_schema(path).names:
+            return None
+        tags = storage.read_table(path, schemas.SNAPSHOT_TRACKS).column("tags")
+        return tags.to_pylist() if tags.null_count < len(tags) else None
 
     def index(self):
         """The snapshot's similar-track index (jobs/index.py), or None when it has none
@@ -92,8 +103,11 @@ class Snapshot:
 
     def track(self, row: int, score: float) -> dict:
         title, artist = self.names.get(self.track_ids[row], (None, None))
-        return {"track_id": self.track_ids[row], "title": title, "artist": artist,
-                "score": round(float(score), 4), "source": self.sources[row]}
+        found = {"track_id": self.track_ids[row], "title": title, "artist": artist,
+                 "score": round(float(score), 4), "source": self.sources[row]}
+        if self.tags is not None:
+            found["tags"] = self.tags[row]
+        return found
 
 
 # which tracks a similar-track search may answer with, by where their factors came from
@@ -168,12 +182,19 @@ def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
     return [snap.track(j, scores[j]) for j in picked]
 
 
+def cell(value: object) -> str:
+    """A value as a table shows it: "-" for none, a list (of tags) comma-separated."""
+    if value is None:
+        return "-"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def render(rows: list[dict]) -> str:
     """A plain table of ``rows`` (the keys of the first as columns)."""
     if not rows:
         return "(nothing)"
     columns = list(rows[0])
-    cells = [[("-" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+    cells = [[cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
              "  ".join("-" * w for w in widths)]

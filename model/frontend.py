@@ -25,6 +25,7 @@ import torch
 
 from model import musicnn
 from schemas import layout, mels, storage
+from schemas.config import TagsConfig
 
 CHUNK = 16  # tracks whose patches run through a tagger at a time (memory: ~70 MB each)
 
@@ -177,18 +178,38 @@ def heard_tracks(shards: Sequence[Path], track_ids: Sequence[str]) -> tuple[list
     return ids, Heard(np.concatenate(features), {n: np.concatenate(t) for n, t in tags.items()})
 
 
-def top_tags(probabilities: dict[str, np.ndarray], count: int = 5) -> list[list[str]]:
-    """Each track's ``count`` most probable tags over every tagger (a tag both taggers
-    know counts once, at its higher probability), most probable first."""
+def heard_tags(shard: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(track ids, tagger name -> (tracks, labels) float32 mean tag probabilities) of
+    every row of a tagger-input shard (heard_shard: computed once, then read)."""
+    table = heard_shard(shard)
+    widths = {name: len(musicnn.labels(name)) for name in musicnn.TAGGERS}
+    if not table.num_rows:
+        return [], {name: np.zeros((0, width), np.float32) for name, width in widths.items()}
+    return (table.column("track_id").to_pylist(),
+            {name: _matrix(table.column(name), width) for name, width in widths.items()})
+
+
+def ranked_tags(probabilities: dict[str, np.ndarray],
+                count: int = TagsConfig.top_tags) -> list[list[tuple[str, float]]]:
+    """Each track's ``count`` most probable (tag, probability) over every tagger
+    (tagger name -> (tracks, labels) probabilities; a tag both taggers know, compared
+    in lower case, counts once, at its higher probability), most probable first; ties
+    in the taggers' order of labels."""
     names = list(probabilities)
     if not names:
         return []
-    out = []
-    for row in range(len(probabilities[names[0]])):
-        best: dict[str, float] = {}
-        for name in names:
-            for label, p in zip(musicnn.labels(name), probabilities[name][row]):
-                key = label.lower()
-                best[key] = max(best.get(key, 0.0), float(p))
-        out.append(sorted(best, key=best.get, reverse=True)[:count])
-    return out
+    vocabulary = list(dict.fromkeys(label.lower() for name in names
+                                    for label in musicnn.labels(name)))
+    position = {tag: i for i, tag in enumerate(vocabulary)}
+    merged = np.zeros((len(probabilities[names[0]]), len(vocabulary)), np.float32)
+    for name in names:
+        columns = [position[label.lower()] for label in musicnn.labels(name)]
+        np.maximum.at(merged, (slice(None), columns), probabilities[name])
+    best = np.argsort(-merged, axis=1, kind="stable")[:, :count]
+    return [[(vocabulary[j], float(merged[i, j])) for j in row] for i, row in enumerate(best)]
+
+
+def top_tags(probabilities: dict[str, np.ndarray],
+             count: int = TagsConfig.top_tags) -> list[list[str]]:
+    """Each track's ``count`` most probable tags (see ranked_tags), most probable first."""
+    return [[tag for tag, _ in ranked] for ranked in ranked_tags(probabilities, count)]

@@ -175,6 +175,24 @@ TRACK_FACTORS = pa.schema([
     pa.field("plays", pa.int64()),
 ])
 
+# A track's tags, most probable first.
+TAGS = pa.list_(pa.string())
+
+# The pretrained taggers' (model/musicnn.py) most probable tags of every catalogue track
+# that has a tagger input, most probable first; each tag's probability (its mean over
+# the track's 3 s patches, the higher of the two taggers' where both know it); and the
+# version of the taggers' weights (model/frontend.py version).
+TRACK_TAGS = pa.schema([
+    pa.field("track_id", pa.string(), nullable=False),
+    pa.field("tags", TAGS, nullable=False),
+    pa.field("probabilities", pa.list_(pa.float32()), nullable=False),
+    pa.field("taggers_version", pa.string(), nullable=False),
+])
+
+# The published track table: the combined factors and each track's top tags, null
+# where the taggers never heard the track (no tagger input).
+SNAPSHOT_TRACKS = pa.schema([*TRACK_FACTORS, pa.field("tags", TAGS)])
+
 
 def with_metadata(schema: pa.Schema, params: Mapping[str, object] | None = None) -> pa.Schema:
     """Return ``schema`` carrying the schema version and ``params`` (JSON) as metadata."""

@@ -445,6 +445,15 @@ class HoldoutOptions:
                                           "(none: all)")
 
 
+# -- Tags (jobs/tags.py) -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TagsConfig:
+    """What the pretrained taggers say of each track (jobs/tags.py, model/frontend.py)."""
+    top_tags: int = setting(5, "tags kept per track, the most probable over both taggers "
+                               "first")
+
+
 # -- Publishing (jobs/publish.py) --------------------------------------------------------
 
 @dataclass(frozen=True)

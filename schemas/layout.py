@@ -128,6 +128,7 @@ SNAPSHOT_MANIFEST = "snapshot.json"
 SNAPSHOT_CATALOGUE = f"catalogue{PARQUET}"  # title and artist of every track of the snapshot
 AUDIENCE_NAME = "audience"  # the audience table (jobs/audience.py), in a run and a snapshot
 AUDIENCE = f"{AUDIENCE_NAME}{PARQUET}"
+TAGS = "tags"  # every track's top tags from the pretrained taggers (jobs/tags.py), in a run
 INDEX = "similar"  # the similar-track index directory (jobs/index.py), in a run and a snapshot
 INDEX_FILE = "tracks.voy"
 INDEX_IDS = f"track_ids{PARQUET}"  # row i: the track of index id i
@@ -287,6 +288,9 @@ class RunOutputs:
     def audience(self, fingerprint: str) -> Path:
         return self.output(AUDIENCE_NAME, fingerprint, PARQUET)
 
+    def tags(self, fingerprint: str) -> Path:
+        return self.output(TAGS, fingerprint, PARQUET)
+
     def index(self, fingerprint: str) -> Path:
         return self.output(INDEX, fingerprint)
 
@@ -307,6 +311,9 @@ class RunOutputs:
 
     def newest_evaluation(self) -> Path | None:
         return newest(self.path.glob(f"{EVALUATION}-*{JSON}"))
+
+    def newest_tags(self) -> Path | None:
+        return newest(self.path.glob(f"{TAGS}-*{PARQUET}"))
 
     def trained_models(self) -> list[Path]:
         """Every CNN the run trained, the evaluation's included; not the chosen model."""

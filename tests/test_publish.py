@@ -5,10 +5,13 @@ import time
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
-from jobs import publish
+from jobs import publish, query, tags
+from model import frontend
 from schemas import factors_column, layout, storage
+from tests.test_tags import tagger_input, write_catalogue, write_shard
 
 
 def write_run(root, night: str, space: str):
@@ -39,6 +42,8 @@ def test_each_night_is_one_snapshot_behind_latest_and_old_ones_go(tmp_path):
         manifest = json.loads((latest / layout.SNAPSHOT_MANIFEST).read_text())
         assert manifest["factor_space"] == f"space-{index}" and manifest["model_versions"] == [
             f"m-{night}"]
+        # published without tags: the column is there, and says no track was heard
+        assert pq.read_table(latest / layout.SNAPSHOT_TRACKS)["tags"].null_count == 2
         users = storage.read_params(latest / layout.SNAPSHOT_USERS)
         tracks = storage.read_params(latest / layout.SNAPSHOT_TRACKS)
         assert users["factor_space"] == tracks["factor_space"] == f"space-{index}"
@@ -51,3 +56,36 @@ def test_each_night_is_one_snapshot_behind_latest_and_old_ones_go(tmp_path):
                          "--track-factors", str(run / "factors" / "track_factors.parquet"),
                          "--out", str(out)]) == 2
     assert publish.expired(out, 0) == [out / "2026-11-02"]
+
+
+def test_the_published_track_table_carries_each_tracks_tags(tmp_path, capsys):
+    """Tags from the real taggers for a warm and a cold track, and none for a track
+    they never heard; the query's similar tracks show them."""
+    run = write_run(tmp_path, "2026-11-01", space="s")
+    factors = run / "factors" / "track_factors.parquet"
+    storage.write_table(pa.table({
+        "track_id": ["t1", "t2", "t3"], "factors": factors_column(np.eye(3)[[0, 0, 1]] + 0.1),
+        "source": ["als", "audio", "audio"], "model_version": [None, "m", "m"],
+        "listeners": [3, 0, 0], "plays": [7, 0, 0]}), factors, schemas.TRACK_FACTORS)
+    write_shard(tmp_path / "frontend-mels" / "r1" / "mels-00000-of-00001.parquet",
+                {"t1": tagger_input("beats"), "t2": tagger_input("chord")})
+    write_catalogue(tmp_path / "catalogue.parquet", ["t1", "t2", "t3"])
+    assert tags.main(["--frontend-mels", str(tmp_path / "frontend-mels"), "--catalogue",
+                      str(tmp_path / "catalogue.parquet"), "--out", str(run / "tags.parquet")]) == 0
+    tagged = {row["track_id"]: row["tags"] for row in pq.read_table(run / "tags.parquet").to_pylist()}
+    out = tmp_path / "published"
+    assert publish.main(["--run-id", "2026-11-01", "--user-factors", str(run / "als" / "user_factors"),
+                         "--track-factors", str(factors), "--tags", str(run / "tags.parquet"),
+                         "--catalogue", str(tmp_path / "catalogue.parquet"), "--out", str(out)]) == 0
+    latest = layout.latest(out)
+    published = storage.read_table(latest / layout.SNAPSHOT_TRACKS, schemas.SNAPSHOT_TRACKS)
+    assert published["track_id"].to_pylist() == ["t1", "t2", "t3"]
+    assert published["tags"].to_pylist() == [tagged["t1"], tagged["t2"], None]
+    assert "beat" in tagged["t1"] and "ambient" in tagged["t2"]
+    manifest = json.loads((latest / layout.SNAPSHOT_MANIFEST).read_text())
+    assert manifest["taggers_versions"] == [frontend.version()] and manifest["tagged_tracks"] == 2
+    capsys.readouterr()
+    assert query.main(["--published", str(out), "--json", "similar", "--track", "t1"]) == 0
+    similar = json.loads(capsys.readouterr().out)
+    assert [(row["track_id"], row["tags"]) for row in similar] == [("t2", tagged["t2"]),
+                                                                    ("t3", None)]

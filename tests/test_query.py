@@ -17,7 +17,8 @@ from schemas.ranking import top_k, top_users
 
 @pytest.fixture
 def snapshot(tmp_path):
-    """A published snapshot of 50 users, 30 warm and 10 cold tracks, with plays."""
+    """A published snapshot of 50 users, 30 warm and 10 cold tracks, with plays; every
+    track has tags but t38 and t39, which the taggers never heard."""
     rng = np.random.default_rng(0)
     users = [f"u{i}" for i in range(50)]
     tracks = [f"t{i}" for i in range(40)]
@@ -41,10 +42,15 @@ def snapshot(tmp_path):
     audience(tmp_path / "users.parquet", tmp_path / "tracks.parquet", tmp_path / "audience.parquet",
              k=5, user_batch=7, track_batch=3)
     build_index(tmp_path / "tracks.parquet", tmp_path / "index")
+    storage.write_table(pa.table({"track_id": tracks[:38],
+                                  "tags": [[f"tag{i}", f"tag{i % 3}"] for i in range(38)],
+                                  "probabilities": [[0.9, 0.5]] * 38,
+                                  "taggers_version": ["v"] * 38}),
+                        tmp_path / "tags.parquet", schemas.TRACK_TAGS)
     publish("night-1", tmp_path / "users.parquet", tmp_path / "tracks.parquet",
             tmp_path / "published", catalogue=tmp_path / "catalogue.parquet",
             plays=tmp_path / "plays.parquet", audience=tmp_path / "audience.parquet",
-            index=tmp_path / "index")
+            index=tmp_path / "index", tags=tmp_path / "tags.parquet")
     return tmp_path, x, y, played
 
 
@@ -86,9 +92,33 @@ def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
     assert [r["score"] for r in rows] == pytest.approx(np.sort(cosine)[::-1][:4], abs=1e-3)
     assert rows[0]["title"] == f"Song {rows[0]['track_id']}" and rows[0]["artist"].startswith("Band")
     assert {r["source"] for r in rows} <= {"als", "audio"}
+    assert all(r["tags"] == [f"tag{r['track_id'][1:]}", f"tag{int(r['track_id'][1:]) % 3}"]
+               for r in rows)
     code, out, _ = query(capsys, root, "similar", "--track", "t33")
     assert code == 0 and out.splitlines()[0].split() == ["track_id", "title", "artist", "score",
-                                                         "source"]
+                                                         "source", "tags"]
+    shown = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert all(line.rstrip().endswith(f"tag{t[1:]}, tag{int(t[1:]) % 3}")
+               for t, line in shown.items() if t not in ("t38", "t39"))
+
+
+def test_tracks_the_taggers_never_heard_and_snapshots_without_tags(snapshot, capsys):
+    root, _, y, _ = snapshot
+    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0")
+    rows = {r["track_id"]: r for r in json.loads(out)}
+    assert code == 0 and rows["t38"]["tags"] is None and rows["t5"]["tags"] == ["tag5", "tag2"]
+    code, out, _ = query(capsys, root, "-n", "39", "similar", "--track", "t0")
+    line = next(line for line in out.splitlines() if line.startswith("t38 "))
+    assert line.rstrip().endswith("-")
+    # A snapshot published before tracks had tags: no tags column, the same answers.
+    tracks = root / "published" / "latest" / layout.SNAPSHOT_TRACKS
+    old = pq.read_table(tracks).drop_columns(["tags"])
+    pq.write_table(old, tracks)
+    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0")
+    assert code == 0 and {r["track_id"] for r in json.loads(out)} == set(rows)
+    assert all("tags" not in r for r in json.loads(out))
+    code, out, _ = query(capsys, root, "similar", "--track", "t0")
+    assert code == 0 and out.splitlines()[0].split()[-1] == "source"
 
 
 def nearest(y: np.ndarray, row: int, rows: range) -> list[str]:

@@ -91,6 +91,15 @@ def test_a_luigi_cfg_override_reaches_the_job_flag(luigi_cfg):
     assert mels[mels.index("--decoders") + 1] == "3"
 
 
+def test_the_tags_setting_in_luigi_cfg_reaches_the_tags_job(luigi_cfg):
+    from jobs import tags
+
+    luigi_cfg("TagTracks", "top_tags", "3")
+    args = tags.parse_args(["--frontend-mels", "m", "--catalogue", "c", "--out", "o",
+                            *flags(tasks.TagTracks(), tasks.Tagging)])
+    assert args.top_tags == 3
+
+
 # What luigi.cfg files set, and the significant ones what outputs are fingerprinted by:
 # deriving the parameters keeps both.
 BEFORE = {
@@ -104,6 +113,7 @@ BEFORE = {
     "NewReleaseAudience": ({"k"}, set()),
     "SimilarityIndex": (set(), set()),
     "PublishFactors": (set(), {"keep"}),
+    "TagTracks": ({"top_tags"}, set()),
 }
 
 

@@ -243,6 +243,31 @@ def test_every_cold_track_gets_factors(killed_then_resumed):
     assert {t for t, s in sources.items() if s == "audio"} == cold
 
 
+def test_every_published_track_has_its_tags(killed_then_resumed, capsys):
+    """Warm and cold, every demo track decodes, so the taggers heard every one: the
+    published table, the report's similar tracks and the query show their tags."""
+    from jobs import query
+    from schemas import layout
+    from schemas.config import TagsConfig
+
+    root, _, _ = killed_then_resumed
+    published = root / "data" / "published"
+    tracks = storage.read_table(layout.latest(published) / layout.SNAPSHOT_TRACKS,
+                                schemas.SNAPSHOT_TRACKS).to_pylist()
+    assert {row["source"] for row in tracks} >= {"als", "audio"}
+    assert all(row["tags"] and len(row["tags"]) == TagsConfig.top_tags for row in tracks)
+    assert len({tuple(row["tags"]) for row in tracks}) > 1  # they follow the audio
+    tags = {row["track_id"]: row["tags"] for row in tracks}
+    markdown = (only("runs/backfill/report-*", root) / "report.md").read_text()
+    similar = markdown[markdown.index("## Similar tracks"):]
+    assert "| track | from | cosine | tags |" in similar and "not heard" not in similar
+    cold = next(row["track_id"] for row in tracks if row["source"] == "audio")
+    capsys.readouterr()
+    assert query.main(["--published", str(published), "--json", "similar", "--track", cold]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(row["tags"] == tags[row["track_id"]] for row in rows)
+
+
 def test_cold_tracks_rank_held_out_plays_above_chance(killed_then_resumed):
     root, _, _ = killed_then_resumed
     report = json.loads(only("runs/backfill/evaluation-*.json", root).read_text())

@@ -25,7 +25,7 @@ from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, BowConfig, ChooseC
                             DemoConfig, EvaluateConfig, HeadConfig, InputOptions, MelParams,
                             NetworkChoice, PRETRAINED_ARCH,
                             PublishConfig, QueryConfig, SemiColdConfig, SpectrogramOptions,
-                            TrackHoldout, TrainConfig)
+                            TagsConfig, TrackHoldout, TrainConfig)
 from workflows.fingerprints import fingerprint, with_installed_versions
 from workflows.locations import configured_inputs, root, user_inputs
 from workflows.parameters import RunIdParameter
@@ -56,6 +56,7 @@ Network = settings(NetworkChoice)
 Training = settings(TrainConfig, skip=("weight_decay", "val_fraction", "taste_tracks", "taste_c"))
 Audience = settings(QueryConfig, only=("audience", "user_batch"))
 Publishing = settings(PublishConfig)
+Tagging = settings(TagsConfig)
 Head = settings(HeadConfig, skip=("head",))
 # the settings of training the head shares with the networks (model/head.py)
 HeadTraining = settings(TrainConfig, only=("seed",))
@@ -482,9 +483,32 @@ class SimilarityIndex(RunTask, JobTask):
                 "--out", self.output().path]
 
 
+class TagTracks(Tagging, RunTask, JobTask):
+    """Every catalogue track's top tags from the pretrained taggers (jobs/tags.py), read
+    from the tagger-input spectrograms. Not taken from a twin run: a night with the same
+    catalogue may have heard more tracks (one whose audio failed before), and tagging
+    again only reads what the taggers heard, kept beside each shard."""
+
+    def requires(self):
+        return {"inputs": Inputs(), "mels": MelSpectrograms(run_id=self.run_id)}
+
+    def data_inputs(self):
+        return [self.input()["inputs"]["catalogue"], self.input()["mels"]]
+
+    def output(self):
+        return luigi.LocalTarget(self.run_outputs().tags(self.fingerprint()))
+
+    def program_args(self):
+        return [sys.executable, "-m", "jobs.tags",
+                "--frontend-mels", self.requires()["mels"].frontend_dir(),
+                "--catalogue", self.input()["inputs"]["catalogue"].path,
+                *flags(self, Tagging), "--out", self.output().path]
+
+
 class PublishFactors(Publishing, RunTask, JobTask):
-    """The run's user and track factors as one snapshot behind DATA_ROOT/published/latest;
-    snapshots (and runs) beyond the newest ``keep`` are removed."""
+    """The run's user and track factors, with every track's tags, as one snapshot behind
+    DATA_ROOT/published/latest; snapshots (and runs) beyond the newest ``keep`` are
+    removed."""
     # Luigi runs a task's dependencies at its priority: the night's product is
     # published before the evaluation, which only reports on it, starts.
     priority = 10
@@ -493,7 +517,7 @@ class PublishFactors(Publishing, RunTask, JobTask):
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "factors": ScoreColdTracks(run_id=self.run_id),
                 "audience": NewReleaseAudience(run_id=self.run_id),
-                "index": SimilarityIndex(run_id=self.run_id)}
+                "index": SimilarityIndex(run_id=self.run_id), "tags": TagTracks(run_id=self.run_id)}
 
     def output(self):
         return luigi.LocalTarget(layout.snapshot_dir(root().published, self.run_id))
@@ -505,6 +529,7 @@ class PublishFactors(Publishing, RunTask, JobTask):
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path,
                 "--audience", self.input()["audience"].path, "--index", self.input()["index"].path,
+                "--tags", self.input()["tags"].path,
                 "--out", root().published, "--runs", root().runs,
                 *flags(self, Publishing)]
 

@@ -27,6 +27,7 @@ class RunFiles:
     plays: Path | None
     published: Path  # the run's snapshot directory
     mels: Path | None  # the spectrograms of the shipped model's parameters
+    tags: Path | None  # every track's top tags from the pretrained taggers (jobs/tags.py)
 
     @property
     def outputs(self) -> layout.RunOutputs:
@@ -42,6 +43,14 @@ class RunFiles:
         if not self.factors:
             return None
         return storage.read_table(self.factors / layout.TRACK_FACTORS, schemas.TRACK_FACTORS)
+
+    @cached_property
+    def track_tags(self) -> dict[str, list[str]]:
+        """Each tagged track's top tags, most probable first; {} when the run has none."""
+        if not self.tags:
+            return {}
+        table = storage.read_table(self.tags, schemas.TRACK_TAGS)
+        return dict(zip(table["track_id"].to_pylist(), table["tags"].to_pylist()))
 
 
 def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) -> RunFiles:
@@ -63,4 +72,4 @@ def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) ->
         run=run, als=outputs.newest_als(), heldout_als=outputs.newest_als(heldout=True),
         factors=outputs.newest_factors(), chosen=chosen, models=outputs.trained_models(),
         evaluation=outputs.newest_evaluation(), catalogue=catalogue, plays=plays,
-        published=published, mels=mels)
+        published=published, mels=mels, tags=outputs.newest_tags())

@@ -30,6 +30,8 @@ def key_figures(files: gather.RunFiles) -> dict[str, str]:
     for path in files.outputs.preflights():
         checks = json.loads(path.read_text())
         figures[path.name] = f"{sum(c['ok'] for c in checks)} of {len(checks)} checks passed"
+    if files.tags:
+        figures[files.tags.name] = f"{len(files.track_tags)} tracks tagged"
     for path in files.outputs.audiences():
         figures[path.name] = f"{pq.read_metadata(path).num_rows} (track, user) rows"
     for path in files.outputs.indexes():

@@ -21,6 +21,7 @@ from jobs.report.render import Section
 
 MAP_TRACKS = 1500  # the t-SNE map: every cold track and warm ones up to this many
 COLOURS = 10  # labels coloured on the map; the rest are "other"
+COMMON_TAGS = 10  # tags counted among cold and warm tracks in the similar-tracks section
 
 
 class Names:
@@ -60,6 +61,8 @@ def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
         sources = sorted(Counter(files.track_factors["source"].to_pylist()).items())
         rows += [[f"tracks with factors from {source}", n] for source, n in sources]
         figures[files.factors.name] = ", ".join(f"{n} {source}" for source, n in sources)
+    if files.tags:
+        rows.append(["tracks with tags from the pretrained taggers", len(files.track_tags)])
     section.table(["what", "count"], rows)
     letters = dead_letters(files)
     section.text("Inputs set aside, with the reason (none is dropped silently):" if letters
@@ -227,12 +230,31 @@ def map_section(files: RunFiles, what: str, label_of: dict[str, str], seed: int 
     return section
 
 
+def common_tags(tags: dict[str, list[str]], ids: list[str], sources: list[str]) -> list[list]:
+    """(tag, cold tracks, warm tracks whose top tags hold it) of the COMMON_TAGS tags most
+    often among the top tags, most often first."""
+    cold, warm = Counter(), Counter()
+    for track, source in zip(ids, sources):
+        (warm if source == "als" else cold).update(tags.get(track, ()))
+    return [[tag, cold[tag], warm[tag]] for tag, _ in (cold + warm).most_common(COMMON_TAGS)]
+
+
 def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 5) -> Section:
     section = Section("Similar tracks")
     table = files.track_factors
     if table is None:
         return section
     ids, sources = table["track_id"].to_pylist(), table["source"].to_pylist()
+    tags = files.track_tags
+
+    def shown(track: str) -> str:
+        return ", ".join(tags[track]) if track in tags else "not heard"
+
+    if tags:
+        section.text("Every track's top tags come from the pretrained taggers (musicnn, MTT "
+                     "and MSD), which heard its audio; its factors played no part. The tags "
+                     "most often among them:")
+        section.table(["tag", "cold tracks", "warm tracks"], common_tags(tags, ids, sources))
     x = unit_rows(factor_matrix(table))
     cold = [i for i, s in enumerate(sources) if s != "als"][:n_queries]
     if not cold:
@@ -241,8 +263,10 @@ def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 
         cosine = x @ x[i]
         cosine[i] = -np.inf
         nearest = np.argsort(-cosine)[:n]
-        section.text(f"Nearest to {names(ids[i])}, a cold track:")
-        section.table(["track", "from", "cosine"],
-                      [[names(ids[j]), sources[j], float(cosine[j])] for j in nearest])
+        heard = f" (tags: {shown(ids[i])})" if tags else ""
+        section.text(f"Nearest to {names(ids[i])}, a cold track{heard}:")
+        section.table(["track", "from", "cosine"] + (["tags"] if tags else []),
+                      [[names(ids[j]), sources[j], float(cosine[j])]
+                       + ([shown(ids[j])] if tags else []) for j in nearest])
     return section
 
