@@ -30,7 +30,7 @@ class FineTuned(FactorNet):
                              f"{config.n_mels}: train it on the taggers' input")
         self.tagger = musicnn.load(TAGGER) if pretrained else musicnn.MusiCNN()
         self.out = nn.Sequential(nn.Dropout(config.dropout),
-                                 nn.Linear(musicnn.PENULTIMATE, config.n_factors))
+                                 nn.Linear(musicnn.PENULTIMATE_FEATURES, config.n_factors))
 
     def standardise(self, mel: torch.Tensor) -> torch.Tensor:
         return mel.float()  # the tagger's input norm standardises
