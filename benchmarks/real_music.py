@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 import semicold_search
 from schemas import layout
-from schemas.config import EvaluateConfig
+from schemas.config import EvaluateConfig, MelParams
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,7 +168,9 @@ def validated_semicold(data: Path, report: dict, seed: int) -> dict | None:
     if "semi_cold" not in report:
         return None
     root = layout.DataRoot(data)
-    mels, = [path for path in root.mels.iterdir() if not path.name.startswith(".")]
+    # the chain runs with the repository's luigi.cfg: the default mel settings (beside
+    # their directory, the tagger's input has its own)
+    mels = layout.params_dir(root.mels, MelParams())
     return semicold_search.run(root.outputs("backfill").newest_als(heldout=True), mels,
                                Path(report["semi_cold"]["model"]), seed)
 

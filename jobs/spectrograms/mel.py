@@ -88,8 +88,11 @@ def check_environment(params: MelParams, outputs: Sequence[MelParams] = ()) -> N
     missing = missing_decoders()
     if missing:
         raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
-    silence = np.zeros(params.n_fft, np.float32)
-    for output in outputs or (params,):
+    outputs = tuple(outputs) or (params,)
+    # silence at the decoding's rate, two STFT windows long at every output's rate
+    seconds = max(output.n_fft / output.sample_rate for output in (params, *outputs))
+    silence = np.zeros(math.ceil(2 * seconds * params.sample_rate), np.float32)
+    for output in outputs:
         log_mel(_at_rate(silence, params.sample_rate, output), output)
 
 
@@ -124,15 +127,6 @@ def _stored(uri: str, samples: np.ndarray, rate: int,
             raise
         return MelError(f"{uri}: {type(err).__name__}: {err}")
     return mel.astype(output.dtype)
-
-
-def spectrogram(uri: str, params: MelParams, **limits) -> np.ndarray:
-    """The stored spectrogram of ``uri`` with ``params`` alone (see :func:`spectrograms`);
-    raises MelError when the audio decodes but its spectrogram cannot be computed."""
-    (mel,) = spectrograms(uri, params, **limits)
-    if isinstance(mel, MelError):
-        raise mel
-    return mel
 
 
 def prepare(params: MelParams, torch_threads: int = 1,
