@@ -451,6 +451,18 @@ def test_resampling_keeps_what_16_khz_holds_and_drops_the_rest():
     assert np.sqrt(np.mean(dropped[inner] ** 2)) < 0.05 * 0.5 / np.sqrt(2)
 
 
+@pytest.mark.parametrize("from_rate, to_rate", [(22050, 16000), (44100, 16000), (8000, 16000)])
+@pytest.mark.parametrize("length", [1, 441, 22050, 30001])
+def test_resampling_is_torchaudios_filter(from_rate, to_rate, length):
+    import torch
+    import torchaudio
+
+    samples = np.random.default_rng(length).normal(0, 0.3, length).astype(np.float32)
+    expected = torchaudio.transforms.Resample(from_rate, to_rate)(torch.from_numpy(samples))
+
+    np.testing.assert_allclose(resample(samples, from_rate, to_rate), expected.numpy(), atol=1e-6)
+
+
 def test_one_decoding_makes_every_output(half_silent, monkeypatch):
     from jobs.spectrograms import mel as mel_module
 
