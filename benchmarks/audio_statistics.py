@@ -13,10 +13,10 @@ log-mel excerpt) fitted on the warm tracks, with two kinds of class:
   training does with k = sqrt(tracks / 2): nothing but the plays and the audio.
 
 It reads what EvaluateColdStart left in each data root (the newest held-out ALS run
-and the newest spectrograms) and prints, per seed and on average, the held-out mean
-per-user AUC and how often the 5 nearest warm tracks share the source, beside the
-artist oracle (the mean ALS factor of the track's source). Asserts nothing; not part
-of the test suite.
+and the spectrograms of the default mel settings) and prints, per seed and on average,
+the held-out mean per-user AUC and how often the 5 nearest warm tracks share the
+source, beside the artist oracle (the mean ALS factor of the track's source). Asserts
+nothing; not part of the test suite.
 """
 from __future__ import annotations
 
@@ -34,15 +34,8 @@ from jobs.evaluate.judge import same_artist
 from model.data import mel_array, read_mels
 from model import taste
 from schemas import factor_matrix, factors_column, layout, storage
-from schemas.config import TrainConfig
+from schemas.config import MelParams, TrainConfig
 from schemas.metrics import rank_metrics, unit_rows
-
-
-def newest(pattern: str, root: Path) -> Path:
-    found = sorted(root.glob(pattern), key=lambda path: path.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{root}: nothing matches {pattern}; run real_music.py first")
-    return found[-1]
 
 
 def classified(train: np.ndarray, labels: np.ndarray, factors: np.ndarray,
@@ -60,7 +53,8 @@ def one_seed(data: Path, clusters: list[int]) -> dict[str, tuple[float, float]]:
     users = storage.read_table(als / "user_factors", schemas.USER_FACTORS)
     items = storage.read_table(als / "item_factors", schemas.ITEM_FACTORS)
     heldout = storage.read_table(als / "heldout_plays", schemas.PLAYS)
-    mels = read_mels(layout.mel_shards(newest("*/", layout.DataRoot(data).mels)))
+    # real_music.py's spectrograms: the default mel settings (not the tagger's input)
+    mels = read_mels(layout.mel_shards(layout.params_dir(layout.DataRoot(data).mels, MelParams())))
     catalogue = pq.read_table(data / "catalogue.parquet", columns=["track_id", "artist"])
     source = dict(zip(catalogue["track_id"].to_pylist(), catalogue["artist"].to_pylist()))
 

@@ -13,10 +13,15 @@ its own imports, over the same catalogue:
    track, one core, no Beam, no isolation, nothing written;
 2. the job as a user runs it: `python -m jobs.spectrograms` with its defaults but
    --decoders (child processes that decode and compute the log-mels; default one per
-   CPU), Parquet shards and dead letters written and published.
+   CPU), Parquet shards and dead letters written and published, without the pretrained
+   tagger's input (--no-frontend);
+3. the same with the tagger's input (the default): 16 kHz log-mels of the same decoded
+   excerpts, written as a second output.
 
-Printed, for both, tracks/s per core two ways, and the ratios job / bare, end to end
-and after start-up (each side's run on 2 tracks per decoder subtracted):
+Printed, for each, tracks/s per core two ways, and the ratios job / bare, end to end
+and after start-up (each side's run on 2 tracks per decoder subtracted), for the job
+without and with the tagger's input; then what the tagger's input costs the job, the
+ratio of the two (with / without, so 0.90 is 10% slower):
 
 - wall: tracks / wall seconds / cores used. The bare loop uses one core, the job
   min(decoders, CPUs). Exact on an idle machine; on a shared one, processes of others
@@ -24,7 +29,8 @@ and after start-up (each side's run on 2 tracks per decoder subtracted):
 - cpu: tracks / CPU seconds (user + system) of the process and of everything it waited
   for (the job's decoder processes). Robust to other load.
 
-The sides run alternately, --pairs times (bare start-up, bare, job start-up, job; ...);
+The sides run alternately, --pairs times (bare start-up, bare, job start-up, job, and
+the same with the tagger's input; ...);
 each ratio is the median over the pairs of the ratio within each pair, with its range
 (benchmarks/paired.py). A ratio that is not a positive finite number stops the run.
 """
@@ -50,6 +56,8 @@ from paired import ratios, run  # benchmarks/paired.py, beside this script
 from schemas import layout
 from schemas.config import MelParams
 
+# The side that also writes the pretrained tagger's input.
+TAGGER = "job+tagger"
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aac"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.tracks} tracks from {len(set(uris))} files of {args.audio}; excerpt "
               f"{args.excerpt_s:g} s; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}; job: {' '.join(job_args)}", flush=True)
-        times: dict[str, list[Timing]] = {side: [] for side in
-                                          ("bare start-up", "bare", "job start-up", "job")}
+        times: dict[str, list[Timing]] = {side: [] for side in (
+            "bare start-up", "bare", "job start-up", "job", f"{TAGGER} start-up", TAGGER)}
         for attempt in range(args.pairs):
             for side in times:
                 catalogue = scratch / ("startup.parquet" if "start-up" in side
@@ -163,42 +171,58 @@ def main(argv: list[str] | None = None) -> int:
                     failed = int(out.split()[-1])
                 else:
                     run_id = f"{'startup' if 'start-up' in side else 'run'}{attempt}"
+                    frontend = "--frontend" if side.startswith(TAGGER) else "--no-frontend"
                     timing, _ = timed([sys.executable, "-m", "jobs.spectrograms",
                                        "--catalogue", str(catalogue), "--out",
-                                       str(scratch / "mels"), "--run-id", run_id, *job_args])
+                                       str(scratch / "mels"), "--run-id", run_id, *job_args,
+                                       frontend])
                     run_dir = layout.run_dir(scratch / "mels", params, run_id)
                     failed = rows(layout.dead_letter_files(run_dir))
+                    if side.startswith(TAGGER):
+                        tagger = layout.run_dir(scratch / "mels", params.frontend(), run_id)
+                        if rows(layout.mel_shard_files(tagger)) + rows(
+                                layout.dead_letter_files(tagger)) != len(pq.read_table(catalogue)):
+                            raise SystemExit(f"{tagger}: not every track has a tagger input "
+                                             "or a dead letter")
                     shutil.rmtree(scratch / "mels")  # the next run redoes every track
                 times[side].append(timing)
                 print(f"  {side:13}: {timing.wall_s:6.2f} s wall, {timing.cpu_s:6.2f} s CPU, "
                       f"{failed} failed", flush=True)
 
     n = args.tracks
-    bare, job = times["bare"], times["job"]
-    # tracks/s per core of each side in each pair; the job's wall rate over its cores
-    bare_wall = [n / t.wall_s for t in bare]
-    bare_cpu = [n / t.cpu_s for t in bare]
-    job_wall = [n / t.wall_s / cores for t in job]
-    job_cpu = [n / t.cpu_s for t in job]
+
+    def end_to_end(side: str, attribute: str, per_core: int) -> list[float]:
+        """tracks/s per core of ``side`` in each pair; the job's wall rate over its cores."""
+        return [n / getattr(t, attribute) / per_core for t in times[side]]
 
     def after(side: str, attribute: str, per_core: int) -> list[float]:
         return [(n - n_startup) / (getattr(t, attribute) - getattr(s, attribute)) / per_core
                 for t, s in zip(times[side], times[f"{side} start-up"])]
 
-    for side in ("bare", "job"):
+    def rates(side: str) -> dict[str, list[float]]:
+        per_core = 1 if side == "bare" else cores
+        return {"end to end, wall": end_to_end(side, "wall_s", per_core),
+                "end to end, CPU": end_to_end(side, "cpu_s", 1),
+                "after start-up, wall": after(side, "wall_s", per_core),
+                "after start-up, CPU": after(side, "cpu_s", 1)}
+
+    sides = {side: rates(side) for side in ("bare", "job", TAGGER)}
+    for side in sides:
         startup = times[f"{side} start-up"]
         print(f"start-up of {side} ({n_startup} tracks), median: "
               f"{np.median([t.wall_s for t in startup]):.1f} s wall, "
               f"{np.median([t.cpu_s for t in startup]):.1f} s CPU")
-    print(f"tracks/s per core, median: bare {np.median(bare_wall):.1f} wall, "
-          f"{np.median(bare_cpu):.1f} CPU; job ({cores} cores) {np.median(job_wall):.1f} wall, "
-          f"{np.median(job_cpu):.1f} CPU")
-    print("job / bare per core, median of the pairs (range):")
-    for label, job_side, bare_side in (
-            ("end to end, wall", job_wall, bare_wall), ("end to end, CPU", job_cpu, bare_cpu),
-            ("after start-up, wall", after("job", "wall_s", cores), after("bare", "wall_s", 1)),
-            ("after start-up, CPU", after("job", "cpu_s", 1), after("bare", "cpu_s", 1))):
-        print(f"  {label:22} {ratios(label, [j / b for j, b in zip(job_side, bare_side)])}")
+    print("tracks/s per core, median: " + "; ".join(
+        f"{side}{'' if side == 'bare' else f' ({cores} cores)'} "
+        f"{np.median(sides[side]['end to end, wall']):.1f} wall, "
+        f"{np.median(sides[side]['end to end, CPU']):.1f} CPU" for side in sides))
+    for title, numerator, denominator in (
+            ("job / bare", "job", "bare"), (f"{TAGGER} / bare", TAGGER, "bare"),
+            (f"what the tagger's input costs: {TAGGER} / job", TAGGER, "job")):
+        print(f"{title} per core, median of the pairs (range):")
+        for label in sides["bare"]:
+            pairs = zip(sides[numerator][label], sides[denominator][label])
+            print(f"  {label:22} {ratios(f'{title}, {label}', [a / b for a, b in pairs])}")
     return 0
 
 

@@ -3,7 +3,8 @@
     <data root>/
         catalogue.parquet, plays.parquet     the user's inputs (or [paths] in luigi.cfg)
         demo/                                DemoFiles: the built-in demo data
-        mels/<params hash>/<run id>/         mels-*.parquet, dead_letters-*.parquet
+        mels/<params hash>/<run id>/         mels-*.parquet, dead_letters-*.parquet (the
+                                             tagger's input too, under its own hash)
         runs/<run id>/<stage>-<fp>...        RunOutputs: one run's outputs (als, model, ...)
         published/<run id>/, latest          the published snapshots (jobs/publish.py)
 

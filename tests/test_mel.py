@@ -10,7 +10,7 @@ import pytest
 
 from jobs.spectrograms.decode import DecodeError, decode_excerpt
 from jobs.spectrograms.pool import IsolatedDecoder
-from jobs.spectrograms.mel import log_mel, spectrogram
+from jobs.spectrograms.mel import log_mel, resample, spectrograms
 from schemas.config import MelParams
 from schemas.layout import mel_shards
 
@@ -132,11 +132,11 @@ def decode_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
     return decode_excerpt(uri, params, **limits)
 
 
-def spectrogram_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
-    """The job's spectrogram, crashing or hanging as decode_or_crash does."""
+def spectrograms_or_crash(uri: str, params: MelParams, outputs=(), **limits) -> tuple:
+    """The job's spectrograms, crashing or hanging as decode_or_crash does."""
     if uri.endswith((".segfault", ".hang")):
         decode_or_crash(uri, params, **limits)
-    return spectrogram(uri, params, **limits)
+    return spectrograms(uri, params, outputs, **limits)
 
 
 @pytest.fixture(scope="module")
@@ -339,13 +339,21 @@ def test_log_mel_rejects_empty_input():
 def test_params_hash_is_stable_and_tracks_every_setting():
     # Changing a hash orphans every spectrogram already written with those settings.
     assert MelParams().params_hash() == "7c792c34e815"
+    assert MelParams(excerpt_s=1.0).params_hash() == "81fe5e0a1f93"
     # float32, the only format before the dtype existed, keeps the hash it had then
     assert MelParams(dtype="float32").params_hash() == "dce68939bff2"
+    # what shards and model files store, and fingerprints are made of
+    assert MelParams().to_dict() == {"sample_rate": 22050, "n_fft": 1024, "hop_length": 512,
+                                     "n_mels": 128, "excerpt_s": 30.0, "log_offset": 1e-6,
+                                     "pad": "wrap", "dtype": "float16"}
+    # the tagger's input keeps its directory too
+    assert MelParams().frontend().params_hash() == "84e79532cf08"
     assert MelParams(excerpt_s=30).params_hash() == MelParams().params_hash()
     assert MelParams(excerpt_s=0).params_hash() == MelParams(excerpt_s=None).params_hash()
     variants = [MelParams(sample_rate=16000), MelParams(n_fft=2048), MelParams(hop_length=256),
                 MelParams(n_mels=64), MelParams(excerpt_s=10), MelParams(log_offset=1e-3),
-                MelParams(pad="zeros"), MelParams(pad="reject"), MelParams(dtype="float32")]
+                MelParams(pad="zeros"), MelParams(pad="reject"), MelParams(dtype="float32"),
+                MelParams(filterbank="slaney"), MelParams(compression="log10_1p")]
     hashes = {p.params_hash() for p in variants} | {MelParams().params_hash()}
     assert len(hashes) == len(variants) + 1
 
@@ -356,6 +364,13 @@ def test_params_round_trip_and_validation():
     assert MelParams.from_dict(params.to_dict()) == params
     stored_before_dtypes = {k: v for k, v in params.to_dict().items() if k != "dtype"}
     assert MelParams.from_dict(stored_before_dtypes).dtype == "float32"
+    tagger = params.frontend()
+    assert {"filterbank", "compression"} <= set(tagger.to_dict())
+    assert MelParams.from_dict(tagger.to_dict()) == tagger
+    with pytest.raises(ValueError, match="filterbank"):
+        MelParams(filterbank="mel")
+    with pytest.raises(ValueError, match="compression"):
+        MelParams(compression="db")
     with pytest.raises(ValueError, match="dtype"):
         MelParams(dtype="int8")
     with pytest.raises(ValueError, match="unknown"):
@@ -364,6 +379,115 @@ def test_params_round_trip_and_validation():
         MelParams(pad="reflect")
     with pytest.raises(ValueError, match="n_mels"):
         MelParams(n_mels=0)
+
+
+def test_the_tagger_input_is_musicnns_of_the_same_excerpt():
+    main = MelParams(n_mels=64, excerpt_s=10, pad="zeros", dtype="float32")
+
+    tagger = main.frontend()
+
+    # musicnn's settings, whatever the main spectrograms' ...
+    assert (tagger.sample_rate, tagger.n_fft, tagger.hop_length, tagger.n_mels) == \
+        (16000, 512, 256, 96)
+    assert (tagger.filterbank, tagger.compression) == ("slaney", "log10_1p")
+    # ... of the same excerpt of the same audio
+    assert (tagger.excerpt_s, tagger.pad, tagger.dtype) == (10.0, "zeros", "float32")
+    assert tagger.frontend() == tagger
+
+
+def slaney_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """(n_mels, 1 + n_fft // 2): librosa's default mel filterbank (Slaney's mel scale:
+    linear below 1 kHz, logarithmic above; each triangle of unit area), from its
+    definition."""
+    step = np.log(6.4) / 27  # log-spaced above 1 kHz = mel 15
+
+    def to_mel(hz):
+        hz = np.asarray(hz, float)
+        return np.where(hz >= 1000, 15 + np.log(np.maximum(hz, 1e-9) / 1000) / step, hz * 3 / 200)
+
+    def to_hz(mel):
+        return np.where(mel >= 15, 1000 * np.exp(step * (mel - 15)), mel * 200 / 3)
+
+    edges = to_hz(np.linspace(to_mel(0), to_mel(sample_rate / 2), n_mels + 2))
+    bins = np.linspace(0, sample_rate / 2, 1 + n_fft // 2)
+    rising = (bins - edges[:-2, None]) / (edges[1:-1] - edges[:-2])[:, None]
+    falling = (edges[2:, None] - bins) / (edges[2:] - edges[1:-1])[:, None]
+    return np.maximum(0, np.minimum(rising, falling)) * (2 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def musicnn_input(samples: np.ndarray) -> np.ndarray:
+    """(96, frames): musicnn's input of 16 kHz ``samples`` in NumPy (float64):
+    log10(1 + 10000 mel power), centred reflection-padded 512-sample periodic Hann
+    frames every 256 samples, 96 Slaney bands."""
+    n_fft, hop = 512, 256
+    padded = np.pad(np.asarray(samples, float), n_fft // 2, mode="reflect")
+    starts = hop * np.arange(1 + (len(padded) - n_fft) // hop)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    power = np.abs(np.fft.rfft(padded[starts[:, None] + np.arange(n_fft)] * window)) ** 2
+    return np.log10(1 + 10000 * (slaney_filterbank(16000, n_fft, 96) @ power.T))
+
+
+def test_the_tagger_log_mel_matches_its_definition():
+    rng = np.random.default_rng(0)
+    samples = (tone(440, 1.0, 16000) + tone(5000, 1.0, 16000, 0.1)
+               + rng.normal(0, 0.01, 16000)).astype(np.float32)
+
+    mel = log_mel(samples, MelParams().frontend())
+
+    assert mel.shape == (96, 1 + 16000 // 256) and mel.dtype == np.float32
+    np.testing.assert_allclose(mel, musicnn_input(samples), atol=1e-3)
+    np.testing.assert_array_equal(log_mel(np.zeros(16000, np.float32), MelParams().frontend()), 0)
+
+
+def test_resampling_keeps_what_16_khz_holds_and_drops_the_rest():
+    kept = resample(tone(1000, 1.0, 22050).astype(np.float32), 22050, 16000)
+    # 10 kHz is above 16 kHz's Nyquist frequency: kept, it would alias to 6 kHz
+    dropped = resample(tone(10000, 1.0, 22050).astype(np.float32), 22050, 16000)
+
+    assert kept.dtype == np.float32 and len(kept) == len(dropped) == 16000
+    assert dominant_hz(kept, 16000) == pytest.approx(1000, abs=2)
+    inner = slice(100, -100)  # away from the edges, where the filter meets the padding
+    assert np.sqrt(np.mean(kept[inner] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.01)
+    assert np.sqrt(np.mean(dropped[inner] ** 2)) < 0.05 * 0.5 / np.sqrt(2)
+
+
+@pytest.mark.parametrize("from_rate, to_rate", [(22050, 16000), (44100, 16000), (8000, 16000)])
+@pytest.mark.parametrize("length", [1, 441, 22050, 30001])
+def test_resampling_is_torchaudios_filter(from_rate, to_rate, length):
+    import torch
+    import torchaudio
+
+    samples = np.random.default_rng(length).normal(0, 0.3, length).astype(np.float32)
+    expected = torchaudio.transforms.Resample(from_rate, to_rate)(torch.from_numpy(samples))
+
+    np.testing.assert_allclose(resample(samples, from_rate, to_rate), expected.numpy(), atol=1e-6)
+
+
+def test_one_decoding_makes_every_output(half_silent, monkeypatch):
+    from jobs.spectrograms import mel as mel_module
+
+    path = half_silent["stereo44.ogg"]
+    decoded = []
+
+    def counted(uri, params, **limits):
+        decoded.append(uri)
+        return decode_excerpt(uri, params, **limits)
+    monkeypatch.setattr(mel_module, "decode_excerpt", counted)
+
+    main, tagger = spectrograms(path, PARAMS, (PARAMS, PARAMS.frontend()))
+
+    assert decoded == [path]
+    assert main.shape == (128, 1 + 2 * 22050 // 512) and main.dtype == np.float16
+    assert tagger.shape == (96, 1 + 2 * 16000 // 256) and tagger.dtype == np.float16
+    samples = decode_excerpt(path, PARAMS)
+    np.testing.assert_array_equal(main, log_mel(samples, PARAMS).astype(np.float16))
+    # the same samples, resampled by torchaudio's own function, through the definition
+    import torch
+    import torchaudio
+    at_16k = torchaudio.functional.resample(torch.from_numpy(samples), 22050, 16000).numpy()
+    np.testing.assert_allclose(tagger.astype(np.float32), musicnn_input(at_16k),
+                               rtol=2e-3, atol=2e-3)  # float16 keeps about 3 digits
+    assert tagger[:, :30].mean() < 0.01 < tagger[:, -30:].mean()  # silence, then the tone
 
 
 def test_mel_shards_skips_runs_in_progress(tmp_path):

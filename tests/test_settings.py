@@ -1,6 +1,7 @@
 """Luigi parameters derived from the config dataclasses (workflows/settings.py): the
 task's values go to the job as the flags the job derives from the same fields."""
 import argparse
+from pathlib import Path
 
 import luigi
 import pytest
@@ -130,7 +131,24 @@ def test_tasks_whose_outputs_are_named_otherwise_keep_their_parameters():
         <= set(tasks.DemoCatalogue.get_param_names())
     params = dict(tasks.MelSpectrograms.get_params())
     assert params["excerpt_s"].significant and params["dtype"].significant
+    assert params["filterbank"].significant and params["compression"].significant
     assert not params["workers"].significant and not params["max_bad_fraction"].significant
+    assert not params["frontend"].significant  # it adds an output, changes none
+
+
+def test_the_spectrograms_are_complete_with_the_tagger_input_beside(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLDSTART_DATA_ROOT", str(tmp_path))
+    task, without = (tasks.MelSpectrograms(run_id="n1", frontend=frontend)
+                     for frontend in (True, False))
+    assert task.frontend_dir() == tmp_path / "mels" / task.params().frontend().params_hash()
+    assert task.frontend_dir() != task.params_dir() == without.params_dir()
+    assert "--frontend" in flags(task, tasks.MelJob)
+    assert "--no-frontend" in flags(without, tasks.MelJob)
+
+    Path(task.output().path).mkdir(parents=True)  # a run made before the tagger's input
+    assert not task.complete() and without.complete()
+    (task.frontend_dir() / "n1").mkdir(parents=True)
+    assert task.complete()
 
 
 def test_the_spectrogram_and_training_jobs_parse_their_tasks_flags(luigi_cfg):

@@ -11,8 +11,11 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
+import torchaudio
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -20,7 +23,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
 from jobs.spectrograms import job as spectrograms
-from jobs.spectrograms.decode import SystemicError
+from jobs.spectrograms import mel as mel_module
+from jobs.spectrograms.decode import SystemicError, decode_excerpt
 from jobs.spectrograms.pool import IsolatedDecoder
 from jobs.spectrograms.job import main, parse_options
 from jobs.spectrograms.migrate import main as migrate_main
@@ -30,11 +34,14 @@ from schemas.config import MelParams, SpectrogramOptions
 from schemas import layout
 from schemas import mels as mel_values
 from schemas.layout import final_dead_letter_files, run_dir
-from tests.test_mel import spectrogram_or_crash, tone, write_audio
+from tests.test_mel import musicnn_input, spectrograms_or_crash, tone, write_audio
 
 EXCERPT_S = 1.0
 PARAMS = MelParams(excerpt_s=EXCERPT_S)
 FRAMES = 1 + round(EXCERPT_S * 22050) // 512
+# the pretrained tagger's input, which the job writes beside by default
+FRONTEND = PARAMS.frontend()
+FRONTEND_FRAMES = 1 + round(EXCERPT_S * 16000) // 256
 CODECS = {"flac": "flac", "ogg": "vorbis", "mp3": "libmp3lame", "m4a": "aac"}
 # Each good track is a tone of its own frequency, so mixing tracks up shows.
 GOOD = {"low": (300.0, "flac", "mono"), "mid": (1200.0, "ogg", "stereo"),
@@ -97,7 +104,7 @@ def test_graph_computes_mels_and_routes_failures_to_dead_letters(catalogue):
 
     with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         done = pipeline | "Done" >> beam.Create(["mid", "gone-from-catalogue"])
-        outputs = build(pipeline | beam.Create(rows), PARAMS, graph_options(), done)
+        (outputs,) = build(pipeline | beam.Create(rows), PARAMS, graph_options(), [done])
         assert_that(outputs.mels, check_mels, label="CheckMels")
         assert_that(outputs.dead_letters | beam.Map(lambda d: (d["track_id"], d["stage"])),
                     equal_to([("corrupt", "decode"), ("missing", "decode"),
@@ -115,7 +122,7 @@ def test_graph_skips_earlier_failures_of_the_same_uri_unless_retried(catalogue, 
 
     with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         failed = pipeline | "Failed" >> beam.Create(earlier_failures)
-        outputs = build(pipeline | beam.Create(rows), PARAMS, options, failed=failed)
+        (outputs,) = build(pipeline | beam.Create(rows), PARAMS, options, failed=[failed])
         # "low" failed before from another URI: its new one is tried.
         assert_that(outputs.mels | beam.Map(lambda m: m["track_id"]), equal_to(["low"]),
                     label="CheckMels")
@@ -129,7 +136,7 @@ def test_duplicate_track_ids_keep_one_row(catalogue):
     rows = [low, {**low, "audio_uri": "/zzz/nowhere.ogg"}, {"track_id": "x", "audio_uri": None}]
 
     with BeamTestPipeline(runner="FnApiRunner") as pipeline:
-        outputs = build(pipeline | beam.Create(rows), PARAMS, graph_options())
+        (outputs,) = build(pipeline | beam.Create(rows), PARAMS, graph_options())
         assert_that(outputs.mels | beam.Map(lambda m: m["track_id"]), equal_to(["low"]),
                     label="CheckMels")
         assert_that(outputs.dead_letters | beam.Map(lambda d: (d["audio_uri"], d["stage"])),
@@ -146,7 +153,7 @@ def test_a_decoder_crash_costs_one_track_not_the_pipeline(catalogue):
     with BeamTestPipeline(runner="FnApiRunner") as pipeline:
         computed = (pipeline | beam.Create([low, crash, mid, low | {"track_id": "again"}])
                     | beam.ParDo(ComputeSpectrograms(PARAMS, isolate=True, decoders=1,
-                                                     spectrogram=spectrogram_or_crash))
+                                                     spectrograms=spectrograms_or_crash))
                     .with_outputs(DEAD_LETTERS, main="mels"))
         assert_that(computed.mels | beam.Map(lambda m: (m["track_id"], m["mel"].shape)),
                     equal_to([(track, (128 * FRAMES,)) for track in ("low", "mid", "again")]),
@@ -223,50 +230,154 @@ def n_rows(tables) -> int:
     return sum(table.num_rows for table in tables)
 
 
-def test_main_writes_run_then_rerun_skips_everything(catalogue, tmp_path):
+def test_main_writes_both_outputs_then_rerun_skips_everything(catalogue, tmp_path):
     out = tmp_path / "mels"
     args = ["--catalogue", catalogue["path"], "--out", str(out),
             "--excerpt-s", str(EXCERPT_S), "--max-bad-fraction", "0.5"]
 
     assert main([*args, "--run-id", "r1"]) == 0  # default: worker processes, isolated decoding
 
-    first = run_dir(out, PARAMS, "r1")
+    first, tagger = run_dir(out, PARAMS, "r1"), run_dir(out, FRONTEND, "r1")
     assert first.parent.name == PARAMS.params_hash()
-    mels, dead = read_run(first)
-    assert mels and dead
-    for table in mels:
-        assert table.schema.equals(schemas.MEL_SHARD)
-        assert schemas.params_of(table.schema) == PARAMS.to_dict()
-    table = pa.concat_tables(mels)
-    by_id = dict(zip(table.column("track_id").to_pylist(), mel_values.values(table)))
-    assert sorted(by_id) == sorted(GOOD)
-    assert peak_band(by_id["low"]) < peak_band(by_id["mid"]) < peak_band(by_id["high"])
-    dead_letters = pa.concat_tables(dead)
-    assert dead_letters.schema.equals(schemas.DEAD_LETTERS)
-    assert schemas.params_of(dead_letters.schema) == PARAMS.to_dict()
-    reasons = {r["track_id"]: (r["stage"], r["error"]) for r in dead_letters.to_pylist()}
-    assert reasons["corrupt"][0] == reasons["missing"][0] == "decode"
-    assert "Invalid data" in reasons["corrupt"][1] and "No such file" in reasons["missing"][1]
-    # No temp dirs left behind; beside the run, the table of failing tracks.
-    assert sorted(p.name for p in first.parent.iterdir()) == ["dead_letters.parquet", "r1"]
+    assert tagger.parent.name == FRONTEND.params_hash() != PARAMS.params_hash()
+    shapes = {PARAMS: (128, FRAMES), FRONTEND: (96, FRONTEND_FRAMES)}
+    for params, directory in ((PARAMS, first), (FRONTEND, tagger)):
+        mels, dead = read_run(directory)
+        assert mels and dead
+        for table in mels:
+            assert table.schema.equals(schemas.MEL_SHARD)
+            assert schemas.params_of(table.schema) == params.to_dict()
+        table = pa.concat_tables(mels)
+        by_id = dict(zip(table.column("track_id").to_pylist(), mel_values.values(table)))
+        assert sorted(by_id) == sorted(GOOD)
+        assert {mel.shape for mel in by_id.values()} == {shapes[params]}
+        assert peak_band(by_id["low"]) < peak_band(by_id["mid"]) < peak_band(by_id["high"])
+        dead_letters = pa.concat_tables(dead)
+        assert dead_letters.schema.equals(schemas.DEAD_LETTERS)
+        assert schemas.params_of(dead_letters.schema) == params.to_dict()
+        reasons = {r["track_id"]: (r["stage"], r["error"]) for r in dead_letters.to_pylist()}
+        assert reasons["corrupt"][0] == reasons["missing"][0] == "decode"
+        assert "Invalid data" in reasons["corrupt"][1] and "No such file" in reasons["missing"][1]
+        # No temp dirs left behind; beside the run, the table of failing tracks.
+        assert sorted(p.name for p in directory.parent.iterdir()) == ["dead_letters.parquet", "r1"]
+    # the tagger's input is that of the decoded excerpt, by its definition
+    low = pa.concat_tables(read_run(tagger)[0]).filter(pc.equal(pc.field("track_id"), "low"))
+    samples = decode_excerpt(catalogue["rows"][0]["audio_uri"], PARAMS)
+    at_16k = torchaudio.functional.resample(torch.from_numpy(samples), 22050, 16000).numpy()
+    np.testing.assert_allclose(mel_values.values(low)[0].astype(np.float32),
+                               musicnn_input(at_16k), rtol=2e-3, atol=2e-3)
 
     # The rerun processes no track: the good ones are done, the bad ones failed
     # in a published run with the same URI.
     summary = spectrograms.run(parse_options([*args, "--run-id", "r2", *IN_PROCESS]))
-    assert (summary.mels, summary.dead_letters) == (0, 0)
-    assert (summary.catalogue_rows, summary.skipped_done, summary.skipped_failed) == (5, 3, 2)
-    mels, dead = read_run(run_dir(out, PARAMS, "r2"))
-    assert n_rows(mels) == n_rows(dead) == 0 and mels[0].schema.equals(schemas.MEL_SHARD)
+    assert summary.catalogue_rows == 5 and len(summary.outputs) == 2
+    for params in (PARAMS, FRONTEND):
+        output = summary.of(params)
+        assert (output.mels, output.dead_letters) == (0, 0)
+        assert (output.skipped_done, output.skipped_failed) == (3, 2)
+        mels, dead = read_run(run_dir(out, params, "r2"))
+        assert n_rows(mels) == n_rows(dead) == 0 and mels[0].schema.equals(schemas.MEL_SHARD)
 
     # Asked to, it retries them; they fail again, which is above the bound:
     # non-zero exit, outputs kept aside, no spectrogram written twice.
     assert main([*args, "--run-id", "r3", "--retry-dead-letters", *IN_PROCESS,
                  "--max-bad-fraction", "0.3"]) == 1
-    assert not run_dir(out, PARAMS, "r3").exists()
-    [rejected] = first.parent.glob("r3.rejected-*")
-    mels, dead = read_run(rejected)
-    assert (n_rows(mels), n_rows(dead)) == (0, 2)
-    assert spectrograms.existing_track_ids(first.parent) == set(GOOD)
+    for params in (PARAMS, FRONTEND):
+        assert not run_dir(out, params, "r3").exists()
+        [rejected] = run_dir(out, params, "r3").parent.glob("r3.rejected-*")
+        mels, dead = read_run(rejected)
+        assert (n_rows(mels), n_rows(dead)) == (0, 2)
+        assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
+
+
+@pytest.mark.parametrize("main_params, fails", [
+    # 240 samples at 16 kHz are fewer than the tagger's STFT pads by: its input fails alone
+    (MelParams(n_fft=256, hop_length=128, n_mels=32, excerpt_s=0.015), "frontend"),
+    # 441 samples at 22050 Hz, fewer than a 1024-sample STFT pads by: the spectrogram fails
+    (MelParams(excerpt_s=0.02), "main")])
+def test_an_output_that_fails_alone_is_a_dead_letter_of_that_output_alone(catalogue, tmp_path,
+                                                                          main_params, fails):
+    rows = catalogue["rows"][:2]
+    out = tmp_path / "mels"
+    summary = spectrograms.run(parse_options([
+        "--catalogue", write_catalogue(tmp_path / "c.parquet", rows), "--out", str(out),
+        "--run-id", "r1", "--excerpt-s", str(main_params.excerpt_s), "--n-fft",
+        str(main_params.n_fft), "--hop-length", str(main_params.hop_length), "--n-mels",
+        str(main_params.n_mels), "--min-duration-s", "0", "--max-bad-fraction", "1",
+        *IN_PROCESS]))
+
+    failing, kept = ((main_params.frontend(), main_params) if fails == "frontend"
+                     else (main_params, main_params.frontend()))
+    assert (summary.of(kept).mels, summary.of(kept).dead_letters) == (2, 0)
+    assert (summary.of(failing).mels, summary.of(failing).dead_letters) == (0, 2)
+    mels, _ = read_run(summary.of(kept).run_dir)
+    assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == ["low", "mid"]
+    _, dead = read_run(summary.of(failing).run_dir)
+    for letter in pa.concat_tables(dead).to_pylist():
+        assert letter["stage"] == "mel" and letter["error"].startswith(letter["audio_uri"])
+        assert "Padding size should be less than" in letter["error"]
+
+
+def test_each_output_is_incremental_and_a_track_is_decoded_once(catalogue, tmp_path,
+                                                                 monkeypatch):
+    decoded = []
+
+    def counted(uri, params, **limits):
+        decoded.append(uri)
+        return decode_excerpt(uri, params, **limits)
+    monkeypatch.setattr(mel_module, "decode_excerpt", counted)
+    out = tmp_path / "mels"
+    args = ["--catalogue", catalogue["path"], "--out", str(out), "--excerpt-s", str(EXCERPT_S),
+            "--max-bad-fraction", "0.5", "--no-isolate-decoding", *IN_PROCESS]
+    uris = sorted(row["audio_uri"] for row in catalogue["rows"])
+
+    def run(*flags):
+        decoded.clear()
+        return spectrograms.run(parse_options([*args, *flags]))
+
+    def counts(output):  # (skipped done, skipped failed, written, dead letters)
+        return output.skipped_done, output.skipped_failed, output.mels, output.dead_letters
+
+    # as before the tagger's input existed
+    before = run("--run-id", "r1", "--no-frontend")
+    assert [output.params for output in before.outputs] == [PARAMS]
+    assert not layout.params_dir(out, FRONTEND).exists() and sorted(decoded) == uris
+
+    # the first run after: only tagger inputs, every track decoded once for them; the
+    # bad files are tried for the new output, not again for the old one
+    after = run("--run-id", "r2")
+    assert counts(after.of(PARAMS)) == (3, 2, 0, 0)
+    assert counts(after.of(FRONTEND)) == (0, 0, 3, 2)
+    assert sorted(decoded) == uris
+
+    # spectrograms of other settings share the tagger's input, which has every track
+    other = MelParams(excerpt_s=EXCERPT_S, n_mels=64)
+    assert other.frontend() == FRONTEND
+    more = run("--run-id", "r3", "--n-mels", "64")
+    assert counts(more.of(other)) == (0, 0, 3, 2)
+    assert counts(more.of(FRONTEND)) == (3, 2, 0, 0)
+    assert sorted(decoded) == uris
+
+    # everything done: nothing decoded
+    again = run("--run-id", "r4")
+    assert [counts(output) for output in again.outputs] == [(3, 2, 0, 0)] * 2
+    assert decoded == []
+
+
+def test_a_run_made_before_the_tagger_input_is_completed_under_its_run_id(catalogue, tmp_path):
+    out = tmp_path / "mels"
+    args = ["--catalogue", catalogue["path"], "--out", str(out), "--excerpt-s", str(EXCERPT_S),
+            "--max-bad-fraction", "0.5", "--run-id", "r1", *IN_PROCESS]
+    assert main([*args, "--no-frontend"]) == 0
+    made = {path: path.stat().st_ino for path in run_dir(out, PARAMS, "r1").iterdir()}
+
+    summary = spectrograms.run(parse_options(args))
+
+    [output] = summary.outputs  # the run's spectrograms are there: only the tagger's input
+    assert output.params == FRONTEND and output.run_dir == run_dir(out, FRONTEND, "r1")
+    assert (output.mels, output.dead_letters) == (3, 2)
+    assert {path: path.stat().st_ino for path in run_dir(out, PARAMS, "r1").iterdir()} == made
+    assert main(args) == 2  # both there: nothing left for this run id
 
 
 def test_migrate_converts_runs_of_before_the_dtype_so_the_job_redoes_nothing(catalogue, tmp_path):
@@ -304,10 +415,11 @@ def test_migrate_converts_runs_of_before_the_dtype_so_the_job_redoes_nothing(cat
     assert migrate_main(["--mels", str(out)]) == 0  # again: what is there is left alone
     assert sorted(p.name for p in new.parent.iterdir()) == ["dead_letters.parquet", "r1"]
 
-    # the spectrogram job with the new default finds every track done or failed
+    # the spectrogram job with the new default finds every track done or failed, for
+    # both outputs (the tagger's input, made as float32 too, was converted alike)
     summary = spectrograms.run(parse_options([*args, "--run-id", "r2"]))
-    assert (summary.mels, summary.dead_letters, summary.skipped_done, summary.skipped_failed) \
-        == (0, 0, 3, 2)
+    assert [(output.mels, output.dead_letters, output.skipped_done, output.skipped_failed)
+            for output in summary.outputs] == [(0, 0, 3, 2)] * 2
 
 
 def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
@@ -328,9 +440,11 @@ def test_adding_five_tracks_processes_exactly_those_five(catalogue, tmp_path):
         ["--catalogue", write_catalogue(tmp_path / "v2.parquet", good + new), "--run-id", "r2",
          *args]))
 
-    assert (first.mels, first.dead_letters) == (3, 0)
-    assert (second.mels, second.dead_letters, second.skipped_done) == (5, 0, 3)
-    [shard] = sorted(second.run_dir.glob("mels-*.parquet"))
+    for output in (PARAMS, FRONTEND):
+        assert (first.of(output).mels, first.of(output).dead_letters) == (3, 0)
+        assert (second.of(output).mels, second.of(output).dead_letters,
+                second.of(output).skipped_done) == (5, 0, 3)
+    [shard] = sorted(second.of(PARAMS).run_dir.glob("mels-*.parquet"))
     track_ids = pq.read_table(shard).column("track_id").to_pylist()
     assert sorted(track_ids) == [row["track_id"] for row in new]
     metadata = pq.ParquetFile(shard).metadata
@@ -347,11 +461,16 @@ def test_a_shard_is_closed_at_its_size_bound_and_another_begun(catalogue, tmp_pa
          "--out", str(tmp_path / "mels"), "--excerpt-s", str(EXCERPT_S),
          "--row-group-mb", str(row_group_mb), "--shard-mb", str(row_group_mb / 2), *IN_PROCESS]))
 
-    shards = sorted(summary.run_dir.glob("mels-*.parquet"))
+    shards = sorted(summary.of(PARAMS).run_dir.glob("mels-*.parquet"))
     # each shard passed its bound with its first row group, so holds just that one
     assert sorted(pq.ParquetFile(s).metadata.num_rows for s in shards) == [1, 2, 2]
     assert all(pq.ParquetFile(s).metadata.num_row_groups == 1 for s in shards)
     assert sorted(t for s in shards for t in pq.read_table(s)["track_id"].to_pylist()) == \
+        [row["track_id"] for row in rows]
+    # the tagger's inputs, a little larger, fill a row group each, and a shard each
+    tagger = sorted(summary.of(FRONTEND).run_dir.glob("mels-*.parquet"))
+    assert [pq.ParquetFile(s).metadata.num_rows for s in tagger] == [1] * 5
+    assert sorted(t for s in tagger for t in pq.read_table(s)["track_id"].to_pylist()) == \
         [row["track_id"] for row in rows]
 
 
@@ -386,6 +505,12 @@ def test_every_kind_of_bad_input_lands_once_in_the_dead_letters(catalogue, tmp_p
     assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == ["low", "mid"]
     dead_letters = pa.concat_tables(dead).to_pylist()
     assert sorted(d["track_id"] for d in dead_letters) == sorted([*bad, "no_uri"])
+    # the same in the tagger's input: every failure here is the audio's or the catalogue's
+    tagger_mels, tagger_dead = read_run(run_dir(tmp_path / "mels", FRONTEND, "r1"))
+    assert sorted(pa.concat_tables(tagger_mels).column("track_id").to_pylist()) == ["low", "mid"]
+    assert sorted((d["track_id"], d["stage"], d["error"]) for d in
+                  pa.concat_tables(tagger_dead).to_pylist()) == \
+        sorted((d["track_id"], d["stage"], d["error"]) for d in dead_letters)
     for letter in dead_letters:
         if letter["track_id"] == "no_uri":
             assert (letter["stage"], letter["error"]) == ("catalogue", "missing audio_uri")
@@ -412,8 +537,8 @@ def test_audio_on_an_fsspec_filesystem(catalogue, tmp_path):
         ["--catalogue", path, "--out", str(tmp_path / "mels"), "--excerpt-s", str(EXCERPT_S),
          "--no-isolate-decoding", "--max-bad-fraction", "0.5", *IN_PROCESS]))
 
-    assert (summary.mels, summary.dead_letters) == (2, 1)
-    mels, dead = read_run(summary.run_dir)
+    assert (summary.of(PARAMS).mels, summary.of(PARAMS).dead_letters) == (2, 1)
+    mels, dead = read_run(summary.of(PARAMS).run_dir)
     assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == ["low", "mid"]
     [letter] = pa.concat_tables(dead).to_pylist()
     assert letter["audio_uri"] == "memory://audio/gone.ogg"
@@ -433,12 +558,13 @@ def test_main_fails_above_bad_fraction_but_keeps_outputs(catalogue, tmp_path, ca
     assert "InvalidDataError (1)" in log and "FileNotFoundError (1)" in log
     # Not published as the run (a scheduler would take it for done), but kept: a
     # rerun skips the 3 good tracks and retries only the 2 bad ones.
-    assert not run_dir(out, PARAMS, "r1").exists()
-    [rejected] = run_dir(out, PARAMS, "r1").parent.glob("r1.rejected-*")
-    mels, dead = read_run(rejected)
-    assert (n_rows(mels), n_rows(dead)) == (3, 2)
-    assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
-    assert final_dead_letter_files(rejected.parent) == []
+    for params in (PARAMS, FRONTEND):
+        assert not run_dir(out, params, "r1").exists()
+        [rejected] = run_dir(out, params, "r1").parent.glob("r1.rejected-*")
+        mels, dead = read_run(rejected)
+        assert (n_rows(mels), n_rows(dead)) == (3, 2)
+        assert spectrograms.existing_track_ids(rejected.parent) == set(GOOD)
+        assert final_dead_letter_files(rejected.parent) == []
 
 
 def test_final_dead_letters_come_from_published_runs_only(tmp_path):
@@ -464,11 +590,13 @@ def test_failed_pipeline_leaves_no_run_dir(catalogue, tmp_path, monkeypatch):
         spectrograms.run(options)
 
     assert list((out / options.params.params_hash()).iterdir()) == []
+    assert list((out / options.params.frontend().params_hash()).iterdir()) == []
 
 
 def test_an_existing_run_id_is_bad_usage_and_bad_catalogues_fail(catalogue, tmp_path):
     out = tmp_path / "mels"
-    run_dir(out, MelParams(), "taken").mkdir(parents=True)
+    for params in (MelParams(), MelParams().frontend()):  # both outputs of the run exist
+        run_dir(out, params, "taken").mkdir(parents=True)
     no_uri = tmp_path / "no_uri.parquet"
     pq.write_table(pa.table({"track_id": ["a"]}), no_uri)
 
@@ -504,7 +632,8 @@ def test_options_defaults_passthrough_and_help(capsys):
                  "--sample-rate", "--n-fft", "--hop-length", "--n-mels", "--log-offset",
                  "--pad", "--min-duration-s", "--max-duration-s", "--max-file-mb",
                  "--decode-timeout-s", "--no-isolate-decoding", "--decoders", "--torch-threads",
-                 "--row-group-mb", "--retry-dead-letters", "--runner",
+                 "--row-group-mb", "--retry-dead-letters", "--filterbank", "--compression",
+                 "--frontend", "--no-frontend", "--runner",
                  "--direct_num_workers", "--direct_running_mode"]:
         assert flag in help_text
 
@@ -517,7 +646,7 @@ def test_run_dir_rejects_hidden_or_nested_ids():
 
 # -- A broken environment stops the job ------------------------------------------------
 
-def no_space_left(uri: str, params: MelParams, **limits) -> np.ndarray:
+def no_space_left(uri: str, params: MelParams, outputs=(), **limits) -> tuple:
     """A decoder on a machine whose disk is full: every track would fail alike."""
     raise OSError(errno.ENOSPC, "No space left on device", uri)
 
@@ -554,7 +683,7 @@ def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
     with pytest.raises(Exception) as raised:
         with BeamTestPipeline(runner="FnApiRunner") as pipeline:
             computed = (pipeline | beam.Create(rows) | beam.ParDo(ComputeSpectrograms(
-                PARAMS, isolate=True, spectrogram=no_space_left)).with_outputs(
+                PARAMS, isolate=True, spectrograms=no_space_left)).with_outputs(
                     DEAD_LETTERS, main="mels"))
             assert_that(computed[DEAD_LETTERS], equal_to([]))
 
@@ -565,7 +694,7 @@ def test_a_systemic_error_inside_the_pipeline_fails_it_and_says_why(catalogue):
 
 @pytest.mark.parametrize("isolate", [True, False])
 def test_spectrogram_dofn_raises_systemic_errors_instead_of_dead_letters(catalogue, isolate):
-    dofn = ComputeSpectrograms(PARAMS, isolate=isolate, spectrogram=no_space_left)
+    dofn = ComputeSpectrograms(PARAMS, isolate=isolate, spectrograms=no_space_left)
     dofn.setup()
     dofn.start_bundle()
     try:
@@ -608,20 +737,20 @@ def test_failing_tracks_are_retried_with_backoff_and_listed_with_their_history(c
                for row in listed)
 
     # Not due yet: skipped, and still counted against the catalogue's bound.
-    second = spectrograms.run(parse_options([*args, "--run-id", "n2"]))
+    second = spectrograms.run(parse_options([*args, "--run-id", "n2"])).of(PARAMS)
     assert (second.mels, second.dead_letters, second.skipped_failed) == (0, 0, 2)
     assert second.bad_fraction == pytest.approx(2 / 5)
     # Due (a zero wait): tried again, and the wait doubles with each failure.
     third = spectrograms.run(parse_options([*args, "--run-id", "n3", "--retry-after-days", "0"]))
-    assert (third.dead_letters, third.skipped_failed) == (2, 0)
+    assert (third.of(PARAMS).dead_letters, third.of(PARAMS).skipped_failed) == (2, 0)
     listed = pq.read_table(layout.dead_letter_history(params_dir)).to_pylist()
     assert {row["attempts"] for row in listed} == {2}
     assert all(row["first_attempt"] <= row["last_attempt"] for row in listed)
 
 
 def test_the_bad_fraction_is_taken_over_the_catalogue():
-    one_new_bad = spectrograms.RunSummary(run_dir=Path("r"), catalogue_rows=140, skipped_done=135,
-                                          skipped_failed=0, mels=4, dead_letters=1)
+    one_new_bad = spectrograms.OutputSummary(params=PARAMS, run_dir=Path("r"), skipped_done=135,
+                                             skipped_failed=0, mels=4, dead_letters=1)
     assert one_new_bad.bad_fraction == pytest.approx(1 / 140)
 
 
@@ -650,7 +779,8 @@ def test_a_killed_run_keeps_the_parts_it_finished(catalogue, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stderr.count("was finished by an earlier attempt") == len(finished)
     assert {name: (params_dir / name).stat().st_ino for name in finished} == finished
-    decoded = [track for shard in layout.mel_shards(params_dir)
-               for track in pq.read_table(shard, columns=["track_id"]).column(0).to_pylist()]
-    assert sorted(decoded) == sorted(GOOD), "every good track once, none twice"
+    for output in (params_dir, run_dir(out, FRONTEND, "r1").parent):
+        decoded = [track for shard in layout.mel_shards(output)
+                   for track in pq.read_table(shard, columns=["track_id"]).column(0).to_pylist()]
+        assert sorted(decoded) == sorted(GOOD), "every good track once, none twice"
     assert not [path for path in params_dir.iterdir() if path.name.startswith(".tmp-")]

@@ -199,7 +199,8 @@ class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProce
 
 
 class MelSpectrograms(Mels, MelJob, RunTask, JobTask):
-    """Log-mel excerpts of every catalogue track not done before, by the Beam job."""
+    """Log-mel excerpts of every catalogue track not done before and, with ``frontend``,
+    the pretrained tagger's input made from the same decoding, by the Beam job."""
 
     def params(self) -> MelParams:
         return config_of(self, Mels)
@@ -208,11 +209,27 @@ class MelSpectrograms(Mels, MelJob, RunTask, JobTask):
         """Every run's spectrograms made with these parameters (what training reads)."""
         return layout.params_dir(root().mels, self.params())
 
+    def frontend_dir(self) -> Path:
+        """Every run's inputs of the pretrained tagger made with these spectrograms
+        (MelParams.frontend), while ``frontend`` is on."""
+        return layout.params_dir(root().mels, self.params().frontend())
+
     def requires(self):
         return {"inputs": Inputs(), "preflight": Preflight(run_id=self.run_id)}
 
     def output(self):
+        # The spectrograms: what the tasks downstream read, and name in their fingerprints.
         return luigi.LocalTarget(layout.run_dir(root().mels, self.params(), self.run_id))
+
+    def frontend_output(self) -> luigi.LocalTarget:
+        """This run's inputs of the pretrained tagger."""
+        return luigi.LocalTarget(layout.run_dir(root().mels, self.params().frontend(),
+                                                self.run_id))
+
+    def complete(self) -> bool:
+        """Both outputs are there: a run made without the tagger's input is run again,
+        and the job then makes only that (a track decoded once for it)."""
+        return super().complete() and (not self.frontend or self.frontend_output().exists())
 
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",

@@ -28,6 +28,7 @@ class RunFiles:
     published: Path  # the run's snapshot directory
     mels: Path | None  # the spectrograms of the shipped model's parameters
     tags: Path | None  # every track's top tags from the pretrained taggers (jobs/tags.py)
+    frontend_mels: Path | None = None  # the pretrained tagger's input made beside them
 
     @property
     def outputs(self) -> layout.RunOutputs:
@@ -66,10 +67,12 @@ def find(run: Path, catalogue: Path | None = None, plays: Path | None = None) ->
     catalogue = catalogue or (recorded.get("catalogue") and Path(recorded["catalogue"]))
     plays = plays or (recorded.get("plays") and Path(recorded["plays"]))
     chosen = outputs.newest_chosen_model()
-    mels = None if chosen is None else layout.params_dir(
-        data_root.mels, MelParams.from_dict(Predictor.load(chosen).mel_params))
+    params = None if chosen is None else MelParams.from_dict(Predictor.load(chosen).mel_params)
+    frontend = None if params is None else layout.params_dir(data_root.mels, params.frontend())
     return RunFiles(
         run=run, als=outputs.newest_als(), heldout_als=outputs.newest_als(heldout=True),
         factors=outputs.newest_factors(), chosen=chosen, models=outputs.trained_models(),
         evaluation=outputs.newest_evaluation(), catalogue=catalogue, plays=plays,
-        published=published, mels=mels, tags=outputs.newest_tags())
+        published=published, mels=None if params is None else layout.params_dir(
+            data_root.mels, params), tags=outputs.newest_tags(),
+        frontend_mels=frontend if frontend is not None and frontend.is_dir() else None)

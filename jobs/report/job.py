@@ -21,12 +21,16 @@ def key_figures(files: gather.RunFiles) -> dict[str, str]:
     """Output name (or, for outputs named by the run id alone, the task) -> its key
     figure, for the outputs the sections do not describe."""
     figures = {"PublishFactors": f"snapshot {files.published}"}
-    mels = files.mels / files.run.name if files.mels else None  # this run's spectrogram output
-    if mels is not None and mels.is_dir():
-        figures["MelSpectrograms"] = (
-            f"{sum(pq.read_metadata(p).num_rows for p in layout.mel_shard_files(mels))} "
-            f"spectrograms, {sum(pq.read_metadata(p).num_rows for p in layout.dead_letter_files(mels))} "
-            "dead letters")
+    written = []  # this run's spectrograms, and the tagger's input beside
+    for params_dir, what in ((files.mels, "spectrograms"), (files.frontend_mels, "tagger inputs")):
+        run = params_dir / files.run.name if params_dir else None
+        if run is not None and run.is_dir():
+            written.append(
+                f"{sum(pq.read_metadata(p).num_rows for p in layout.mel_shard_files(run))} {what}, "
+                f"{sum(pq.read_metadata(p).num_rows for p in layout.dead_letter_files(run))} "
+                "dead letters")
+    if written:
+        figures["MelSpectrograms"] = "; ".join(written)
     for path in files.outputs.preflights():
         checks = json.loads(path.read_text())
         figures[path.name] = f"{sum(c['ok'] for c in checks)} of {len(checks)} checks passed"

@@ -75,9 +75,9 @@ def data_section(files: RunFiles, figures: dict[str, str]) -> Section:
 def dead_letters(files: RunFiles) -> list[list[object]]:
     """(where, reason, count) of everything the run set aside."""
     found: list[tuple[str, pa.Table, str]] = []
-    if files.mels:
-        for path in layout.final_dead_letter_files(files.mels):
-            found.append(("spectrograms", pq.read_table(path), "error"))
+    for params_dir, where in ((files.mels, "spectrograms"), (files.frontend_mels, "tagger inputs")):
+        for path in layout.final_dead_letter_files(params_dir) if params_dir else []:
+            found.append((where, pq.read_table(path), "error"))
     if files.als and (files.als / layout.QUARANTINE).exists():
         found.append(("ALS play rows", pq.read_table(files.als / layout.QUARANTINE), "reason"))
     if files.factors:

@@ -27,6 +27,12 @@ def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
     centred, reflection-padded), through ``params.filterbank`` and compressed as
     ``params.compression`` says: log(power + log_offset), or log10(1 + 10000 power).
     """
+    with _import("torch").inference_mode():
+        return _log_mel(samples, params).numpy()
+
+
+def _log_mel(samples: np.ndarray, params: MelParams):
+    """:func:`log_mel` as a torch tensor."""
     torch = _import("torch")
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1 or samples.size == 0:
@@ -35,14 +41,13 @@ def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
         samples = samples.copy()
     stft, mel_scale = _transforms(params.sample_rate, params.n_fft, params.hop_length,
                                   params.n_mels, params.filterbank)
-    with torch.inference_mode():
-        spectrum = stft(torch.from_numpy(samples))
-        # |z|^2 as re^2 + im^2: abs() takes a square root that squaring undoes, and costs
-        # more than the STFT itself
-        mel = mel_scale(spectrum.real.square() + spectrum.imag.square())
-        if params.compression == "log10_1p":
-            return (torch.log1p(mel * LOG10_1P_SCALE) / math.log(10)).numpy()
-        return torch.log(mel + params.log_offset).numpy()
+    spectrum = stft(torch.from_numpy(samples))
+    # |z|^2 as re^2 + im^2: abs() takes a square root that squaring undoes, and costs
+    # more than the STFT itself. In place where the values are this function's own.
+    mel = mel_scale(spectrum.real.square().addcmul_(spectrum.imag, spectrum.imag))
+    if params.compression == "log10_1p":
+        return mel.mul_(LOG10_1P_SCALE).log1p_().div_(math.log(10))
+    return mel.add_(params.log_offset).log_()
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,7 +63,7 @@ def _transforms(sample_rate: int, n_fft: int, hop_length: int, n_mels: int, filt
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     """samples: (n,) float32 at ``from_rate`` Hz -> (ceil(n * to_rate / from_rate),)
-    float32 at ``to_rate`` Hz, by band-limited (windowed sinc) interpolation."""
+    float32 at ``to_rate`` Hz: torchaudio's resampling (a Hann-windowed sinc filter)."""
     torch = _import("torch")
     samples = np.asarray(samples, dtype=np.float32)
     if not samples.flags.writeable:
@@ -67,10 +72,56 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         return _resampler(from_rate, to_rate)(torch.from_numpy(samples)).numpy()
 
 
+class _PhaseGroups:
+    """torchaudio.transforms.Resample's filter, applied a group of output phases at a time.
+
+    torchaudio convolves the input with one row of taps per output phase (320 of them
+    from 22050 to 16000 Hz), each as long as the input's period (441 samples), though
+    only about 17 taps of a row are not zero. Phases next to each other need input
+    samples next to each other, so each group of GROUP phases multiplies only the span
+    its taps cover: the same output for a fifth of the time, which is most of what the
+    tagger's input adds to a track (benchmarks/spectrograms.py).
+    """
+
+    GROUP = 16
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        torch = _import("torch")
+        resampling = _import("torchaudio").transforms.Resample(from_rate, to_rate)
+        gcd = math.gcd(from_rate, to_rate)
+        self.up, self.down, self.width = to_rate // gcd, from_rate // gcd, resampling.width
+        taps = resampling.kernel[:, 0, :]  # (up, down + 2 width): row p makes phase p
+        # the window's ends are zero but for rounding (cos^2 at pi/2)
+        used = taps.abs() > 1e-9 * taps.abs().max()
+        first = used.to(torch.int8).argmax(1)
+        last = taps.shape[1] - 1 - used.flip(1).to(torch.int8).argmax(1)
+        # (first tap, (taps, phases)) of each group, in phase order
+        self.groups = [(int(first[p:p + self.GROUP].min()),
+                        taps[p:p + self.GROUP, int(first[p:p + self.GROUP].min()):
+                             int(last[p:p + self.GROUP].max()) + 1].T.contiguous())
+                       for p in range(0, self.up, self.GROUP)]
+
+    def __call__(self, samples):
+        """(n,) float32 tensor -> its resampled (ceil(n * up / down),) tensor."""
+        torch = _import("torch")
+        length = math.ceil(self.up * samples.shape[0] / self.down)
+        blocks = math.ceil(length / self.up)  # of ``up`` outputs from ``down`` inputs each
+        reach = self.down * (blocks - 1) + max(start + taps.shape[0] for start, taps in self.groups)
+        padded = torch.nn.functional.pad(  # as torchaudio pads: zeros before and after
+            samples, (self.width, max(0, reach - self.width - samples.shape[0])))
+        resampled = torch.empty(blocks, self.up)
+        phase = 0
+        for start, taps in self.groups:
+            # every block's input span of this group, as a strided view: no copy
+            spans = padded.as_strided((blocks, taps.shape[0]), (self.down, 1), start)
+            torch.matmul(spans, taps, out=resampled[:, phase:phase + taps.shape[1]])
+            phase += taps.shape[1]
+        return resampled.reshape(-1)[:length]
+
+
 @functools.lru_cache(maxsize=4)
-def _resampler(from_rate: int, to_rate: int):
-    # the transform computes its filter once; the functional form, at every call
-    return _import("torchaudio").transforms.Resample(from_rate, to_rate)
+def _resampler(from_rate: int, to_rate: int) -> _PhaseGroups:
+    return _PhaseGroups(from_rate, to_rate)
 
 
 def _import(name: str):
@@ -88,8 +139,11 @@ def check_environment(params: MelParams, outputs: Sequence[MelParams] = ()) -> N
     missing = missing_decoders()
     if missing:
         raise SystemicError(f"PyAV's FFmpeg build lacks decoders for {', '.join(missing)}")
-    silence = np.zeros(params.n_fft, np.float32)
-    for output in outputs or (params,):
+    outputs = tuple(outputs) or (params,)
+    # silence at the decoding's rate, two STFT windows long at every output's rate
+    seconds = max(output.n_fft / output.sample_rate for output in (params, *outputs))
+    silence = np.zeros(math.ceil(2 * seconds * params.sample_rate), np.float32)
+    for output in outputs:
         log_mel(_at_rate(silence, params.sample_rate, output), output)
 
 
@@ -115,24 +169,18 @@ def spectrograms(uri: str, params: MelParams, outputs: Sequence[MelParams] = (),
 
 def _stored(uri: str, samples: np.ndarray, rate: int,
             output: MelParams) -> np.ndarray | MelError:
+    torch = _import("torch")
     try:
-        mel = log_mel(_at_rate(samples, rate, output), output)
-        if not np.isfinite(mel).all():
-            raise ValueError("spectrogram has non-finite values")
+        with torch.inference_mode():
+            mel = _log_mel(_at_rate(samples, rate, output), output)
+            if not torch.isfinite(mel).all():
+                raise ValueError("spectrogram has non-finite values")
+            # torch rounds as NumPy does, several times faster
+            return mel.to(getattr(torch, output.dtype)).numpy()
     except Exception as err:
         if is_systemic(err):
             raise
         return MelError(f"{uri}: {type(err).__name__}: {err}")
-    return mel.astype(output.dtype)
-
-
-def spectrogram(uri: str, params: MelParams, **limits) -> np.ndarray:
-    """The stored spectrogram of ``uri`` with ``params`` alone (see :func:`spectrograms`);
-    raises MelError when the audio decodes but its spectrogram cannot be computed."""
-    (mel,) = spectrograms(uri, params, **limits)
-    if isinstance(mel, MelError):
-        raise mel
-    return mel
 
 
 def prepare(params: MelParams, torch_threads: int = 1,

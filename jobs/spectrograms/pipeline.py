@@ -22,7 +22,6 @@ import zlib
 from typing import Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filebasedsink import FileBasedSink
