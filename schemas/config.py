@@ -316,6 +316,7 @@ DEFAULT_ARCH, DEFAULT_LOSS = ARCHS[0], LOSSES[0]
 # A model spec's architecture for the pretrained taggers with a fitted head
 # (musicnn:ridge, musicnn:clusters; model/pretrained.py)
 PRETRAINED_ARCH = "musicnn"
+HEADS = ("ridge", "clusters")
 
 
 @dataclass(frozen=True)
@@ -361,7 +362,7 @@ class HeadConfig:
     """The pretrained front end's head (model/pretrained.py, model/head.py)."""
     head: str = setting("ridge", "what learns the factors from the taggers' pooled features: "
                                  "ridge regression, or the taste classifier's clusters",
-                        choices=("ridge", "clusters"))
+                        choices=HEADS)
     head_c: float = setting(0.1, "inverse L2 strength of the clusters head")
     folds: int = setting(5, "cross-validation folds of the warm tracks the head and the taste "
                             "classifier are also fitted without, for choosing to judge on every "

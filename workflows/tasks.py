@@ -21,11 +21,11 @@ import luigi
 from luigi.contrib.spark import SparkSubmitTask
 
 from schemas import layout
-from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, BowConfig, ChooseConfig,
-                            DemoConfig, EvaluateConfig, HeadConfig, InputOptions, MelParams,
-                            NetworkChoice, PRETRAINED_ARCH,
-                            PublishConfig, QueryConfig, SemiColdConfig, SpectrogramOptions,
-                            TagsConfig, TrackHoldout, TrainConfig)
+from schemas.config import (HEADS, NO_HOLDOUT, PRETRAINED_ARCH, AlsParams, AlsTuning,
+                            BowConfig, ChooseConfig, DemoConfig, EvaluateConfig, HeadConfig,
+                            InputOptions, MelParams, NetworkChoice, PublishConfig, QueryConfig,
+                            SemiColdConfig, SpectrogramOptions, TagsConfig, TrackHoldout,
+                            TrainConfig)
 from workflows.fingerprints import fingerprint, with_installed_versions
 from workflows.locations import configured_inputs, root, user_inputs
 from workflows.parameters import RunIdParameter
@@ -325,7 +325,7 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
 class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
     """The pretrained front end's head (and taste classifier) fitted on warm tracks, by
     `python -m model.head`: no torchrun, the taggers are frozen."""
-    head = luigi.ChoiceParameter(choices=["ridge", "clusters"], default=HeadConfig.head,
+    head = luigi.ChoiceParameter(choices=HEADS, default=HeadConfig.head,
                                  description=HeadConfig.__dataclass_fields__["head"]
                                  .metadata["help"])
     metadata = False  # reads no catalogue columns
@@ -363,7 +363,7 @@ def model_task(spec: str, **params) -> luigi.Task:
     for the frozen taggers with a fitted head (FitHead), else a network's
     ``architecture:loss[:meta]`` (``musicnn:<loss>``: the tagger fine-tuned)."""
     arch, _, rest = spec.partition(":")
-    if arch == PRETRAINED_ARCH and rest in FitHead.head.choices:
+    if arch == PRETRAINED_ARCH and rest in HEADS:
         return FitHead(head=rest, **params)
     return TrainModel.of_spec(spec, **params)
 
