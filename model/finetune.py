@@ -29,6 +29,8 @@ class FineTuned(FactorNet):
             raise ValueError(f"the musicnn tagger reads {musicnn.N_MELS} mel bands, not "
                              f"{config.n_mels}: train it on the taggers' input")
         self.tagger = musicnn.load(TAGGER) if pretrained else musicnn.MusiCNN()
+        # the tag layer is not used: frozen, so that DDP does not wait for its gradients
+        self.tagger.backend.output.requires_grad_(False)
         self.out = nn.Sequential(nn.Dropout(config.dropout),
                                  nn.Linear(musicnn.PENULTIMATE_FEATURES, config.n_factors))
 

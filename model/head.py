@@ -34,7 +34,7 @@ from schemas.config import HeadConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 # what of training's settings the head shares with the networks
-TRAIN_SETTINGS = ("val_fraction", "seed", "taste_tracks", "taste_c")
+TRAIN_SETTINGS = ("val_fraction", "seed", "taste_tracks", "taste_c", "taste_bags")
 
 
 def versions(ids: list[str], features: np.ndarray, targets: np.ndarray,
@@ -66,7 +66,8 @@ def fit_predictor(mels: Path, frontend_mels: Path, item_factors: Path, config: H
     targets = factors[[row_of[t] for t in ids]]
     head, head_folds, head_held = versions(
         ids, features, targets,
-        lambda x, y: pretrained.fit(x, y, config.head, config.head_c, train.seed),
+        lambda x, y: pretrained.fit(x, y, config.head, config.head_c, train.seed,
+                                    train.taste_bags),
         config.folds, train.val_fraction)
     if head is None:
         raise ValueError(f"{item_factors}: too few warm tracks to fit the head")
@@ -77,7 +78,7 @@ def fit_predictor(mels: Path, frontend_mels: Path, item_factors: Path, config: H
         found, statistics = taste.features_of(main_shards, sample)
         arrays, taste_folds, taste_held = versions(
             found, statistics, factors[[row_of[t] for t in found]],
-            lambda x, y: taste.fit(x, y, train.taste_c, train.seed),
+            lambda x, y: taste.fit(x, y, train.taste_c, train.seed, bags=train.taste_bags),
             config.folds, train.val_fraction)
         if arrays is not None:
             members.append(Taste(arrays, taste_held, taste_folds))
@@ -87,7 +88,7 @@ def fit_predictor(mels: Path, frontend_mels: Path, item_factors: Path, config: H
                      {"loss": f"{config.head} head", "train_tracks": len(ids),
                       "features": int(features.shape[1]), "folds": config.folds,
                       "ridge_alpha": None if alpha is None else float(alpha[0]),
-                      "taste_clusters": len(members[-1].arrays["centres"])
+                      "taste_clusters": members[-1].arrays["centres"].shape[-2]
                       if len(members) > 1 else 0})
 
 

@@ -127,6 +127,29 @@ class Predictor:
         return dataclasses.replace(self, members=tuple(m for m in self.members if m.kind != kind),
                                    version="")
 
+    @classmethod
+    def combined(cls, predictors: Sequence[Predictor], source: str = "the ensemble") -> Predictor:
+        """One ensemble of the members of ``predictors``, which learned the same factor
+        space from the same spectrograms; a kind that reads only those spectrograms'
+        statistics (the taste classifier) is kept once, from the first that has it, so
+        that it does not count twice."""
+        first = predictors[0]
+        for other in predictors[1:]:
+            if other.factor_space != first.factor_space or \
+                    MelParams.from_dict(other.mel_params) != MelParams.from_dict(first.mel_params):
+                raise ValueError(f"{other.source} and {first.source} learned other factors or "
+                                 "spectrograms: they cannot be combined")
+        members, seen = [], set()
+        for predictor in predictors:
+            for member in predictor.members:
+                if member.kind == Taste.kind and member.kind in seen:
+                    continue
+                seen.add(member.kind)
+                members.append(member)
+        return cls(tuple(members), first.mel_params, first.factor_space,
+                   {"loss": " + ".join(str(p.metrics.get("loss")) for p in predictors),
+                    "combined": [p.source for p in predictors]}, source=source)
+
     def withholding(self, columns: Sequence[str]) -> Predictor:
         return dataclasses.replace(self, withheld=tuple(columns))
 

@@ -30,12 +30,13 @@ from model.member import Member
 RIDGE_ALPHAS = np.logspace(0, 5, 16)  # relative to the feature count; see fit
 
 
-def fit(features: np.ndarray, factors: np.ndarray, head: str, c: float, seed: int
-        ) -> dict[str, torch.Tensor] | None:
+def fit(features: np.ndarray, factors: np.ndarray, head: str, c: float, seed: int,
+        bags: int = 1) -> dict[str, torch.Tensor] | None:
     """A head's arrays fitted on warm tracks' ``features`` and ALS ``factors``; None when
-    the tracks are too few. ``c``: the clusters head's inverse L2 strength."""
+    the tracks are too few. ``c``, ``bags``: the clusters head's inverse L2 strength and
+    clusterings (model/taste.py fit)."""
     if head == "clusters":
-        arrays = taste.fit(features, factors, c, seed)
+        arrays = taste.fit(features, factors, c, seed, bags=bags)
         return None if arrays is None else {**arrays, "clusters": torch.ones(1)}
     if head != "ridge":
         raise ValueError(f"unknown head {head!r}; expected ridge or clusters")
@@ -81,7 +82,7 @@ class Pretrained(Member):
 
     @property
     def n_factors(self) -> int:
-        return int(self.head["centres" if "clusters" in self.head else "coef"].shape[1])
+        return int(self.head["centres" if "clusters" in self.head else "coef"].shape[-1])
 
     def check(self, where: str) -> None:
         installed = frontend.version()

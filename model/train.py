@@ -172,8 +172,9 @@ def fit_taste(shards: list[Path], track_index: dict[str, int], factors: np.ndarr
     ids, features = taste.features_of(shards, sample.tolist(), device)
     targets = factors[[track_index[t] for t in ids]]
     trained = np.isin(ids, train_ids)
-    return (taste.fit(features, targets, config.taste_c, config.seed),
-            taste.fit(features[trained], targets[trained], config.taste_c, config.seed))
+    return (taste.fit(features, targets, config.taste_c, config.seed, bags=config.taste_bags),
+            taste.fit(features[trained], targets[trained], config.taste_c, config.seed,
+                      bags=config.taste_bags))
 
 
 def train(job: TrainJob) -> None:
@@ -245,7 +246,7 @@ def train(job: TrainJob) -> None:
              "rank_shares": progress.rank_shares,
              "tracks_covered": progress.tracks_covered,
              "metadata_tokens": len(net.metadata_vocab),
-             "taste_clusters": len(tastes["centres"]) if tastes else 0})
+             "taste_clusters": tastes["centres"].shape[-2] if tastes else 0})
         version = predictor.save(job.out)
         logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
                     "-> %s", version, job.arch, job.loss, progress.best_loss,

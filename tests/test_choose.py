@@ -64,6 +64,7 @@ def test_the_best_on_validation_is_shipped_and_says_why(tmp_path, capfd):
                         "--candidate", str(tmp_path / "cnn.pt"),
                         "--candidate", str(tmp_path / "constant.pt"),
                         "--candidate", str(tmp_path / "backwards.pt"), "--val-fraction", "0.3",
+                        "--no-combine",
                         "--bow-codebook", "16", "--out", str(tmp_path / "chosen.pt")])
     assert code == 0, capfd.readouterr().err[-3000:]
     chosen = Predictor.load(tmp_path / "chosen.pt")

@@ -1,4 +1,7 @@
 """The pretrained front end: frozen taggers with a fitted head, as a shipped member."""
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,6 +12,7 @@ from jobs.evaluate.choose import decide, main as choose_main
 from model import frontend, musicnn
 from model.head import main as head_main
 from model.predictor import Excerpts, FactorSpace, Predictor
+from model.train import main as train_main
 from schemas import mels as mel_values
 from schemas.config import MelParams
 from tests.test_choose import listeners
@@ -125,3 +129,52 @@ def test_top_tags_merge_the_taggers_and_rank_by_probability():
     second[0, msd.index("rock")], second[0, msd.index("jazz")] = 0.6, 0.5
     assert frontend.top_tags({"MTT_musicnn": first, "MSD_musicnn": second}, 3) == \
         [["guitar", "rock", "jazz"]]
+
+
+def test_choosing_ships_the_ensemble_of_the_head_and_a_network(fitted, tmp_path):
+    root, mels_dir, tagger_dir, factors, ids, kinds, warm, _ = fitted
+    listeners(root, ids, kinds, warm)
+    assert train_main(["--mels", str(mels_dir), "--item-factors", str(factors),
+                       "--out", str(tmp_path / "cnn.pt"), "--epochs", "3", "--channels", "8", "8",
+                       "16", "16", "--dense", "32", "--dropout", "0", "--crop-frames", "120",
+                       "--lr", "0.003", "--clips-per-track", "2", "--val-fraction", "0.3",
+                       "--loss", "mse", "--min-spread", "0"]) == 0
+    out = tmp_path / "chosen.pt"
+    # a margin no single candidate can reach: the ensemble ships
+    assert choose_main(["--mels", str(mels_dir), "--frontend-mels", str(tagger_dir),
+                        "--item-factors", str(factors),
+                        "--user-factors", str(root / "user_factors.parquet"),
+                        "--plays", str(root / "plays.parquet"), "--candidate", str(root / "head.pt"),
+                        "--candidate", str(tmp_path / "cnn.pt"), "--val-fraction", "0.3",
+                        "--bow-codebook", "16", "--margin", "1", "--min-spread", "0",
+                        "--out", str(out)]) == 0
+    chosen = Predictor.load(out)
+    assert chosen.metrics["selection"]["chosen"] == "ensemble of the candidates"
+    assert sorted(chosen.kinds) == ["network", "pretrained", "taste"]  # one taste classifier
+
+
+def test_the_pretrained_tagger_fine_tunes_under_ddp(fitted, tmp_path):
+    """Two processes under torchrun, on the taggers' input: the tagger's weights are the
+    starting point, and the model file predicts from that input alone."""
+    root, mels_dir, tagger_dir, factors, ids, kinds, warm, _ = fitted
+    out = tmp_path / "tuned.pt"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "model.train", "--mels", str(tagger_dir), "--item-factors", str(factors),
+         "--out", str(out), "--arch", "musicnn", "--loss", "cosine", "--epochs", "1",
+         "--batch-size", "8", "--clips-per-track", "1", "--taste-tracks", "0",
+         "--min-spread", "0", "--val-fraction", "0.3"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    tuned = Predictor.load(out)
+    assert tuned.kinds == ("network",) and tuned.metrics["world_size"] == 2
+    network = tuned.member("network").module
+    assert network.config.arch == "musicnn"
+    # fine-tuned from the wheel's weights, not from scratch: the front end moved only a little
+    start = musicnn.load("MSD_musicnn").state_dict()
+    moved = {name: (value - start[name.removeprefix("tagger.")]).norm() / start[
+        name.removeprefix("tagger.")].norm() for name, value in network.state_dict().items()
+        if name.startswith("tagger.frontend") and name.endswith("weight")}
+    assert moved and max(moved.values()) < 0.2
+    shards = sorted(tagger_dir.glob("*/mels-*.parquet"))
+    found, predicted = tuned.predict_tracks(shards, ids[warm:], FactorSpace.of(factors))
+    assert sorted(found) == sorted(ids[warm:]) and np.isfinite(predicted).all()

@@ -59,8 +59,9 @@ Publishing = settings(PublishConfig)
 Tagging = settings(TagsConfig)
 Head = settings(HeadConfig, skip=("head",))
 # the settings of training the head shares with the networks (model/head.py)
-HeadTraining = settings(TrainConfig, only=("seed",))
-Candidates = settings(ChooseConfig)
+HeadTraining = settings(TrainConfig, only=("seed", "taste_bags"))
+Candidates = settings(ChooseConfig, only=("candidates",))
+Choosing = settings(ChooseConfig, only=("margin", "combine"))
 Baseline = settings(BowConfig, only=("codebook",))
 # What scoring serves a semi-cold track; the evaluation reports the same blend.
 Blend = settings(SemiColdConfig, only=("min_listeners", "reg"))
@@ -374,7 +375,7 @@ def frontend_args(mels: "MelSpectrograms", models: list) -> list:
         if any(model.reads_frontend() for model in models) else []
 
 
-class ChooseModel(Candidates, Baseline, RunTask, JobTask):
+class ChooseModel(Candidates, Choosing, Baseline, RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
     (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
     `python -m jobs.evaluate.choose`; its model file says which and why."""
@@ -408,7 +409,7 @@ class ChooseModel(Candidates, Baseline, RunTask, JobTask):
                 "--plays", self.input()["inputs"]["plays"].path, *models,
                 # training's own setting: a model it would keep is never refused here
                 "--min-spread", TrainModel(run_id=self.run_id).min_spread,
-                *flags(self, Baseline), "--margin", self.margin, "--out", self.output().path,
+                *flags(self, Baseline, Choosing), "--out", self.output().path,
                 *frontend_args(self.requires()["mels"], self.requires()["models"]),
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.fused()
                   else [])]
@@ -458,12 +459,16 @@ class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask)
     def program_args(self):
         als = Path(self.input()["als"].path)
         models = [arg for target in self.input()["models"] for arg in ("--model", target.path)]
+        choosing = ChooseModel(run_id=self.run_id)
+        together = [arg for spec, target in zip(self.models, self.input()["models"])
+                    if choosing.combine and spec in choosing.candidates
+                    for arg in ("--together", target.path)]
         return [sys.executable, "-m", "jobs.evaluate",
                 "--user-factors", als / layout.USER_FACTORS,
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--heldout-plays", als / layout.HELDOUT_PLAYS,
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
-                "--mels", self.requires()["mels"].params_dir(), *models,
+                "--mels", self.requires()["mels"].params_dir(), *models, *together,
                 *frontend_args(self.requires()["mels"], self.requires()["models"]),
                 *flags(self, Baseline), "--seed", self.seed,
                 *flags(ScoreColdTracks(run_id=self.run_id), Blend), "--out", self.output().path]

@@ -46,6 +46,7 @@ from schemas.config import BowConfig, ChooseConfig, EvaluateConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 BASELINE = "bag-of-words + linear regression"
+ENSEMBLE = "ensemble of the candidates"
 
 
 def bag_of_words(shards: list[Path], train_ids: list[str], targets: np.ndarray,
@@ -87,31 +88,40 @@ def usable(judged: dict[str, dict], min_spread: float) -> dict[str, dict]:
 
 
 def decide(folded: dict[str, dict], validated: dict[str, dict], margin: float,
-           n_warm: int, n_val: int) -> tuple[str, str]:
-    """(the winner, why). Candidates judged on every warm track out of fold compete by
-    their AUC there; one judged only on the validation tracks (a trained network, the
-    bag-of-words baseline) displaces that winner only when it beats it there by
-    ``margin``. Without folded candidates, the best validation AUC wins."""
-    if not folded:
+           n_warm: int, n_val: int, ensemble: str | None = None) -> tuple[str, str]:
+    """(the winner, why). The ``ensemble`` of the candidates, where there is one, is the
+    incumbent; else the best of the candidates judged on every warm track out of fold
+    (``folded``). Another candidate, judged on the validation tracks, displaces the
+    incumbent only when it beats it there by ``margin``. Without either, the best
+    validation AUC wins."""
+    if ensemble is not None and ensemble in validated:
+        incumbent = ensemble
+        why = (f"the ensemble of the candidates ({validated[ensemble]['auc']:.3f} validation "
+               f"AUC on {n_val} tracks)")
+    elif folded:
+        incumbent = max(folded, key=lambda name: folded[name]["auc"])
+        runner_up = sorted((j["auc"] for name, j in folded.items() if name != incumbent),
+                           reverse=True)[:1]
+        why = (f"highest out-of-fold AUC ({folded[incumbent]['auc']:.3f}"
+               + (f", next {runner_up[0]:.3f}" if runner_up else "")
+               + f") on all {n_warm} warm tracks")
+    else:
         winner = max(validated, key=lambda name: validated[name]["auc"])
         return winner, (f"highest validation AUC ({validated[winner]['auc']:.3f}) on {n_val} "
                         f"validation tracks, among {len(validated)} candidates that do not "
                         "collapse; none could be judged out of fold")
-    incumbent = max(folded, key=lambda name: folded[name]["auc"])
-    runner_up = sorted((j["auc"] for name, j in folded.items() if name != incumbent),
-                       reverse=True)[:1]
-    why = (f"highest out-of-fold AUC ({folded[incumbent]['auc']:.3f}"
-           + (f", next {runner_up[0]:.3f}" if runner_up else "")
-           + f") on all {n_warm} warm tracks")
     bar = validated.get(incumbent, {}).get("auc", float("-inf")) + margin
     challengers = {name: j for name, j in validated.items()
-                   if name not in folded and j["auc"] >= bar}
+                   if name != incumbent and name not in folded and j["auc"] >= bar}
+    if ensemble is not None and incumbent == ensemble:  # every candidate may challenge it
+        challengers = {name: j for name, j in validated.items()
+                       if name != incumbent and j["auc"] >= bar}
     if not challengers:
         return incumbent, why + (f"; no other candidate beat it on the {n_val} validation "
                                  f"tracks by {margin}")
     winner = max(challengers, key=lambda name: challengers[name]["auc"])
     return winner, (f"validation AUC {validated[winner]['auc']:.3f} on {n_val} tracks beats "
-                    f"{incumbent} ({why}; {bar - margin:.3f} there) by at least {margin}")
+                    f"{incumbent}, {why}, ({bar - margin:.3f} there) by at least {margin}")
 
 
 def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
@@ -119,7 +129,7 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
            min_spread: float = TrainConfig.min_spread, bow: BowConfig = BowConfig(),
            bow_train_tracks: int = EvaluateConfig.bow_train_tracks,
            catalogue: Path | None = None, frontend_mels: Path | None = None,
-           margin: float = ChooseConfig.margin) -> dict:
+           margin: float = ChooseConfig.margin, combine: bool = ChooseConfig.combine) -> dict:
     """Judge every candidate and the baseline; write the winner to ``out``. Returns the
     selection record (also in the model file's metrics). ValueError when nothing
     qualifies or there is nothing to judge on. Candidates with a metadata branch read
@@ -149,6 +159,7 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
         if catalogue is None:
             raise ValueError("a candidate reads catalogue metadata: give --catalogue")
         tokens = metadata.read_tokens(catalogue)
+    candidate_names = list(options)
     options[BASELINE] = bag_of_words(shards, sample, factors[[row_of[t] for t in sample]],
                                      space.id, bow)
     users = storage.read_table(user_factors, schemas.USER_FACTORS)
@@ -169,13 +180,22 @@ def choose(mels: Path, item_factors: Path, user_factors: Path, plays: Path,
                      for name, p in options.items()}, on_val)
     validated = scores(rows)
     folded = scores(judge({name: folds[name] for name in folds}, every)[0]) if folds else {}
+    ensemble = None
+    together = [name for name in usable(validated, min_spread) if name in candidate_names]
+    if combine and len(together) > 1:  # of the candidates that do not collapse
+        try:
+            options[ENSEMBLE] = Predictor.combined([options[n] for n in together], ENSEMBLE)
+            validated.update(scores(judge({ENSEMBLE: options[ENSEMBLE].held_out()}, on_val)[0]))
+            ensemble = ENSEMBLE
+        except ValueError as err:
+            logger.warning("the candidates are not combined: %s", err)
     fit_folded, fit_validated = usable(folded, min_spread), usable(validated, min_spread)
     if not fit_validated:
         raise ValueError(f"no candidate can be chosen: each collapsed (validation spread "
                          f"below {min_spread}) or its validation tracks have no listeners: "
                          f"{validated}")
     winner, why = decide({n: j for n, j in fit_folded.items() if n in fit_validated},
-                         fit_validated, margin, len(warm), len(val))
+                         fit_validated, margin, len(warm), len(val), ensemble)
     selection = {"chosen": winner, "why": why, "candidates": validated,
                  "out_of_fold": folded, "margin": margin}
     options[winner].with_metrics({"selection": selection}).save(out)
@@ -203,7 +223,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "candidates with a pretrained front end")
     parser.add_argument("--out", required=True, type=Path, help="model file to write")
     cli.add_settings(parser, TrainConfig, only=("val_fraction", "min_spread"))
-    cli.add_settings(parser, ChooseConfig, only=("margin",))
+    cli.add_settings(parser, ChooseConfig, only=("margin", "combine"))
     cli.add_settings(parser, BowConfig, only=("codebook",))
     return parser.parse_args(argv)
 
@@ -216,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         choose(args.mels, args.item_factors, args.user_factors, args.plays, args.candidate,
                args.out, args.val_fraction, args.min_spread,
                cli.settings_from(BowConfig, args, only=("codebook",)), catalogue=args.catalogue,
-               frontend_mels=args.frontend_mels, margin=args.margin)
+               frontend_mels=args.frontend_mels, margin=args.margin, combine=args.combine)
     return cli.run_job(body, logger, ValueError, FileNotFoundError)
 
 

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 NETWORK_ALONE = "network alone"  # the row of a CNN without its taste classifier
 HEAD_ALONE = "head alone"  # the pretrained front end without its taste classifier
+ENSEMBLE = "ensemble of the shipped candidates"  # what choosing combines
 
 # What each row is, recorded with it, so that readers pick rows without parsing names:
 REFERENCE = "reference"  # random, the artist oracle, the upper bound
@@ -128,23 +129,30 @@ def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: B
             "bag-of-words + MLP": words.predict(held_mels, "mlp")}
 
 
-def candidates(models: list[Path]) -> dict[str, tuple[str, Predictor]]:
+def candidates(models: list[Path], together: Sequence[Path] = ()
+               ) -> dict[str, tuple[str, Predictor]]:
     """Each model file as it ships and its variants, by row name: (role, predictor).
     One with a metadata branch also with the artist withheld, as for a track of an
-    artist never seen; one with a taste classifier also as the network alone."""
+    artist never seen; one with a taste classifier also as the network alone; and the
+    ensemble of the models ``together`` (those choosing combines, ChooseConfig.combine)."""
     out: dict[str, tuple[str, Predictor]] = {}
+    shipped = []
     for path in models:
         predictor = Predictor.load(path)
         name = model_name(predictor)
         if name in out:  # two models of the same kind: each keeps its own row
             name = f"{name} ({Path(path).name})"
         out[name] = (MODEL, predictor)
+        if Path(path) in set(map(Path, together)):
+            shipped.append(predictor)
         if predictor.vocabulary:
             out[f"{name}, artist withheld (as if new)"] = (VARIANT,
                                                           predictor.withholding(("artist",)))
         if predictor.member("taste") is not None:  # what the classifier adds (model/taste.py)
             alone = HEAD_ALONE if predictor.member("pretrained") is not None else NETWORK_ALONE
             out[f"{name}, {alone}"] = (VARIANT, predictor.without("taste"))
+    if len(shipped) > 1:
+        out[ENSEMBLE] = (MODEL, Predictor.combined(shipped, ENSEMBLE))
     return out
 
 
@@ -153,7 +161,7 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
              config: EvaluateConfig = EvaluateConfig(), factor_space: str | None = None,
              catalogue: pa.Table | None = None, tokens: metadata.Tokens | None = None,
              semi_cold: SemiColdConfig = SemiColdConfig(),
-             tagger_shards: Sequence[Path] = ()) -> dict:
+             tagger_shards: Sequence[Path] = (), together: Sequence[Path] = ()) -> dict:
     """Every method's metrics on the same held-out tracks; see the module docstring.
 
     ``als`` holds the ALS run's alpha, eps and reg (schemas.feedback.als_settings);
@@ -162,7 +170,7 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
     artist slices; models with a metadata branch read the catalogue's ``tokens``.
     ``semi_cold``: scoring's settings for tracks with a few plays. ``tagger_shards``: the
     pretrained taggers' input, for models that read it; a track is judged when it has
-    both kinds of spectrogram.
+    both kinds of spectrogram. ``together``: the models choosing would combine.
     """
     warm = set(items.column("track_id").to_pylist())
     wanted = sorted(set(heldout.column("track_id").to_pylist()) - warm)
@@ -186,7 +194,7 @@ def evaluate(users: pa.Table, items: pa.Table, als: dict[str, float], heldout: p
         size=(len(track_ids), user_x.shape[1])).astype(np.float32)
     methods.update(baselines(items, shards, mel_array(held_mels), bow, config))
     role.update({name: BASELINE for name in methods if name != "random"})
-    for name, (kind, predictor) in candidates(models).items():
+    for name, (kind, predictor) in candidates(models, together).items():
         methods[name], role[name] = predictor, kind
     known_artists = 0
     if any(a is not None for a in artist_of.values()):
@@ -261,6 +269,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "models with a pretrained front end")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="a trained model file; repeat for each loss/architecture")
+    parser.add_argument("--together", type=Path, action="append", default=[],
+                        help="a --model that choosing would combine with the others given so; "
+                             "with two or more, the ensemble is judged too")
     parser.add_argument("--catalogue", type=Path,
                         help="the catalogue (schemas.CATALOGUE); with artists, adds the artist "
                              "oracle, how often a track's nearest warm tracks share its artist "
@@ -288,7 +299,8 @@ def run_job(args: argparse.Namespace) -> None:
                       else None,
                       metadata.read_tokens(args.catalogue) if args.catalogue else None,
                       cli.settings_from(SemiColdConfig, args, only=("min_listeners", "reg")),
-                      layout.mel_shards(args.frontend_mels) if args.frontend_mels else [])
+                      layout.mel_shards(args.frontend_mels) if args.frontend_mels else [],
+                      args.together)
     storage.write_text(args.out.with_suffix(".md"), markdown(report))
     storage.write_text(args.out, json.dumps(report, indent=2) + "\n")  # last: marks completion
     print(markdown(report))
