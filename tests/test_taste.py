@@ -94,13 +94,30 @@ def test_a_classifier_of_other_statistics_is_refused():
 def test_the_classifier_gives_a_new_track_its_style_factors():
     mel, style = two_styles(40, 0)
     fitted = taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0)
-    assert len(fitted["centres"]) == taste.clusters_for(40) == 4
+    assert fitted["centres"].shape[-2] == taste.clusters_for(40) == 4
     new, new_style = two_styles(10, 1)
     pred = taste.predict(fitted, torch.from_numpy(new)).numpy()
     assert pred.shape == (10, 4)
     # each new track leans to its style's direction: axis 0 for one, axis 2 for the other
     assert np.all((pred[:, 0] > pred[:, 2]) == (new_style == 0))
     assert all(torch.is_tensor(array) for array in fitted.values())  # model-file safe
+
+
+def test_several_clusterings_average_their_classifiers_and_one_reads_as_before():
+    mel, style = two_styles(40, 0)
+    features, factors = statistics(mel), style_factors(style, 0)
+    bagged = taste.fit(features, factors, c=0.1, seed=0, bags=3)
+    assert bagged["centres"].shape == (3, 4, 4)
+    singles = [taste.fit(features, factors, c=0.1, seed=seed) for seed in range(3)]
+    new, _ = two_styles(10, 1)
+    expected = np.mean([taste.predict(one, torch.from_numpy(new)).numpy() for one in singles], 0)
+    np.testing.assert_allclose(taste.predict(bagged, torch.from_numpy(new)).numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+    # arrays of one clustering without the clusterings' axis (model files before it)
+    flat = {name: value[0] if name in ("coef", "intercept", "centres") else value
+            for name, value in taste.fit(features, factors, c=0.1, seed=0).items()}
+    np.testing.assert_allclose(taste.predict(flat, torch.from_numpy(new)).numpy(),
+                               taste.predict(singles[0], torch.from_numpy(new)).numpy(), rtol=1e-6)
 
 
 def test_too_few_tracks_give_no_classifier():
