@@ -15,13 +15,15 @@ its own imports, over the same catalogue:
    --decoders (child processes that decode and compute the log-mels; default one per
    CPU), Parquet shards and dead letters written and published, without the pretrained
    tagger's input (--no-frontend);
-3. the same with the tagger's input (the default): 16 kHz log-mels of the same decoded
-   excerpts, written as a second output.
+3. and 4. the same two making the tagger's input as well (the job's default): the
+   decoded excerpt resampled to 16 kHz and its log-mels, written by the job as a second
+   output.
 
-Printed, for each, tracks/s per core two ways, and the ratios job / bare, end to end
-and after start-up (each side's run on 2 tracks per decoder subtracted), for the job
-without and with the tagger's input; then what the tagger's input costs the job, the
-ratio of the two (with / without, so 0.90 is 10% slower):
+Printed, for each, tracks/s per core two ways, and ratios of them, end to end and after
+start-up (each side's run on 2 tracks per decoder subtracted): job / bare, without and
+with the tagger's input on both sides (what the job adds to the work it does), the job
+with it against today's bare loop, and what the tagger's input costs each (with /
+without, so 0.90 is 10% slower):
 
 - wall: tracks / wall seconds / cores used. The bare loop uses one core, the job
   min(decoders, CPUs). Exact on an idle machine; on a shared one, processes of others
@@ -30,7 +32,7 @@ ratio of the two (with / without, so 0.90 is 10% slower):
   for (the job's decoder processes). Robust to other load.
 
 The sides run alternately, --pairs times (bare start-up, bare, job start-up, job, and
-the same with the tagger's input; ...);
+the same two with the tagger's input; ...);
 each ratio is the median over the pairs of the ratio within each pair, with its range
 (benchmarks/paired.py). A ratio that is not a positive finite number stops the run.
 """
@@ -56,8 +58,9 @@ from paired import ratios, run  # benchmarks/paired.py, beside this script
 from schemas import layout
 from schemas.config import MelParams
 
-# The side that also writes the pretrained tagger's input.
-TAGGER = "job+tagger"
+# The sides: the bare loop and the job, each without and with the pretrained tagger's input.
+TAGGER = "tagger"
+SIDES = ("bare", "job", f"bare+{TAGGER}", f"job+{TAGGER}")
 AUDIO_SUFFIXES = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".m4a", ".aac"}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,21 +83,26 @@ def write_catalogue(uris: list[str], n_tracks: int, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schemas.CATALOGUE), path)
 
 
-def bare_loop(catalogue: Path, params: MelParams) -> None:
-    """Decode and log-mel every track of ``catalogue`` in this process, one core; print
-    how many failed."""
+def bare_loop(catalogue: Path, params: MelParams, tagger: bool = False) -> None:
+    """Decode and log-mel every track of ``catalogue`` in this process, one core, and
+    with ``tagger`` make its tagger input too; print how many failed."""
     import torch
 
     from jobs.spectrograms.decode import DecodeError, decode_excerpt
-    from jobs.spectrograms.mel import log_mel
+    from jobs.spectrograms.mel import log_mel, resample
 
     torch.set_num_threads(1)
+    frontend = params.frontend()
     failed = 0
     for uri in pq.read_table(catalogue, columns=["audio_uri"]).column(0).to_pylist():
         try:
-            log_mel(decode_excerpt(uri, params, min_duration_s=1.0), params)
+            samples = decode_excerpt(uri, params, min_duration_s=1.0)
         except DecodeError:
             failed += 1
+            continue
+        log_mel(samples, params)
+        if tagger:
+            log_mel(resample(samples, params.sample_rate, frontend.sample_rate), frontend)
     print(failed)
 
 
@@ -139,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bare-loop", action="store_true",
                         help="Run the bare loop over the catalogue AUDIO and exit (the "
                              "benchmark runs itself so).")
+    parser.add_argument("--tagger", action="store_true",
+                        help="With --bare-loop: make the tagger's input too.")
     args, job_args = parser.parse_known_args(argv)
     params = MelParams(excerpt_s=args.excerpt_s)
     if args.bare_loop:
-        bare_loop(args.audio, params)
+        bare_loop(args.audio, params, args.tagger)
         return 0
 
     uris = audio_files(args.audio)
@@ -159,26 +169,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.tracks} tracks from {len(set(uris))} files of {args.audio}; excerpt "
               f"{args.excerpt_s:g} s; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}; job: {' '.join(job_args)}", flush=True)
-        times: dict[str, list[Timing]] = {side: [] for side in (
-            "bare start-up", "bare", "job start-up", "job", f"{TAGGER} start-up", TAGGER)}
+        times: dict[str, list[Timing]] = {side: [] for name in SIDES
+                                          for side in (f"{name} start-up", name)}
         for attempt in range(args.pairs):
             for side in times:
                 catalogue = scratch / ("startup.parquet" if "start-up" in side
                                        else "catalogue.parquet")
                 if side.startswith("bare"):
                     timing, out = timed([sys.executable, __file__, str(catalogue),
-                                         "--bare-loop", "--excerpt-s", str(args.excerpt_s)])
+                                         "--bare-loop", "--excerpt-s", str(args.excerpt_s),
+                                         *(["--tagger"] if TAGGER in side else [])])
                     failed = int(out.split()[-1])
                 else:
                     run_id = f"{'startup' if 'start-up' in side else 'run'}{attempt}"
-                    frontend = "--frontend" if side.startswith(TAGGER) else "--no-frontend"
+                    frontend = "--frontend" if TAGGER in side else "--no-frontend"
                     timing, _ = timed([sys.executable, "-m", "jobs.spectrograms",
                                        "--catalogue", str(catalogue), "--out",
                                        str(scratch / "mels"), "--run-id", run_id, *job_args,
                                        frontend])
                     run_dir = layout.run_dir(scratch / "mels", params, run_id)
                     failed = rows(layout.dead_letter_files(run_dir))
-                    if side.startswith(TAGGER):
+                    if TAGGER in side:
                         tagger = layout.run_dir(scratch / "mels", params.frontend(), run_id)
                         if rows(layout.mel_shard_files(tagger)) + rows(
                                 layout.dead_letter_files(tagger)) != len(pq.read_table(catalogue)):
@@ -200,25 +211,29 @@ def main(argv: list[str] | None = None) -> int:
                 for t, s in zip(times[side], times[f"{side} start-up"])]
 
     def rates(side: str) -> dict[str, list[float]]:
-        per_core = 1 if side == "bare" else cores
+        per_core = 1 if side.startswith("bare") else cores
         return {"end to end, wall": end_to_end(side, "wall_s", per_core),
                 "end to end, CPU": end_to_end(side, "cpu_s", 1),
                 "after start-up, wall": after(side, "wall_s", per_core),
                 "after start-up, CPU": after(side, "cpu_s", 1)}
 
-    sides = {side: rates(side) for side in ("bare", "job", TAGGER)}
+    sides = {side: rates(side) for side in SIDES}
     for side in sides:
         startup = times[f"{side} start-up"]
         print(f"start-up of {side} ({n_startup} tracks), median: "
               f"{np.median([t.wall_s for t in startup]):.1f} s wall, "
               f"{np.median([t.cpu_s for t in startup]):.1f} s CPU")
     print("tracks/s per core, median: " + "; ".join(
-        f"{side}{'' if side == 'bare' else f' ({cores} cores)'} "
+        f"{side}{'' if side.startswith('bare') else f' ({cores} cores)'} "
         f"{np.median(sides[side]['end to end, wall']):.1f} wall, "
         f"{np.median(sides[side]['end to end, CPU']):.1f} CPU" for side in sides))
+    bare_tagger, job_tagger = (f"{side}+{TAGGER}" for side in ("bare", "job"))
     for title, numerator, denominator in (
-            ("job / bare", "job", "bare"), (f"{TAGGER} / bare", TAGGER, "bare"),
-            (f"what the tagger's input costs: {TAGGER} / job", TAGGER, "job")):
+            ("job / bare", "job", "bare"),
+            (f"{job_tagger} / {bare_tagger}", job_tagger, bare_tagger),
+            (f"{job_tagger} / bare", job_tagger, "bare"),
+            (f"what the tagger's input costs the job: {job_tagger} / job", job_tagger, "job"),
+            (f"what it costs the bare loop: {bare_tagger} / bare", bare_tagger, "bare")):
         print(f"{title} per core, median of the pairs (range):")
         for label in sides["bare"]:
             pairs = zip(sides[numerator][label], sides[denominator][label])

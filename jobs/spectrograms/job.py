@@ -278,7 +278,8 @@ def _run(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...]) -> Ru
     left = tuple(output for output, target in targets.items() if not target.exists())
     if not left:
         raise cli.UsageError(f"run directory {' and '.join(map(str, targets.values()))} "
-                             "already exists; pick another --run-id")
+                             f"already exist{'s' if len(targets) == 1 else ''}; pick another "
+                             "--run-id")
     for output in outputs:
         if output not in left:  # an output of this run id, made before the others existed
             logger.info("%s exists already: this run writes only %s", targets[output],

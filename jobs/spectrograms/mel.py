@@ -27,38 +27,43 @@ def log_mel(samples: np.ndarray, params: MelParams) -> np.ndarray:
     centred, reflection-padded), through ``params.filterbank`` and compressed as
     ``params.compression`` says: log(power + log_offset), or log10(1 + 10000 power).
     """
-    with _import("torch").inference_mode():
-        return _log_mel(samples, params).numpy()
+    torch = _import("torch")
+    with torch.inference_mode():
+        return _log_mel(samples, params).contiguous().numpy()
 
 
 def _log_mel(samples: np.ndarray, params: MelParams):
-    """:func:`log_mel` as a torch tensor."""
+    """:func:`log_mel` as a torch tensor (a transposed view)."""
     torch = _import("torch")
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1 or samples.size == 0:
         raise ValueError(f"expected non-empty mono samples, got shape {samples.shape}")
     if not samples.flags.writeable:  # torch.from_numpy warns on read-only arrays
         samples = samples.copy()
-    stft, mel_scale = _transforms(params.sample_rate, params.n_fft, params.hop_length,
-                                  params.n_mels, params.filterbank)
-    spectrum = stft(torch.from_numpy(samples))
-    # |z|^2 as re^2 + im^2: abs() takes a square root that squaring undoes, and costs
+    stft, filterbank = _transforms(params.sample_rate, params.n_fft, params.hop_length,
+                                   params.n_mels, params.filterbank)
+    spectrum = stft(torch.from_numpy(samples)).T  # (frames, bins): how torch.stft lays it out
+    # |z|^2 = re^2 + im^2, the sum done by the filterbank's matmul (each row twice, for the
+    # interleaved re and im): abs() takes a square root that squaring undoes, and costs
     # more than the STFT itself. In place where the values are this function's own.
-    mel = mel_scale(spectrum.real.square().addcmul_(spectrum.imag, spectrum.imag))
+    squares = torch.view_as_real(spectrum).reshape(spectrum.shape[0], -1).square_()
+    mel = torch.matmul(squares, filterbank).T
     if params.compression == "log10_1p":
-        return mel.mul_(LOG10_1P_SCALE).log1p_().div_(math.log(10))
+        return mel.mul_(LOG10_1P_SCALE).log1p_().mul_(1 / math.log(10))
     return mel.add_(params.log_offset).log_()
 
 
 @functools.lru_cache(maxsize=8)
 def _transforms(sample_rate: int, n_fft: int, hop_length: int, n_mels: int, filterbank: str):
-    """(complex STFT, mel filterbank): torchaudio's MelSpectrogram in two steps."""
+    """(complex STFT, (2 * bins, n_mels) filterbank): torchaudio's MelSpectrogram in two
+    steps, its filterbank's rows doubled (see _log_mel)."""
     torchaudio = _import("torchaudio")
     norm = "slaney" if filterbank == "slaney" else None
+    mel_scale = torchaudio.transforms.MelScale(n_mels=n_mels, sample_rate=sample_rate,
+                                               n_stft=n_fft // 2 + 1, norm=norm,
+                                               mel_scale=filterbank)
     return (torchaudio.transforms.Spectrogram(n_fft=n_fft, hop_length=hop_length, power=None),
-            torchaudio.transforms.MelScale(n_mels=n_mels, sample_rate=sample_rate,
-                                           n_stft=n_fft // 2 + 1, norm=norm,
-                                           mel_scale=filterbank))
+            mel_scale.fb.repeat_interleave(2, dim=0).contiguous())
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -79,8 +84,8 @@ class _PhaseGroups:
     from 22050 to 16000 Hz), each as long as the input's period (441 samples), though
     only about 17 taps of a row are not zero. Phases next to each other need input
     samples next to each other, so each group of GROUP phases multiplies only the span
-    its taps cover: the same output for a fifth of the time, which is most of what the
-    tagger's input adds to a track (benchmarks/spectrograms.py).
+    its taps cover: the same output (the transform's ``kernel`` and ``width``) in a
+    fifth of the time, 1 ms instead of 4.5 for a 30 s excerpt on one core.
     """
 
     GROUP = 16
@@ -176,7 +181,8 @@ def _stored(uri: str, samples: np.ndarray, rate: int,
             if not torch.isfinite(mel).all():
                 raise ValueError("spectrogram has non-finite values")
             # torch rounds as NumPy does, several times faster
-            return mel.to(getattr(torch, output.dtype)).numpy()
+            return mel.to(getattr(torch, output.dtype),
+                          memory_format=torch.contiguous_format).numpy()
     except Exception as err:
         if is_systemic(err):
             raise
