@@ -194,3 +194,38 @@ def test_the_preflight_sees_a_package_installed_while_the_scheduler_runs(tmp_pat
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: newcomer\nVersion: 1.2.3\n")
     assert installed_versions() == sorted(before + [("newcomer", "1.2.3")])
+
+
+def test_an_output_is_taken_from_another_run_only_when_made_from_the_same_inputs(
+        tmp_path, monkeypatch):
+    import luigi
+
+    from workflows.tasks import RunTask
+    from workflows.twins import adopt_twin
+
+    class TwinFactors(RunTask):  # what every run fits for itself, like ALS
+        def output(self):
+            return luigi.LocalTarget(self.run_outputs().path / "als-1")
+
+    class TwinModel(RunTask):  # the same name in every run: the same fingerprint
+        def requires(self):
+            return TwinFactors(run_id=self.run_id)
+
+        def output(self):
+            return luigi.LocalTarget(self.run_outputs().path / "model-1.pt")
+
+    monkeypatch.setenv("COLDSTART_DATA_ROOT", str(tmp_path))
+    runs = tmp_path / "runs"
+    for run, factors in (("a", b"space one"), ("b", b"space two")):
+        (runs / run / "als-1").mkdir(parents=True)
+        (runs / run / "als-1" / "item_factors.parquet").write_bytes(factors)
+    (runs / "a" / "model-1.pt").write_bytes(b"learned space one")
+    # run b fitted its factors at the same time as run a, into another space
+    assert not adopt_twin(TwinModel(run_id="b"))
+    assert not (runs / "b" / "model-1.pt").exists()
+    # run c took run a's factors: run a's model serves it
+    (runs / "c" / "als-1").mkdir(parents=True)
+    os.link(runs / "a" / "als-1" / "item_factors.parquet",
+            runs / "c" / "als-1" / "item_factors.parquet")
+    assert adopt_twin(TwinModel(run_id="c"))
+    assert (runs / "c" / "model-1.pt").read_bytes() == b"learned space one"
