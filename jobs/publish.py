@@ -9,8 +9,10 @@ jobs/tags.py, each track's top tags, null where the taggers never heard it), wit
 --catalogue the title and artist of those tracks (catalogue.parquet), with --audience
 the new releases' audience (audience.parquet, jobs/audience.py), with --index the
 similar-track index (similar/, jobs/index.py), and snapshot.json (run id, factor
-space, model and taggers' versions, row counts, time, the catalogue and plays it was
-made from). Users and tracks of one snapshot share one factor space; consumers read
+space, how ALS made it (a refit, or a fold-in into which refit's space), model and
+taggers' versions, the model file served and the item factors of the
+space it learned, why the night was degraded or null, row counts, time, the catalogue
+and plays it was made from). Users and tracks of one snapshot share one factor space; consumers read
 <out>/latest/, a symbolic link switched atomically once the new snapshot is complete,
 so they never mix one night's users with another's tracks.
 
@@ -52,7 +54,9 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
     if catalogue is not None:
         names = storage.read_table(catalogue, schemas.CATALOGUE)
         names = names.filter(pc.is_in(names["track_id"], value_set=tracks["track_id"]))
-    space = storage.read_params(user_factors).get(model_file.FACTOR_SPACE)
+    learned = storage.read_params(user_factors)
+    space = learned.get(model_file.FACTOR_SPACE)
+    served = storage.read_params(track_factors)  # jobs/score.py: the model, and any degradation
     versions = sorted({v for v in tracks.column("model_version").to_pylist() if v})
     target = layout.snapshot_dir(out, run_id)
     with storage.atomic_dir(target) as tmp:
@@ -69,6 +73,11 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
         storage.write_text(tmp / layout.SNAPSHOT_MANIFEST, json.dumps({
             "run_id": run_id, "factor_space": space, "model_versions": versions,
             "taggers_versions": taggers,
+            "degraded": served.get("degraded"),
+            # a full refit or a fold-in into an earlier refit's space (jobs/als/foldin.py)
+            "als": {key: learned[key] for key in ("night", "base", "new_share", "why")
+                    if key in learned},
+            "model": {"file": served.get("model"), "item_factors": served.get("model_factors")},
             "users": users.num_rows, "tracks": tracks.num_rows,
             "tagged_tracks": tracks.num_rows - tracks.column("tags").null_count,
             "inputs": {"catalogue": catalogue and str(Path(catalogue).resolve()),
@@ -81,8 +90,9 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
         if runs is not None and (runs / old.name).is_dir():
             shutil.rmtree(runs / old.name)
             logger.info("retention: removed the outputs of run %s", runs / old.name)
-    logger.info("published %s: %d users, %d tracks, factor space %s; %s -> %s",
-                run_id, users.num_rows, tracks.num_rows, space, layout.latest(out), target.name)
+    logger.info("published %s: %d users, %d tracks, factor space %s; %s -> %s%s",
+                run_id, users.num_rows, tracks.num_rows, space, layout.latest(out), target.name,
+                f"; degraded: {served['degraded']}" if served.get("degraded") else "")
     return target
 
 

@@ -37,8 +37,8 @@ from model.taste import Taste
 from model.data import (ShardStream, band_stats, in_validation, plan_pieces, shard_track_ids,
                         unit_rows)
 from model.net import NetConfig, Network, build_net
-from model.trainer import Trainer, is_main
-from schemas import cli, factor_matrix, layout, model_file, storage
+from model.trainer import CollapsedModel, Trainer, is_main
+from schemas import cli, factor_matrix, layout, model_file, spaces, storage
 from schemas.config import DEFAULT_ARCH, DEFAULT_LOSS, NetworkChoice, TrainConfig
 from schemas.feedback import als_settings, plays_matrix
 
@@ -104,6 +104,8 @@ class TrainJob:
     net: dict = dataclasses.field(default_factory=dict)
     catalogue: Path | None = None
     config: TrainConfig = TrainConfig()
+    init_from: Path | None = None
+    init_factors: Path | None = None
 
 
 def wpe_loss(item_factors: Path, user_factors: Path, plays: Path,
@@ -177,6 +179,38 @@ def fit_taste(shards: list[Path], track_index: dict[str, int], factors: np.ndarr
                       bags=config.taste_bags))
 
 
+def warm_start(model: torch.nn.Module, job: TrainJob) -> dict | None:
+    """Load the network of the model at ``job.init_from`` into ``model``, its output
+    layer turned from the factor space it learned (``job.init_factors``) into that of
+    ``job.item_factors`` (schemas/spaces.py): what it says of the warm tracks is then
+    already nearly right, and a few epochs finish it. None, to train from scratch,
+    when that network is shaped otherwise or the spaces share too few tracks."""
+    previous = Predictor.load(job.init_from)
+    network = previous.member("network")
+    try:
+        if network is None:
+            raise ValueError("it has no network")
+        model.load_state_dict(network.module.state_dict())
+        out = model.head[-1]  # y = h W' + b in the old space; y R in the new
+        if not isinstance(out, torch.nn.Linear):
+            raise ValueError("its network does not end in a linear layer")
+        turn = spaces.alignment(storage.read_table(job.init_factors, schemas.ITEM_FACTORS),
+                                storage.read_table(job.item_factors, schemas.ITEM_FACTORS),
+                                str(job.init_factors))
+    except (KeyError, RuntimeError, ValueError) as err:
+        logger.warning("training from scratch: cannot start from %s: %s", job.init_from,
+                       " ".join(str(err).split())[:300])
+        return None
+    rotation = torch.from_numpy(turn.rotation)
+    with torch.no_grad():
+        out.weight.copy_(rotation.T @ out.weight)
+        out.bias.copy_(out.bias @ rotation)
+    logger.info("warm start from %s (model %s), turned into this space on %d shared tracks "
+                "(residual %.3f)", job.init_from, previous.version, turn.shared, turn.residual)
+    return {"model": previous.version, "shared_tracks": turn.shared,
+            "residual": round(turn.residual, 4)}
+
+
 def train(job: TrainJob) -> None:
     """Stream warm examples, train under whatever process group exists, write ``job.out``."""
     config = job.config
@@ -207,6 +241,9 @@ def train(job: TrainJob) -> None:
         tokens = torch.from_numpy(metadata.token_ids(net.metadata_vocab, found.tokens, by_index))
         logger.info("metadata branch: %d tokens from %s", len(net.metadata_vocab), job.catalogue)
     model = build_net(net, pretrained=True)
+    started_from = warm_start(model, job) if job.init_from is not None else None
+    if started_from is not None:
+        config = dataclasses.replace(config, epochs=config.warm_epochs)
     model.mel_mean, model.mel_std = mean, std
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)
@@ -246,7 +283,8 @@ def train(job: TrainJob) -> None:
              "rank_shares": progress.rank_shares,
              "tracks_covered": progress.tracks_covered,
              "metadata_tokens": len(net.metadata_vocab),
-             "taste_clusters": tastes["centres"].shape[-2] if tastes else 0})
+             "taste_clusters": tastes["centres"].shape[-2] if tastes else 0,
+             "warm_start": started_from})
         version = predictor.save(job.out)
         logger.info("model %s (%s, %s loss; validation loss %.4f, score %.3f, spread %.3f) "
                     "-> %s", version, job.arch, job.loss, progress.best_loss,
@@ -275,6 +313,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     io.add_argument("--snapshot", type=Path,
                     help="per-epoch snapshot file; resumed from when it exists")
     io.add_argument("--tensorboard", type=Path, help="TensorBoard log directory (rank 0 writes)")
+    io.add_argument("--init-from", type=Path,
+                    help="warm start: a model file whose network (of the same shape) to start "
+                         "from, for at most --warm-epochs; its output is turned into this "
+                         "space first. Without a usable one, training starts from scratch")
+    io.add_argument("--init-factors", type=Path,
+                    help="the item factors of the space the --init-from model learned")
     net = parser.add_argument_group("network (defaults: the seeds' sizes for --arch)")
     cli.add_settings(net, NetworkChoice, only=("arch",))
     net.add_argument("--channels", type=int, nargs="+", help="conv layer widths")
@@ -291,6 +335,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.loss == "wpe" and not (args.user_factors and args.plays):
         parser.error("--loss wpe needs --user-factors and --plays")
+    if (args.init_from is None) != (args.init_factors is None):
+        parser.error("--init-from and --init-factors go together")
     if args.taste_tracks < 0:  # found here, not after the whole training run
         parser.error(f"--taste-tracks must be 0 or more, got {args.taste_tracks}")
     return args
@@ -306,7 +352,21 @@ def job_of(args: argparse.Namespace) -> TrainJob:
         user_factors=args.user_factors, plays=args.plays, snapshot=args.snapshot,
         tensorboard=args.tensorboard, arch=args.arch, loss=args.loss,
         net={key: value for key, value in shape.items() if value is not None},
-        catalogue=args.catalogue, config=cli.settings_from(TrainConfig, args))
+        catalogue=args.catalogue, config=cli.settings_from(TrainConfig, args),
+        init_from=args.init_from, init_factors=args.init_factors)
+
+
+def train_once(job: TrainJob) -> None:
+    """train(job). A collapse ends every rank alike (its spread is measured over all of
+    them): under torchrun for the workflow, which reads the failure file, every rank
+    then exits 0 with the file saying why, as torchrun would only restart it to
+    collapse again."""
+    try:
+        train(job)
+    except CollapsedModel as err:
+        if "TORCHELASTIC_RUN_ID" not in os.environ or not os.environ.get(cli.FAILURE_FILE):
+            raise
+        cli.record_failure(logger, err)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                                                len(examples(job).warm)),
                            logger, ValueError, FileNotFoundError)
     try:
-        return cli.run_job(lambda: train(job), logger, ValueError, FileNotFoundError)
+        return cli.run_job(lambda: train_once(job), logger, ValueError, FileNotFoundError)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -66,6 +66,14 @@ TRACK_PLAYS = pa.schema([
     pa.field("plays", pa.int64(), nullable=False),
 ])
 
+# What a full ALS refit learned from, per user (user_digests/) and per track
+# (track_digests/): a hash of its (other id, plays) pairs, so that a fold-in night finds
+# the users and tracks whose plays changed since (jobs/als/foldin.py).
+PLAY_DIGESTS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("digest", pa.string(), nullable=False),
+])
+
 # Catalogue: every track the service knows, with where its audio lives.
 CATALOGUE = pa.schema([
     pa.field("track_id", pa.string(), nullable=False),

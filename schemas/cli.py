@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import time
 import types
 import typing
 from typing import Any, Callable, Collection, Mapping
 
 OK, FAILED, USAGE = 0, 1, 2
+# Where a job run by the workflow writes the one line of its expected failure, so that
+# the workflow can say why without reading the job's log (workflows/process.py).
+FAILURE_FILE = "COLDSTART_FAILURE_FILE"
 PROGRESS_EVERY_S = 10.0  # how often a long stage logs its progress
 
 
@@ -63,16 +67,25 @@ def run_job(body: Callable[[], int | None], log: logging.Logger,
     """Run a job's body and turn its expected failures into an exit code.
 
     JobError, and the ``expected`` exception types, are logged to ``log`` (the job's
-    own logger) as one line; anything else is a bug and keeps its traceback.
+    own logger) as one line, also written to the file $COLDSTART_FAILURE_FILE names;
+    anything else is a bug and keeps its traceback.
     """
     try:
         return body() or OK
     except UsageError as err:
-        log.error("%s", err)
+        record_failure(log, err)
         return USAGE
     except (JobError, *expected) as err:
-        log.error("%s", err)
+        record_failure(log, err)
         return FAILED
+
+
+def record_failure(log: logging.Logger, err: BaseException) -> None:
+    log.error("%s", err)
+    path = os.environ.get(FAILURE_FILE)
+    if path:
+        with open(path, "w", encoding="utf-8") as out:  # ranks that fail alike write alike
+            out.write(" ".join(str(err).split()) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)

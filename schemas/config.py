@@ -69,6 +69,20 @@ class AlsTuning:
 
 
 @dataclass(frozen=True)
+class FoldInConfig:
+    """When a night refits ALS in full. The nights between keep the last refit's factor
+    space (and the network that learned it): its item factors stay, the users and
+    tracks whose plays changed are solved against them (jobs/als/foldin.py)."""
+    refit_every: int = setting(
+        7, "nights from one full ALS refit to the next, the refit's own included; the nights "
+           "between fold their plays into its factor space (1: a full refit every night)",
+        significant=False)
+    max_new_share: float = setting(
+        0.1, "refit early when more than this share of tonight's plays (by count) is new "
+             "since the last refit", significant=False)
+
+
+@dataclass(frozen=True)
 class InputOptions:
     """How to read and validate the play-count table.
 
@@ -345,6 +359,8 @@ class TrainConfig:
     clips_per_track: int = setting(8, "random crops of each training track per epoch")
     val_fraction: float = setting(0.1, "fraction of tracks held out for validation")
     patience: int = setting(15, "epochs without validation improvement before stopping")
+    warm_epochs: int = setting(10, "maximum epochs of a network warm-started from the last "
+                                   "model (--init-from), which starts near its optimum")
     seed: int = setting(0, "random seed")
     loader_workers: int = setting(0, "data-loader processes per rank", significant=False)
     min_spread: float = setting(

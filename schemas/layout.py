@@ -112,6 +112,8 @@ QUARANTINE = "quarantine"
 HELDOUT_PLAYS = "heldout_plays"  # only with a track hold-out: every play of those tracks
 TRACK_PLAYS = "track_plays"  # listeners and plays of every track learned from
 SPARSE_PLAYS = "sparse_plays"  # every play of the semi-cold tracks (few listeners)
+USER_DIGESTS = "user_digests"  # a refit's plays per user and per track (jobs/als/foldin.py)
+TRACK_DIGESTS = "track_digests"
 
 # -- Scoring output directory (jobs/score.py) -------------------------------------------
 
@@ -243,6 +245,10 @@ class DataRoot:
     def outputs_named(self, name: str) -> list[Path]:
         """Every run's output called ``name`` (runs/*/<name>): the same fingerprint."""
         return list(self.runs.glob(f"*/{name}"))
+
+    def every_als(self) -> list[Path]:
+        """Every run's ALS output (runs/*/als-<fingerprint>), the evaluation's aside."""
+        return list(self.runs.glob(f"*/{ALS}-[0-9a-f]*"))
 
 
 @dataclass(frozen=True)

@@ -387,3 +387,49 @@ def test_track_holdout_is_stratified_by_artist_and_keeps_every_play(spark, tmp_p
     assert held.num_rows == expected.num_rows
     assert set(held_tracks(0, "again")[1].column("track_id").to_pylist()) == chosen
     assert set(held_tracks(1, "other")[1].column("track_id").to_pylist()) != chosen
+
+
+def test_a_fold_in_solves_the_changed_users_then_the_changed_tracks_in_the_refits_space(
+        spark, exact_case, tmp_path):
+    from schemas import layout
+
+    plays, x, y, root = exact_case
+    tonight = np.concatenate([plays, np.zeros((N_USERS, 1), plays.dtype)], axis=1)
+    tonight[0, np.flatnonzero(plays[0] == 0)[0]] = 7  # user 0 plays a track new to them
+    tonight[[3, 4], -1] = [5, 2]  # a track new tonight, played by users 3 and 4
+    users, tracks = np.nonzero(tonight)
+    pq.write_table(pa.table({"user_id": [f"u{u:02d}" for u in users],
+                             "track_id": [f"t{t:02d}" for t in tracks],
+                             "plays": tonight[users, tracks]}), tmp_path / "plays.parquet")
+
+    als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "night", EXACT,
+            base=root / "out", max_new_share=0.5)
+
+    meta = storage.read_params(tmp_path / "night" / layout.ITEM_FACTORS)
+    before = storage.read_params(root / "out" / layout.ITEM_FACTORS)
+    assert meta["night"] == "fold-in" and meta["base"] == "out"
+    assert meta["factor_space"] == before["factor_space"]
+    assert 0 < meta["new_share"] < 0.05
+    x_new = factor_matrix(storage.read_table(tmp_path / "night" / "user_factors",
+                                             schemas.USER_FACTORS).sort_by("user_id")).astype(float)
+    y_new = factor_matrix(storage.read_table(tmp_path / "night" / "item_factors",
+                                             schemas.ITEM_FACTORS).sort_by("track_id")).astype(float)
+    assert x_new.shape == (N_USERS, EXACT.rank) and y_new.shape == (N_TRACKS + 1, EXACT.rank)
+    moved = [0, 3, 4]
+    kept = [u for u in range(N_USERS) if u not in moved]
+    np.testing.assert_array_equal(x_new[kept], x[kept].astype(np.float32))
+    # the user step sees the tracks the refit knows (the new one is not yet in its space)
+    expected = Objective(tonight[:, :N_TRACKS], EXACT).users_given(y)
+    np.testing.assert_allclose(x_new[moved], expected[moved], atol=1e-4)
+    changed_tracks = [int(np.flatnonzero(plays[0] == 0)[0]), N_TRACKS]
+    same = [t for t in range(N_TRACKS) if t not in changed_tracks]
+    np.testing.assert_array_equal(y_new[same], y[same].astype(np.float32))
+    expected = Objective(tonight, EXACT).tracks_given(x_new)
+    np.testing.assert_allclose(y_new[changed_tracks], expected[changed_tracks], atol=1e-4)
+
+    als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "refit", EXACT,
+            base=root / "out", max_new_share=0.0)
+    meta = storage.read_params(tmp_path / "refit" / layout.ITEM_FACTORS)
+    assert meta["night"] == "refit" and "new since it (above 0.0%)" in meta["why"]
+    assert meta["factor_space"] != before["factor_space"]
+    assert (tmp_path / "refit" / layout.USER_DIGESTS).exists()

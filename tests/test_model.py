@@ -21,7 +21,7 @@ from schemas import factors_column, layout, storage
 from schemas import mels as mel_values
 from schemas.config import MelParams
 from model import losses
-from model.predictor import FactorSpace, Predictor
+from model.predictor import Excerpts, FactorSpace, Predictor
 from model.data import (ShardStream, band_stats, in_validation, mel_array, plan_pieces,
                         read_mels, unit_rows)
 from model.net import NetConfig, build_net
@@ -512,6 +512,60 @@ def test_a_collapsed_model_fails_training_loudly(tmp_path, capfd):
     err = capfd.readouterr().err
     assert "the trained model collapsed" in err and "spread more than 0.0" in err
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_collapse_under_torchrun_is_not_restarted_and_says_why_in_the_failure_file(tmp_path):
+    """The workflow's failure file given: every rank collapses alike, so each exits 0
+    with the file saying why, instead of torchrun restarting them to collapse again."""
+    mels_dir, _, ids, _, warm = write_toy_set(tmp_path, n=40)
+    same = np.tile(np.array([[1.0, 0.5, 0.0, 0.0]], np.float32), (warm, 1))
+    storage.write_table(pa.table({"track_id": ids[:warm], "factors": factors_column(same)}),
+                        tmp_path / "same.parquet", schemas.ITEM_FACTORS)
+    failure = tmp_path / "failure.txt"
+    cmd = torchrun(tmp_path, mels_dir, tmp_path / "same.parquet", "--max-restarts=3") \
+        + ["--epochs", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, COLDSTART_FAILURE_FILE=str(failure)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert failure.read_text().startswith("the trained model collapsed: in no epoch did")
+    assert failure.read_text().count("\n") == 1  # one line
+    # once per rank: a restart would resume from the snapshot and collapse again
+    assert result.stderr.count("the trained model collapsed") == 2, result.stderr[-3000:]
+    assert "resumed from" not in result.stderr
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_a_warm_start_turns_the_last_network_into_the_new_space(tmp_path):
+    """Trained from a model of another factor space, at learning rate 0: the network is
+    the old one with its output rotated, so it predicts the old predictions, rotated."""
+    from model.train import main as train_main
+
+    mels_dir, factors, ids, _, warm = write_toy_set(tmp_path, n=40)
+    items = storage.read_table(factors, schemas.ITEM_FACTORS)
+    storage.write_table(items, tmp_path / "then.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "then"})
+    rotation, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(4, 4)))
+    now = items.set_column(1, "factors", factors_column(schemas.factor_matrix(items) @ rotation))
+    storage.write_table(now, tmp_path / "now.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "now"})
+    common = ["--mels", str(mels_dir), "--channels", "8", "8", "16", "16", "--dense", "32",
+              "--crop-frames", "120", "--clips-per-track", "1", "--val-fraction", "0.3",
+              "--loss", "mse", "--min-spread", "0", "--taste-tracks", "0"]
+    assert train_main([*common, "--item-factors", str(tmp_path / "then.parquet"),
+                       "--out", str(tmp_path / "then.pt"), "--epochs", "2"]) == 0
+    assert train_main([*common, "--item-factors", str(tmp_path / "now.parquet"),
+                       "--out", str(tmp_path / "now.pt"), "--init-from", str(tmp_path / "then.pt"),
+                       "--init-factors", str(tmp_path / "then.parquet"), "--warm-epochs", "1",
+                       "--epochs", "50", "--lr", "0"]) == 0
+
+    then, now = Predictor.load(tmp_path / "then.pt"), Predictor.load(tmp_path / "now.pt")
+    assert now.metrics["epochs"] == 1 and now.metrics["warm_start"] == {
+        "model": then.version, "shared_tracks": warm, "residual": 0.0}
+    cold = read_mels(sorted(mels_dir.glob("*/mels-*.parquet")), ids[warm:])
+    excerpts = Excerpts.of(cold, MelParams(n_mels=16).to_dict())
+    np.testing.assert_allclose(now.predict(excerpts, FactorSpace("now", "now")),
+                               then.predict(excerpts, FactorSpace("then", "then")) @ rotation,
+                               atol=1e-4)
 
 
 def write_artists(root, ids, warm, factors_path, seed=1):

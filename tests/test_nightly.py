@@ -1,9 +1,11 @@
 """Five simulated nights of `luigi --module workflows NightlyFactors --date D`, as an
 operator runs them, on a tiny catalogue of real (synthesised) audio: new tracks with a
-corrupt new file among them, a night with nothing new, changed plays and a new user,
-a night killed part-way and rerun. After every night the run exits 0, every catalogue track with
-decodable audio has factors in the published snapshot, no half-written output is
-visible, and nothing an earlier night published is lost.
+corrupt new file among them, a new user folded into the first night's factor space,
+many new plays that bring a full refit on a night whose network collapses (it degrades
+to the last model), and a good night killed part-way and rerun, its network
+warm-started. After every night every catalogue track with decodable audio has factors
+in the published snapshot, in one factor space, no half-written output is visible, and
+nothing an earlier night published is lost; only the degraded night exits non-zero.
 """
 import json
 import os
@@ -46,6 +48,7 @@ net = {"dieleman2014": {"channels": [8, 8, 8, 8], "dense": 16, "dropout": 0.1}}
 # Three epochs of a tiny network may well learn one direction; these nights test what
 # is kept and redone, not what is learned (test_cold_predictions_... checks that).
 min_spread = 0
+warm_epochs = 2
 
 [ChooseModel]
 bow_codebook = 16
@@ -116,13 +119,16 @@ def failing(root: Path) -> set[str]:
     return {row["track_id"] for path in history for row in pq.read_table(path).to_pylist()}
 
 
-def check_night(root: Path, service: Service, night: str, result, earlier: dict) -> None:
-    assert result.returncode == 0, result.stderr[-4000:]
+def check_night(root: Path, service: Service, night: str, result, earlier: dict,
+                degraded: bool = False) -> None:
+    # a degraded night publishes, then fails with its own line (luigi's task_failed)
+    assert result.returncode == (30 if degraded else 0), result.stderr[-4000:]
     snapshot, tracks = published(root)
     assert snapshot.name == night
     assert service.catalogue_ids() - failing(root) <= tracks, "a track without factors"
     manifest = json.loads((snapshot / layout.SNAPSHOT_MANIFEST).read_text())
     assert manifest["run_id"] == night and manifest["factor_space"]
+    assert bool(manifest["degraded"]) == degraded, manifest["degraded"]
     # Nothing half-written where a reader looks, nothing earlier lost.
     assert not [p for p in (root / "data" / "published").iterdir() if p.name.startswith(".")]
     for name, inode in earlier.items():
@@ -143,14 +149,16 @@ def test_five_nights(tmp_path):
             bad.write_bytes(np.random.default_rng(0).bytes(20_000))
             service.extra.append({"track_id": "corrupt-1", "audio_uri": str(bad), "title": "x",
                                   "artist": "y", "duration_s": 3.0})
-        # NIGHTS[2]: nothing new
-        if night == NIGHTS[3]:  # plays change: some cold tracks get their listeners, and a new user
-            listed = service.all_tracks.slice(0, service.shown).column("track_id")
-            service.plays = pa.concat_tables([service.plays, service.heldout.filter(
-                pc.is_in(service.heldout["track_id"], value_set=listed))])
+        if night == NIGHTS[2]:  # a new user with a few plays: folded into the first night's space
             first = service.plays.slice(0, 3)
             service.plays = pa.concat_tables([service.plays, first.set_column(
                 0, first.schema.field("user_id"), pa.array(["newcomer"] * 3, pa.string()))])
+        if night == NIGHTS[3]:  # many new plays, some cold tracks get listeners: a full refit;
+            # no model can pass choosing: the night degrades to the last one's model
+            (tmp_path / "nightly.cfg").write_text(SETTINGS.replace("min_spread = 0", "min_spread = 1.9"))
+            listed = service.all_tracks.slice(0, service.shown).column("track_id")
+            service.plays = pa.concat_tables([service.plays, service.heldout.filter(
+                pc.is_in(service.heldout["track_id"], value_set=listed))])
         if night == NIGHTS[4]:  # one more track; the night is killed part-way, then rerun
             service.shown += 1
         service.publish_inputs()
@@ -172,7 +180,8 @@ def test_five_nights(tmp_path):
         else:
             result = nightly(tmp_path, night)
         timings[night] = time.perf_counter() - started
-        check_night(tmp_path, service, night, result, earlier)
+        (tmp_path / "nightly.cfg").write_text(SETTINGS)
+        check_night(tmp_path, service, night, result, earlier, degraded=night == NIGHTS[3])
         if night == NIGHTS[1]:
             assert "corrupt-1" in failing(tmp_path)
             # the plays did not change: the first night's ALS and model serve again
@@ -180,10 +189,32 @@ def test_five_nights(tmp_path):
                               for p in (tmp_path / "data" / "runs" / n).glob(pattern))
                        for n in NIGHTS[:2]]
             assert learned[0] and learned[0] == learned[1], learned
-        if night == NIGHTS[3]:
+        manifest = json.loads((layout.latest(tmp_path / "data" / "published")
+                               / layout.SNAPSHOT_MANIFEST).read_text())
+        if night == NIGHTS[2]:
             users = pq.read_table(layout.latest(tmp_path / "data" / "published")
                                   / layout.SNAPSHOT_USERS).column("user_id").to_pylist()
             assert "newcomer" in users
+            assert manifest["als"]["night"] == "fold-in", manifest["als"]
+            models = [sorted(p.name for p in (tmp_path / "data" / "runs" / n).glob("model-*.pt"))
+                      for n in (NIGHTS[0], night)]
+            assert models[0] and models[0] == models[1], "a fold-in night trained again"
+        if night == NIGHTS[3]:
+            assert manifest["als"]["night"] == "refit" and "new since" in manifest["als"]["why"]
+            assert "the night goes on without it: TrainModel: the trained model collapsed" \
+                in result.stderr
+            assert f"NightDegraded: run {night} published degraded: ChooseModel: no candidate " \
+                "can be chosen" in result.stderr
+            served = [json.loads((tmp_path / "data" / "published" / n / layout.SNAPSHOT_MANIFEST)
+                                 .read_text())["model"] for n in NIGHTS[2:4]]
+            assert served[0]["file"] and served[0] == served[1], "the degraded night's model"
+        if night == NIGHTS[4]:  # the next good night has a model of its own again, warm-started
+            from model.predictor import Predictor
+
+            runs = tmp_path / "data" / "runs" / night
+            assert list(runs.glob("model-chosen-*.pt"))
+            [network] = runs.glob("model-dieleman2014-*.pt")
+            assert Predictor.load(network).metrics["warm_start"]["shared_tracks"] >= 30
 
     # The corrupt track was tried once and is not due again within a week.
     history = next((tmp_path / "data" / "mels").glob("*/dead_letters.parquet"))

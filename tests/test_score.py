@@ -104,3 +104,54 @@ def test_semi_cold_tracks_are_held_toward_their_audio_or_keep_it_when_few_and_pl
     np.testing.assert_allclose([table["factors"][row["t6"]]], expected, rtol=1e-5)
     np.testing.assert_allclose(table["factors"][row["t7"]], audio[1], rtol=1e-5)
     assert table["factors"][row["t0"]] == items.column("factors")[0].as_py()
+
+
+def test_a_degraded_night_rotates_the_last_good_models_predictions_into_tonights_space(tmp_path):
+    from schemas import factor_matrix, factors_column
+
+    mels_dir, _, items, _, params = write_evaluation_set(tmp_path)  # t0..t7 warm, t8..t11 cold
+    storage.write_table(items, tmp_path / "then.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "then"})
+    model = tiny_model(tmp_path / "model.pt", params, factor_space="then")
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(4, 4)))
+    tonight = items.set_column(1, "factors", factors_column(factor_matrix(items) @ rotation))
+    storage.write_table(tonight, tmp_path / "tonight.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "tonight"})
+    pq.write_table(pa.Table.from_pylist(
+        [{"track_id": f"t{i}", "audio_uri": f"/a/t{i}.mp3", "title": "x", "artist": "a",
+          "duration_s": 1.0} for i in range(12)], schemas.CATALOGUE), tmp_path / "catalogue.parquet")
+    score(model, mels_dir, tmp_path / "catalogue.parquet", tmp_path / "then.parquet",
+          tmp_path / "then")
+    with pytest.raises(ValueError, match="learned the factor space then"):
+        score(model, mels_dir, tmp_path / "catalogue.parquet", tmp_path / "tonight.parquet",
+              tmp_path / "refused")
+
+    score(model, mels_dir, tmp_path / "catalogue.parquet", tmp_path / "tonight.parquet",
+          tmp_path / "tonight", learned=tmp_path / "then.parquet", degraded="training collapsed")
+
+    then = pq.read_table(tmp_path / "then" / layout.PREDICTED_FACTORS)
+    now = pq.read_table(tmp_path / "tonight" / layout.PREDICTED_FACTORS)
+    assert now["track_id"].to_pylist() == then["track_id"].to_pylist() == ["t8", "t9", "t10", "t11"]
+    np.testing.assert_allclose(factor_matrix(now), factor_matrix(then) @ rotation, atol=1e-5)
+    served = storage.read_params(tmp_path / "tonight" / layout.TRACK_FACTORS)
+    assert served["degraded"] == "training collapsed"
+    assert served["model"] == str(model.resolve())
+    assert served["model_factors"] == str((tmp_path / "then.parquet").resolve())
+
+
+def test_a_degraded_night_without_a_model_serves_the_warm_and_sets_the_cold_aside(tmp_path):
+    mels_dir, _, items, _, params = write_evaluation_set(tmp_path)
+    storage.write_table(items, tmp_path / "items.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "night"})
+    pq.write_table(pa.Table.from_pylist(
+        [{"track_id": f"t{i}", "audio_uri": f"/a/t{i}.mp3", "title": "x", "artist": "a",
+          "duration_s": 1.0} for i in range(12)], schemas.CATALOGUE), tmp_path / "catalogue.parquet")
+
+    score(None, mels_dir, tmp_path / "catalogue.parquet", tmp_path / "items.parquet",
+          tmp_path / "out", degraded="no model was ever trained")
+
+    table = pq.read_table(tmp_path / "out" / layout.TRACK_FACTORS).to_pydict()
+    assert sorted(table["track_id"]) == [f"t{i}" for i in range(8)]
+    unscored = pq.read_table(tmp_path / "out" / layout.UNSCORED).to_pydict()
+    assert sorted(unscored["track_id"]) == ["t10", "t11", "t8", "t9"]
+    assert set(unscored["error"]) == {"no model to predict it: no model was ever trained"}

@@ -110,7 +110,7 @@ BEFORE = {
                   "plays_column", "delimiter", "max_bad_fraction"}),
     "TrainModel": ({"arch", "loss", "epochs", "batch_size", "lr", "crop_frames", "patience",
                     "seed", "net", "clips_per_track", "min_spread", "holdout", "holdout_seed",
-                    "metadata", "taste_bags"}, {"nproc", "max_restarts", "loader_workers"}),
+                    "metadata", "taste_bags", "warm_epochs"}, {"nproc", "max_restarts", "loader_workers"}),
     "NewReleaseAudience": ({"k"}, set()),
     "SimilarityIndex": (set(), set()),
     "PublishFactors": (set(), {"keep"}),

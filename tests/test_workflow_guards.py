@@ -84,7 +84,7 @@ def test_a_failed_job_does_not_show_the_environment(tmp_path):
                    env=env)
 
     assert result.returncode == 30, result.stderr[-3000:]
-    assert "JobFailed: Program failed with return code=" in result.stderr
+    assert f"JobFailed: TrainAls: {plays}" in result.stderr  # the job's own line
     assert "jobs/als/job.py" in result.stderr
     assert secret not in result.stdout + result.stderr
     assert "COLDSTART_TEST_SECRET" not in result.stdout + result.stderr

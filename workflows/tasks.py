@@ -12,24 +12,27 @@ the same fields. Output names carry a fingerprint of what they depend on
 """
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import luigi
 from luigi.contrib.spark import SparkSubmitTask
 
-from schemas import layout
+from schemas import layout, storage
 from schemas.config import (HEADS, NO_HOLDOUT, PRETRAINED_ARCH, AlsParams, AlsTuning,
-                            BowConfig, ChooseConfig, DemoConfig, EvaluateConfig, HeadConfig,
-                            InputOptions, MelParams, NetworkChoice, PublishConfig, QueryConfig,
+                            BowConfig, ChooseConfig, DemoConfig, EvaluateConfig, FoldInConfig,
+                            HeadConfig, InputOptions, MelParams, NetworkChoice, PublishConfig,
+                            QueryConfig,
                             SemiColdConfig, SpectrogramOptions, TagsConfig, TrackHoldout,
                             TrainConfig)
 from workflows.fingerprints import fingerprint, with_installed_versions
 from workflows.locations import configured_inputs, root, user_inputs
 from workflows.parameters import RunIdParameter
-from workflows.process import BIN, ChildProcess, JobFailed, JobTask, job_environment
+from workflows.process import BIN, ChildProcess, JobFailed, JobTask, MayFail, job_environment
 from workflows.settings import config_of, flags, settings
 from workflows.twins import adopt_twin
 
@@ -47,6 +50,7 @@ AlsSpeed = settings(AlsTuning)
 PlaysReading = settings(InputOptions)
 Split = settings(NO_HOLDOUT)
 SemiCold = settings(SemiColdConfig, only=("max_listeners",))
+Refits = settings(FoldInConfig)
 Mels = settings(MelParams)
 # [MelSpectrograms] workers is what luigi.cfg files call the job's --decoders.
 MelJob = settings(SpectrogramOptions, names={"decoders": "workers"})
@@ -156,9 +160,12 @@ class Preflight(RunTask, JobTask):
                 "--report", self.output().path]
 
 
-class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProcess,
+class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, Refits, RunTask, ChildProcess,
                SparkSubmitTask):
-    """Implicit ALS on the warm plays, by spark-submit of jobs/als/job.py."""
+    """Implicit ALS on the warm plays, by spark-submit of jobs/als/job.py: a full refit
+    every ``refit_every`` nights (or earlier, when the job finds more than
+    ``max_new_share`` of the plays new), and between refits a fold-in of the night's
+    plays into the last refit's factor space (``base``)."""
     checkpoint_dir = luigi.OptionalParameter(
         default=None, significant=False,
         description="Spark checkpoint directory every executor reaches (hdfs://...); "
@@ -183,19 +190,61 @@ class TrainAls(Als, AlsSpeed, PlaysReading, Split, SemiCold, RunTask, ChildProce
         # The factors depend on the plays alone (the catalogue is checked against them
         # by the preflight and applied by scoring), so a night that only brings new
         # tracks reuses the last night's ALS output. A hold-out is stratified by the
-        # catalogue's artists.
+        # catalogue's artists. A fold-in depends on its refit too.
         inputs = self.input()["inputs"]
-        return [inputs["plays"]] + ([inputs["catalogue"]] if self.holdout else [])
+        base = self.base()
+        return [inputs["plays"]] + ([inputs["catalogue"]] if self.holdout else []) \
+            + ([luigi.LocalTarget(base)] if base else [])
 
     def output(self):
         return luigi.LocalTarget(
             self.run_outputs().als(self.fingerprint(), heldout=bool(self.holdout)))
 
+    def base(self) -> Path | None:
+        """The refit tonight folds into: the newest full refit another run made with
+        these settings, while fewer than ``refit_every`` nights have used it (its own,
+        its twins' and the fold-ins'); None: a full refit tonight."""
+        if self.holdout or self.refit_every <= 1:
+            return None
+        learned = {path: storage.read_params(path / layout.ITEM_FACTORS)
+                   for path in root().every_als() if path.parent.name != self.run_id}
+        ours = {name: getattr(self, name) for name in ("rank", "reg", "alpha", "eps")}
+        refits = [path for path, meta in learned.items()
+                  if meta.get("night", "refit") == "refit" and (path / layout.USER_DIGESTS).exists()
+                  and all(meta.get(name) == value for name, value in ours.items())]
+        if not refits:
+            return None
+        newest = max(refits, key=lambda path: path.stat().st_mtime)
+        refit_tonight = self.run_outputs().als(
+            fingerprint(self, Inputs().output(), [self.input()["inputs"]["plays"]]))
+        if refit_tonight.name == newest.name:  # the refit's own plays: it is tonight's output
+            return None
+        nights = {path.parent.name for path, meta in learned.items()
+                  if path.name == newest.name or meta.get("base") == newest.name}
+        return newest if len(nights) < self.refit_every else None
+
+    def space(self) -> luigi.LocalTarget:
+        """The refit whose factor space tonight's factors are in: this output, or the
+        refit it folds into. Models learn a space, so they are named after it, not
+        after the night's plays, and a fold-in night keeps them."""
+        out = Path(self.output().path)
+        if out.exists():
+            meta = storage.read_params(out / layout.ITEM_FACTORS)
+            if meta.get("night") != "fold-in":
+                return self.output()
+            found = [path for path in root().outputs_named(meta["base"])
+                     if path.parent.name != self.run_id]
+            return luigi.LocalTarget(found[0] if found else root().runs / meta["base"])
+        base = self.base()
+        return luigi.LocalTarget(base) if base else self.output()
+
     def app_options(self):
         catalogue = ["--catalogue", self.input()["inputs"]["catalogue"].path] \
             if self.holdout else []
+        base = self.base()
         return ["--plays", self.input()["inputs"]["plays"].path, "--out", self.output().path,
                 *catalogue, *flags(self, Als, AlsSpeed, PlaysReading, Split, SemiCold),
+                *(["--base", str(base), *flags(self, Refits, skip=("refit_every",))] if base else []),
                 *(["--checkpoint-dir", self.checkpoint_dir] if self.checkpoint_dir else [])]
 
 
@@ -238,9 +287,10 @@ class MelSpectrograms(Mels, MelJob, RunTask, JobTask):
                 "--run-id", self.run_id, *flags(self, Mels, MelJob)]
 
 
-class TrainModel(Network, Training, Split, RunTask, JobTask):
+class TrainModel(MayFail, Network, Training, Split, RunTask, JobTask):
     """Train the audio CNN on warm tracks under torchrun (DDP); ``holdout`` and
-    ``holdout_seed`` pick the factors it learns (see TrainAls)."""
+    ``holdout_seed`` pick the factors it learns (see TrainAls). A model that cannot be
+    trained (bad input, a collapse) fails this run's model alone (MayFail)."""
     net = luigi.DictParameter(
         default={}, description="network sizes per architecture, e.g. {\"dieleman2014\": "
         "{\"channels\": [64, 64, 128, 128], \"dense\": 256}}; what is not given takes the "
@@ -252,6 +302,9 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
     metadata = luigi.BoolParameter(default=False,
                                    description="late fusion: the catalogue's artist, genre and "
                                                "tags feed a metadata branch beside the audio")
+    from_scratch = luigi.BoolParameter(
+        default=False, significant=False,
+        description="train the network from scratch, not from the last model of its kind")
 
     @classmethod
     def of_spec(cls, spec: str, **params) -> "TrainModel":
@@ -269,11 +322,10 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
                                 holdout_seed=self.holdout_seed)}
 
     def data_inputs(self):
-        # The catalogue only for its metadata: the warm tracks come from ALS (the wpe
-        # loss reads the plays).
-        inputs = self.input()["inputs"]
-        return [self.input()["als"], self.input()["mels"], inputs["plays"]] \
-            + ([inputs["catalogue"]] if self.metadata else [])
+        # What it learns is the factor space (the refit's plays are in its name), so a
+        # fold-in night keeps the model; the catalogue only for its metadata.
+        return [self.requires()["als"].space(), self.input()["mels"]] \
+            + ([self.input()["inputs"]["catalogue"]] if self.metadata else [])
 
     def output(self):
         return luigi.LocalTarget(self.run_outputs().model(
@@ -281,16 +333,20 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
             heldout=bool(self.holdout)))
 
     def run(self):
-        if adopt_twin(self):  # trained on the same factors with the same settings
-            return
-        # A missing or empty input fails every attempt alike: check it once, alone,
-        # before torchrun would restart workers that cannot succeed.
-        check = self.train_args() + ["--check"]
-        logger.info("checking the training inputs: %s", " ".join(map(str, check)))
-        if subprocess.run([sys.executable, "-m", *map(str, check)], env=job_environment(),
-                          check=False).returncode != 0:
-            raise JobFailed("model.train --check failed; its log above says why")
-        super().run()
+        with self.survived():
+            if adopt_twin(self):  # trained on the same factors with the same settings
+                return
+            # A missing or empty input fails every attempt alike: check it once, alone,
+            # before torchrun would restart workers that cannot succeed.
+            check = self.train_args() + ["--check"]
+            logger.info("checking the training inputs: %s", " ".join(map(str, check)))
+            with tempfile.NamedTemporaryFile("r", suffix=".txt") as failure:
+                if subprocess.run([sys.executable, "-m", *map(str, check)],
+                                  env=job_environment(Path(failure.name)),
+                                  check=False).returncode != 0:
+                    why = failure.read().strip() or "--check failed; its log above says why"
+                    raise JobFailed(f"{self.task_family}: {why}")
+            super().run()
 
     def program_args(self):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -305,8 +361,26 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
         mels = self.requires()["mels"]
         return mels.frontend_dir() if self.reads_frontend() else mels.params_dir()
 
+    def last_model(self) -> tuple[Path, Path] | None:
+        """(model file, the item factors of the space it learned) of the newest network
+        of this kind another run made, to warm-start from; None with ``from_scratch``,
+        and for a held-out model, which must not start from one that saw its tracks."""
+        if self.from_scratch or self.holdout:
+            return None
+        name = Path(self.output().path).name
+        kind = name[:name.rindex("-")]  # model-<arch>-<loss>[-meta]
+        found = [path for path in root().runs.glob(f"*/{kind}-[0-9a-f]*{layout.MODEL_FILE}")
+                 if path.parent.name != self.run_id]
+        for model in sorted(found, key=lambda path: path.stat().st_mtime, reverse=True):
+            # every model of a run learned that run's factor space
+            als = layout.RunOutputs(model.parent).newest_als()
+            if als is not None:
+                return model, als / layout.ITEM_FACTORS
+        return None
+
     def train_args(self) -> list:
         """``model.train`` and its arguments."""
+        last = self.last_model()
         out = Path(self.output().path)
         snapshot, tensorboard = layout.model_companions(out)
         als = Path(self.input()["als"].path)
@@ -319,11 +393,12 @@ class TrainModel(Network, Training, Split, RunTask, JobTask):
                 "--plays", self.input()["inputs"]["plays"].path,
                 "--out", out, "--snapshot", snapshot, "--tensorboard", tensorboard,
                 *flags(self, Network, Training), *shape,
+                *(["--init-from", last[0], "--init-factors", last[1]] if last else []),
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.metadata
                   else [])]
 
 
-class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
+class FitHead(MayFail, Head, HeadTraining, Split, RunTask, JobTask):
     """The pretrained front end's head (and taste classifier) fitted on warm tracks, by
     `python -m model.head`: no torchrun, the taggers are frozen."""
     head = luigi.ChoiceParameter(choices=HEADS, default=HeadConfig.head,
@@ -340,15 +415,16 @@ class FitHead(Head, HeadTraining, Split, RunTask, JobTask):
                                 holdout_seed=self.holdout_seed)}
 
     def data_inputs(self):
-        return [self.input()["als"], self.input()["mels"]]
+        return [self.requires()["als"].space(), self.input()["mels"]]  # as TrainModel's
 
     def output(self):
         return luigi.LocalTarget(self.run_outputs().model(
             self.fingerprint(), PRETRAINED_ARCH, self.head, heldout=bool(self.holdout)))
 
     def run(self):
-        if not adopt_twin(self):
-            super().run()
+        with self.survived():
+            if not adopt_twin(self):
+                super().run()
 
     def program_args(self):
         als = Path(self.input()["als"].path)
@@ -375,10 +451,12 @@ def frontend_args(mels: "MelSpectrograms", models: list) -> list:
         if any(model.reads_frontend() for model in models) else []
 
 
-class ChooseModel(Candidates, Choosing, Baseline, RunTask, JobTask):
+class ChooseModel(MayFail, Candidates, Choosing, Baseline, RunTask, JobTask):
     """The predictor to ship: the best on validation among the trained CNNs
     (``candidates``, architecture:loss[:meta]) and the bag-of-words baseline, by
-    `python -m jobs.evaluate.choose`; its model file says which and why."""
+    `python -m jobs.evaluate.choose`; its model file says which and why. The candidates
+    this run could not train are left out; with none left, or none that choosing
+    accepts, the night has no model of its own (MayFail: scoring degrades)."""
 
     def requires(self):
         models = [model_task(c, run_id=self.run_id) for c in self.candidates]
@@ -386,23 +464,33 @@ class ChooseModel(Candidates, Choosing, Baseline, RunTask, JobTask):
                 "mels": MelSpectrograms(run_id=self.run_id), "models": models}
 
     def data_inputs(self):
-        return [self.input()["als"], self.input()["mels"], self.input()["models"],
-                self.input()["inputs"]["plays"]] \
+        # as the candidates': a fold-in night keeps the choice
+        return [self.requires()["als"].space(), self.input()["mels"], self.input()["models"]] \
             + ([self.input()["inputs"]["catalogue"]] if self.fused() else [])
 
+    def trained(self) -> list:
+        """The candidates' tasks that made their model in this run."""
+        return [model for model in self.requires()["models"] if model.failure() is None]
+
     def fused(self) -> bool:
-        return any(model.metadata for model in self.requires()["models"])
+        return any(model.metadata for model in self.trained())
 
     def output(self):
         return luigi.LocalTarget(self.run_outputs().chosen_model(self.fingerprint()))
 
     def run(self):
-        if not adopt_twin(self):  # the same candidates, factors and plays: the same choice
+        with self.survived():
+            if adopt_twin(self):  # the same candidates, factors and plays: the same choice
+                return
+            if not self.trained():
+                raise JobFailed("no candidate model could be trained: " + "; ".join(
+                    model.failure() for model in self.requires()["models"]))
             super().run()
 
     def program_args(self):
         als = Path(self.input()["als"].path)
-        models = [arg for target in self.input()["models"] for arg in ("--candidate", target.path)]
+        trained = self.trained()
+        models = [arg for task in trained for arg in ("--candidate", task.output().path)]
         return [sys.executable, "-m", "jobs.evaluate.choose", "--mels", self.requires()["mels"].params_dir(),
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--user-factors", als / layout.USER_FACTORS,
@@ -410,26 +498,60 @@ class ChooseModel(Candidates, Choosing, Baseline, RunTask, JobTask):
                 # training's own setting: a model it would keep is never refused here
                 "--min-spread", TrainModel(run_id=self.run_id).min_spread,
                 *flags(self, Baseline, Choosing), "--out", self.output().path,
-                *frontend_args(self.requires()["mels"], self.requires()["models"]),
+                *frontend_args(self.requires()["mels"], trained),
                 *(["--catalogue", self.input()["inputs"]["catalogue"].path] if self.fused()
                   else [])]
 
 
+def last_served_model() -> tuple[Path, Path] | None:
+    """(model file, the item factors of the space it learned) that the latest published
+    snapshot served, while both are still there: what a degraded night falls back on."""
+    manifest = layout.latest(root().published) / layout.SNAPSHOT_MANIFEST
+    try:
+        served = json.loads(manifest.read_text()).get("model") or {}
+    except (OSError, ValueError):
+        return None
+    paths = [Path(p) for p in (served.get("file"), served.get("item_factors")) if p]
+    return (paths[0], paths[1]) if len(paths) == 2 and all(p.exists() for p in paths) else None
+
+
 class ScoreColdTracks(Blend, RunTask, JobTask):
-    """Predicted factors for every cold track, and the combined factor table."""
+    """Predicted factors for every cold track, and the combined factor table. A night
+    without a model of its own is degraded: the model the latest snapshot served
+    predicts, rotated into tonight's factor space (jobs/score.py), or, with none, the
+    cold tracks are set aside."""
 
     def requires(self):
         return {"inputs": Inputs(), "als": TrainAls(run_id=self.run_id),
                 "mels": MelSpectrograms(run_id=self.run_id), "model": ChooseModel(run_id=self.run_id)}
 
+    def data_inputs(self):
+        degraded = self.requires()["model"].failure() is not None
+        fallback = last_served_model() if degraded else None
+        # a degraded night's factors are named apart: a rerun that trains scores afresh
+        return [self.input()] \
+            + ([luigi.LocalTarget(self.requires()["model"].refusal())] if degraded else []) \
+            + ([luigi.LocalTarget(fallback[0])] if fallback else [])
+
     def output(self):
         return luigi.LocalTarget(self.run_outputs().factors(self.fingerprint()))
 
+    def model_args(self) -> list:
+        """The model to score with: the night's own, else the latest snapshot's."""
+        mels, choosing = self.requires()["mels"], self.requires()["model"]
+        why = choosing.failure()
+        if why is None:
+            return ["--model", self.input()["model"].path,
+                    *frontend_args(mels, choosing.trained())]
+        fallback = last_served_model()
+        if fallback is None:
+            return ["--degraded", f"{why}; no earlier model to fall back on"]
+        return ["--degraded", why, "--model", fallback[0], "--learned-factors", fallback[1],
+                *(["--frontend-mels", mels.frontend_dir()] if mels.frontend else [])]
+
     def program_args(self):
-        return [sys.executable, "-m", "jobs.score", "--model", self.input()["model"].path,
+        return [sys.executable, "-m", "jobs.score", *self.model_args(),
                 "--mels", self.requires()["mels"].params_dir(),
-                *frontend_args(self.requires()["mels"],
-                               self.requires()["model"].requires()["models"]),
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
                 "--als", self.input()["als"].path, *flags(self, Blend),
@@ -458,18 +580,21 @@ class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask)
 
     def program_args(self):
         als = Path(self.input()["als"].path)
-        models = [arg for target in self.input()["models"] for arg in ("--model", target.path)]
+        # the models this run could not train are left out (their failure is logged)
+        trained = {spec: task for spec, task in zip(self.models, self.requires()["models"])
+                   if task.failure() is None}
+        models = [arg for task in trained.values() for arg in ("--model", task.output().path)]
         choosing = ChooseModel(run_id=self.run_id)
-        together = [arg for spec, target in zip(self.models, self.input()["models"])
+        together = [arg for spec, task in trained.items()
                     if choosing.combine and spec in choosing.candidates
-                    for arg in ("--together", target.path)]
+                    for arg in ("--together", task.output().path)]
         return [sys.executable, "-m", "jobs.evaluate",
                 "--user-factors", als / layout.USER_FACTORS,
                 "--item-factors", als / layout.ITEM_FACTORS,
                 "--heldout-plays", als / layout.HELDOUT_PLAYS,
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--mels", self.requires()["mels"].params_dir(), *models, *together,
-                *frontend_args(self.requires()["mels"], self.requires()["models"]),
+                *frontend_args(self.requires()["mels"], list(trained.values())),
                 *flags(self, Baseline), "--seed", self.seed,
                 *flags(ScoreColdTracks(run_id=self.run_id), Blend), "--out", self.output().path]
 
@@ -581,13 +706,39 @@ class RunReport(RunTask, JobTask):
                 "--out", self.output().path]
 
 
+class NightDegraded(RuntimeError):
+    """The run published, but without a model of its own."""
+
+
+class NightVerdict(RunTask):
+    """Last: fails, once the degraded snapshot and its report are out, when the run had
+    no model of its own, so that cron and systemd alert; its one line says why."""
+    priority = -20
+
+    def requires(self):
+        return RunReport(run_id=self.run_id)
+
+    def degraded(self) -> str | None:
+        manifest = layout.snapshot_dir(root().published, self.run_id) / layout.SNAPSHOT_MANIFEST
+        return json.loads(manifest.read_text()).get("degraded")
+
+    def complete(self):
+        return self.requires().complete() and not self.degraded()
+
+    def run(self):
+        why = self.degraded()
+        if why:
+            raise NightDegraded(f"run {self.run_id} published degraded: {why}")
+
+
 class BackfillFactors(luigi.WrapperTask):
     """Factors for every cold track of the catalogue (and, on demo data, their
-    evaluation), and the run's report."""
+    evaluation), and the run's report; the run fails after publishing when it was
+    degraded (NightVerdict)."""
     run_id = RunIdParameter(default="backfill")
 
     def requires(self):
-        yield RunReport(run_id=self.run_id)
+        yield NightVerdict(run_id=self.run_id)
 
 
 class NightlyFactors(luigi.WrapperTask):

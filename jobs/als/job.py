@@ -56,9 +56,10 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
 import schemas
+from jobs.als import foldin
 from schemas import cli, inputs, layout, model_file, storage
-from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, InputOptions, SemiColdConfig,
-                            TrackHoldout)
+from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, FoldInConfig, InputOptions,
+                            SemiColdConfig, TrackHoldout)
 from schemas.inputs import PlaysInputError, local_path, plays_format
 
 logger = logging.getLogger(__name__)
@@ -441,20 +442,23 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
         checkpoint_dir: str | None = None, options: InputOptions = InputOptions(),
         tuning: AlsTuning = AlsTuning(), catalogue_path: str | None = None,
         holdout: TrackHoldout = NO_HOLDOUT,
-        semi_cold: int = SemiColdConfig.max_listeners) -> None:
+        semi_cold: int = SemiColdConfig.max_listeners, base: Path | None = None,
+        max_new_share: float = FoldInConfig.max_new_share) -> None:
     """Extract, validate, factorise and write every output table under ``out``.
 
     With ``catalogue_path``, plays of tracks it does not list are quarantined. With a
     ``holdout`` fraction, the plays of that share of the tracks (stratified by the
     catalogue's artists when there is one) are written to heldout_plays/ instead of
     being learned from. Every play of the tracks with at most ``semi_cold``
-    listeners goes to sparse_plays/, for scoring to blend with their audio. Raises
-    PlaysInputError (nothing written) when the input cannot be used.
+    listeners goes to sparse_plays/, for scoring to blend with their audio. With
+    ``base``, an earlier refit's output, the plays are folded into its factor space
+    (jobs/als/foldin.py) unless more than ``max_new_share`` of them are new since or
+    its settings differ: then it is a full refit. Raises PlaysInputError (nothing
+    written) when the input cannot be used.
     """
     params = resolve_blocks(spark, params)
-    # Every ALS run learns a space of its own (rotations, sign flips): its factors
-    # carry an id of that space, and a model trained on them records it.
-    meta = {**dataclasses.asdict(params), model_file.FACTOR_SPACE: uuid.uuid4().hex}
+    if base is not None and holdout.fraction > 0:
+        raise cli.UsageError("a fold-in (--base) learns every play: it takes no hold-out")
     with storage.atomic_dir(out) as tmp:
         # Without a checkpoint directory Spark silently skips checkpointing, and long
         # runs die of StackOverflowError on the factors' lineage.
@@ -474,21 +478,74 @@ def run(spark: SparkSession, plays_path: str, out: Path, params: AlsParams,
             logger.info("held out every play of %.0f%% of the tracks (%d plays) for evaluation",
                         100 * holdout.fraction, n_held)
         write_play_counts(learned, tmp, semi_cold)
-        user_ids = index_ids(learned, "user_id", "user_index")
-        track_ids = index_ids(learned, "track_id", "track_index")
-        model = transform(learned, user_ids, track_ids, params, tuning)
-        write_parquet(user_ids, tmp / layout.USER_IDS, schemas.USER_IDS)
-        write_parquet(track_ids, tmp / layout.TRACK_IDS, schemas.TRACK_IDS)
-        n_users = write_parquet(named_factors(model.userFactors, user_ids, "user_id", "user_index"),
-                                tmp / layout.USER_FACTORS, schemas.USER_FACTORS, meta)
-        n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
-                                tmp / layout.ITEM_FACTORS, schemas.ITEM_FACTORS, meta)
-        for table in (plays.usable, learned, plays.quarantined, user_ids, track_ids):
+        night = night_kind(spark, base, params, tmp, max_new_share)
+        if night["night"] == "fold-in":
+            folded = foldin.fold_in(learned, base, params)
+            meta = {**dataclasses.asdict(params), **night}
+            n_users = write_parquet(folded.users, tmp / layout.USER_FACTORS,
+                                    schemas.USER_FACTORS, meta)
+            n_items = write_parquet(folded.items, tmp / layout.ITEM_FACTORS,
+                                    schemas.ITEM_FACTORS, meta)
+        else:
+            n_users, n_items = refit(learned, params, tuning, tmp, night)
+        for table in (plays.usable, learned, plays.quarantined):
             table.unpersist()
         if checkpoint_dir is None:
             shutil.rmtree(tmp / "_checkpoints", ignore_errors=True)
-    logger.info("ALS rank %d, %d blocks: %d users, %d tracks, %d quarantined rows -> %s",
-                params.rank, params.blocks, n_users, n_items, n_bad, out)
+    logger.info("ALS %s, rank %d, %d blocks: %d users, %d tracks, %d quarantined rows -> %s",
+                night["night"], params.rank, params.blocks, n_users, n_items, n_bad, out)
+
+
+def night_kind(spark: SparkSession, base: Path | None, params: AlsParams, out: Path,
+               max_new_share: float) -> dict:
+    """What tonight is, recorded with the factors: {"night": "fold-in", "base": the
+    refit's directory name, its factor space, "new_share"} or {"night": "refit"} with
+    why when a ``base`` was offered. ``out`` holds tonight's track_plays/."""
+    if base is None:
+        return {"night": "refit"}
+    learned = storage.read_params(base / layout.ITEM_FACTORS)
+    settings = ("rank", "reg", "alpha", "eps")
+    if any(learned.get(name) != getattr(params, name) for name in settings):
+        why = "its settings differ from tonight's"
+    elif not (base / layout.USER_DIGESTS).exists():
+        why = "it recorded no digests of its plays"
+    else:
+        share = foldin.new_share(spark.read.parquet(str(out / layout.TRACK_PLAYS)), base)
+        if share <= max_new_share:
+            logger.info("fold-in: %.1f%% of tonight's plays are new since the refit %s "
+                        "(refit above %.1f%%)", 100 * share, base, 100 * max_new_share)
+            return {"night": "fold-in", "base": base.name,
+                    model_file.FACTOR_SPACE: learned[model_file.FACTOR_SPACE],
+                    "new_share": round(share, 6)}
+        why = f"{100 * share:.1f}% of tonight's plays are new since it (above " \
+              f"{100 * max_new_share:.1f}%)"
+    logger.info("full refit instead of folding into %s: %s", base, why)
+    return {"night": "refit", "instead_of_base": base.name, "why": why}
+
+
+def refit(learned: DataFrame, params: AlsParams, tuning: AlsTuning, out: Path,
+          night: dict) -> tuple[int, int]:
+    """Full ALS on ``learned``, written under ``out`` with the digests of its plays
+    that later fold-in nights compare theirs with; (users, tracks) written."""
+    # Every ALS refit learns a space of its own (rotations, sign flips): its factors
+    # carry an id of that space, and a model trained on them records it.
+    meta = {**dataclasses.asdict(params), **night, model_file.FACTOR_SPACE: uuid.uuid4().hex}
+    user_ids = index_ids(learned, "user_id", "user_index")
+    track_ids = index_ids(learned, "track_id", "track_index")
+    model = transform(learned, user_ids, track_ids, params, tuning)
+    write_parquet(user_ids, out / layout.USER_IDS, schemas.USER_IDS)
+    write_parquet(track_ids, out / layout.TRACK_IDS, schemas.TRACK_IDS)
+    n_users = write_parquet(named_factors(model.userFactors, user_ids, "user_id", "user_index"),
+                            out / layout.USER_FACTORS, schemas.USER_FACTORS, meta)
+    n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
+                            out / layout.ITEM_FACTORS, schemas.ITEM_FACTORS, meta)
+    write_parquet(foldin.digests(learned, "user_id", "track_id"), out / layout.USER_DIGESTS,
+                  schemas.PLAY_DIGESTS)
+    write_parquet(foldin.digests(learned, "track_id", "user_id"), out / layout.TRACK_DIGESTS,
+                  schemas.PLAY_DIGESTS)
+    user_ids.unpersist()
+    track_ids.unpersist()
+    return n_users, n_items
 
 
 def write_play_counts(learned: DataFrame, out: Path, semi_cold: int) -> None:
@@ -550,6 +607,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cli.add_settings(parser, NO_HOLDOUT, aliases={"fraction": "--hold-out-tracks",
                                                   "seed": "--hold-out-seed"})
     cli.add_settings(parser, SemiColdConfig, only=("max_listeners",))
+    parser.add_argument("--base", type=Path,
+                        help="an earlier full refit's output directory: fold tonight's plays "
+                             "into its factor space instead of refitting (jobs/als/foldin.py)")
+    cli.add_settings(parser, FoldInConfig, only=("max_new_share",))
     add_als_arguments(parser)
     return parser.parse_args(argv)
 
@@ -570,7 +631,8 @@ def run_job(args: argparse.Namespace) -> None:
     try:
         run(spark, args.plays, args.out, als_params(args), args.checkpoint_dir,
             input_options(args), als_tuning(args), args.catalogue,
-            cli.settings_from(NO_HOLDOUT, args), args.semi_cold_listeners)
+            cli.settings_from(NO_HOLDOUT, args), args.semi_cold_listeners, args.base,
+            args.max_new_share)
     finally:
         spark.stop()
 
