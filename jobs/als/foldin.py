@@ -100,6 +100,18 @@ class Folded:
     solved_tracks: int
 
 
+def step(plays: DataFrame, kept: DataFrame, other: DataFrame, moved: DataFrame, key: str,
+         other_key: str, params: AlsParams) -> tuple[DataFrame, int]:
+    """One half of a fold-in: the rows of ``key`` in ``moved`` solved against ``other``'s
+    factors, the rest of ``kept`` kept where they still have plays; (the factors, how
+    many were solved)."""
+    rows = (plays.join(moved, key).join(other, other_key).select(key, "factors", "strength"))
+    solved = solve(rows, key, gram(other), params).cache()
+    tonight = plays.select(key).distinct()
+    return (kept.join(tonight, key).join(moved, key, "left_anti").unionByName(solved).cache(),
+            solved.count())
+
+
 def fold_in(plays: DataFrame, base: Path, params: AlsParams) -> Folded:
     """Tonight's usable ``plays`` (user_id, track_id, plays) folded into the space of
     the refit at ``base``: see the module's docstring."""
@@ -107,21 +119,10 @@ def fold_in(plays: DataFrame, base: Path, params: AlsParams) -> Folded:
     plays = plays.withColumn("strength", F.log1p(F.col("plays") / params.eps))
     items = spark.read.parquet(str(base / layout.ITEM_FACTORS)).select("track_id", "factors")
     users = spark.read.parquet(str(base / layout.USER_FACTORS)).select("user_id", "factors")
-    moved_users = changed(plays, base, "user_id", "track_id", layout.USER_DIGESTS).cache()
-    user_rows = (plays.join(moved_users, "user_id").join(items, "track_id")
-                 .select("user_id", "factors", "strength"))
-    solved_users = solve(user_rows, "user_id", gram(items), params).cache()
-    tonight_users = plays.select("user_id").distinct()
-    users = (users.join(tonight_users, "user_id").join(moved_users, "user_id", "left_anti")
-             .unionByName(solved_users).cache())
-    moved_tracks = changed(plays, base, "track_id", "user_id", layout.TRACK_DIGESTS).cache()
-    track_rows = (plays.join(moved_tracks, "track_id").join(users, "user_id")
-                  .select("track_id", "factors", "strength"))
-    solved_tracks = solve(track_rows, "track_id", gram(users), params).cache()
-    tonight_tracks = plays.select("track_id").distinct()
-    items = (items.join(tonight_tracks, "track_id").join(moved_tracks, "track_id", "left_anti")
-             .unionByName(solved_tracks))
-    n_users, n_tracks = solved_users.count(), solved_tracks.count()
+    moved = changed(plays, base, "user_id", "track_id", layout.USER_DIGESTS).cache()
+    users, n_users = step(plays, users, items, moved, "user_id", "track_id", params)
+    moved = changed(plays, base, "track_id", "user_id", layout.TRACK_DIGESTS).cache()
+    items, n_tracks = step(plays, items, users, moved, "track_id", "user_id", params)
     logger.info("fold-in: %d users and %d tracks with changed plays solved in the space of %s",
                 n_users, n_tracks, base)
     return Folded(users, items, n_users, n_tracks)
