@@ -62,7 +62,9 @@ class ChildProcess:
         try:
             super().run()
             why = self.failure_file.read_text().strip()
-            if why:  # a job that exits 0 with a failure: torchrun must not restart it
+            # a job that exits 0 without its output, with a failure torchrun must not
+            # restart (an attempt that failed before a restart succeeded left its line)
+            if why and not self.complete():
                 raise JobFailed(f"{self.task_family}: {why}")
         except ExternalProgramRunError as err:
             why = self.failure_file.read_text().strip()
