@@ -112,6 +112,7 @@ def main() -> None:
     cfg.write_text((REPO / "luigi.cfg").read_text()
                    + f"\n[TrainAls]\nrefit_every = {nights}\nmax_new_share = 0.5\n")
     os.environ.update(COLDSTART_DATA_ROOT=str(data), LUIGI_CONFIG_PATH=str(cfg))
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # the refits' executors
     runs = ["backfill"] + [(dt.date(2026, 11, 1) + dt.timedelta(days=n)).isoformat()
                            for n in range(nights)]
     rows = []
@@ -134,7 +135,7 @@ def main() -> None:
             scratch = work / f"refit-{run}"
             subprocess.run([sys.executable, "-m", "jobs.als", "--plays", str(data / "plays.parquet"),
                             "--out", str(scratch), *als_flags()], cwd=REPO, check=True,
-                           capture_output=True)
+                           stdout=subprocess.DEVNULL)
             items = storage.read_table(scratch / layout.ITEM_FACTORS, schemas.ITEM_FACTORS)
             refit = held_out_auc(
                 storage.read_table(scratch / layout.USER_FACTORS, schemas.USER_FACTORS),
