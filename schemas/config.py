@@ -78,8 +78,8 @@ class FoldInConfig:
            "between fold their plays into its factor space (1: a full refit every night)",
         significant=False)
     max_new_share: float = setting(
-        0.1, "refit early when more than this share of tonight's plays (by count) is new "
-             "since the last refit", significant=False)
+        0.1, "refit early when more than this share of tonight's plays (by count) is new, "
+             "or gone, since the last refit", significant=False)
 
 
 @dataclass(frozen=True)

@@ -430,6 +430,6 @@ def test_a_fold_in_solves_the_changed_users_then_the_changed_tracks_in_the_refit
     als.run(spark, str(tmp_path / "plays.parquet"), tmp_path / "refit", EXACT,
             base=root / "out", max_new_share=0.0)
     meta = storage.read_params(tmp_path / "refit" / layout.ITEM_FACTORS)
-    assert meta["night"] == "refit" and "new since it (above 0.0%)" in meta["why"]
+    assert meta["night"] == "refit" and "new or gone since it (above 0.0%)" in meta["why"]
     assert meta["factor_space"] != before["factor_space"]
     assert (tmp_path / "refit" / layout.USER_DIGESTS).exists()

@@ -52,15 +52,15 @@ def changed(plays: DataFrame, base: Path, key: str, other: str, table: str) -> D
 
 
 def new_share(track_plays: DataFrame, base: Path) -> float:
-    """The share of tonight's plays (by count) that are new since the refit at ``base``:
-    what each track gained, over tonight's total."""
+    """The share of tonight's plays (by count) that changed since the refit at ``base``:
+    what each track gained or lost, over tonight's total."""
     before = (track_plays.sparkSession.read.parquet(str(base / layout.TRACK_PLAYS))
               .select("track_id", F.col("plays").alias("before")))
-    row = (track_plays.join(before, "track_id", "left")
-           .agg(F.sum(F.greatest(F.lit(0), F.col("plays") - F.coalesce("before", F.lit(0))))
-                .alias("new"), F.sum("plays").alias("total"))
+    change = F.abs(F.coalesce("plays", F.lit(0)) - F.coalesce("before", F.lit(0)))
+    row = (track_plays.join(before, "track_id", "full")
+           .agg(F.sum(change).alias("changed"), F.sum("plays").alias("total"))
            .first())
-    return float(row["new"] or 0) / max(float(row["total"] or 0), 1.0)
+    return float(row["changed"] or 0) / max(float(row["total"] or 0), 1.0)
 
 
 def gram(factors: DataFrame) -> np.ndarray:

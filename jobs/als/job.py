@@ -512,12 +512,12 @@ def night_kind(spark: SparkSession, base: Path | None, params: AlsParams, out: P
     else:
         share = foldin.new_share(spark.read.parquet(str(out / layout.TRACK_PLAYS)), base)
         if share <= max_new_share:
-            logger.info("fold-in: %.1f%% of tonight's plays are new since the refit %s "
+            logger.info("fold-in: %.1f%% of tonight's plays are new or gone since the refit %s "
                         "(refit above %.1f%%)", 100 * share, base, 100 * max_new_share)
             return {"night": "fold-in", "base": base.name,
                     model_file.FACTOR_SPACE: learned[model_file.FACTOR_SPACE],
                     "new_share": round(share, 6)}
-        why = f"{100 * share:.1f}% of tonight's plays are new since it (above " \
+        why = f"{100 * share:.1f}% of tonight's plays are new or gone since it (above " \
               f"{100 * max_new_share:.1f}%)"
     logger.info("full refit instead of folding into %s: %s", base, why)
     return {"night": "refit", "instead_of_base": base.name, "why": why}
