@@ -357,10 +357,14 @@ def test_noise_audio_fails_the_same_check(tmp_path):
     # The check reads the evaluation alone: nothing else of the chain needs to run.
     second = run_chain(tmp_path, "EvaluateColdStart", "--EvaluateColdStart-models",
                        '["dieleman2014:wpe"]')
-    if second.returncode != 0:  # training refused a model that learned one direction
-        assert "the trained model collapsed" in second.stderr, second.stderr[-4000:]
-        return
+    assert second.returncode == 0, second.stderr[-4000:]
     report = json.loads(only("runs/backfill/evaluation-*.json", tmp_path).read_text())
+    refused = list((tmp_path / "data" / "runs" / "backfill").glob(
+        "model-heldout-dieleman2014-wpe-*.pt.failed"))
+    if refused:  # training refused a model that learned one direction: evaluated without it
+        assert "the trained model collapsed" in refused[0].read_text()
+        assert CNN not in {row["method"] for row in report["methods"]}, report
+        return
     assert not ranks_above_chance(report), report
 
 
