@@ -243,7 +243,7 @@ def train(job: TrainJob) -> None:
     model = build_net(net, pretrained=True)
     started_from = warm_start(model, job) if job.init_from is not None else None
     if started_from is not None:
-        config = dataclasses.replace(config, epochs=config.warm_epochs)
+        config = dataclasses.replace(config, epochs=min(config.epochs, config.warm_epochs))
     model.mel_mean, model.mel_std = mean, std
     loss = wpe_loss(job.item_factors, job.user_factors, job.plays, track_index) \
         if job.loss == "wpe" else getattr(losses, job.loss)

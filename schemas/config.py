@@ -360,7 +360,8 @@ class TrainConfig:
     val_fraction: float = setting(0.1, "fraction of tracks held out for validation")
     patience: int = setting(15, "epochs without validation improvement before stopping")
     warm_epochs: int = setting(10, "maximum epochs of a network warm-started from the last "
-                                   "model (--init-from), which starts near its optimum")
+                                   "model (--init-from), which starts near its optimum; "
+                                   "never more than epochs")
     seed: int = setting(0, "random seed")
     loader_workers: int = setting(0, "data-loader processes per rank", significant=False)
     min_spread: float = setting(
