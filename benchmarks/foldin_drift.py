@@ -38,31 +38,19 @@ def synthetic_plays(users: int, tracks: int, per_user: int, seed: int):
     return np.array(rows).T
 
 
-def held_out_auc(factors_dir: Path, shown, heldout) -> float:
+def factors_auc(factors_dir: Path, shown, heldout) -> float:
+    """benchmarks/nightly.py's held-out AUC of the ALS factors under ``factors_dir``;
+    ``shown`` and ``heldout`` are (user, track) index arrays."""
     import schemas
-    from schemas import factor_matrix, storage
-    from schemas.metrics import auc
+    from nightly import held_out_auc  # benchmarks/nightly.py, beside this script
+    from schemas import storage
 
-    users = storage.read_table(factors_dir / "user_factors", schemas.USER_FACTORS)
-    items = storage.read_table(factors_dir / "item_factors", schemas.ITEM_FACTORS)
-    row = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
-    column = {t: j for j, t in enumerate(items.column("track_id").to_pylist())}
-    scores = factor_matrix(users) @ factor_matrix(items).T
-    played: dict[int, set[int]] = {}
-    for u, t in zip(*shown):
-        if f"u{u}" in row and f"t{t}" in column:
-            played.setdefault(row[f"u{u}"], set()).add(column[f"t{t}"])
-    wanted: dict[int, set[int]] = {}
-    for u, t in zip(*heldout):
-        if f"u{u}" in row and f"t{t}" in column:
-            wanted.setdefault(row[f"u{u}"], set()).add(column[f"t{t}"])
-    aucs = []
-    for user, positives in wanted.items():
-        negative = np.ones(len(column), bool)
-        negative[list(positives | played.get(user, set()))] = False
-        if negative.any():
-            aucs.append(auc(scores[user, list(positives)], scores[user, negative]))
-    return float(np.mean(aucs))
+    def pairs(users, tracks) -> dict:
+        return {"user_id": [f"u{u}" for u in users], "track_id": [f"t{t}" for t in tracks]}
+
+    return held_out_auc(storage.read_table(factors_dir / "user_factors", schemas.USER_FACTORS),
+                        storage.read_table(factors_dir / "item_factors", schemas.ITEM_FACTORS),
+                        pairs(*heldout), pairs(*shown))
 
 
 def main() -> None:
@@ -116,9 +104,9 @@ def main() -> None:
         als.run(spark, tonight, work / f"fold-{share}", params, base=base, max_new_share=1.0)
         als.run(spark, tonight, work / f"refit-{share}", params)
         shown = (user[rest], track[rest])
-        folded = held_out_auc(work / f"fold-{share}", shown, heldout)
-        refit = held_out_auc(work / f"refit-{share}", shown, heldout)
-        before = held_out_auc(base, (user[rest[:n_base]], track[rest[:n_base]]), heldout)
+        folded = factors_auc(work / f"fold-{share}", shown, heldout)
+        refit = factors_auc(work / f"refit-{share}", shown, heldout)
+        before = factors_auc(base, (user[rest[:n_base]], track[rest[:n_base]]), heldout)
         print(f"{share:>9.2f} {folded:>11.4f} {refit:>9.4f} {refit - folded:>15.4f} "
               f"{before:>8.4f}", flush=True)
     spark.stop()
