@@ -253,6 +253,16 @@ class SpectrogramOptions:
         3 * 3600.0, "tracks longer than this many seconds are dead letters ('too long'), "
                     "whether the container says so or decoding finds it; 0 for no limit",
         significant=False)
+    silence_dbfs: float = setting(
+        -60.0, "tracks whose excerpt's loudest second stays below this RMS level, in dB "
+               "relative to full scale, are dead letters ('silent'): digital silence is -inf, "
+               "a hiss or hum left on a blank recording -70 to -90, quiet music -40 or above",
+        significant=False)
+    duration_tolerance: float = setting(
+        0.05, "tracks whose file holds less audio than the catalogue's duration_s by more "
+              "than this fraction of it (and more than a second) are dead letters "
+              "('truncated'); catalogues without duration_s are not checked",
+        significant=False)
     max_file_mb: float | None = setting(
         1024.0, "audio files larger than this many MiB are dead letters ('too large'); 0 for "
                 "no limit", significant=False)
@@ -309,7 +319,8 @@ class SpectrogramOptions:
     def limits(self) -> dict:
         """The per-track limits, as decode_excerpt's keyword arguments."""
         return {"min_duration_s": self.min_duration_s, "max_bytes": self.max_bytes,
-                "max_duration_s": self.duration_limit_s}
+                "max_duration_s": self.duration_limit_s, "silence_dbfs": self.silence_dbfs,
+                "duration_tolerance": self.duration_tolerance}
 
     @property
     def decoder_count(self) -> int:

@@ -1,8 +1,12 @@
 """deploy/ as far as it can be checked offline: each file parses, runs the production
 settings, makes a failed night visible, and names only what exists."""
 import configparser
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import luigi
@@ -108,3 +112,95 @@ def test_the_multinode_training_launch_parses_and_asks_model_train_for_what_it_h
     values = {flag: "x" for flag in flags}
     args = parse_args([word for flag in sorted(flags) for word in (flag, values[flag])])
     assert all(getattr(args, flag[2:].replace("-", "_")) is not None for flag in flags)
+
+
+# -- Each deploy file's night, started as the file starts it ----------------------------
+
+def night_settings(cwd: Path, env: dict, command: str, installed: dict[str, Path]) -> dict:
+    """What the night that ``command`` starts (in ``cwd``, with ``env``) hands its jobs
+    (tests/deploy_probe.py): the paths of the install mapped by ``installed``."""
+    def here(text: str) -> str:
+        for there, path in installed.items():
+            text = text.replace(there, str(path))
+        return text
+    words = shlex.split(command.replace("\\%", "%").replace("%%", "%"))
+    luigi_args = words[next(i for i, w in enumerate(words) if w.endswith("luigi")) + 1:]
+    if ">>" in luigi_args:  # the crontab's log
+        luigi_args = luigi_args[:luigi_args.index(">>")]
+    luigi_args = [("2026-12-01" if w.startswith("$(date") else here(w)) for w in luigi_args]
+    environment = {**os.environ, **{key: here(value) for key, value in env.items()}}
+    environment.pop("PYTHONPATH", None)  # the installed package, not this checkout's path
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "deploy_probe.py"), *luigi_args],
+                          cwd=here(str(cwd)), env=environment, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def deployed_nights(tmp_path) -> dict[str, tuple]:
+    """(working directory, environment, command, install paths) of each deploy file."""
+    data = tmp_path / "data"
+    data.mkdir(parents=True)
+    installed = {"/srv/coldstart/data": data, "/srv/coldstart": REPO}
+    lines = [line for line in (DEPLOY / "crontab").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    cron_env = dict(line.split("=", 1) for line in lines if re.match(r"^[A-Z_]+=", line))
+    [entry] = [line for line in lines if not re.match(r"^[A-Z_]+=", line)]
+    cd, command = entry.split(None, 5)[5].split("&&", 1)
+    nights = {"crontab": (shlex.split(cd)[1], cron_env, command, installed)}
+
+    service = unit("coldstart-nightly.service")["Service"]
+    environment = dict(value.split("=", 1) for value in service["Environment"].split("\n"))
+    nights["systemd"] = (service["WorkingDirectory"], environment,
+                         shlex.split(service["ExecStart"])[2], installed)
+
+    documents = {doc["kind"]: doc for doc in
+                 yaml.safe_load_all((DEPLOY / "k8s-cronjob.yaml").read_text())}
+    [container] = documents["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"]
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "luigi.cfg").write_text(documents["ConfigMap"]["data"]["luigi.cfg"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    nights["kubernetes"] = (container["workingDir"],
+                            {item["name"]: item["value"] for item in container["env"]},
+                            container["args"][0],
+                            {mounts["config"]: config_dir, mounts["data"]: data})
+    return nights
+
+
+def test_a_night_started_as_each_deploy_file_starts_it_runs_production_settings(tmp_path):
+    # What a night would take from no configuration at all: the defaults.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "none.cfg").write_text("")
+    defaults = night_settings(empty, {"LUIGI_CONFIG_PATH": str(empty / "none.cfg"),
+                                      "COLDSTART_DATA_ROOT": str(empty)},
+                              'luigi --module workflows NightlyFactors --date "$(date +%F)"', {})
+    demo = configparser.ConfigParser(interpolation=None)
+    demo.read(REPO / "luigi.cfg")
+    demo_conf = demo["spark"]["conf"].split("|")
+    for name, (cwd, env, command, installed) in deployed_nights(tmp_path).items():
+        settings = night_settings(cwd, env, command, installed)
+        production = configparser.ConfigParser(interpolation=None)
+        production.read(in_repo(env["LUIGI_CONFIG_PATH"]) if name != "kubernetes"
+                        else tmp_path / "config" / "luigi.cfg")
+        spark = settings["spark"]
+        assert spark[spark.index("--master") + 1] == production["spark"]["master"], name
+        # none of the demo's Spark settings reaches the job (unless production sets it too)...
+        own = set(production.get("spark", "conf", fallback="").split("|"))
+        assert not (set(demo_conf) - own) & {spark[i + 1] for i, w in enumerate(spark)
+                                             if w == "--conf"}, name
+        assert "--driver-memory" not in spark or \
+            spark[spark.index("--driver-memory") + 1] == production["spark"]["driver-memory"]
+        # ...nor its narrowed networks or its small codebook: the defaults, where production
+        # does not set them
+        assert settings["net"] == defaults["net"] and settings["bow_codebook"] == \
+            defaults["bow_codebook"] != int(demo["ChooseModel"]["bow_codebook"]), name
+        if production.has_option("spark", "properties-file"):
+            assert spark[spark.index("--properties-file") + 1] == \
+                production["spark"]["properties-file"]
+    # In the checkout, luigi would have read the demo's settings under the production ones.
+    cwd, env, command, installed = deployed_nights(tmp_path / "again")["systemd"]
+    in_checkout = night_settings(REPO, env, command, installed)
+    assert in_checkout["bow_codebook"] == int(demo["ChooseModel"]["bow_codebook"])

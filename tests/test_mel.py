@@ -122,21 +122,21 @@ def write_understated_mp3(path, seconds: float) -> str:
     return str(path)
 
 
-def decode_or_crash(uri: str, params: MelParams, **limits) -> np.ndarray:
+def decode_or_crash(uri: str, params: MelParams, *args, **limits) -> np.ndarray:
     """decode_excerpt, but a URI ending in .segfault crashes the process in native
     code, as FFmpeg does on some broken input, and one ending in .hang hangs."""
     if uri.endswith(".segfault"):
         ctypes.string_at(0)  # reads address 0: SIGSEGV
     if uri.endswith(".hang"):
         time.sleep(3600)
-    return decode_excerpt(uri, params, **limits)
+    return decode_excerpt(uri, params, *args, **limits)
 
 
-def spectrograms_or_crash(uri: str, params: MelParams, outputs=(), **limits) -> tuple:
+def spectrograms_or_crash(uri: str, params: MelParams, outputs=(), *args, **limits) -> tuple:
     """The job's spectrograms, crashing or hanging as decode_or_crash does."""
     if uri.endswith((".segfault", ".hang")):
         decode_or_crash(uri, params, **limits)
-    return spectrograms(uri, params, outputs, **limits)
+    return spectrograms(uri, params, outputs, *args, **limits)
 
 
 @pytest.fixture(scope="module")
@@ -469,9 +469,9 @@ def test_one_decoding_makes_every_output(half_silent, monkeypatch):
     path = half_silent["stereo44.ogg"]
     decoded = []
 
-    def counted(uri, params, **limits):
+    def counted(uri, params, *args, **limits):
         decoded.append(uri)
-        return decode_excerpt(uri, params, **limits)
+        return decode_excerpt(uri, params, *args, **limits)
     monkeypatch.setattr(mel_module, "decode_excerpt", counted)
 
     main, tagger = spectrograms(path, PARAMS, (PARAMS, PARAMS.frontend()))

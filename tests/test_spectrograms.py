@@ -322,9 +322,9 @@ def test_each_output_is_incremental_and_a_track_is_decoded_once(catalogue, tmp_p
                                                                  monkeypatch):
     decoded = []
 
-    def counted(uri, params, **limits):
+    def counted(uri, params, *args, **limits):
         decoded.append(uri)
-        return decode_excerpt(uri, params, **limits)
+        return decode_excerpt(uri, params, *args, **limits)
     monkeypatch.setattr(mel_module, "decode_excerpt", counted)
     out = tmp_path / "mels"
     args = ["--catalogue", catalogue["path"], "--out", str(out), "--excerpt-s", str(EXCERPT_S),
@@ -520,6 +520,48 @@ def test_every_kind_of_bad_input_lands_once_in_the_dead_letters(catalogue, tmp_p
         assert letter["error"].startswith(uri) and reason in letter["error"]
 
 
+def test_silent_and_truncated_audio_are_set_aside_with_their_reasons(tmp_path):
+    from tests.test_mel import write_truncated
+
+    rate = 22050
+    noise = np.random.default_rng(0).standard_normal(4 * rate)
+
+    def ogg(name, samples):
+        return write_audio(tmp_path / name, samples, rate, "vorbis", "stereo")
+    good = {  # (samples, the catalogue's duration_s)
+        "loud": (tone(440, 4.0, rate), 4.0),
+        "quiet": (noise * 10 ** (-45 / 20), 4.0),   # a quiet passage, -45 dBFS: music
+        "rounded": (tone(330, 4.0, rate), 4.6),     # a catalogue rounding up: within a second
+        "unknown": (tone(550, 4.0, rate), None),    # no duration given: not checked
+    }
+    bad = {
+        "silence": (np.zeros(4 * rate), 4.0, "silent: the excerpt's loudest second is at -inf"),
+        "hiss": (noise * 10 ** (-80 / 20), 4.0, "silent: the excerpt's loudest second is at -8"),
+        "cut": (None, 12.0, "truncated: the file holds"),
+    }
+    rows = [{"track_id": t, "audio_uri": ogg(f"{t}.ogg", samples), "duration_s": seconds}
+            for t, (samples, seconds) in good.items()]
+    rows += [{"track_id": t, "duration_s": seconds,
+              "audio_uri": ogg(f"{t}.ogg", samples) if samples is not None else None}
+             for t, (samples, seconds, _) in bad.items()]
+    # an Ogg cut to 40% of its bytes declares its own shorter length, ~4.8 s of 12
+    whole = ogg("whole.ogg", tone(440, 12.0, rate))
+    rows[-1]["audio_uri"] = write_truncated(tmp_path / "cut.ogg", whole)
+    path = write_catalogue(tmp_path / "catalogue.parquet", rows)
+
+    code = main(["--catalogue", path, "--out", str(tmp_path / "mels"), "--run-id", "r1",
+                 "--excerpt-s", "2", "--max-bad-fraction", "0.9", *IN_PROCESS])
+
+    assert code == 0
+    mels, dead = read_run(run_dir(tmp_path / "mels", MelParams(excerpt_s=2.0), "r1"))
+    assert sorted(pa.concat_tables(mels).column("track_id").to_pylist()) == sorted(good)
+    letters = {d["track_id"]: d for d in pa.concat_tables(dead).to_pylist()}
+    assert sorted(letters) == sorted(bad)
+    for track, (_, _, reason) in bad.items():
+        assert letters[track]["stage"] == "decode"
+        assert letters[track]["error"].startswith(f"{letters[track]['audio_uri']}: {reason}")
+
+
 def test_audio_on_an_fsspec_filesystem(catalogue, tmp_path):
     import fsspec
 
@@ -646,7 +688,7 @@ def test_run_dir_rejects_hidden_or_nested_ids():
 
 # -- A broken environment stops the job ------------------------------------------------
 
-def no_space_left(uri: str, params: MelParams, outputs=(), **limits) -> tuple:
+def no_space_left(uri: str, params: MelParams, *args, **limits) -> tuple:
     """A decoder on a machine whose disk is full: every track would fail alike."""
     raise OSError(errno.ENOSPC, "No space left on device", uri)
 

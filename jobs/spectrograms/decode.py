@@ -44,6 +44,10 @@ _BAD_PACKETS = 0.05
 # (and padded with silence): a 30 s preview clip may decode to 29.98 s.
 _REJECT_SLACK_S = 0.1
 
+# A file may fall this much short of the catalogue's duration whatever the tolerance:
+# catalogues round durations to the second, and encoders add or trim a few frames.
+_CATALOGUE_SLACK_S = 1.0
+
 
 class DecodeError(RuntimeError):
     """A track could not be decoded; the message starts with its URI."""
@@ -78,9 +82,10 @@ def systemic_message(err: BaseException) -> str:
     return str(err) if isinstance(err, SystemicError) else f"{type(err).__name__}: {err}"
 
 
-def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
-                   max_bytes: int | None = None,
-                   max_duration_s: float | None = None) -> np.ndarray:
+def decode_excerpt(uri: str, params: MelParams, catalogue_s: float | None = None, *,
+                   min_duration_s: float = 0.0, max_bytes: int | None = None,
+                   max_duration_s: float | None = None, silence_dbfs: float | None = None,
+                   duration_tolerance: float | None = None) -> np.ndarray:
     """Decode the middle ``params.excerpt_s`` seconds of ``uri``.
 
     Returns samples: (n_samples,) float32 at ``params.sample_rate`` Hz, mono (the
@@ -94,7 +99,10 @@ def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
     larger than ``max_bytes``, holds no audio stream or one FFmpeg cannot decode,
     is truncated, holds less than ``min_duration_s`` or more than
     ``max_duration_s`` seconds of audio, or is shorter than the excerpt under
-    pad="reject".
+    pad="reject". Also when the loudest second of the excerpt stays below
+    ``silence_dbfs`` (RMS, dB relative to full scale: "silent"), and when the file
+    holds less than ``catalogue_s`` (the catalogue's duration_s of the track, if known)
+    by more than ``duration_tolerance`` of it and more than a second ("truncated").
     """
     rate = params.sample_rate
     max_samples = round(max_duration_s * rate) if max_duration_s else None
@@ -127,7 +135,32 @@ def decode_excerpt(uri: str, params: MelParams, *, min_duration_s: float = 0.0,
             and decoded_s < params.excerpt_s - _REJECT_SLACK_S):
         raise DecodeError(f"{uri}: too short for the excerpt: {decoded_s:.2f} s < "
                           f"{params.excerpt_s:g} s (pad=reject)")
+    if catalogue_s and catalogue_s > 0 and duration_tolerance is not None:
+        # The container's word for how long the file is, or what decoding found where it
+        # reached the end: a file cut short may declare its own, shorter, length.
+        held_s = duration_s
+        if params.excerpt_samples is None or len(samples) < params.excerpt_samples:
+            held_s = decoded_s if held_s is None else min(held_s, decoded_s)
+        if held_s is not None and catalogue_s - held_s > max(duration_tolerance * catalogue_s,
+                                                              _CATALOGUE_SLACK_S):
+            raise DecodeError(f"{uri}: truncated: the file holds {held_s:.2f} s of the "
+                              f"{catalogue_s:.2f} s the catalogue gives")
+    if silence_dbfs is not None:
+        level = loudest_second_dbfs(samples, params.sample_rate)
+        if level < silence_dbfs:
+            raise DecodeError(f"{uri}: silent: the excerpt's loudest second is at "
+                              f"{level:.1f} dBFS, below {silence_dbfs:g} dBFS")
     return _pad(samples, params)
+
+
+def loudest_second_dbfs(samples: np.ndarray, rate: int) -> float:
+    """The RMS level of the loudest whole second of ``samples`` (all of them when shorter),
+    in dB relative to full scale (a full-scale square wave: 0; digital silence: -inf)."""
+    window = min(rate, len(samples))
+    usable = len(samples) - len(samples) % window
+    power = np.square(samples[:usable], dtype=np.float64).reshape(-1, window).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return float(10 * np.log10(power.max()))
 
 
 def _audio_stream(uri: str, container: av.container.InputContainer) -> av.AudioStream:

@@ -203,13 +203,18 @@ def catalogue_files(pattern: str) -> list[str]:
 
 
 CATALOGUE_COLUMNS = ["track_id", "audio_uri"]
+# Read too where every catalogue file has it: a file falling short of it is truncated.
+DURATION_COLUMN = "duration_s"
 
 
-def check_catalogue(files: Sequence[str]) -> None:
-    """Raise JobError unless every file is Parquet with the CATALOGUE_COLUMNS.
+def check_catalogue(files: Sequence[str]) -> list[str]:
+    """The catalogue columns the job reads: CATALOGUE_COLUMNS, and DURATION_COLUMN when
+    every file has it. Raises JobError unless every file is Parquet with the
+    CATALOGUE_COLUMNS.
 
     Reads only the files' footers.
     """
+    with_duration = True
     for path in files:
         with FileSystems.open(path) as handle:
             try:
@@ -219,6 +224,8 @@ def check_catalogue(files: Sequence[str]) -> None:
         missing = [column for column in CATALOGUE_COLUMNS if column not in names]
         if missing:
             raise cli.JobError(f"catalogue {path} lacks columns {missing} (has {names})")
+        with_duration = with_duration and DURATION_COLUMN in names
+    return CATALOGUE_COLUMNS + [DURATION_COLUMN] * with_duration
 
 
 def _read_parquet_rows(pipeline: beam.Pipeline, label: str, paths: Sequence[Path],
@@ -286,7 +293,7 @@ def _run(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...]) -> Ru
                         ", ".join(str(targets[other]) for other in left))
     pattern = catalogue_pattern(job.catalogue)
     files = catalogue_files(pattern)
-    check_catalogue(files)
+    columns = check_catalogue(files)
     if not options.isolate_decoding:
         check_environment(params, left)  # seconds, before any worker starts
     else:  # the children check it as they warm up
@@ -295,7 +302,7 @@ def _run(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...]) -> Ru
                           **decoder_settings(params, options.decode_timeout_s, options.limits,
                                              options.torch_threads, left))
     try:
-        return _run_parts(job, run_id, left, pattern, files)
+        return _run_parts(job, run_id, left, pattern, files, columns)
     finally:
         pool.close_spares()
 
@@ -312,7 +319,7 @@ def _workers_here(beam_options: PipelineOptions) -> int:
 
 
 def _run_parts(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...],
-               pattern: str, files: list[str]) -> RunSummary:
+               pattern: str, files: list[str], columns: list[str]) -> RunSummary:
     options = job.options
     targets = {output: layout.run_dir(job.out, output, run_id) for output in outputs}
 
@@ -340,7 +347,7 @@ def _run_parts(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...],
         if len(todo) < len(destinations):
             logger.info("part %d of %d: only %s left to write", part + 1, parts,
                         ", ".join(map(str, todo.values())))
-        read, counted = _run_part(job, pattern, (part, parts), todo, rows)
+        read, counted = _run_part(job, pattern, columns, (part, parts), todo, rows)
         catalogue_rows += read
         for output, counts in counted.items():
             totals[output].update(counts)
@@ -369,13 +376,13 @@ def _run_parts(job: SpectrogramJob, run_id: str, outputs: tuple[MelParams, ...],
                       outputs=tuple(summaries[output] for output in outputs))
 
 
-def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
+def _run_part(job: SpectrogramJob, pattern: str, columns: list[str], part: tuple[int, int],
               destinations: dict[MelParams, Path],
               expected: int | None = None) -> tuple[int, dict[MelParams, dict[str, int]]]:
     """Run the pipeline on one part of the catalogue for the outputs of
     ``destinations``, and publish each as its destination; returns the catalogue rows
     read, and for each output its counters and the spectrograms and dead letters it
-    wrote. ``expected``, the catalogue's rows, is for the progress log."""
+    wrote. ``columns``: what to read of the catalogue. ``expected``, the catalogue's rows, is for the progress log."""
     params, options = job.params, job.options
     outputs = tuple(destinations)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -394,7 +401,7 @@ def _run_part(job: SpectrogramJob, pattern: str, part: tuple[int, int],
         try:
             with beam.Pipeline(options=job.beam) as pipeline:
                 rows = pipeline | "ReadCatalogue" >> beam.io.ReadFromParquet(
-                    pattern, columns=CATALOGUE_COLUMNS)
+                    pattern, columns=columns)
                 done = [_read_parquet_rows(pipeline, numbered("EarlierMels", i),
                                            earlier_mels[output], ["track_id"])
                         | numbered("TrackIds", i) >> beam.Map(lambda row: row["track_id"])

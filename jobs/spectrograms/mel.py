@@ -158,16 +158,17 @@ def _at_rate(samples: np.ndarray, rate: int, output: MelParams) -> np.ndarray:
 
 
 def spectrograms(uri: str, params: MelParams, outputs: Sequence[MelParams] = (),
+                 catalogue_s: float | None = None,
                  **limits) -> tuple[np.ndarray | MelError, ...]:
     """The stored spectrograms of ``uri`` for each of ``outputs`` (default: ``params``
     alone), all made from one decoding of its excerpt with ``params`` (decode_excerpt,
-    with ``limits``); an output at another sample rate from those samples resampled.
+    with the catalogue's duration ``catalogue_s`` and ``limits``); an output at another sample rate from those samples resampled.
 
     Each is (n_mels, n_frames) in its output's dtype, or the MelError that says why
     it could not be computed (so that one output can fail alone). Raises DecodeError
     when the audio is at fault: every output fails alike.
     """
-    samples = decode_excerpt(uri, params, **limits)
+    samples = decode_excerpt(uri, params, catalogue_s, **limits)
     return tuple(_stored(uri, samples, params.sample_rate, output)
                  for output in outputs or (params,))
 

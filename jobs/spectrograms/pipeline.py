@@ -154,10 +154,8 @@ class ComputeSpectrograms(beam.DoFn):
                  isolate: bool = True, decoders: int = 1,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
                  torch_threads: int = SpectrogramOptions.torch_threads,
-                 min_duration_s: float = 0.0, max_bytes: int | None = None,
-                 max_duration_s: float | None = None,
                  spectrograms: Callable[..., tuple] = spectrograms,
-                 expected: int | None = None) -> None:
+                 expected: int | None = None, **limits) -> None:
         self.params = params
         self.outputs = tuple(outputs) or (params,)
         self.expected = expected  # tracks of the whole job, for the progress log
@@ -165,8 +163,7 @@ class ComputeSpectrograms(beam.DoFn):
         self.decoders = decoders
         self.timeout_s = timeout_s
         self.torch_threads = torch_threads
-        self.limits = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
-                       "max_duration_s": max_duration_s}
+        self.limits = limits  # decode_excerpt's per-track limits (SpectrogramOptions.limits)
         self.spectrograms = spectrograms
 
     def setup(self) -> None:
@@ -196,12 +193,12 @@ class ComputeSpectrograms(beam.DoFn):
         self.progress.add()
         if not self.isolate:
             yield from self._result(row, wanted, lambda: self.spectrograms(
-                row["audio_uri"], self.params, outputs, **self.limits))
+                row["audio_uri"], self.params, outputs, row.get("duration_s"), **self.limits))
             return
         while sum(child.queued for child in self._children) >= self.QUEUED * len(self._children):
             yield from self._finished()
         child = min(self._children, key=lambda child: child.queued)
-        child.send(row["audio_uri"], outputs)
+        child.send(row["audio_uri"], outputs, row.get("duration_s"))
         self._rows[child].append((row, wanted))
 
     def finish_bundle(self) -> Iterator:

@@ -53,14 +53,11 @@ class IsolatedDecoder:
 
     def __init__(self, params: MelParams, *,
                  timeout_s: float = SpectrogramOptions.decode_timeout_s,
-                 min_duration_s: float = 0.0, max_bytes: int | None = None,
-                 max_duration_s: float | None = None,
                  decode: Callable[..., np.ndarray] = decode_excerpt,
-                 warm_up: Callable[[], None] | None = None) -> None:
+                 warm_up: Callable[[], None] | None = None, **limits) -> None:
         self.params = params
         self.timeout_s = timeout_s
-        self._kwargs = {"min_duration_s": min_duration_s, "max_bytes": max_bytes,
-                        "max_duration_s": max_duration_s}
+        self._kwargs = limits  # decode_excerpt's keyword arguments
         self._decode = decode
         self._warm_up = warm_up
         self._process: subprocess.Popen | None = None
