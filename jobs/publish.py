@@ -168,8 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         target = layout.snapshot_dir(args.out, args.run_id)
         if target.exists():
             raise cli.UsageError(f"snapshot {target} already exists")
-        publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
-                args.runs, args.catalogue, args.plays, args.audience, args.index, args.tags)
+        try:
+            publish(args.run_id, args.user_factors, args.track_factors, args.out, args.keep,
+                    args.runs, args.catalogue, args.plays, args.audience, args.index, args.tags)
+        except OSError as err:
+            if err.filename and not str(err.filename).startswith(str(args.out)):
+                raise  # an input: it names its file
+            # a full disk or a read-only file system: say which snapshot could not be written
+            raise cli.JobError(f"cannot write snapshot {target}: {err.strerror or err}") from err
     return cli.run_job(body, logger, ValueError)
 
 

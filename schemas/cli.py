@@ -2,8 +2,12 @@
 expected failure is reported (one line naming the input, no traceback).
 
     0  done
-    1  failed: bad input, a bound exceeded, a broken environment
+    1  failed: bad input, a bound exceeded, a broken environment (a file that cannot
+       be read or written, a full disk), or a bug
     2  bad usage: unknown or missing flags, or an output that already exists
+
+Every failure ends the job's log with one line saying what is wrong; a traceback only
+with $COLDSTART_DEBUG set (for a bug, the line says so).
 
 A job's settings are flags derived from the fields of a config dataclass
 (schemas/config.py): ``add_settings`` adds them, ``settings_from`` builds the config
@@ -25,6 +29,7 @@ OK, FAILED, USAGE = 0, 1, 2
 # Where a job run by the workflow writes the one line of its expected failure, so that
 # the workflow can say why without reading the job's log (workflows/process.py).
 FAILURE_FILE = "COLDSTART_FAILURE_FILE"
+DEBUG = "COLDSTART_DEBUG"  # set (to anything but "" or 0): tracebacks are shown
 PROGRESS_EVERY_S = 10.0  # how often a long stage logs its progress
 
 
@@ -62,30 +67,57 @@ def setup_logging(prefix: str = "") -> None:
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
 
 
+def debugging() -> bool:
+    """Whether failures should show their tracebacks ($COLDSTART_DEBUG)."""
+    return os.environ.get(DEBUG, "") not in ("", "0")
+
+
 def run_job(body: Callable[[], int | None], log: logging.Logger,
             *expected: type[BaseException]) -> int:
-    """Run a job's body and turn its expected failures into an exit code.
+    """Run a job's body and turn its failures into an exit code.
 
-    JobError, and the ``expected`` exception types, are logged to ``log`` (the job's
-    own logger) as one line, also written to the file $COLDSTART_FAILURE_FILE names;
-    anything else is a bug and keeps its traceback.
+    JobError, OSError (a file missing or unwritable, a full disk) and the ``expected``
+    exception types are logged to ``log`` (the job's own logger) as one line, also
+    written to the file $COLDSTART_FAILURE_FILE names. Anything else is a bug: one line
+    that says so, and its traceback with $COLDSTART_DEBUG.
     """
     try:
         return body() or OK
     except UsageError as err:
         record_failure(log, err)
         return USAGE
-    except (JobError, *expected) as err:
-        record_failure(log, err)
+    except (JobError, OSError, *expected) as err:
+        if debugging():
+            log.exception("the traceback of the failure below")
+        record_failure(log, one_line(err))
+        return FAILED
+    except Exception as err:
+        if debugging():
+            raise
+        record_failure(log, f"unexpected {type(err).__name__}: {err} (a bug; "
+                            f"{DEBUG}=1 shows where)")
         return FAILED
 
 
-def record_failure(log: logging.Logger, err: BaseException) -> None:
-    log.error("%s", err)
+def one_line(err: BaseException) -> str:
+    """What ``err`` says, on one line; for an OSError, the file and what is wrong with it
+    rather than Python's "[Errno 2] ..." form."""
+    if isinstance(err, OSError) and err.strerror:
+        where = " -> ".join(str(name) for name in (err.filename, err.filename2) if name)
+        return f"{where}: {err.strerror}" if where else err.strerror
+    text = " ".join(str(err).split())
+    if isinstance(err, FileNotFoundError) and text and " " not in text:
+        return f"{text}: No such file or directory"  # pyarrow's: the path alone
+    return text or type(err).__name__
+
+
+def record_failure(log: logging.Logger, err: BaseException | str) -> None:
+    line = one_line(err) if isinstance(err, BaseException) else err
+    log.error("%s", line)
     path = os.environ.get(FAILURE_FILE)
     if path:
         with open(path, "w", encoding="utf-8") as out:  # ranks that fail alike write alike
-            out.write(" ".join(str(err).split()) + "\n")
+            out.write(line + "\n")
 
 
 @dataclasses.dataclass(frozen=True)

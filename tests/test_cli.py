@@ -1,12 +1,21 @@
 """What every job shares on the command line (schemas/cli.py)."""
 import argparse
 import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from schemas import cli
 from schemas.cli import Progress, add_settings, settings_from
 from schemas.config import (NO_HOLDOUT, AlsParams, AlsTuning, EvaluateConfig, InputOptions,
                             TrackHoldout)
+from tests.test_publish import write_run
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_long_stage_logs_what_it_has_done_of_how_many_and_the_rate(caplog):
@@ -72,3 +81,72 @@ def test_the_help_explains_every_setting_and_ends_with_its_default():
     assert "--cache-ratings, --no-cache-ratings cache the indexed ratings before the fit " \
            "(default True)" in text
     assert "--reg" not in text
+
+
+# -- Failures: one line, no traceback ---------------------------------------------------
+
+def run_failing_job(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def test_a_missing_input_ends_a_job_with_one_line_naming_it(tmp_path):
+    missing = str(tmp_path / "nope.parquet")
+    for job in (["jobs.index", "--track-factors", missing, "--out", str(tmp_path / "index")],
+                ["jobs.audience", "--user-factors", missing, "--track-factors", missing,
+                 "--out", str(tmp_path / "audience.parquet")]):
+        done = run_failing_job(*job)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.endswith(f"{missing}: No such file or directory"), last
+        # asked for, the traceback is there
+        debug = run_failing_job(*job, env={cli.DEBUG: "1"})
+        assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_a_bug_is_one_line_that_says_so(caplog, monkeypatch):
+    log = logging.getLogger("a job")
+
+    def body():
+        return {}["no such key"]
+    monkeypatch.delenv(cli.DEBUG, raising=False)
+    with caplog.at_level(logging.INFO, logger="a job"):
+        assert cli.run_job(body, log) == cli.FAILED
+    [record] = caplog.records
+    assert record.getMessage().startswith("unexpected KeyError: 'no such key' (a bug;")
+    assert record.exc_info is None
+    monkeypatch.setenv(cli.DEBUG, "1")
+    with pytest.raises(KeyError):
+        cli.run_job(body, log)
+
+
+def publish_into(mount_options: str, tmp_path) -> subprocess.CompletedProcess:
+    """jobs.publish with --out on a small tmpfs mounted with ``mount_options``, in a mount
+    namespace of its own (unshare), so that no root and no real mount are needed."""
+    run = write_run(tmp_path, "2026-11-01", space="s")
+    out = tmp_path / "published"
+    out.mkdir()
+    publish = shlex.join([sys.executable, "-m", "jobs.publish", "--run-id", "2026-11-01",
+                          "--user-factors", str(run / "als" / "user_factors"),
+                          "--track-factors", str(run / "factors" / "track_factors.parquet"),
+                          "--out", str(out)])
+    script = f"mount -t tmpfs -o {mount_options} tmpfs {shlex.quote(str(out))} && exec {publish}"
+    try:
+        return subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+
+
+@pytest.mark.parametrize("options, reason", [("size=8k", "No space left on device"),
+                                             ("ro", "Read-only file system")])
+def test_publishing_to_a_full_or_read_only_disk_is_one_line_naming_the_snapshot(
+        tmp_path, options, reason):
+    done = publish_into(options, tmp_path)
+    if done.stderr.startswith(("unshare:", "mount:")):  # the sandbox, not the job
+        pytest.skip(f"no mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"published/2026-11-01" in last and reason in last, last
