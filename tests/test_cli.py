@@ -149,4 +149,4 @@ def test_publishing_to_a_full_or_read_only_disk_is_one_line_naming_the_snapshot(
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert f"published/2026-11-01" in last and reason in last, last
+    assert "published/2026-11-01" in last and reason in last, last
