@@ -265,11 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         [args.user_column, args.track_column, args.plays_column],
                         inputs.delimiter(args.delimiter))
     print(table(checks), flush=True)
-    wrong = [check.name for check in checks if not check.ok]
+    wrong = [check for check in checks if not check.ok]
     if args.report is not None:
         storage.write_text(args.report, json.dumps([asdict(check) for check in checks], indent=2))
-    if wrong:
-        logger.error("wrong: %s", "; ".join(wrong))
+    if wrong:  # the first is what to mend first; the table above lists the others
+        others = f" (and {len(wrong) - 1} more wrong above)" if len(wrong) > 1 else ""
+        cli.record_failure(logger, f"{wrong[0].name}: {wrong[0].detail}{others}")
         return cli.FAILED
     return cli.OK
 

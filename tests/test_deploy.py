@@ -31,11 +31,19 @@ def unit(name: str) -> configparser.ConfigParser:
     return parser
 
 
+def night_command(command: str) -> list[str]:
+    """The words of ``command`` from `-m workflows` (python -m workflows, the night's
+    own exit codes) on, as `--module workflows ...`: what luigi's command line takes."""
+    words = shlex.split(command.replace("\\%", "%").replace("%%", "%"))
+    start = words.index("-m")
+    assert words[start - 1].endswith("python") and words[start + 1] == "workflows", words
+    return ["--module", *words[start + 1:]]
+
+
 def assert_runs_nightly(command: str) -> None:
     """``command`` runs this package's NightlyFactors with a date, a task that exists."""
-    words = shlex.split(command.replace("\\%", "%"))
-    assert words[words.index("--module") + 1] == "workflows"
-    task = words[words.index("--module") + 2]
+    words = night_command(command)
+    task = words[2]
     assert task == "NightlyFactors" and isinstance(getattr(workflows, task), luigi.task_register.Register)
     assert "--date" in words
 
@@ -123,8 +131,7 @@ def night_settings(cwd: Path, env: dict, command: str, installed: dict[str, Path
         for there, path in installed.items():
             text = text.replace(there, str(path))
         return text
-    words = shlex.split(command.replace("\\%", "%").replace("%%", "%"))
-    luigi_args = words[next(i for i, w in enumerate(words) if w.endswith("luigi")) + 1:]
+    luigi_args = night_command(command)
     if ">>" in luigi_args:  # the crontab's log
         luigi_args = luigi_args[:luigi_args.index(">>")]
     luigi_args = [("2026-12-01" if w.startswith("$(date") else here(w)) for w in luigi_args]
@@ -176,7 +183,7 @@ def test_a_night_started_as_each_deploy_file_starts_it_runs_production_settings(
     (empty / "none.cfg").write_text("")
     defaults = night_settings(empty, {"LUIGI_CONFIG_PATH": str(empty / "none.cfg"),
                                       "COLDSTART_DATA_ROOT": str(empty)},
-                              'luigi --module workflows NightlyFactors --date "$(date +%F)"', {})
+                              'python -m workflows NightlyFactors --date "$(date +%F)"', {})
     demo = configparser.ConfigParser(interpolation=None)
     demo.read(REPO / "luigi.cfg")
     demo_conf = demo["spark"]["conf"].split("|")

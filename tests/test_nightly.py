@@ -1,4 +1,4 @@
-"""Five simulated nights of `luigi --module workflows NightlyFactors --date D`, as an
+"""Five simulated nights of `python -m workflows NightlyFactors --date D`, as an
 operator runs them, on a tiny catalogue of real (synthesised) audio: new tracks with a
 corrupt new file among them, a new user folded into the first night's factor space,
 many new plays that bring a full refit on a night whose network collapses (it degrades
@@ -24,6 +24,8 @@ import pytest
 
 import schemas
 from schemas import layout, storage
+from workflows import console
+from workflows.__main__ import DEGRADED
 from tests.test_workflow import TINY
 
 pytestmark = pytest.mark.slow
@@ -61,7 +63,7 @@ def nightly(root: Path, night: str, *scheduler: str,
     """NightlyFactors for ``night``; with the local scheduler unless ``scheduler`` flags say
     otherwise; a started process when ``popen`` options are given."""
     task = (["BackfillFactors"] if night == "backfill" else ["NightlyFactors", "--date", night])
-    command = [sys.executable, "-m", "luigi", "--module", "workflows", *task,
+    command = [sys.executable, "-m", "workflows", *task,  # as the deploy files start it
                *(scheduler or ["--local-scheduler"])]
     env = dict(os.environ, COLDSTART_DATA_ROOT=str(root / "data"),
                LUIGI_CONFIG_PATH=str(root / "nightly.cfg"))
@@ -121,8 +123,11 @@ def failing(root: Path) -> set[str]:
 
 def check_night(root: Path, service: Service, night: str, result, earlier: dict,
                 degraded: bool = False) -> None:
-    # a degraded night publishes, then fails with its own line (luigi's task_failed)
-    assert result.returncode == (30 if degraded else 0), result.stderr[-4000:]
+    # a degraded night publishes, then fails with its own code and line
+    assert result.returncode == (DEGRADED if degraded else 0), result.stderr[-4000:]
+    if degraded:
+        last = result.stderr[:result.stderr.index(console.SUMMARY)].strip().splitlines()[-1]
+        assert f"failed: NightVerdict: run {night} published degraded: " in last, last
     snapshot, tracks = published(root)
     assert snapshot.name == night
     assert service.catalogue_ids() - failing(root) <= tracks, "a track without factors"

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
-from workflows.luigi_config import lock_dir
+from workflows import console
+from workflows.luigi_config import RETCODES, lock_dir
 from workflows.tasks import TrainAls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +29,14 @@ def luigi(task: str, root: Path, config: str = "", *args: str, cwd: Path = REPO,
                LUIGI_CONFIG_PATH=str(cfg))
     return subprocess.run([*LUIGI, task, "--local-scheduler", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def before_summary(output: str) -> str:
+    """The last line a run printed before luigi's summary, which must say why it failed;
+    and no traceback anywhere."""
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output[:output.index(console.SUMMARY)].splitlines() if line.strip()]
+    return lines[-1]
 
 
 def write_catalogue(path: Path, rows: list[dict], schema: pa.Schema = schemas.CATALOGUE) -> Path:
@@ -49,8 +58,9 @@ def test_a_configured_catalogue_that_does_not_exist_is_an_error_naming_it(tmp_pa
 
     result = luigi("BackfillFactors", tmp_path, f"[paths]\ncatalogue = {missing}\nplays = {plays}\n")
 
-    assert result.returncode != 0
-    assert f"catalogue {missing} not found (from [paths] in luigi.cfg)" in result.stderr
+    assert result.returncode == RETCODES["missing_data"], result.stderr[-3000:]
+    assert before_summary(result.stderr).endswith(
+        f"failed: UserInputs: catalogue {missing} not found (from [paths] in luigi.cfg)")
     assert not (tmp_path / "data" / "demo").exists(), "fell back to the demo data"
 
 
@@ -64,10 +74,16 @@ def test_a_catalogue_without_title_fails_the_preflight_before_als(tmp_path):
                    f"[paths]\ncatalogue = {catalogue}\nplays = {plays}\n")
 
     assert result.returncode == 30, result.stderr[-3000:]
-    assert "lacks columns ['title', 'artist', 'duration_s']" in result.stdout + result.stderr
+    assert "lacks columns ['title', 'artist', 'duration_s']" in before_summary(result.stderr)
     runs = tmp_path / "data" / "runs" / "backfill"
     assert not list(runs.glob("als-*")) and not (tmp_path / "data" / "mels").exists()
     assert "spark-submit" not in result.stderr
+    # python -m workflows: the same exit code; asked for, the traceback
+    debug = subprocess.run([sys.executable, "-m", "workflows", "BackfillFactors", "--local-scheduler",
+                            "--debug"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, COLDSTART_DATA_ROOT=str(tmp_path / "data"),
+                                    LUIGI_CONFIG_PATH=str(tmp_path / "test.cfg")))
+    assert debug.returncode == 30 and "Traceback" in debug.stderr, debug.stderr[-3000:]
 
 
 def test_a_failed_job_does_not_show_the_environment(tmp_path):
@@ -84,7 +100,7 @@ def test_a_failed_job_does_not_show_the_environment(tmp_path):
                    env=env)
 
     assert result.returncode == 30, result.stderr[-3000:]
-    assert f"JobFailed: TrainAls: {plays}" in result.stderr  # the job's own line
+    assert f"failed: TrainAls: {plays}" in before_summary(result.stderr)  # the job's own line
     assert "jobs/als/job.py" in result.stderr
     assert secret not in result.stdout + result.stderr
     assert "COLDSTART_TEST_SECRET" not in result.stdout + result.stderr
@@ -99,8 +115,11 @@ def test_run_ids_cannot_leave_the_data_root(tmp_path, run_id):
 def test_a_run_id_escaping_the_data_root_is_refused_on_the_command_line(tmp_path):
     result = luigi("BackfillFactors", tmp_path, "", "--run-id", "../../escaped")
 
-    assert result.returncode != 0
-    assert "run_id '../../escaped' must be" in result.stderr
+    assert result.returncode == 2, result.stderr  # a usage error, as luigi's own
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --run-id: run_id '../../escaped' must be letters, digits, '_', '-' and '.', "
+        "starting with a letter or digit")
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "data").exists()
 
 
@@ -115,8 +134,8 @@ def test_failures_exit_non_zero_without_a_luigi_cfg(tmp_path):
     result = subprocess.run([*LUIGI, "BackfillFactors", "--local-scheduler"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300)
 
-    assert result.returncode == 30, result.stderr[-3000:]
-    assert f"plays {tmp_path / 'data' / 'plays.parquet'} not found" in result.stderr
+    assert result.returncode == 20, result.stderr[-3000:]  # missing data
+    assert f"plays {tmp_path / 'data' / 'plays.parquet'} not found" in before_summary(result.stderr)
 
 
 SLOW_DEMO = "[DemoCatalogue]\nn_tracks = 3000\nn_users = 200\nduration_s = 12\n"

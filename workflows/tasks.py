@@ -84,19 +84,20 @@ class DemoCatalogue(Demo, JobTask):
                 *flags(self, Demo)]
 
 
-class UserInputs(luigi.Task):
-    """A catalogue and play counts the user supplied; nothing makes them, so a
-    missing one fails with its path."""
+class UserInputs(luigi.ExternalTask):
+    """A catalogue and play counts the user supplied; nothing makes them, so a missing
+    one is missing data (luigi's exit code for it), named by :meth:`missing`."""
 
     def output(self):
         catalogue, plays = user_inputs()
         return {"catalogue": luigi.LocalTarget(catalogue), "plays": luigi.LocalTarget(plays)}
 
-    def run(self):
+    def missing(self) -> str:
+        """What is missing, and where it was to come from (workflows/console.py says it)."""
         where = "[paths] in luigi.cfg" if configured_inputs() else f"the data root {root().path}"
         missing = [f"{name} {target.path}" for name, target in self.output().items()
                    if not target.exists()]
-        raise FileNotFoundError(f"{' and '.join(missing)} not found (from {where})")
+        return f"{' and '.join(missing)} not found (from {where})"
 
 
 class Inputs(luigi.WrapperTask):
