@@ -36,7 +36,6 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 import schemas
 from schemas import cli, layout, storage
@@ -649,9 +648,10 @@ def _encode_all(config: DemoConfig, tracks: Tracks, paths: list[Path],
         futures = [pool.submit(_make_track, config, i, styles[style], tempo, path)
                    for i, (style, tempo, path)
                    in enumerate(zip(tracks.style, tracks.tempo, paths))]
-        for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
-                           desc="synthesise+encode", unit="track", disable=None):
+        progress = cli.Progress(logger, "demo tracks synthesised and encoded", len(futures))
+        for future in concurrent.futures.as_completed(futures):
             future.result()
+            progress.add()
 
 
 def _catalogue_table(config: DemoConfig, tracks: Tracks, uris: list[str]) -> pa.Table:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from model.artefact import load_weights
 from model.data import ShardStream
 from model.net import FactorNet
-from schemas import metrics, storage
+from schemas import cli, metrics, storage
 from schemas.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class Trainer:
         # without the others hanging in gradient all-reduce.
         joined = Join([self.model]) if dist.is_initialized() else contextlib.nullcontext()
         with joined, tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}", unit="batch",
-                          disable=not is_main(), leave=False) as bar:
+                          disable=None if is_main() else True,  # None: on a terminal only
+                          leave=False) as bar:
             for mel, target, index in self.train_loader:
                 losses.append(self.run_batch(mel, target, index))
                 clips += len(mel)
@@ -212,9 +213,13 @@ class Trainer:
         p = self.progress
         p.history.append({"epoch": p.epoch, "train_loss": train_loss, "validation_loss": val_loss,
                           "validation_score": val_score, "validation_spread": val_spread})
-        logger.info("epoch %d: train loss %.4f, validation loss %.4f, score %.3f, spread %.3f, "
-                    "%.0f clips/s on this rank", p.epoch, train_loss, val_loss, val_score,
-                    val_spread, clips / max(seconds, 1e-9))
+        elapsed = time.perf_counter() - self.started
+        # at most: patience may stop it earlier
+        left = elapsed / (p.epoch - self.first_epoch) * (self.config.epochs - p.epoch)
+        logger.info("epoch %d of %d: train loss %.4f, validation loss %.4f, score %.3f, "
+                    "spread %.3f, %.0f clips/s on this rank; %s, at most %s left", p.epoch,
+                    self.config.epochs, train_loss, val_loss, val_score, val_spread,
+                    clips / max(seconds, 1e-9), cli.duration(elapsed), cli.duration(left))
         if self.writer is not None:
             self.writer.add_scalar("loss/train", train_loss, p.epoch)
             self.writer.add_scalar("loss/validation", val_loss, p.epoch)
@@ -231,6 +236,7 @@ class Trainer:
         """
         p = self.progress
         widest = p.best_spread if p.best_state is not None else 0.0
+        self.started, self.first_epoch = time.perf_counter(), p.epoch  # for the time left
         while p.epoch < self.config.epochs and p.bad_epochs < self.config.patience:
             started = time.perf_counter()
             train_loss, clips = self.run_epoch(p.epoch)

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import sys
 import time
 import types
 import typing
@@ -35,22 +36,51 @@ PROGRESS_EVERY_S = 10.0  # how often a long stage logs its progress
 
 class Progress:
     """Counts what a long stage has done and logs, at most every ``every_s`` seconds,
-    how many of how many and the rate: otherwise such a stage says nothing until it ends."""
+    how many of how many, the rate, the time so far and (with a total) the time left;
+    on a terminal the line carries a bar. Otherwise such a stage says nothing until it
+    ends."""
+
+    BAR = 20  # characters of the bar
 
     def __init__(self, log: logging.Logger, what: str, total: int | None = None,
                  every_s: float = PROGRESS_EVERY_S):
         self.log, self.what, self.total, self.every_s = log, what, total, every_s
         self.done = 0
         self.started = self.logged = time.monotonic()
+        self.bar = sys.stderr.isatty()
 
     def add(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if now - self.logged >= self.every_s:
+        if now - self.logged >= self.every_s or (self.total and self.done == self.total):
             self.logged = now
-            of = f" of {self.total}" if self.total else ""
-            self.log.info("%s: %d%s done, %.1f/s", self.what, self.done, of,
-                          self.done / max(now - self.started, 1e-9))
+            self.log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        """What the stage has done, as of ``now`` (time.monotonic())."""
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.what}: {self.done}"
+        if self.total:
+            text += f" of {self.total} done, {rate:.1f}/s, {duration(elapsed)}"
+            if 0 < self.done < self.total:
+                text += f", about {duration((self.total - self.done) / rate)} left"
+            if self.bar:
+                filled = round(self.BAR * min(self.done / self.total, 1.0))
+                text = f"[{'#' * filled}{'.' * (self.BAR - filled)}] {text}"
+        else:
+            text += f" done, {rate:.1f}/s, {duration(elapsed)}"
+        return text
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: "41 s", "3 min 20 s", "2 h 5 min"."""
+    seconds = round(max(seconds, 0.0))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 class JobError(Exception):

@@ -1,6 +1,7 @@
 """ALS job on a real local Spark session."""
 import dataclasses
 import gzip
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -307,6 +308,23 @@ def exact_case(spark, tmp_path_factory):
                       .sort_by("track_id")).astype(float)
     assert x.shape == (N_USERS, EXACT.rank) and y.shape == (N_TRACKS, EXACT.rank)
     return plays, x, y, root
+
+
+def test_als_says_which_iteration_it_is_in(spark, caplog, monkeypatch):
+    plays = small_play_matrix()
+    users, tracks = np.nonzero(plays)
+    data = spark.createDataFrame(
+        [(int(u), int(t), float(np.log1p(plays[u, t] / EXACT.eps))) for u, t in zip(users, tracks)],
+        "user_index int, track_index int, strength float")
+    monkeypatch.setattr(als.cli, "PROGRESS_EVERY_S", 0.05)
+    params = dataclasses.replace(EXACT, iterations=6, checkpoint_interval=100)
+    with caplog.at_level(logging.INFO, logger=als.logger.name):
+        als.fit(data, params)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ALS: ")]
+    assert lines[-1].startswith("ALS: 6 of 6 iterations done, ")
+    seen = [int(line.split()[2]) for line in lines[:-1]]
+    assert seen and seen == sorted(seen) and set(seen) <= set(range(1, 7))
+    assert all(line.split(", ")[0].endswith(" of 6") for line in lines[:-1])
 
 
 def test_forty_sweeps_run_checkpointed(exact_case):

@@ -27,8 +27,9 @@ def test_a_long_stage_logs_what_it_has_done_of_how_many_and_the_rate(caplog):
         quiet = Progress(log, "quiet", every_s=3600.0)
         quiet.add()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0].startswith("decoding: 1 of 3 done, ") and lines[0].endswith("/s")
-    assert lines[1].startswith("decoding: 3 of 3 done, ")
+    assert lines[0].startswith("decoding: 1 of 3 done, ") and "/s, 0 s, about " in lines[0]
+    assert lines[0].endswith(" s left")
+    assert lines[1].startswith("decoding: 3 of 3 done, ") and "left" not in lines[1]
     assert not any(line.startswith("quiet") for line in lines)  # not before its interval
 
 
@@ -62,6 +63,11 @@ def test_bools_optionals_tuples_and_choices_follow_the_field_type():
         parser.parse_args(["--final-storage", "ON_PAPER"])
     with pytest.raises(argparse.ArgumentError):
         parser.parse_args(["--rank", "many"])
+
+
+def test_durations_read_as_a_person_says_them():
+    assert [cli.duration(s) for s in (0.4, 41, 200, 7500)] == [
+        "0 s", "41 s", "3 min 20 s", "2 h 5 min"]
 
 
 def test_a_field_named_otherwise_keeps_its_name_and_an_old_flag_as_alias():

@@ -322,7 +322,7 @@ def test_a_rank_without_validation_tracks_trains_and_validates_with_the_others(t
                                                    "--clips-per-track", "3", "--min-spread", "0"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 2:" in result.stderr
+    assert "epoch 2 of 2:" in result.stderr
 
 
 def child_pids(pid: int) -> list[int]:

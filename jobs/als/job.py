@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import logging
 import shutil
+import itertools
 import sys
 import threading
 import time
@@ -336,32 +337,60 @@ def ratings(plays: DataFrame, user_ids: DataFrame, track_ids: DataFrame, eps: fl
                     F.log1p(F.col("plays") / eps).cast("float").alias("strength")))
 
 
-class SparkProgress:
-    """While open, logs every cli.PROGRESS_EVERY_S seconds the Spark stages running and
-    their tasks done: ALS itself says nothing until it ends, and its iterations run as
-    Spark stages."""
+class AlsProgress:
+    """While open, logs every cli.PROGRESS_EVERY_S seconds which iteration Spark's ALS is
+    in, the time so far and the time left: ALS itself says nothing until it ends.
 
-    def __init__(self, spark: SparkSession, what: str):
-        self.tracker, self.what = spark.sparkContext.statusTracker(), what
+    Spark runs each implicit ALS half-iteration's Gram matrix (YtY) as a job of its own
+    (an ``aggregate`` of the factors), two per iteration; the jobs of a job group of our
+    own are counted through Spark's status tracker.
+    """
+
+    groups = itertools.count(1)
+
+    def __init__(self, spark: SparkSession, iterations: int):
+        self.context, self.iterations = spark.sparkContext, iterations
+        self.tracker = self.context.statusTracker()
+        self.group = f"coldstart-als-{next(AlsProgress.groups)}"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.watch, daemon=True)
 
-    def watch(self) -> None:
-        started = time.monotonic()
-        while not self.stop.wait(cli.PROGRESS_EVERY_S):
-            stages = [self.tracker.getStageInfo(s) for s in self.tracker.getActiveStageIds()]
-            running = "; ".join(f"stage {s.stageId} ({s.name.split(' at ')[0]}) "
-                                f"{s.numCompletedTasks}/{s.numTasks} tasks"
-                                for s in stages if s is not None) or "between stages"
-            logger.info("%s, %.0f s: %s", self.what, time.monotonic() - started, running)
+    def halves_done(self) -> int:
+        """Half-iterations finished: the group's succeeded ``aggregate`` jobs."""
+        done = 0
+        for job in self.tracker.getJobIdsForGroup(self.group):
+            info = self.tracker.getJobInfo(job)
+            stage = self.tracker.getStageInfo(max(info.stageIds)) if info and info.stageIds else None
+            done += bool(info and info.status == "SUCCEEDED" and stage
+                         and stage.name.startswith("aggregate"))
+        return done
 
-    def __enter__(self) -> "SparkProgress":
+    def watch(self) -> None:
+        started = self.started
+        first = None  # when the first half-iteration was done: the set-up before it is not
+        while not self.stop.wait(cli.PROGRESS_EVERY_S):
+            halves, now = self.halves_done(), time.monotonic()
+            if halves and first is None:
+                first = (now, halves)
+            left = ""
+            if first is not None and halves > first[1]:
+                per_half = (now - first[0]) / (halves - first[1])
+                left = f", about {cli.duration(per_half * (2 * self.iterations - halves))} left"
+            logger.info("ALS: iteration %d of %d, %s%s", min(halves // 2 + 1, self.iterations),
+                        self.iterations, cli.duration(now - started), left)
+
+    def __enter__(self) -> "AlsProgress":
+        self.context.setJobGroup(self.group, "ALS")
+        self.started = time.monotonic()
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
+        if exc[0] is None:
+            logger.info("ALS: %d of %d iterations done, %s", self.halves_done() // 2,
+                        self.iterations, cli.duration(time.monotonic() - self.started))
 
 
 def fit(data: DataFrame, params: AlsParams, tuning: AlsTuning = AlsTuning()) -> ALSModel:
@@ -381,7 +410,7 @@ def fit(data: DataFrame, params: AlsParams, tuning: AlsTuning = AlsTuning()) -> 
               intermediateStorageLevel=tuning.intermediate_storage,
               finalStorageLevel=tuning.final_storage,
               userCol="user_index", itemCol="track_index", ratingCol="strength")
-    with SparkProgress(data.sparkSession, f"ALS ({params.iterations} iterations)"):
+    with AlsProgress(data.sparkSession, params.iterations):
         model = als.fit(data)
     if tuning.cache_ratings:
         data.unpersist()

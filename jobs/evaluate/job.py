@@ -121,6 +121,7 @@ def baselines(items: pa.Table, shards: list[Path], held_mels: np.ndarray, bow: B
     warm_ids = items.column("track_id").to_pylist()
     train_ids = list(rng.choice(warm_ids, min(config.bow_train_tracks, len(warm_ids)),
                                 replace=False))
+    logger.info("fitting the bag-of-words baselines on %d warm tracks", len(train_ids))
     train = read_mels(shards, train_ids)
     row_of = {t: i for i, t in enumerate(warm_ids)}
     targets = factor_matrix(items)[[row_of[t] for t in train.column("track_id").to_pylist()]]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from model import metadata
 from model.predictor import FactorSpace, Predictor
-from schemas import factor_matrix, factors_column, metrics
+from schemas import cli, factor_matrix, factors_column, metrics
 from schemas.config import EvaluateConfig
 from schemas.metrics import unit_rows
 
@@ -96,6 +96,7 @@ def judge(candidates: Mapping[str, Predictor | np.ndarray], held: HeldOut,
     warm_artists = [held.artist_of.get(t) for t in held.warm.column("track_id").to_pylist()]
     artists = [held.artist_of.get(t) for t in held.track_ids]
     rows, predictions = [], {}
+    progress = cli.Progress(logger, "candidates judged", len(candidates), every_s=0.0)
     for name, candidate in candidates.items():
         factors = predictions[name] = predicted(candidate, held)
         table = pa.table({"track_id": held.track_ids, "factors": factors_column(factors)})
@@ -117,4 +118,5 @@ def judge(candidates: Mapping[str, Predictor | np.ndarray], held: HeldOut,
         rows.append(row)
         logger.info("%s: %s", name, {key: value for key, value in row.items()
                                      if key not in ("slices", "members")})
+        progress.add()
     return rows, predictions

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -73,18 +74,25 @@ def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
     what, label_of = sections.labels_of(files, labels)
     names = sections.Names(files.catalogue, label_of if labels else None)
     figures = key_figures(files)
-    parts = [sections.data_section(files, figures),
-             sections.als_section(files, evaluation, figures),
-             sections.training_section(files, figures),
-             sections.evaluation_section(evaluation, files, figures),
-             sections.map_section(files, what, label_of),
-             sections.similar_section(files, names),
-             network_section(files, names)]
+    makers = [lambda: sections.data_section(files, figures),
+              lambda: sections.als_section(files, evaluation, figures),
+              lambda: sections.training_section(files, figures),
+              lambda: sections.evaluation_section(evaluation, files, figures),
+              lambda: sections.map_section(files, what, label_of),
+              lambda: sections.similar_section(files, names),
+              lambda: network_section(files, names)]
+    progress = cli.Progress(logger, "report sections", len(makers), every_s=0.0)
+    parts = []
+    for make in makers:  # the map and the network's filters take minutes on a big run
+        parts.append(make())
+        progress.add()
     stages, rows = stages_section(files, figures)
     out = out or run / layout.REPORT
     shutil.rmtree(out, ignore_errors=True)  # a rebuild replaces the report
     with storage.atomic_dir(out) as tmp:
         render.write(tmp, f"Run {run.name}", [stages] + parts)
+    rows.append(["report (this job)", layout.REPORT, round(time.monotonic() - progress.started, 1),
+                 f"{len(parts) + 1} sections"])
     print(summary(rows, out), flush=True)
     return out
 
