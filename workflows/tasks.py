@@ -700,8 +700,8 @@ class RunReport(RunTask, JobTask):
     def program_args(self):
         inputs = self.input()["inputs"]
         labels = []
-        if Inputs().uses_demo():  # the demo's styles, which its listeners' tastes follow
-            labels = ["--labels", f"{root().demo.truth}:style"]
+        if Inputs().uses_demo():  # the demo's styles and tempos, which its listeners' tastes follow
+            labels = ["--labels", f"{root().demo.truth}:style", "--labels", f"{root().demo.truth}:tempo"]
         return [sys.executable, "-m", "jobs.report", "--run", root().run(self.run_id),
                 "--catalogue", inputs["catalogue"].path, "--plays", inputs["plays"].path, *labels,
                 "--out", self.output().path]

@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pyarrow.parquet as pq
 
@@ -46,9 +47,15 @@ def key_figures(files: gather.RunFiles) -> dict[str, str]:
     return figures
 
 
+def stage_label(task: str, output: str) -> str:
+    """A stage by its task, the evaluation's own (trained without the held-out tracks'
+    plays) marked as such: otherwise they read like the chain's."""
+    return f"{task} (evaluation)" if "heldout" in output else task
+
+
 def stages_section(files: gather.RunFiles, figures: dict[str, str]) -> tuple[render.Section, list]:
     section = render.Section("Stages")
-    rows = [[s["task"], s["output"], round(s["seconds"], 1),
+    rows = [[stage_label(s["task"], s["output"]), s["output"], round(s["seconds"], 1),
              figures.get(s["output"]) or figures.get(s["task"], "")]
             for s in sections.stage_seconds(files)]
     if rows:
@@ -61,24 +68,24 @@ def stages_section(files: gather.RunFiles, figures: dict[str, str]) -> tuple[ren
 
 def summary(rows: list, report: Path) -> str:
     """The one-screen summary: each stage, its time and key figure, and the report."""
-    lines = [f"{'stage':<22} {'seconds':>8}  key figure"]
-    lines += [f"{task:<22} {seconds:>8.1f}  {figure}"[:110] for task, _, seconds, figure in rows]
+    lines = [f"{'stage':<26} {'seconds':>8}  key figure"]
+    lines += [f"{task:<26} {seconds:>8.1f}  {figure}"[:110] for task, _, seconds, figure in rows]
     lines.append(f"report: {report / layout.REPORT_HTML}")
     return "\n".join(lines)
 
 
 def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
-          labels: tuple[Path, str] | None = None, out: Path | None = None) -> Path:
+          labels: Sequence[tuple[Path, str]] = (), out: Path | None = None) -> Path:
     files = gather.find(run, catalogue, plays)
     evaluation = json.loads(files.evaluation.read_text()) if files.evaluation else None
-    what, label_of = sections.labels_of(files, labels)
-    names = sections.Names(files.catalogue, label_of if labels else None)
+    labelled = sections.labels_of(files, labels)
+    names = sections.Names(files.catalogue, [label_of for _, label_of in labelled] if labels else ())
     figures = key_figures(files)
     makers = [lambda: sections.data_section(files, figures),
               lambda: sections.als_section(files, evaluation, figures),
               lambda: sections.training_section(files, figures),
               lambda: sections.evaluation_section(evaluation, files, figures),
-              lambda: sections.map_section(files, what, label_of),
+              lambda: sections.map_section(files, labelled),
               lambda: sections.similar_section(files, names),
               lambda: network_section(files, names)]
     progress = cli.Progress(logger, "report sections", len(makers), every_s=0.0)
@@ -110,8 +117,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run", required=True, type=Path, help="the run's directory")
     parser.add_argument("--catalogue", type=Path, help="catalogue Parquet (schemas.CATALOGUE)")
     parser.add_argument("--plays", type=Path, help="plays Parquet (schemas.PLAYS)")
-    parser.add_argument("--labels", type=parse_labels,
-                        help="FILE:COLUMN, a Parquet table with track_id whose COLUMN colours the map")
+    parser.add_argument("--labels", type=parse_labels, action="append", default=[],
+                        help="FILE:COLUMN, a Parquet table with track_id whose COLUMN colours a "
+                             "map of the factors (repeat for one map per column); default: "
+                             "the catalogue's artist")
     parser.add_argument("--out", type=Path, help="the report's directory (default RUN/report)")
     return parser.parse_args(argv)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,16 +29,17 @@ class Names:
     """Title and artist of each track, from the catalogue, and its label (the map's
     colour, such as the demo's style) where one is given."""
 
-    def __init__(self, catalogue: Path | None, labels: dict[str, str] | None = None):
+    def __init__(self, catalogue: Path | None, labels: Sequence[dict[str, str]] = ()):
         table = pq.read_table(catalogue, columns=["track_id", "title", "artist"]) \
             if catalogue and Path(catalogue).exists() else None
         self.rows = {} if table is None else {
             t: (title, artist) for t, title, artist in zip(*(table[c].to_pylist() for c in table.column_names))}
-        self.labels = labels or {}
+        self.labels = list(labels)
 
     def __call__(self, track_id: str) -> str:
         title, artist = self.rows.get(track_id, (None, None))
-        label = f" [{self.labels[track_id]}]" if track_id in self.labels else ""
+        given = [labels[track_id] for labels in self.labels if track_id in labels]
+        label = f" [{', '.join(given)}]" if given else ""
         return f"{title or track_id} ({artist or 'unknown artist'}){label}"
 
 
@@ -158,6 +160,20 @@ def evaluation_section(evaluation: dict | None, files: RunFiles, figures: dict[s
     k, rk, n = evaluation["k"], evaluation["recall_k"], evaluation["neighbours"]
     section.text(f"{evaluation['heldout_tracks']} held-out tracks, {evaluation['users']} users; "
                  "the tracks' plays were withheld from ALS and from training.")
+    section.text("Which models: the evaluation trains its own, without the held-out tracks' "
+                 "plays (rows named by kind; an ensemble row averages the kinds that choosing "
+                 "combines). The shipped model was trained on every warm track, so it cannot "
+                 "be judged on them itself; the row of its kind stands for it. "
+                 + shipped_line(files))
+    section.text(
+        f"Measures. AUC: for each listener of the held-out tracks, the chance that a held-out "
+        f"track they played ranks above one they did not (ranked by user factors · predicted "
+        f"track factors), averaged over listeners; 0.5 is chance. mAP@{k}: the mean over "
+        f"listeners of the average precision of their top {k} held-out tracks. recall@{rk}: "
+        f"the share of a listener's held-out tracks found in their top {rk}. Cosine distance: "
+        f"1 - cosine between predicted and ALS factors, averaged over tracks (0 is perfect). "
+        f"Same artist @{n}: the share of each held-out track's {n} nearest warm tracks that "
+        f"share its artist.")
     methods = evaluation["methods"]
     section.table(["method", "AUC", f"mAP@{k}", f"recall@{rk}", "cosine distance",
                    f"same artist @{n}"],
@@ -184,19 +200,34 @@ def evaluation_section(evaluation: dict | None, files: RunFiles, figures: dict[s
     return section
 
 
-def labels_of(files: RunFiles, labels: tuple[Path, str] | None) -> tuple[str, dict[str, str]]:
-    """(what colours the map, track -> label): the given column, else the artist."""
-    if labels is not None:
-        table = pq.read_table(labels[0], columns=["track_id", labels[1]])
-        return labels[1], dict(zip(table["track_id"].to_pylist(), map(str, table[labels[1]].to_pylist())))
+def shipped_line(files: RunFiles) -> str:
+    """What this run shipped and why, in a sentence."""
+    if not files.chosen:
+        return "This run shipped no model."
+    chosen = Predictor.load(files.chosen).metrics.get("selection", {})
+    if not chosen:
+        return f"Shipped: {files.chosen.name}."
+    return f"Shipped: {chosen.get('chosen')}, because {chosen.get('why', 'it was chosen')}."
+
+
+def labels_of(files: RunFiles, labels: Sequence[tuple[Path, str]]) -> list[tuple[str, dict[str, str]]]:
+    """(what colours a map, track -> label) for each given column, else the artist."""
+    if labels:
+        out = []
+        for path, column in labels:
+            table = pq.read_table(path, columns=["track_id", column])
+            out.append((column, dict(zip(table["track_id"].to_pylist(),
+                                         map(str, table[column].to_pylist())))))
+        return out
     if files.catalogue and Path(files.catalogue).exists():
         table = pq.read_table(files.catalogue, columns=["track_id", "artist"])
-        return "artist", dict(zip(table["track_id"].to_pylist(), table["artist"].to_pylist()))
-    return "source", {}
+        return [("artist", dict(zip(table["track_id"].to_pylist(), table["artist"].to_pylist())))]
+    return [("source", {})]
 
 
-def map_section(files: RunFiles, what: str, label_of: dict[str, str], seed: int = 0) -> Section:
-    """The t-SNE map, coloured by ``label_of`` (labels_of: ``what`` they are)."""
+def map_section(files: RunFiles, labelled: Sequence[tuple[str, dict[str, str]]],
+                seed: int = 0) -> Section:
+    """The t-SNE map of the factors, once per labelling (labels_of)."""
     section = Section("Map of the factors")
     table = files.track_factors
     if table is None:
@@ -212,20 +243,25 @@ def map_section(files: RunFiles, what: str, label_of: dict[str, str], seed: int 
         section.text("Too few tracks for a map.")
         return section
     xy = TSNE(perplexity=min(30.0, (len(ids) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
-    label = np.array([label_of.get(t) or "unknown" for t in ids])
-    top = [name for name, _ in Counter(label).most_common(COLOURS)]
     is_cold = np.isin(keep, cold)
-    figure, ax = plt.subplots(figsize=(8, 7))
-    for i, name in enumerate(top + ["other"]):
-        mine = np.isin(label, top, invert=True) if name == "other" else label == name
-        colour = "lightgrey" if name == "other" else plt.cm.tab10(i % 10)
-        ax.scatter(*xy[mine & ~is_cold].T, s=12, color=colour, label=name)
-        ax.scatter(*xy[mine & is_cold].T, s=40, color=colour, marker="x")
-    ax.scatter([], [], s=40, color="black", marker="x", label="cold (predicted from audio)")
-    ax.legend(fontsize=7, loc="best", title=what)
-    ax.set(title=f"t-SNE of the track factors (cosine), coloured by {what}", xticks=[], yticks=[])
-    section.figure("map.png", f"t-SNE map of warm (dots) and predicted cold (crosses) factors by {what}",
-                   figure)
+    for what, label_of in labelled:
+        label = np.array([label_of.get(t) or "unknown" for t in ids])
+        top = [name for name, _ in Counter(label).most_common(COLOURS)]
+        figure, ax = plt.subplots(figsize=(9.5, 7), constrained_layout=True)
+        for i, name in enumerate(top + ["other"]):
+            mine = np.isin(label, top, invert=True) if name == "other" else label == name
+            if not mine.any():
+                continue
+            colour = "lightgrey" if name == "other" else plt.cm.tab10(i % 10)
+            ax.scatter(*xy[mine & ~is_cold].T, s=12, color=colour, label=name)
+            ax.scatter(*xy[mine & is_cold].T, s=40, color=colour, marker="x")
+        ax.scatter([], [], s=40, color="black", marker="x", label="cold (predicted from audio)")
+        # beside the map, not over it: a legend inside hides points
+        ax.legend(fontsize=7, title=what, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set(title=f"t-SNE of the track factors (cosine), coloured by {what}", xticks=[], yticks=[])
+        name = "map.png" if what == labelled[0][0] else f"map-{what}.png"
+        section.figure(name, f"t-SNE map of warm (dots) and predicted cold (crosses) factors "
+                       f"by {what}", figure)
     section.text(f"{is_cold.sum()} cold and {len(ids) - is_cold.sum()} warm tracks.")
     return section
 
@@ -256,17 +292,28 @@ def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 
                      "most often among them:")
         section.table(["tag", "cold tracks", "warm tracks"], common_tags(tags, ids, sources))
     x = unit_rows(factor_matrix(table))
-    cold = [i for i, s in enumerate(sources) if s != "als"][:n_queries]
-    if not cold:
+    is_warm = np.array([s == "als" for s in sources])
+    cold = np.flatnonzero(~is_warm)[:n_queries]
+    if not len(cold):
         section.text("No cold track in this run.")
+    else:
+        section.text("Each cold track's nearest warm tracks by cosine of the factors, as "
+                     "`python -m jobs.query similar` answers by default: the tracks a listener "
+                     "already knows. Predicted factors of cold tracks crowd together (they come "
+                     "from one model), so their cold neighbours are listed apart.")
     for i in cold:
         cosine = x @ x[i]
         cosine[i] = -np.inf
-        nearest = np.argsort(-cosine)[:n]
+        warm = [j for j in np.argsort(-np.where(is_warm, cosine, -np.inf))[:n] if is_warm[j]]
         heard = f" (tags: {shown(ids[i])})" if tags else ""
         section.text(f"Nearest to {names(ids[i])}, a cold track{heard}:")
         section.table(["track", "from", "cosine"] + (["tags"] if tags else []),
                       [[names(ids[j]), sources[j], float(cosine[j])]
-                       + ([shown(ids[j])] if tags else []) for j in nearest])
+                       + ([shown(ids[j])] if tags else []) for j in warm])
+        others = [j for j in np.argsort(-np.where(is_warm, -np.inf, cosine))[:3]
+                  if not is_warm[j] and np.isfinite(cosine[j])]
+        if others:
+            section.text("Its nearest cold tracks: " + "; ".join(
+                f"{names(ids[j])} ({cosine[j]:.3f})" for j in others) + ".")
     return section
 
