@@ -208,8 +208,8 @@ def test_five_nights(tmp_path):
             assert manifest["als"]["night"] == "refit" and "new or gone since" in manifest["als"]["why"]
             assert "the night goes on without it: TrainModel: the trained model collapsed" \
                 in result.stderr
-            assert f"NightDegraded: run {night} published degraded: ChooseModel: no candidate " \
-                "can be chosen" in result.stderr
+            assert f"failed: NightVerdict: run {night} published degraded: ChooseModel: no " \
+                "candidate can be chosen" in result.stderr
             served = [json.loads((tmp_path / "data" / "published" / n / layout.SNAPSHOT_MANIFEST)
                                  .read_text())["model"] for n in NIGHTS[2:4]]
             assert served[0]["file"] and served[0] == served[1], "the degraded night's model"
