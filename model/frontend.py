@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -24,8 +25,10 @@ import pyarrow.parquet as pq
 import torch
 
 from model import musicnn
-from schemas import layout, mels, storage
+from schemas import cli, layout, mels, storage
 from schemas.config import TagsConfig
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 16  # tracks whose patches run through a tagger at a time (memory: ~70 MB each)
 
@@ -76,6 +79,7 @@ def _run(mel: torch.Tensor) -> list[np.ndarray]:
     """Per track: its features, then each tagger's mean tag probabilities."""
     out = []
     nets = taggers(str(mel.device))
+    progress = cli.Progress(logger, "tracks heard by the pretrained taggers", mel.shape[0])
     for start in range(0, mel.shape[0], CHUNK):
         cut = patches(mel[start:start + CHUNK])
         n, p = cut.shape[:2]
@@ -88,6 +92,7 @@ def _run(mel: torch.Tensor) -> list[np.ndarray]:
                 + _mean_spread(probabilities)
             tags.append(probabilities.mean(dim=1))
         out += [torch.cat(parts + tags, dim=1).cpu().numpy()]
+        progress.add(n)
     return out
 
 
