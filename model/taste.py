@@ -127,18 +127,24 @@ def fit(features: np.ndarray, factors: np.ndarray, c: float, seed: int,
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale[scale == 0] = 1.0
     standard = (features - mean) / scale
+    # With more features than tracks (the taggers' 3,244 for a few hundred tracks), the
+    # L2-penalised optimum lies in the span of the tracks' rows: fitting on their
+    # coordinates in it gives the same classifier, several times faster.
+    basis = np.linalg.svd(standard, full_matrices=False)[2] \
+        if standard.shape[1] > standard.shape[0] else None
+    inputs = standard if basis is None else standard @ basis.T
     coefs, intercepts, centres = [], [], []
     for bag in range(bags):
         found = labels if labels is not None else KMeans(
             k, n_init=10, random_state=seed + bag).fit_predict(unit_rows(factors))
-        classifier = LogisticRegression(C=c, max_iter=5000).fit(standard, found)
-        coefs.append(classifier.coef_)
+        classifier = LogisticRegression(C=c, max_iter=5000).fit(inputs, found)
+        coefs.append(classifier.coef_ if basis is None else classifier.coef_ @ basis)
         intercepts.append(classifier.intercept_)
         centres.append(np.stack([factors[found == label].mean(axis=0)
                                  for label in classifier.classes_]))
     logger.info("taste classifier: %d clustering(s) of %d classes of %d tracks, training "
                 "accuracy of the last %.2f", bags, len(centres[0]), len(features),
-                classifier.score(standard, found))
+                classifier.score(inputs, found))
     arrays = {"mean": mean, "scale": scale, "coef": np.stack(coefs),
               "intercept": np.stack(intercepts), "centres": np.stack(centres)}
     return {name: torch.from_numpy(np.asarray(a, np.float32)) for name, a in arrays.items()}

@@ -120,6 +120,20 @@ def test_several_clusterings_average_their_classifiers_and_one_reads_as_before()
                                taste.predict(singles[0], torch.from_numpy(new)).numpy(), rtol=1e-6)
 
 
+def test_with_more_features_than_tracks_the_fit_is_the_full_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 30)
+    features = rng.standard_normal((30, 120)) + 2.0 * np.eye(3)[labels] @ rng.standard_normal((3, 120))
+    factors = rng.standard_normal((30, 4))
+    fitted = taste.fit(features, factors, c=0.1, seed=0, labels=labels)
+    standard = (features - features.mean(axis=0)) / features.std(axis=0)
+    full = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(standard, labels)
+    np.testing.assert_allclose(fitted["coef"][0].numpy(), full.coef_, atol=2e-3)
+    np.testing.assert_allclose(fitted["intercept"][0].numpy(), full.intercept_, atol=2e-3)
+
+
 def test_too_few_tracks_give_no_classifier():
     mel, style = two_styles(4, 0)  # sqrt(4 / 2) rounds to one cluster
     assert taste.fit(statistics(mel), style_factors(style, 0), c=0.1, seed=0) is None
