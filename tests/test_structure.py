@@ -1,5 +1,7 @@
 """The code's shape: imports follow the pipeline downward, declared dependencies are used."""
 import ast
+import configparser
+import json
 import re
 import subprocess
 import sys
@@ -99,3 +101,19 @@ def test_the_readme_counts_the_demo_styles_the_generator_makes():
     words = {5: "five", 6: "six", 7: "seven", 8: "eight"}
     found = re.search(r"\((\d[\d,]*) tracks in (\w+) styles", (REPO / "README.md").read_text())
     assert found and found.group(2) == words[len(STYLES)], found and found.group(0)
+
+
+def test_the_readmes_full_evaluation_command_names_every_model_of_the_default():
+    from schemas.config import EvaluateConfig
+
+    command = re.search(r"--EvaluateColdStart-models '(\[[^']*\])'", (REPO / "README.md").read_text())
+    assert command and tuple(json.loads(command.group(1))) == EvaluateConfig().models
+
+
+def test_the_readmes_demo_size_is_the_demos_luigi_cfg():
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(REPO / "luigi.cfg")
+    found = re.search(r"\((\d[\d,]*) tracks in \w+ styles.*?; ([\d,]+) users",
+                      (REPO / "README.md").read_text(), re.S)
+    assert found and [int(n.replace(",", "")) for n in found.groups()] == [
+        int(config["DemoCatalogue"]["n_tracks"]), int(config["DemoCatalogue"]["n_users"])]
