@@ -92,10 +92,10 @@ FILTER = OneLineFailures()
 
 
 def install() -> None:
-    """Rewrite luigi's failure records in this process (and the workers it forks)."""
+    """Rewrite luigi's failure records in this process (and the workers it forks, which
+    share its file of failures; another run started from here gets its own)."""
     if FILTER not in logger.filters:
         logger.addFilter(FILTER)
-    if not os.environ.get(FAILURES):
         handle, name = tempfile.mkstemp(prefix="coldstart-run-failures-", suffix=".txt")
         os.close(handle)
         os.environ[FAILURES] = name
