@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import layout
-from schemas.config import EvaluateConfig
+from schemas.config import EvaluateConfig, MelParams
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,9 +148,11 @@ def evaluate(data: Path, seed: int, models: tuple[str, ...]) -> dict:
     """Run EvaluateColdStart on ``data``; the evaluation report it wrote."""
     env = dict(os.environ, COLDSTART_DATA_ROOT=str(data),
                LUIGI_CONFIG_PATH=str(REPO / "luigi.cfg"))
+    # the default excerpt of real tracks, not the demo's (its tracks last 12 s)
     subprocess.run([sys.executable, "-m", "luigi", "--module", "workflows", "EvaluateColdStart",
                     "--local-scheduler", "--EvaluateColdStart-seed", str(seed),
-                    "--EvaluateColdStart-models", json.dumps(list(models))],
+                    "--EvaluateColdStart-models", json.dumps(list(models)),
+                    "--MelSpectrograms-excerpt-s", str(MelParams().excerpt_s)],
                    cwd=REPO, env=env, check=True)
     report = layout.DataRoot(data).outputs("backfill").newest_evaluation()
     if report is None:
