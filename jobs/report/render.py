@@ -49,7 +49,7 @@ class Section:
 
 def cell(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return "0" if abs(value) < 1e-6 else f"{value:.4g}"  # float noise reads as zero
     return "" if value is None else str(value)
 
 

@@ -131,7 +131,9 @@ def training_section(files: RunFiles, figures: dict[str, str]) -> Section:
         name = path.stem.rsplit("-", 1)[0]
         rows.append([name, metrics.get("epochs"), metrics.get("validation_score"),
                      metrics.get("validation_spread"), metrics.get("train_tracks")])
-        figures[path.name] = f"validation score {metrics.get('validation_score', float('nan')):.3f}"
+        score = metrics.get("validation_score")
+        figures[path.name] = (f"validation score {score:.3f}" if score is not None
+                              else f"fitted on {metrics.get('train_tracks', '?')} warm tracks")
         if path == files.chosen:
             chosen = metrics.get("selection", {})
             if chosen:
