@@ -248,3 +248,10 @@ def test_an_output_is_taken_from_another_run_only_when_made_from_the_same_inputs
             runs / "c" / "als-1" / "item_factors.parquet")
     assert adopt_twin(TwinModel(run_id="c"))
     assert (runs / "c" / "model-1.pt").read_bytes() == b"learned space one"
+
+
+def test_python_m_workflows_takes_luigis_command_line():
+    shown = subprocess.run([sys.executable, "-m", "workflows", "NightlyFactors", "--help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.startswith("usage: python -m workflows ") and "--date" in shown.stdout

@@ -23,14 +23,17 @@ DEGRADED = 50
 
 
 def main(argv: list[str]) -> int:
+    sys.argv[0] = "python -m workflows"  # what luigi's usage line names
     if "--debug" in argv:
         argv = [arg for arg in argv if arg != "--debug"]
         os.environ[cli.DEBUG] = "1"
     try:
         luigi.retcodes.run_with_retcodes(["--module", "workflows", *argv])
         code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else cli.FAILED
+    except SystemExit as done:  # as the interpreter reads it: None is success, text a failure
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else cli.FAILED
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
     task_failed = luigi.configuration.get_config().getint(
         "retcode", "task_failed", RETCODES["task_failed"])
     if code == task_failed and console.FILTER.kinds and set(console.FILTER.kinds) == {
