@@ -154,6 +154,33 @@ def heard_shard(shard: Path) -> pa.Table:
     return out
 
 
+def recall_heard(shard: Path, table: pa.Table) -> int:
+    """Let :func:`hear` answer the rows of ``table`` (conformed rows of the tagger-input
+    ``shard``) from what the taggers heard in that shard, where it is kept beside it
+    (:func:`heard_shard`); returns how many rows it can answer. Tagging keeps it for
+    every shard, so choosing, scoring and the evaluation run the taggers only on tracks
+    not heard before."""
+    cached = layout.heard_file(shard, version())
+    if not cached.exists():
+        return 0
+    heard = pq.read_table(cached)
+    row_of = {track: i for i, track in enumerate(heard.column("track_id").to_pylist())}
+    rows = [(i, row_of[track]) for i, track in enumerate(table.column("track_id").to_pylist())
+            if track in row_of]
+    if not rows:
+        return 0
+    taken = heard.take([j for _, j in rows])
+    width = taken.schema.field("features").type.list_size
+    whole = np.concatenate([_matrix(taken.column("features"), width)] + [
+        _matrix(taken.column(name), len(musicnn.labels(name))) for name in musicnn.TAGGERS], axis=1)
+    values = mels.values(table)
+    if len(_MEMO) + len(rows) > _MEMO_TRACKS:
+        _MEMO.clear()
+    for (i, _), row in zip(rows, whole):  # keyed as hear() keys what it is given
+        _MEMO[hashlib.sha1(np.ascontiguousarray(values[i]).tobytes()).digest()] = row
+    return len(rows)
+
+
 def heard_tracks(shards: Sequence[Path], track_ids: Sequence[str]) -> tuple[list[str], Heard]:
     """(ids in the order found, what the taggers heard in them) for the wanted tracks of
     tagger-input shards, each track once (its first shard)."""

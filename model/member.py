@@ -6,9 +6,11 @@ and tensors (the model file is loaded without running code) and is rebuilt from 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -40,6 +42,11 @@ class Member:
 
     def check(self, where: str) -> None:
         """ValueError naming ``where`` (the model file) when it cannot predict here."""
+
+    def recall(self, shard: Path, table: pa.Table) -> None:
+        """Before predicting ``table`` (rows of ``shard``, conformed): take what is kept
+        beside the shard about them rather than computing it again. Nothing to take by
+        default."""
 
     def fold(self, index: int) -> "Member | None":
         """The member as fitted without fold ``index`` of the warm tracks

@@ -340,6 +340,8 @@ def _row_groups(shards: Sequence[Path], wanted: set[str], predictor: Predictor,
             found = list(first)
             table = mel_schema.conform(reader.read_row_group(group)).take(
                 [first[t] for t in found])
+            for member in predictor.members:
+                member.recall(shard, table)
             yield found, predictor.predict(Excerpts.of(table, params), space, tokens)
             wanted -= set(found)
 

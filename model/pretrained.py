@@ -19,7 +19,10 @@ digest is, and a model fitted on other weights refuses to predict.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import torch
 from sklearn.linear_model import RidgeCV
 
@@ -92,6 +95,9 @@ class Pretrained(Member):
 
     def predict(self, mel: torch.Tensor, tokens: torch.Tensor | None) -> np.ndarray:
         return apply(self.head, torch.from_numpy(frontend.hear(mel).features).to(mel.device))
+
+    def recall(self, shard: Path, table: pa.Table) -> None:
+        frontend.recall_heard(shard, table)  # what the taggers heard there, kept beside it
 
     def fold(self, index: int) -> "Pretrained | None":
         head = self.folds[index] if index < len(self.folds) else None

@@ -13,6 +13,7 @@ from model import frontend, musicnn
 from model.head import main as head_main
 from model.predictor import Excerpts, FactorSpace, Predictor
 from model.train import main as train_main
+from schemas import layout
 from schemas import mels as mel_values
 from schemas.config import MelParams
 from tests.test_choose import listeners
@@ -70,6 +71,29 @@ def test_the_head_predicts_cold_tracks_from_what_the_taggers_hear(fitted):
     with pytest.raises(ValueError, match="log10_1p"):
         predictor.predict_tracks(sorted(mels_dir.glob("*/mels-*.parquet")), cold,
                                  FactorSpace.of(factors))
+
+
+def test_predicting_tracks_takes_what_the_taggers_heard_from_beside_the_shard(fitted, monkeypatch):
+    root, mels_dir, tagger_dir, factors, ids, kinds, warm, _ = fitted
+    head = Predictor.load(root / "head.pt").without("taste")
+    [shard] = sorted(tagger_dir.glob("*/mels-*.parquet"))
+    assert layout.heard_file(shard, frontend.version()).exists()  # kept by fitting the head
+    heard = []
+    run = frontend._run
+    monkeypatch.setattr(frontend, "_run", lambda mel: heard.append(len(mel)) or run(mel))
+    frontend._MEMO.clear()
+    cold = ids[warm:]
+
+    found, kept = head.predict_tracks([shard], cold, FactorSpace.of(factors))
+
+    assert sorted(found) == sorted(cold) and heard == []  # the taggers did not run again
+    table = mel_values.conform(pq.read_table(shard))
+    table = table.take([table.column("track_id").to_pylist().index(t) for t in found])
+    frontend._MEMO.clear()
+    now = head.predict(Excerpts.of(table, schemas.params_of(pq.read_schema(shard))),
+                       FactorSpace.of(factors))
+    assert heard == [len(found)]  # heard now, for the comparison
+    np.testing.assert_allclose(kept, now, atol=1e-5)
 
 
 def test_the_same_inputs_give_the_same_model_file(fitted, tmp_path):
