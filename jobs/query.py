@@ -202,23 +202,37 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def shared_options(parser: argparse.ArgumentParser, here: bool = True) -> argparse.ArgumentParser:
+    """--published, --json and -n, on the command or (``here`` False) on each query, so
+    that they go anywhere on the line: a query's copy sets nothing unless given, and
+    never undoes what was given before the query's name."""
     published = layout.DataRoot(layout.data_root()).published
     parser.add_argument("--published", type=Path, default=published,
                         help="directory of the published snapshots (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cli.add_settings(parser, QueryConfig, only=("top",), aliases={"top": "-n"})
+    if not here:
+        for action in parser._actions:
+            if action.dest in ("published", "json", "top"):
+                action.default = argparse.SUPPRESS
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = shared_options(argparse.ArgumentParser(
+        prog="python -m jobs.query", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     commands = parser.add_subparsers(dest="command", required=True)
-    near = commands.add_parser("similar", help="tracks nearest to a track")
+
+    def query(name: str, what: str) -> argparse.ArgumentParser:
+        return shared_options(commands.add_parser(name, help=what), here=False)
+    near = query("similar", "tracks nearest to a track")
     near.add_argument("--track", required=True)
     near.add_argument("--among", choices=list(AMONG), default="all",
                       help="answer with warm tracks only (factors from plays), cold ones "
                            "only (factors from audio), or any (default %(default)s)")
-    commands.add_parser("audience", help="users most likely to like a track").add_argument(
-        "--track", required=True)
-    mix = commands.add_parser("recommend", help="tracks for a user")
+    query("audience", "users most likely to like a track").add_argument("--track", required=True)
+    mix = query("recommend", "tracks for a user")
     mix.add_argument("--user", required=True)
     cli.add_settings(mix, QueryConfig, only=("cold_share",))
     mix.add_argument("--plays", type=Path,

@@ -102,6 +102,21 @@ def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
                for t, line in shown.items() if t not in ("t38", "t39"))
 
 
+def test_n_and_json_go_anywhere_on_the_command_line(snapshot, capsys):
+    root, *_ = snapshot
+    answers = []
+    for words in (["--json", "-n", "3", "similar", "--track", "t33"],
+                  ["similar", "--track", "t33", "-n", "3", "--json"],
+                  ["-n", "7", "similar", "--json", "--track", "t33", "-n", "3"]):
+        code, out, err = query(capsys, root, *words)
+        assert code == 0, err
+        answers.append([row["track_id"] for row in json.loads(out)])
+    assert len(answers[0]) == 3 and answers[0] == answers[1] == answers[2]
+    # given before the query's name, a setting is not undone by the query's default
+    code, out, _ = query(capsys, root, "--json", "-n", "2", "audience", "--track", "t33")
+    assert code == 0 and len(json.loads(out)) == 2
+
+
 def test_tracks_the_taggers_never_heard_and_snapshots_without_tags(snapshot, capsys):
     root, _, y, _ = snapshot
     code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0")
