@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from voyager import Index
 
@@ -153,8 +152,7 @@ def audience(snap: Snapshot, track_id: str, n: int) -> list[dict]:
 def played_by(plays: Path, user_id: str) -> set[str]:
     """The tracks ``user_id`` played, from a Parquet file or directory (schemas.PLAYS)."""
     try:
-        table = ds.dataset(plays, format="parquet").to_table(
-            columns=["track_id"], filter=ds.field("user_id") == user_id)
+        table = pq.read_table(plays, columns=["track_id"], filters=[("user_id", "==", user_id)])
     except (OSError, pa.ArrowInvalid) as err:
         raise cli.JobError(f"{plays}: cannot read the plays (Parquet with user_id and "
                            f"track_id): {err}") from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from scipy.stats import rankdata
 
 import schemas
 
@@ -33,6 +32,7 @@ def mean_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
     users = (positives > 0) & (positives < n)
     if not users.any():
         return float("nan")
+    from scipy.stats import rankdata  # a second to import: not for every user of this module
     ranks = rankdata(scores[users], axis=1)
     p = positives[users]
     return float(np.mean(((ranks * relevant[users]).sum(axis=1) - p * (p + 1) / 2) / (p * (n - p))))
@@ -48,6 +48,7 @@ def mean_auc_without_each(scores: np.ndarray, relevant: np.ndarray) -> np.ndarra
     played or the unplayed ones its rank among those - 1. Leaving j out takes its
     pairs out of the count and the total.
     """
+    from scipy.stats import rankdata  # a second to import: not for every user of this module
     relevant = relevant.astype(bool)
     n = relevant.shape[1]
     beaten = rankdata(scores, axis=1) - 1  # others track j outscores
