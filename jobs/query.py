@@ -1,8 +1,8 @@
 """Ask the latest published factors: similar tracks, a track's audience, a user's mix.
 
-    python -m jobs.query similar --track ID        tracks nearest by cosine (--among
-                                                   warm: only tracks with plays, the
-                                                   known tracks a new release is like)
+    python -m jobs.query similar --track ID        tracks nearest by cosine, among those
+                                                   with plays (the known tracks it is
+                                                   like; --among cold or all for others)
     python -m jobs.query audience --track ID       users of highest x_u . y_i
     python -m jobs.query recommend --user ID       tracks of highest x_u . y_i that the
                                                    user has not played, with a share of
@@ -113,9 +113,13 @@ class Snapshot:
 AMONG = {"all": lambda source: True,
          "warm": lambda source: source != "audio",  # factors from plays ("als", "als+audio")
          "cold": lambda source: source == "audio"}
+# Warm by default: predicted factors of one style crowd together (they come from one
+# model), so a cold track's nearest tracks would mostly be other cold ones at near-tied
+# cosines, which tell a listener nothing; known tracks do.
+DEFAULT_AMONG = "warm"
 
 
-def similar(snap: Snapshot, track_id: str, n: int, among: str = "all") -> list[dict]:
+def similar(snap: Snapshot, track_id: str, n: int, among: str = DEFAULT_AMONG) -> list[dict]:
     """The ``n`` tracks nearest to ``track_id`` by the cosine of their factors, of the
     kind ``among`` names (AMONG): from the snapshot's index when it was built from
     these factors, asking it for more neighbours until enough are of that kind, else
@@ -226,9 +230,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return shared_options(commands.add_parser(name, help=what), here=False)
     near = query("similar", "tracks nearest to a track")
     near.add_argument("--track", required=True)
-    near.add_argument("--among", choices=list(AMONG), default="all",
-                      help="answer with warm tracks only (factors from plays), cold ones "
-                           "only (factors from audio), or any (default %(default)s)")
+    near.add_argument("--among", choices=list(AMONG), default=DEFAULT_AMONG,
+                      help="answer with warm tracks only (factors from plays: the known "
+                           "tracks it is like), cold ones only (factors from audio), or any "
+                           "(default %(default)s)")
     query("audience", "users most likely to like a track").add_argument("--track", required=True)
     mix = query("recommend", "tracks for a user")
     mix.add_argument("--user", required=True)

@@ -85,7 +85,8 @@ def test_the_published_track_table_carries_each_tracks_tags(tmp_path, capsys):
     manifest = json.loads((latest / layout.SNAPSHOT_MANIFEST).read_text())
     assert manifest["taggers_versions"] == [frontend.version()] and manifest["tagged_tracks"] == 2
     capsys.readouterr()
-    assert query.main(["--published", str(out), "--json", "similar", "--track", "t1"]) == 0
+    assert query.main(["--published", str(out), "--json", "similar", "--track", "t1",
+                       "--among", "all"]) == 0
     similar = json.loads(capsys.readouterr().out)
     assert [(row["track_id"], row["tags"]) for row in similar] == [("t2", tagged["t2"]),
                                                                     ("t3", None)]

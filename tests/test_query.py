@@ -82,7 +82,8 @@ def test_the_audience_of_every_new_release(snapshot):
 
 def test_similar_tracks_by_cosine_with_titles_and_sources(snapshot, capsys):
     root, _, y, _ = snapshot
-    code, out, err = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33")
+    code, out, err = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33",
+                           "--among", "all")
     assert code == 0 and "searching exactly" not in err  # the index answers
     rows = json.loads(out)
     unit = y / np.linalg.norm(y, axis=1, keepdims=True)
@@ -119,17 +120,19 @@ def test_n_and_json_go_anywhere_on_the_command_line(snapshot, capsys):
 
 def test_tracks_the_taggers_never_heard_and_snapshots_without_tags(snapshot, capsys):
     root, _, y, _ = snapshot
-    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0")
+    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0",
+                         "--among", "all")
     rows = {r["track_id"]: r for r in json.loads(out)}
     assert code == 0 and rows["t38"]["tags"] is None and rows["t5"]["tags"] == ["tag5", "tag2"]
-    code, out, _ = query(capsys, root, "-n", "39", "similar", "--track", "t0")
+    code, out, _ = query(capsys, root, "-n", "39", "similar", "--track", "t0", "--among", "all")
     line = next(line for line in out.splitlines() if line.startswith("t38 "))
     assert line.rstrip().endswith("-")
     # A snapshot published before tracks had tags: no tags column, the same answers.
     tracks = root / "published" / "latest" / layout.SNAPSHOT_TRACKS
     old = pq.read_table(tracks).drop_columns(["tags"])
     pq.write_table(old, tracks)
-    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0")
+    code, out, _ = query(capsys, root, "--json", "-n", "39", "similar", "--track", "t0",
+                         "--among", "all")
     assert code == 0 and {r["track_id"] for r in json.loads(out)} == set(rows)
     assert all("tags" not in r for r in json.loads(out))
     code, out, _ = query(capsys, root, "similar", "--track", "t0")
@@ -154,6 +157,9 @@ def test_similar_tracks_among_warm_or_cold_ones_only(snapshot, capsys, exact):
                                "--among", among)
         assert code == 0 and ("searching exactly" in err) == exact
         assert [r["track_id"] for r in json.loads(out)] == nearest(y, 33, rows)[:4]
+    # by default, the warm ones
+    code, out, _ = query(capsys, root, "--json", "-n", "4", "similar", "--track", "t33")
+    assert [r["track_id"] for r in json.loads(out)] == nearest(y, 33, range(30))[:4]
     # fewer of the kind than asked for: all of them
     code, out, _ = query(capsys, root, "--json", "-n", "20", "similar", "--track", "t3",
                          "--among", "cold")
