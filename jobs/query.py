@@ -3,7 +3,9 @@
     python -m jobs.query similar --track ID        tracks nearest by cosine, among those
                                                    with plays (the known tracks it is
                                                    like; --among cold or all for others)
-    python -m jobs.query audience --track ID       users of highest x_u . y_i
+    python -m jobs.query audience --track ID       users of highest x_u . y_i who do not
+                                                   play it yet (a new release's from the
+                                                   published audience table)
     python -m jobs.query recommend --user ID       tracks of highest x_u . y_i that the
                                                    user has not played, with a share of
                                                    cold tracks (--cold-share)
@@ -35,7 +37,7 @@ import schemas
 from schemas import cli, factor_matrix, layout, storage
 from schemas.config import IndexConfig, QueryConfig
 from schemas.metrics import unit_rows
-from schemas.ranking import top_k, top_users
+from schemas.ranking import top_k
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,21 @@ class Snapshot:
             raise cli.JobError(f"{kind} {wanted!r} is not in the snapshot {self.path.name} "
                                f"({len(ids)} {kind}s)") from None
 
+    def audience_of(self, track_id: str) -> list[dict]:
+        """A new release's users from the snapshot's audience table, best first; none when
+        the snapshot has no table or the track is not in it."""
+        path = self.path / layout.AUDIENCE
+        if not path.exists():
+            return []
+        rows = pq.read_table(path, columns=["user_id", "score", "rank"],
+                             filters=[("track_id", "==", track_id)]).sort_by("rank").to_pylist()
+        return [{"user_id": r["user_id"], "score": round(float(r["score"]), 4)} for r in rows]
+
+    def plays(self, given: Path | None) -> Path | None:
+        """The plays to leave out: ``given``, else those the snapshot was made from."""
+        found = given or self.manifest.get("inputs", {}).get("plays")
+        return Path(found) if found else None
+
     def track_row(self, track_id: str) -> int:
         return self.row("track", self.track_ids, track_id)
 
@@ -144,23 +161,35 @@ def similar(snap: Snapshot, track_id: str, n: int, among: str = DEFAULT_AMONG) -
     return [snap.track(j, s) for j, s in zip(best[0], scores[0])]
 
 
-def audience(snap: Snapshot, track_id: str, n: int) -> list[dict]:
-    """The ``n`` users of highest predicted preference for ``track_id``."""
+def audience(snap: Snapshot, track_id: str, n: int, plays: Path | None = None) -> list[dict]:
+    """The ``n`` users of highest predicted preference for ``track_id`` who do not play it
+    yet: a new release's read from the snapshot's audience table (jobs/audience.py) where
+    it holds as many; else computed, leaving out the track's listeners in ``plays``."""
     row = snap.track_row(track_id)
-    best, scores = top_users(factor_matrix(snap.users), factor_matrix(snap.tracks)[row:row + 1],
-                             n, QueryConfig.user_batch)
+    published = snap.audience_of(track_id)
+    if len(published) >= n:
+        return published[:n]
+    listeners = played_by(plays, track_id, "track_id", "user_id") if plays else set()
+    if snap.sources[row] != "audio" and plays is None:
+        logger.warning("%s has plays but the snapshot names no plays file: its listeners "
+                       "are not left out (give --plays)", track_id)
+    score = factor_matrix(snap.users) @ factor_matrix(snap.tracks)[row]
+    score[[u for u, user in enumerate(snap.user_ids) if user in listeners]] = -np.inf
+    best, scores = top_k(score[None, :], min(n, int(np.isfinite(score).sum())))
     return [{"user_id": snap.user_ids[u], "score": round(float(s), 4)}
             for u, s in zip(best[0], scores[0])]
 
 
-def played_by(plays: Path, user_id: str) -> set[str]:
-    """The tracks ``user_id`` played, from a Parquet file or directory (schemas.PLAYS)."""
+def played_by(plays: Path, who: str, column: str = "user_id",
+              wanted: str = "track_id") -> set[str]:
+    """The ``wanted`` ids of the plays whose ``column`` is ``who`` (by default: the tracks
+    a user played), from a Parquet file or directory (schemas.PLAYS)."""
     try:
-        table = pq.read_table(plays, columns=["track_id"], filters=[("user_id", "==", user_id)])
+        table = pq.read_table(plays, columns=[wanted], filters=[(column, "==", who)])
     except (OSError, pa.ArrowInvalid) as err:
         raise cli.JobError(f"{plays}: cannot read the plays (Parquet with user_id and "
                            f"track_id): {err}") from None
-    return set(table.column("track_id").to_pylist())
+    return set(table.column(wanted).to_pylist())
 
 
 def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
@@ -234,7 +263,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="answer with warm tracks only (factors from plays: the known "
                            "tracks it is like), cold ones only (factors from audio), or any "
                            "(default %(default)s)")
-    query("audience", "users most likely to like a track").add_argument("--track", required=True)
+    listen = query("audience", "users most likely to like a track, who do not play it yet")
+    listen.add_argument("--track", required=True)
+    listen.add_argument("--plays", type=Path,
+                        help="plays whose listeners to leave out (default: those the snapshot "
+                             "was made from)")
     mix = query("recommend", "tracks for a user")
     mix.add_argument("--user", required=True)
     cli.add_settings(mix, QueryConfig, only=("cold_share",))
@@ -253,12 +286,12 @@ def answer(args: argparse.Namespace) -> list[dict]:
     if args.command == "similar":
         return similar(snap, args.track, args.top, args.among)
     if args.command == "audience":
-        return audience(snap, args.track, args.top)
-    plays = args.plays or snap.manifest.get("inputs", {}).get("plays")
+        return audience(snap, args.track, args.top, snap.plays(args.plays))
+    plays = snap.plays(args.plays)
     if plays is None:
         raise cli.JobError(f"{snap.path}: the snapshot does not say which plays it was made "
                            "from; give --plays")
-    return recommend(snap, args.user, args.top, args.cold_share, played_by(Path(plays), args.user))
+    return recommend(snap, args.user, args.top, args.cold_share, played_by(plays, args.user))
 
 
 def main(argv: list[str] | None = None) -> int:

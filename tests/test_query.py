@@ -175,6 +175,17 @@ def test_a_tracks_audience_matches_the_published_table(snapshot, capsys):
         [u for t, u in zip(table["track_id"], table["user_id"]) if t == "t31"]
 
 
+def test_a_warm_tracks_audience_leaves_out_its_listeners(snapshot, capsys):
+    root, x, y, played = snapshot
+    listeners = {u for u, t in played if t == "t3"}
+    code, out, _ = query(capsys, root, "--json", "-n", "5", "audience", "--track", "t3")
+    assert code == 0
+    score = x @ y[3]
+    others = [u for u in np.argsort(-score) if f"u{u}" not in listeners]
+    assert [r["user_id"] for r in json.loads(out)] == [f"u{u}" for u in others[:5]]
+    assert listeners and not listeners & {r["user_id"] for r in json.loads(out)}
+
+
 def test_recommendations_leave_out_what_was_played_and_mix_in_cold_tracks(snapshot, capsys):
     root, x, y, played = snapshot
     code, out, _ = query(capsys, root, "--json", "-n", "10", "recommend", "--user", "u3",
