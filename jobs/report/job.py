@@ -66,10 +66,18 @@ def stages_section(files: gather.RunFiles, figures: dict[str, str]) -> tuple[ren
     return section, rows
 
 
-def summary(rows: list, report: Path) -> str:
-    """The one-screen summary: each stage, its time and key figure, and the report."""
+def summary(rows: list, report: Path, evaluation: dict | None = None) -> str:
+    """The one-screen summary: each stage, its time and key figure, the evaluation's
+    table (where the run was evaluated) and the report."""
     lines = [f"{'stage':<26} {'seconds':>8}  key figure"]
     lines += [f"{task:<26} {seconds:>8.1f}  {figure}"[:110] for task, _, seconds, figure in rows]
+    if evaluation:
+        k = evaluation["k"]
+        lines += ["", f"evaluation: {evaluation['heldout_tracks']} held-out tracks, "
+                      f"{evaluation['users']} users",
+                  f"{'method':<58} {'AUC':>6} {f'mAP@{k}':>8}"]
+        lines += [f"{m['method'][:58]:<58} {m['auc']:>6.3f} {m[f'map@{k}']:>8.3f}"
+                  for m in evaluation["methods"]]
     lines.append(f"report: {report / layout.REPORT_HTML}")
     return "\n".join(lines)
 
@@ -100,7 +108,7 @@ def build(run: Path, catalogue: Path | None = None, plays: Path | None = None,
         render.write(tmp, f"Run {run.name}", [stages] + parts)
     rows.append(["report (this job)", layout.REPORT, round(time.monotonic() - progress.started, 1),
                  f"{len(parts) + 1} sections"])
-    print(summary(rows, out), flush=True)
+    print(summary(rows, out, evaluation), flush=True)
     return out
 
 
