@@ -163,22 +163,29 @@ def recall_heard(shard: Path, table: pa.Table) -> int:
     cached = layout.heard_file(shard, version())
     if not cached.exists():
         return 0
-    heard = pq.read_table(cached)
-    row_of = {track: i for i, track in enumerate(heard.column("track_id").to_pylist())}
+    row_of, whole = _kept(str(cached))
     rows = [(i, row_of[track]) for i, track in enumerate(table.column("track_id").to_pylist())
             if track in row_of]
     if not rows:
         return 0
-    taken = heard.take([j for _, j in rows])
-    width = taken.schema.field("features").type.list_size
-    whole = np.concatenate([_matrix(taken.column("features"), width)] + [
-        _matrix(taken.column(name), len(musicnn.labels(name))) for name in musicnn.TAGGERS], axis=1)
     values = mels.values(table)
     if len(_MEMO) + len(rows) > _MEMO_TRACKS:
         _MEMO.clear()
-    for (i, _), row in zip(rows, whole):  # keyed as hear() keys what it is given
-        _MEMO[hashlib.sha1(np.ascontiguousarray(values[i]).tobytes()).digest()] = row
+    for i, j in rows:  # keyed as hear() keys what it is given
+        _MEMO[hashlib.sha1(np.ascontiguousarray(values[i]).tobytes()).digest()] = whole[j]
     return len(rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _kept(path: str) -> tuple[dict[str, int], np.ndarray]:
+    """A heard file (never rewritten once there) as (track -> row, rows as hear() holds
+    them: features, then each tagger's tags): read once, not once per row group,
+    candidate and fold predicted from its shard."""
+    heard = pq.read_table(path)
+    width = heard.schema.field("features").type.list_size
+    whole = np.concatenate([_matrix(heard.column("features"), width)] + [
+        _matrix(heard.column(name), len(musicnn.labels(name))) for name in musicnn.TAGGERS], axis=1)
+    return {track: i for i, track in enumerate(heard.column("track_id").to_pylist())}, whole
 
 
 def heard_tracks(shards: Sequence[Path], track_ids: Sequence[str]) -> tuple[list[str], Heard]:

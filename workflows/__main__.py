@@ -36,8 +36,7 @@ def main(argv: list[str]) -> int:
             print(done.code, file=sys.stderr)
     task_failed = luigi.configuration.get_config().getint(
         "retcode", "task_failed", RETCODES["task_failed"])
-    if code == task_failed and console.FILTER.kinds and set(console.FILTER.kinds) == {
-            NightDegraded.__name__}:
+    if code == task_failed and set(console.FILTER.kinds) == {NightDegraded.__name__}:
         return DEGRADED
     return code
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import shutil
-import itertools
 import sys
 import threading
 import time

@@ -294,7 +294,7 @@ def similar_section(files: RunFiles, names: Names, n_queries: int = 3, n: int = 
                      "most often among them:")
         section.table(["tag", "cold tracks", "warm tracks"], common_tags(tags, ids, sources))
     x = unit_rows(factor_matrix(table))
-    is_warm = np.array([s == "als" for s in sources])
+    is_warm = np.array([s != "audio" for s in sources])  # with plays, as jobs.query's "warm"
     cold = np.flatnonzero(~is_warm)[:n_queries]
     if not len(cold):
         section.text("No cold track in this run.")

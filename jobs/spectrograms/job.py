@@ -55,7 +55,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from jobs.spectrograms import failures, pool
 from jobs.spectrograms.decode import SystemicError, is_systemic, systemic_message
 from jobs.spectrograms.mel import check_environment
-from jobs.spectrograms.pipeline import COUNTERS, build, decoder_settings, numbered, write
+from jobs.spectrograms.pipeline import (COUNTERS, DURATION_COLUMN, build, decoder_settings,
+                                        numbered, write)
 from schemas import cli, layout, storage
 from schemas.config import MelParams, SpectrogramOptions
 
@@ -203,8 +204,6 @@ def catalogue_files(pattern: str) -> list[str]:
 
 
 CATALOGUE_COLUMNS = ["track_id", "audio_uri"]
-# Read too where every catalogue file has it: a file falling short of it is truncated.
-DURATION_COLUMN = "duration_s"
 
 
 def check_catalogue(files: Sequence[str]) -> list[str]:
@@ -382,7 +381,8 @@ def _run_part(job: SpectrogramJob, pattern: str, columns: list[str], part: tuple
     """Run the pipeline on one part of the catalogue for the outputs of
     ``destinations``, and publish each as its destination; returns the catalogue rows
     read, and for each output its counters and the spectrograms and dead letters it
-    wrote. ``columns``: what to read of the catalogue. ``expected``, the catalogue's rows, is for the progress log."""
+    wrote. ``columns``: what to read of the catalogue. ``expected``, the catalogue's rows,
+    is for the progress log."""
     params, options = job.params, job.options
     outputs = tuple(destinations)
     now = datetime.datetime.now(datetime.timezone.utc)

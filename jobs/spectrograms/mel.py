@@ -162,7 +162,8 @@ def spectrograms(uri: str, params: MelParams, outputs: Sequence[MelParams] = (),
                  **limits) -> tuple[np.ndarray | MelError, ...]:
     """The stored spectrograms of ``uri`` for each of ``outputs`` (default: ``params``
     alone), all made from one decoding of its excerpt with ``params`` (decode_excerpt,
-    with the catalogue's duration ``catalogue_s`` and ``limits``); an output at another sample rate from those samples resampled.
+    with the catalogue's duration ``catalogue_s`` and ``limits``); an output at another
+    sample rate from those samples resampled.
 
     Each is (n_mels, n_frames) in its output's dtype, or the MelError that says why
     it could not be computed (so that one output can fail alone). Raises DecodeError

@@ -126,6 +126,11 @@ class PickOnePerTrack(beam.DoFn):
             yield first, tuple(wanted)
 
 
+# The catalogue's column of each track's length, where the job reads it (it does when every
+# catalogue file has it): a file falling short of it is truncated.
+DURATION_COLUMN = "duration_s"
+
+
 class ComputeSpectrograms(beam.DoFn):
     """(catalogue row, outputs wanted) -> for each output wanted, a schemas.MEL_SHARD row
     (mel flattened in the output's dtype), or a dead letter (stage "decode" or "mel").
@@ -193,12 +198,12 @@ class ComputeSpectrograms(beam.DoFn):
         self.progress.add()
         if not self.isolate:
             yield from self._result(row, wanted, lambda: self.spectrograms(
-                row["audio_uri"], self.params, outputs, row.get("duration_s"), **self.limits))
+                row["audio_uri"], self.params, outputs, row.get(DURATION_COLUMN), **self.limits))
             return
         while sum(child.queued for child in self._children) >= self.QUEUED * len(self._children):
             yield from self._finished()
         child = min(self._children, key=lambda child: child.queued)
-        child.send(row["audio_uri"], outputs, row.get("duration_s"))
+        child.send(row["audio_uri"], outputs, row.get(DURATION_COLUMN))
         self._rows[child].append((row, wanted))
 
     def finish_bundle(self) -> Iterator:
