@@ -540,7 +540,8 @@ class IndexConfig:
 class QueryConfig:
     """The factors at work (jobs/audience.py, jobs/query.py): users kept per new
     release, rows of a query's answer, the share of cold tracks in a user's
-    recommendations, and how many users are scored at once (memory stays flat)."""
+    recommendations, and how many users the audience job scores at once (its memory
+    stays flat)."""
     audience: int = setting(100, "users per track", name="k")
     top: int = setting(10, "rows")
     cold_share: float = setting(0.2, "share of cold tracks (factors from audio)")
