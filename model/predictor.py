@@ -297,8 +297,10 @@ class Predictor:
                "mel_params": self.mel_params, model_file.FACTOR_SPACE: self.factor_space,
                "metrics": self.metrics,
                "members": [{"kind": m.kind, **m.state()} for m in self.members]}
-        with storage.atomic_file(path) as tmp:
-            torch.save(raw, tmp)
+        # through a file object: torch.save names the archive's records after a path's
+        # (temporary) name, and the same model should be the same bytes
+        with storage.atomic_file(path) as tmp, open(tmp, "wb") as out:
+            torch.save(raw, out)
         return self.version
 
     @classmethod

@@ -139,6 +139,14 @@ def spectrograms_or_crash(uri: str, params: MelParams, outputs=(), *args, **limi
     return spectrograms(uri, params, outputs, *args, **limits)
 
 
+def spectrograms_slowly(uri: str, params: MelParams, outputs=(), *args, **limits) -> tuple:
+    """The job's spectrograms, a second late for a URI ending in "#slow" (cut off)."""
+    if uri.endswith("#slow"):
+        time.sleep(1.0)
+        uri = uri.removesuffix("#slow")
+    return spectrograms(uri, params, outputs, *args, **limits)
+
+
 @pytest.fixture(scope="module")
 def audio_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("audio")

@@ -274,6 +274,20 @@ def test_ddp_training_with_torchrun_learns_the_mapping(tmp_path):
     assert predictor.held_out().member("taste").arrays["centres"].shape[-2] == held_out
 
 
+def test_the_same_shards_and_factors_train_the_same_model_file(tmp_path):
+    # seeded crops, shuffles and initialisation, deterministic CPU kernels and gloo's
+    # fixed reduction order: a rerun is the same file, byte for byte
+    mels_dir, factors, *_ = write_toy_set(tmp_path)
+    files = []
+    for run in ("first", "again"):
+        (tmp_path / run).mkdir()
+        result = subprocess.run(torchrun(tmp_path / run, mels_dir, factors) + ["--epochs", "2"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        files.append((tmp_path / run / "model.pt").read_bytes())
+    assert files[0] == files[1]
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))

@@ -34,7 +34,8 @@ from schemas.config import MelParams, SpectrogramOptions
 from schemas import layout
 from schemas import mels as mel_values
 from schemas.layout import final_dead_letter_files, run_dir
-from tests.test_mel import musicnn_input, spectrograms_or_crash, tone, write_audio
+from tests.test_mel import (musicnn_input, spectrograms_or_crash, spectrograms_slowly, tone,
+                            write_audio)
 
 EXCERPT_S = 1.0
 PARAMS = MelParams(excerpt_s=EXCERPT_S)
@@ -188,6 +189,25 @@ def test_spectrogram_dofn_outputs_mel_shard_rows_and_dead_letters(catalogue, iso
     dead_letter = unwrapped(dead.value)
     assert dead.tag == DEAD_LETTERS and dead_letter["stage"] == "decode"
     assert dead_letter["track_id"] == "corrupt" and corrupt["audio_uri"] in dead_letter["error"]
+
+
+def test_rows_come_out_in_the_order_the_tracks_came_in_whichever_child_is_first(catalogue):
+    # The first track takes a second longer; the other child does the rest meanwhile.
+    # Rows in the order sent make a rerun write the same shards, so train the same network.
+    low, mid, high = catalogue["rows"][:3]
+    rows = [low | {"track_id": "slow", "audio_uri": low["audio_uri"] + "#slow"},
+            mid, high, low, mid | {"track_id": "mid again"}, catalogue["rows"][3]]
+    compute = ComputeSpectrograms(PARAMS, isolate=True, decoders=2,
+                                  spectrograms=spectrograms_slowly)
+    compute.setup()
+    try:
+        compute.start_bundle()
+        outputs = [o for row in rows for o in compute.process(row)] + list(compute.finish_bundle())
+    finally:
+        compute.teardown()
+    values = [o.value if isinstance(o, TaggedOutput) else o for o in outputs]
+    track_ids = [(v.value if isinstance(v, WindowedValue) else v)["track_id"] for v in values]
+    assert track_ids == [row["track_id"] for row in rows]
 
 
 def test_a_spectrogram_that_cannot_be_computed_is_a_mel_dead_letter(catalogue):

@@ -145,13 +145,17 @@ class ComputeSpectrograms(beam.DoFn):
     A track's work is ``spectrograms`` (mel.spectrograms's signature; tests replace it).
     With ``isolate`` it runs in ``decoders`` child processes (:class:`IsolatedDecoder`),
     so that a crash in FFmpeg costs one track, not the worker. Each child keeps
-    QUEUED tracks queued so that it never waits for this process; rows come out as the
-    children finish them, the last ones at the end of the bundle. Without ``isolate``,
-    tracks are done here, one at a time.
+    QUEUED tracks queued so that it never waits for this process; rows come out in the
+    order the tracks came in, whichever child finishes first, so that a rerun writes the
+    same shards (and trains the same network). Without ``isolate``, tracks are done
+    here, one at a time.
     """
 
     # Tracks queued per child: one being done, one waiting.
     QUEUED = 2
+    # Tracks finished or queued, per child, that may wait on an earlier, slower track
+    # before this process stops sending more: bounds what is held in memory.
+    HELD = 8
 
     instances = itertools.count(1)  # in this process: names each worker's progress log
 
@@ -188,8 +192,10 @@ class ComputeSpectrograms(beam.DoFn):
             prepare(self.params, self.torch_threads, self.outputs)
 
     def start_bundle(self) -> None:
-        # (row, outputs wanted) queued on each child
+        # [row, outputs wanted, their results once known]: queued on each child, and all
+        # of them in the order sent
         self._rows = {child: collections.deque() for child in self._children}
+        self._sent: collections.deque[list] = collections.deque()
 
     def process(self, element: dict | tuple[dict, tuple[int, ...]]) -> Iterator:
         row, wanted = element if isinstance(element, tuple) else (
@@ -200,14 +206,17 @@ class ComputeSpectrograms(beam.DoFn):
             yield from self._result(row, wanted, lambda: self.spectrograms(
                 row["audio_uri"], self.params, outputs, row.get(DURATION_COLUMN), **self.limits))
             return
-        while sum(child.queued for child in self._children) >= self.QUEUED * len(self._children):
+        while (sum(child.queued for child in self._children) >= self.QUEUED * len(self._children)
+               or len(self._sent) >= self.HELD * len(self._children)):
             yield from self._finished()
         child = min(self._children, key=lambda child: child.queued)
         child.send(row["audio_uri"], outputs, row.get(DURATION_COLUMN))
-        self._rows[child].append((row, wanted))
+        entry = [row, wanted, None]
+        self._rows[child].append(entry)
+        self._sent.append(entry)
 
     def finish_bundle(self) -> Iterator:
-        while any(child.queued for child in self._children):
+        while self._sent:
             for output in self._finished():
                 if isinstance(output, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(
@@ -216,14 +225,19 @@ class ComputeSpectrograms(beam.DoFn):
                     yield GlobalWindows.windowed_value(output)
 
     def _finished(self) -> Iterator:
-        """The outputs of the children that have a result, once one has or the oldest
-        deadline has passed (its track then times out)."""
+        """Takes the results of the children that have one, once one has or the oldest
+        deadline has passed (its track then times out); yields the outputs of the tracks
+        sent first whose results are in."""
         busy = [child for child in self._children if child.queued]
-        wait_s = max(0.0, min(child.deadline for child in busy) - time.monotonic())
-        ready = multiprocessing.connection.wait([child.connection for child in busy], wait_s)
-        for child in busy:
-            if child.connection in ready or child.deadline <= time.monotonic():
-                yield from self._result(*self._rows[child].popleft(), child.receive)
+        if busy:
+            wait_s = max(0.0, min(child.deadline for child in busy) - time.monotonic())
+            ready = multiprocessing.connection.wait([child.connection for child in busy], wait_s)
+            for child in busy:
+                if child.connection in ready or child.deadline <= time.monotonic():
+                    entry = self._rows[child].popleft()
+                    entry[2] = list(self._result(entry[0], entry[1], child.receive))
+        while self._sent and self._sent[0][2] is not None:
+            yield from self._sent.popleft()[2]
 
     def _result(self, row: dict, wanted: tuple[int, ...],
                 compute: Callable[[], tuple]) -> Iterator:
