@@ -388,8 +388,9 @@ class AlsProgress:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        if exc[0] is None:
-            logger.info("ALS: %d of %d iterations done, %s", self.halves_done() // 2,
+        if exc[0] is None:  # (the count of jobs can run past two per iteration: Spark
+            # runs more aggregates than the Gram matrices, at the start and the end)
+            logger.info("ALS: %d of %d iterations done, %s", self.iterations,
                         self.iterations, cli.duration(time.monotonic() - self.started))
 
 
