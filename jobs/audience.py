@@ -4,10 +4,11 @@
         --track-factors FACTORS/track_factors.parquet --out audience.parquet [--k 100]
 
 For every track whose factors came from its audio (``source`` "audio" in the combined
-table), the --k users of highest x_u . y_i, best first (schemas.AUDIENCE). Tracks are
-taken 1,024 at a time and users --user-batch at a time, merged into a running top k,
-and rows are written as each batch of tracks is done, so memory is bounded by the
-batches, not by the numbers of users or tracks.
+table), the --k users of highest x_u . y_i, best first (schemas.AUDIENCE). The user
+factors are streamed from their files --user-batch users at a time, scored against
+the new releases 1,024 tracks at a time and merged into each track's running top k
+(schemas/ranking.py), so memory is bounded by the new releases and the batches, not
+by the number of users: only the ids of the users chosen are read at the end.
 """
 from __future__ import annotations
 
@@ -24,34 +25,57 @@ import pyarrow.parquet as pq
 import schemas
 from schemas import cli, factor_matrix, storage
 from schemas.config import QueryConfig
-from schemas.ranking import top_users
+from schemas.ranking import RunningTop
 
 logger = logging.getLogger(__name__)
 TRACK_BATCH = 1024
 
 
+def chosen_ids(user_factors: Path, rows: np.ndarray, size: int) -> pa.Array:
+    """The user ids of ``rows`` (row numbers of the user factors, any shape), flat: the
+    ids are streamed too, and only those chosen kept."""
+    wanted = np.unique(rows)
+    found, offset = [], 0
+    for batch in storage.stream_batches(user_factors, schemas.USER_FACTORS, ["user_id"], size):
+        inside = wanted[(wanted >= offset) & (wanted < offset + batch.num_rows)]
+        found.append(pc.take(batch.column(0), inside - offset))
+        offset += batch.num_rows
+    ids = pa.concat_arrays(found) if found else pa.array([], pa.string())
+    return pc.take(ids, np.searchsorted(wanted, rows.ravel()))
+
+
 def audience(user_factors: Path, track_factors: Path, out: Path, k: int = QueryConfig.audience,
              user_batch: int = QueryConfig.user_batch, track_batch: int = TRACK_BATCH) -> int:
     """Write the audience table; returns the number of tracks covered."""
-    users = storage.read_table(user_factors, schemas.USER_FACTORS)
     tracks = storage.read_table(track_factors, schemas.TRACK_FACTORS)
     cold = tracks.filter(pc.equal(tracks["source"], "audio"))
-    user_ids = np.array(users.column("user_id").to_pylist(), dtype=object)
-    x = factor_matrix(users)
+    y = factor_matrix(cold)
+    starts = range(0, len(y), track_batch)
+    tops = [RunningTop(len(y[start:start + track_batch]), k) for start in starts]
+    users = 0
+    for batch in storage.stream_batches(user_factors, schemas.USER_FACTORS, ["factors"],
+                                        user_batch):
+        x = factor_matrix(batch)
+        users += len(x)
+        for top, start in zip(tops, starts):
+            top.add(y[start:start + track_batch] @ x.T)
+    user_ids = chosen_ids(user_factors, np.concatenate(
+        [top.columns.ravel() for top in tops] or [np.zeros(0, np.int64)]), user_batch)
     schema = schemas.with_metadata(schemas.AUDIENCE, {"k": k})
+    written = 0
     with storage.atomic_file(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for start in range(0, cold.num_rows, track_batch):
-            batch = cold.slice(start, track_batch)
-            best, scores = top_users(x, factor_matrix(batch), k, user_batch)
-            n = best.shape[1]
+        for top, start in zip(tops, starts):
+            n = top.columns.shape[1]
+            ids = cold.column("track_id").slice(start, len(top.columns))
             writer.write_table(pa.table({
-                "track_id": np.repeat(np.array(batch.column("track_id").to_pylist(), dtype=object), n),
-                "user_id": user_ids[best.ravel()] if n else np.zeros(0, dtype=object),
-                "score": scores.ravel().astype(np.float32),
-                "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), batch.num_rows)},
+                "track_id": pc.take(ids, np.repeat(np.arange(len(ids)), n)),
+                "user_id": user_ids.slice(written, top.columns.size),
+                "score": top.scores.ravel(),
+                "rank": np.tile(np.arange(1, n + 1, dtype=np.int32), len(ids))},
                 schema=schema))
+            written += top.columns.size
     logger.info("audience of %d new releases (top %d of %d users) -> %s", cold.num_rows, k,
-                len(user_ids), out)
+                users, out)
     return cold.num_rows
 
 

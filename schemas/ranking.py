@@ -10,31 +10,81 @@ import numpy as np
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``scores`` (n, m): the columns of the ``k`` highest, best first, and
-    their scores; ties go to the lower column. Both (n, min(k, m))."""
+    their scores; ties go to the lower column, at the k-th place too. Both (n, min(k, m))."""
     k = min(k, scores.shape[1])
     if k == 0:
         return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), scores.dtype)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    if k < scores.shape[1]:
+        # everything above the k-th score, then as many of the columns equal to it as
+        # fill k, the lowest first (a partition alone would take any of them)
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
+        above = scores > kth
+        tied = scores == kth
+        wanted = k - above.sum(axis=1, keepdims=True)
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= wanted))
+        part = np.nonzero(chosen)[1].reshape(len(scores), k)
+    else:
+        part = np.tile(np.arange(scores.shape[1]), (len(scores), 1))
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     best = np.take_along_axis(part, order, axis=1)
     return best, np.take_along_axis(scores, best, axis=1)
 
 
+class RunningTop:
+    """Each of ``rows`` rows' ``k`` highest scores over columns that come a block at a
+    time, best first, ties to the lower column, as :func:`top_k` of all the columns at
+    once would give. Memory is rows x k, however many columns pass.
+
+    Once a row holds k, a block's column can enter only above the row's k-th score,
+    and after the first blocks few do: the candidates are found by one comparison
+    and only they are merged, so a block costs little more than computing its scores.
+    """
+
+    def __init__(self, rows: int, k: int) -> None:
+        self.k = k
+        self.columns = np.zeros((rows, 0), np.int64)
+        self.scores = np.zeros((rows, 0), np.float32)
+        self.seen = 0
+
+    def add(self, block: np.ndarray) -> None:
+        """Take the scores of the next ``block.shape[1]`` columns, (rows, m)."""
+        block = block.astype(np.float32, copy=False)
+        offset, self.seen = self.seen, self.seen + block.shape[1]
+        if self.columns.shape[1] < self.k:  # not full yet: every column is a candidate
+            rows = np.arange(len(block))
+            candidates, columns = block, np.broadcast_to(offset + np.arange(block.shape[1]),
+                                                         block.shape)
+        else:
+            hit_rows, hit_columns = np.nonzero(block > self.scores[:, -1:])
+            if not len(hit_rows):
+                return
+            counts = np.bincount(hit_rows, minlength=len(block))
+            rows = np.flatnonzero(counts)
+            # each row's candidates side by side, padded with -inf, which never enters
+            slot = np.arange(len(hit_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+            at = np.searchsorted(rows, hit_rows)
+            candidates = np.full((len(rows), counts.max()), -np.inf, np.float32)
+            columns = np.zeros(candidates.shape, np.int64)
+            candidates[at, slot] = block[hit_rows, hit_columns]
+            columns[at, slot] = offset + hit_columns
+        # the running best first: on a tie, its columns are the lower ones
+        merged = np.concatenate([self.scores[rows], candidates], axis=1)
+        keep, kept = top_k(merged, self.k)
+        chosen = np.take_along_axis(np.concatenate([self.columns[rows], columns], axis=1),
+                                    keep, axis=1)
+        if chosen.shape[1] > self.columns.shape[1]:  # still filling: every row was merged
+            self.columns, self.scores = chosen, kept
+        else:
+            self.columns[rows], self.scores[rows] = chosen, kept
+
+
 def top_users(user_x: np.ndarray, track_y: np.ndarray, k: int,
               user_batch: int) -> tuple[np.ndarray, np.ndarray]:
     """For each track (rows of ``track_y``), the ``k`` users of highest x_u . y_i, best
     first: (user rows, scores), each (tracks, min(k, users)). Users are scored
-    ``user_batch`` at a time and merged into a running top k, so memory is
-    tracks x (k + user_batch) however many users there are."""
-    best = np.zeros((len(track_y), 0), np.int64)
-    best_scores = np.zeros((len(track_y), 0), np.float32)
+    ``user_batch`` at a time (:class:`RunningTop`)."""
+    top = RunningTop(len(track_y), k)
     for start in range(0, len(user_x), user_batch):
-        block = track_y @ user_x[start:start + user_batch].T
-        kept = best.shape[1]
-        keep, best_scores = top_k(np.concatenate([best_scores, block.astype(np.float32)], axis=1), k)
-        # column j < kept is the running best's j-th user; the others, this block's
-        earlier = np.take_along_axis(best, np.minimum(keep, kept - 1), axis=1) if kept else keep
-        best = np.where(keep < kept, earlier, start + keep - kept)
-    return best, best_scores
+        top.add(track_y @ user_x[start:start + user_batch].T)
+    return top.columns, top.scores

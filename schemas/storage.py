@@ -155,6 +155,25 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
         raise ValueError(f"{path}: does not match the expected schema: {err}") from err
 
 
+def stream_batches(path: str | os.PathLike, schema: pa.Schema, columns: list[str],
+                   size: int) -> Iterator[pa.RecordBatch]:
+    """``columns`` of a Parquet file or directory of files (in name order), ``size`` rows
+    at a time, read as they go: memory is bounded by ``size``, not by the writer's row
+    groups. Raises ValueError naming a file whose columns do not fit ``schema``, before
+    any row is read."""
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    for file in files:
+        try:
+            schemas.conform(pq.read_schema(file).empty_table(), schema)
+        except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ValueError(f"{file}: does not match the expected schema: {err}") from err
+    for file in files:
+        # no pre-buffering: it would read a whole row group's column chunks at once
+        reader = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
+        yield from reader.iter_batches(batch_size=size, columns=columns)
+
+
 def read_params(path: str | os.PathLike) -> dict:
     """The params stored in the schema metadata of a Parquet file or directory of parts."""
     path = Path(path)

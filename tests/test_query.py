@@ -68,6 +68,38 @@ def test_top_users_in_batches_is_the_exact_top_k():
         best, scores = top_users(x, y, 9, batch)
         assert (best == exact).all() and np.allclose(scores, exact_scores)
     assert top_users(x[:3], y, 9, 2)[0].shape == (20, 3)  # fewer users than k
+    # small whole numbers: many ties, which go to the lower user in any batching
+    x, y = rng.integers(-2, 3, size=(1000, 3)).astype(np.float32), rng.integers(-2, 3, size=(20, 3))
+    scores = (y @ x.T).astype(np.float32)
+    exact = np.argsort(-scores, axis=1, kind="stable")[:, :50]
+    exact_scores = np.take_along_axis(scores, exact, axis=1)
+    assert all((found == want).all() for found, want in zip(top_k(scores, 50), (exact, exact_scores)))
+    for batch in (1, 7, 64, 5000):
+        best, scores = top_users(x, y.astype(np.float32), 50, batch)
+        assert (best == exact).all() and (scores == exact_scores).all()
+
+
+def test_the_audience_streams_user_factors_in_parts_as_spark_writes_them(snapshot, tmp_path):
+    root, x, y, _ = snapshot
+    users = pq.read_table(root / "users.parquet")
+    parts = tmp_path / "user_factors"
+    parts.mkdir()
+    for i, start in enumerate((0, 20, 35)):  # three parts, row groups of 4 users
+        pq.write_table(users.slice(start, {0: 20, 20: 15, 35: 15}[start]),
+                       parts / f"part-{i:05d}.snappy.parquet", row_group_size=4)
+    (parts / "_SUCCESS").touch()
+    audience(parts, root / "tracks.parquet", tmp_path / "audience.parquet", k=8, user_batch=3,
+             track_batch=4)
+    table = pq.read_table(tmp_path / "audience.parquet").to_pydict()
+    for track in range(30, 40):
+        exact = np.argsort(-(x @ y[track]), kind="stable")[:8]
+        got = [(u, s) for t, u, s in zip(table["track_id"], table["user_id"], table["score"])
+               if t == f"t{track}"]
+        assert [u for u, _ in got] == [f"u{i}" for i in exact]
+        np.testing.assert_allclose([s for _, s in got], (x @ y[track])[exact], rtol=1e-5)
+    pq.write_table(pa.table({"user_id": ["u0"], "vector": [1.0]}), parts / "part-00009.parquet")
+    with pytest.raises(ValueError, match="part-00009.parquet: does not match"):
+        audience(parts, root / "tracks.parquet", tmp_path / "again.parquet")
 
 
 def test_the_audience_of_every_new_release(snapshot):
