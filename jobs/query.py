@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from voyager import Index
 
 import schemas
-from schemas import cli, factor_matrix, layout, storage
+from schemas import arrow, cli, factor_matrix, layout, storage
 from schemas.config import IndexConfig, QueryConfig
 from schemas.metrics import unit_rows
 from schemas.ranking import top_k
@@ -43,7 +44,9 @@ logger = logging.getLogger(__name__)
 
 
 class Snapshot:
-    """One published snapshot: users, tracks and their names, read once."""
+    """One published snapshot, opened without reading it whole: the tracks' factors and
+    sources (every query needs them) are read at once; a user's factors, the users of
+    an audience, and the names and tags of the tracks answered, as they are asked for."""
 
     def __init__(self, published: Path):
         self.path = layout.latest(published).resolve()
@@ -52,26 +55,10 @@ class Snapshot:
             raise cli.JobError(f"{published}: no published snapshot (no {layout.latest(published)}"
                                f"/{layout.SNAPSHOT_MANIFEST}); run the workflow first")
         self.manifest = json.loads(manifest.read_text())
-        self.users = storage.read_table(self.path / layout.SNAPSHOT_USERS, schemas.USER_FACTORS)
+        self.users_path = self.path / layout.SNAPSHOT_USERS
         self.tracks = storage.read_table(self.path / layout.SNAPSHOT_TRACKS, schemas.TRACK_FACTORS)
-        self.tags = self.read_tags()
-        self.user_ids = self.users.column("user_id").to_pylist()
         self.track_ids = self.tracks.column("track_id").to_pylist()
         self.sources = self.tracks.column("source").to_pylist()
-        self.names: dict[str, tuple[str | None, str | None]] = {}
-        catalogue = self.path / layout.SNAPSHOT_CATALOGUE
-        if catalogue.exists():
-            names = storage.read_table(catalogue, schemas.SNAPSHOT_CATALOGUE).to_pydict()
-            self.names = dict(zip(names["track_id"], zip(names["title"], names["artist"])))
-
-    def read_tags(self) -> list[list[str] | None] | None:
-        """Each track's top tags (None: not heard), or None when the snapshot has none:
-        those published before tags were, or without them."""
-        path = self.path / layout.SNAPSHOT_TRACKS
-        if "tags" not in pq.read_schema(path).names:
-            return None
-        tags = storage.read_table(path, schemas.SNAPSHOT_TRACKS).column("tags")
-        return tags.to_pylist() if tags.null_count < len(tags) else None
 
     def index(self):
         """The snapshot's similar-track index (jobs/index.py), or None when it has none
@@ -80,21 +67,48 @@ class Snapshot:
         if not (folder / layout.INDEX_MANIFEST).exists():
             return None
         built = json.loads((folder / layout.INDEX_MANIFEST).read_text())
-        ids = pq.read_table(folder / layout.INDEX_IDS).column("track_id").to_pylist()
+        ids = pq.ParquetFile(folder / layout.INDEX_IDS).read().column("track_id").to_pylist()
         if built["factor_table"] != schemas.factors_version(self.tracks) or ids != self.track_ids:
             logger.warning("%s was built from other factors than the snapshot's; searching "
                            "exactly", folder)
             return None
         return Index.load(str(folder / layout.INDEX_FILE))
 
-    def row(self, kind: str, ids: list[str], wanted: str) -> int:
-        """The row of ``wanted`` among ``ids`` (the snapshot's "track"s or "user"s);
-        an error naming it when the snapshot does not know it."""
+    def unknown(self, kind: str, wanted: str, known: int) -> cli.JobError:
+        return cli.JobError(f"{kind} {wanted!r} is not in the snapshot {self.path.name} "
+                            f"({known} {kind}s)")
+
+    def track_row(self, track_id: str) -> int:
+        """The row of ``track_id``; an error naming it when the snapshot does not know it."""
         try:
-            return ids.index(wanted)
+            return self.track_ids.index(track_id)
         except ValueError:
-            raise cli.JobError(f"{kind} {wanted!r} is not in the snapshot {self.path.name} "
-                               f"({len(ids)} {kind}s)") from None
+            raise self.unknown("track", track_id, len(self.track_ids)) from None
+
+    def user_factors(self, user_id: str) -> np.ndarray:
+        """One user's factors (rank,), found by a filtered read of the user table."""
+        found = storage.read_where(self.users_path, "user_id", [user_id], ["factors"])
+        if not found.num_rows:
+            raise self.unknown("user", user_id, self.manifest.get("users") or
+                               pq.read_metadata(self.users_path).num_rows)
+        return factor_matrix(found)[0]
+
+    def top_users(self, y: np.ndarray, n: int, leave_out: set[str]) -> list[dict]:
+        """The ``n`` users of highest x_u . ``y`` but those in ``leave_out``, best first
+        (ties to the earlier user): the user table streamed a batch at a time."""
+        ids, scores = [], []
+        excluded = arrow.strings(sorted(leave_out))
+        for batch in storage.stream_batches(self.users_path, schemas.USER_FACTORS,
+                                            ["user_id", "factors"], QueryConfig.user_batch):
+            score = factor_matrix(batch) @ y
+            users = batch.column(0)
+            score[arrow.values(pc.indices_nonzero(pc.is_in(users, value_set=excluded)))] = -np.inf
+            best, best_scores = top_k(score[None, :], min(n, int(np.isfinite(score).sum())))
+            ids += users.take(arrow.indices(best[0])).to_pylist()
+            scores.append(best_scores[0])
+        best, best_scores = top_k(np.concatenate([np.zeros(0), *scores])[None, :], n)
+        return [{"user_id": ids[i], "score": round(float(s), 4)}
+                for i, s in zip(best[0], best_scores[0])]
 
     def audience_of(self, track_id: str) -> list[dict]:
         """A new release's users from the snapshot's audience table, best first; none when
@@ -102,8 +116,8 @@ class Snapshot:
         path = self.path / layout.AUDIENCE
         if not path.exists():
             return []
-        rows = pq.read_table(path, columns=["user_id", "score", "rank"],
-                             filters=[("track_id", "==", track_id)]).sort_by("rank").to_pylist()
+        rows = storage.read_where(path, "track_id", [track_id], ["user_id", "score", "rank"]
+                                  ).sort_by("rank").to_pylist()
         return [{"user_id": r["user_id"], "score": round(float(r["score"]), 4)} for r in rows]
 
     def plays(self, given: Path | None) -> Path | None:
@@ -111,19 +125,32 @@ class Snapshot:
         found = given or self.manifest.get("inputs", {}).get("plays")
         return Path(found) if found else None
 
-    def track_row(self, track_id: str) -> int:
-        return self.row("track", self.track_ids, track_id)
-
-    def user_row(self, user_id: str) -> int:
-        return self.row("user", self.user_ids, user_id)
-
-    def track(self, row: int, score: float) -> dict:
-        title, artist = self.names.get(self.track_ids[row], (None, None))
-        found = {"track_id": self.track_ids[row], "title": title, "artist": artist,
-                 "score": round(float(score), 4), "source": self.sources[row]}
-        if self.tags is not None:
-            found["tags"] = self.tags[row]
+    def answered(self, rows: list[int], scores: list[float]) -> list[dict]:
+        """The tracks at ``rows`` with their ``scores``, named by the snapshot's catalogue
+        and, when the snapshot has them, with their top tags: both read for these rows only."""
+        wanted = [self.track_ids[row] for row in rows]
+        names = self.read_rows(self.path / layout.SNAPSHOT_CATALOGUE, ["title", "artist"], wanted)
+        # (a snapshot that says none of its tracks was tagged shows no tags column)
+        tags = self.read_rows(self.path / layout.SNAPSHOT_TRACKS, ["tags"], wanted) \
+            if self.manifest.get("tagged_tracks", 1) else None
+        found = []
+        for row, track_id, score in zip(rows, wanted, scores):
+            title, artist = names.get(track_id, (None, None))
+            found.append({"track_id": track_id, "title": title, "artist": artist,
+                          "score": round(float(score), 4), "source": self.sources[row]})
+            if tags is not None:
+                found[-1]["tags"] = tags.get(track_id, (None,))[0]
         return found
+
+    @staticmethod
+    def read_rows(path: Path, columns: list[str], track_ids: list[str]) -> dict | None:
+        """{track id: its ``columns``} of the tracks wanted, or None when the file or a
+        column is missing (snapshots published before tags, or without a catalogue)."""
+        if not path.exists() or not set(columns) <= set(pq.read_schema(path).names):
+            return None
+        table = storage.read_where(path, "track_id", track_ids, ["track_id", *columns])
+        return dict(zip(table.column("track_id").to_pylist(),
+                        zip(*(table.column(c).to_pylist() for c in columns))))
 
 
 # which tracks a similar-track search may answer with, by where their factors came from
@@ -153,12 +180,12 @@ def similar(snap: Snapshot, track_id: str, n: int, among: str = DEFAULT_AMONG) -
             ids, distances = index.query(y[row], k=k, query_ef=max(IndexConfig.query_ef, k))
             hits = [(int(j), 1 - d) for j, d in zip(ids, distances) if allowed[j]]
             if len(hits) >= n or k == len(y):
-                return [snap.track(j, score) for j, score in hits[:n]]
+                return snap.answered(*zip(*hits[:n])) if n else []
             k = min(4 * k, len(y))
     cosine = unit_rows(y) @ unit_rows(y[row:row + 1])[0]
     cosine[~allowed] = -np.inf
     best, scores = top_k(cosine[None, :], n)
-    return [snap.track(j, s) for j, s in zip(best[0], scores[0])]
+    return snap.answered(list(best[0]), list(scores[0]))
 
 
 def audience(snap: Snapshot, track_id: str, n: int, plays: Path | None = None) -> list[dict]:
@@ -173,11 +200,7 @@ def audience(snap: Snapshot, track_id: str, n: int, plays: Path | None = None) -
     if snap.sources[row] != "audio" and plays is None:
         logger.warning("%s has plays but the snapshot names no plays file: its listeners "
                        "are not left out (give --plays)", track_id)
-    score = factor_matrix(snap.users) @ factor_matrix(snap.tracks)[row]
-    score[[u for u, user in enumerate(snap.user_ids) if user in listeners]] = -np.inf
-    best, scores = top_k(score[None, :], min(n, int(np.isfinite(score).sum())))
-    return [{"user_id": snap.user_ids[u], "score": round(float(s), 4)}
-            for u, s in zip(best[0], scores[0])]
+    return snap.top_users(factor_matrix(snap.tracks)[row], n, listeners)
 
 
 def played_by(plays: Path, who: str, column: str = "user_id",
@@ -185,8 +208,8 @@ def played_by(plays: Path, who: str, column: str = "user_id",
     """The ``wanted`` ids of the plays whose ``column`` is ``who`` (by default: the tracks
     a user played), from a Parquet file or directory (schemas.PLAYS)."""
     try:
-        table = pq.read_table(plays, columns=[wanted], filters=[(column, "==", who)])
-    except (OSError, pa.ArrowInvalid) as err:
+        table = storage.read_where(plays, column, [who], [wanted])
+    except (OSError, ValueError, pa.ArrowInvalid) as err:
         raise cli.JobError(f"{plays}: cannot read the plays (Parquet with user_id and "
                            f"track_id): {err}") from None
     return set(table.column(wanted).to_pylist())
@@ -197,7 +220,7 @@ def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
     """The ``n`` tracks of highest x_u . y_i the user has not played: about
     ``cold_share`` of them cold (factors from audio), the rest warm, each part the
     best of its kind, merged by score."""
-    x = factor_matrix(snap.users)[snap.user_row(user_id)]
+    x = snap.user_factors(user_id)
     scores = factor_matrix(snap.tracks) @ x
     open_ = np.array([t not in played for t in snap.track_ids])
     cold = np.array([s == "audio" for s in snap.sources])
@@ -210,7 +233,7 @@ def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
         best, _ = top_k(scores[rows][None, :], count)
         picked += list(rows[best[0]])
     picked.sort(key=lambda j: (-scores[j], j))
-    return [snap.track(j, scores[j]) for j in picked]
+    return snap.answered(picked, [scores[j] for j in picked])
 
 
 def cell(value: object) -> str:

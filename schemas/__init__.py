@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas import arrow
+
 SCHEMA_VERSION = "1"
 
 FACTORS = pa.list_(pa.float32())
@@ -27,9 +29,9 @@ def factors_column(matrix: np.ndarray) -> pa.Array:
                                     pa.array(matrix.astype(np.float32).ravel()))
 
 
-def factor_matrix(table: pa.Table) -> np.ndarray:
+def factor_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     """A table's ``factors`` column (FACTORS) as (rows, rank) float32."""
-    flat = pc.list_flatten(table.column("factors")).to_numpy()
+    flat = arrow.values(pc.list_flatten(table.column("factors")))
     return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
 
 

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from schemas import arrow
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +151,46 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     Raises ValueError naming ``path`` when the columns do not fit the schema.
     """
     try:
-        table = pq.read_table(path, columns=schema.names)
+        table = (pq.ParquetFile(path).read(columns=schema.names) if Path(path).is_file()
+                 else pq.read_table(path, columns=schema.names))  # (the latter imports pandas)
         return schemas.conform(table, schema)
     except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise ValueError(f"{path}: does not match the expected schema: {err}") from err
+
+
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """A Parquet file, or the Parquet files of a directory in name order."""
+    path = Path(path)
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def read_where(path: str | os.PathLike, column: str, values: list[str],
+               columns: list[str]) -> pa.Table:
+    """``columns`` of the rows of a Parquet file or directory whose string ``column`` is
+    one of ``values``: a row group whose statistics rule them all out is skipped, and
+    the others are read for ``column`` first, the rest only where it matches, so a
+    lookup in a large table reads little of it (and imports no pyarrow.dataset)."""
+    wanted = arrow.strings(values)
+    found, schema = [], None
+    for file in parquet_files(path):
+        reader = pq.ParquetFile(file)
+        missing = [name for name in {column, *columns} if name not in reader.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{file}: no column {missing} (has {reader.schema_arrow.names})")
+        schema = pa.schema([reader.schema_arrow.field(name) for name in columns])
+        leaf = [reader.schema.column(i).path for i in range(reader.metadata.num_columns)].index(column)
+        for group in range(reader.num_row_groups):
+            stats = reader.metadata.row_group(group).column(leaf).statistics
+            if stats is not None and stats.has_min_max and not any(
+                    stats.min <= value <= stats.max for value in values):
+                continue
+            keys = reader.read_row_group(group, columns=[column]).column(0)
+            match = pc.is_in(keys, value_set=wanted)
+            if pc.any(match).as_py():
+                found.append(reader.read_row_group(group, columns=columns).filter(match))
+    if not found:  # (schema.empty_table() would import pandas)
+        return pa.Table.from_batches([], schema if schema is not None else pa.schema([]))
+    return pa.concat_tables(found)
 
 
 def stream_batches(path: str | os.PathLike, schema: pa.Schema, columns: list[str],
@@ -161,11 +199,10 @@ def stream_batches(path: str | os.PathLike, schema: pa.Schema, columns: list[str
     at a time, read as they go: memory is bounded by ``size``, not by the writer's row
     groups. Raises ValueError naming a file whose columns do not fit ``schema``, before
     any row is read."""
-    path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    files = parquet_files(path)
     for file in files:
         try:
-            schemas.conform(pq.read_schema(file).empty_table(), schema)
+            schemas.conform(pa.Table.from_batches([], pq.read_schema(file)), schema)
         except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"{file}: does not match the expected schema: {err}") from err
     for file in files:

@@ -1,5 +1,8 @@
 """The factors at work: the new releases' audience, and the query command."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -258,3 +261,24 @@ def test_an_index_of_other_factors_is_not_used(snapshot, capsys):
     cosine = unit @ unit[2]
     cosine[2] = -np.inf
     assert [r["track_id"] for r in json.loads(out)] == [f"t{i}" for i in np.argsort(-cosine)[:3]]
+
+
+HEAVY = ("pandas", "pyarrow.dataset", "scipy", "sklearn", "torch", "pyspark", "apache_beam")
+
+
+@pytest.mark.parametrize("argv", [["similar", "--track", "t35"], ["audience", "--track", "t35"],
+                                  ["audience", "--track", "t3"], ["recommend", "--user", "u7"]])
+def test_a_query_imports_only_what_it_needs_and_reads_the_snapshot_in_part(snapshot, argv):
+    # a fresh process, as a user runs it: no pandas (pyarrow imports it on its first
+    # conversion of Python values or to numpy), no dataset scanner, no engine
+    root = snapshot[0]
+    code = ("import contextlib, io, json, sys; from jobs.query import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out: code = main(sys.argv[1:])\n"
+            f"print(json.dumps([code, [m for m in {HEAVY!r} if m in sys.modules], out.getvalue()]))")
+    result = subprocess.run([sys.executable, "-c", code, "--published", str(root / "published"),
+                             *argv], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    exit_code, heavy, printed = json.loads(result.stdout)
+    assert (exit_code, heavy) == (0, []) and printed.count("\n") >= 3
+
