@@ -1,14 +1,16 @@
 """The ALS job (jobs/als/job.py) run as users run it: spark-submit, the master from the command line."""
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import numpy as np
 import pytest
 
 import schemas
-from schemas import storage
+from schemas import factor_matrix, storage
 from tests.test_als import checkerboard_plays
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,22 +38,83 @@ def triplets(tmp_path_factory):
     return path, table
 
 
-def test_spark_submit_on_local_cluster(triplets, tmp_path):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def spark_class(name: str, *args: str, log: Path) -> subprocess.Popen:
+    """A Spark daemon (master or worker) started by pyspark's own launcher script."""
+    env = os.environ.copy()
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["SPARK_LOG_DIR"] = str(log.parent)
+    return subprocess.Popen([str(BIN / "spark-class"), name, *args], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(log: Path, text: str, times: int, process: subprocess.Popen, timeout_s=120.0):
+    deadline = time.monotonic() + timeout_s
+    while log.read_text().count(text) < times:
+        assert process.poll() is None, f"{log.name} ended:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{text!r} not seen in {log.name}:\n" \
+                                            f"{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def standalone_cluster(tmp_path):
+    """A Spark standalone master and two workers of one core each on 127.0.0.1, each its
+    own JVM, as a cluster is started by hand; stopped after the test."""
+    port = free_port()
+    master_url = f"spark://127.0.0.1:{port}"
+    master_log = tmp_path / "master.log"
+    daemons = [spark_class("org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                           "--port", str(port), "--webui-port", str(free_port()), log=master_log)]
+    try:
+        wait_for(master_log, "I have been elected leader", 1, daemons[0])
+        for i in range(2):
+            daemons.append(spark_class(
+                "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
+                "--memory", "1g", "--webui-port", str(free_port()),
+                "--work-dir", str(tmp_path / f"work-{i}"), master_url,
+                log=tmp_path / f"worker-{i}.log"))
+        wait_for(master_log, "Registering worker", 2, daemons[0])
+        yield master_url, master_log
+    finally:
+        for daemon in reversed(daemons):
+            daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(60)
+
+
+def test_spark_submit_to_a_standalone_cluster_gives_the_local_factors(triplets, tmp_path,
+                                                                      standalone_cluster):
     path, table = triplets
-    out = tmp_path / "als"
-    result = spark_submit("local-cluster[2,1,1024]", "--plays", str(path), "--out", str(out),
-                          "--rank", "4", "--iterations", "4", "--reg", "0.05", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stderr.count("Granted executor ID") == 2, "expected two executor JVMs"
-    users = storage.read_table(out / "user_factors", schemas.USER_FACTORS)
-    items = storage.read_table(out / "item_factors", schemas.ITEM_FACTORS)
-    assert users.num_rows == len(set(table.column("user_id").to_pylist()))
-    assert items.num_rows == len(set(table.column("track_id").to_pylist()))
+    master_url, master_log = standalone_cluster
+    args = ["--plays", str(path), "--rank", "4", "--iterations", "6", "--reg", "0.05",
+            "--blocks", "2", "--seed", "3"]
+    local = spark_submit("local[2]", *args, "--out", str(tmp_path / "local"), cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-4000:]
+    remote = spark_submit(master_url, *args, "--out", str(tmp_path / "cluster"), cwd=tmp_path)
+    assert remote.returncode == 0, remote.stderr[-4000:]
+    # the job ran on the two workers' executors, not in the driver
+    assert master_log.read_text().count("Launching executor") == 2
+    out = tmp_path / "cluster"
+    assert storage.read_table(out / "user_factors", schemas.USER_FACTORS).num_rows == \
+        len(set(table.column("user_id").to_pylist()))
+    assert storage.read_table(out / "item_factors", schemas.ITEM_FACTORS).num_rows == \
+        len(set(table.column("track_id").to_pylist()))
     quarantined = storage.read_table(out / "quarantine", schemas.QUARANTINED_PLAYS).to_pylist()
     assert quarantined == [{"user_id": "u000", "track_id": "t001", "plays": "many",
                             "reason": "non-numeric play count"}]
-    meta = schemas.params_of(pq.read_schema(next((out / "item_factors").glob("*.parquet"))))
-    assert meta["blocks"] == 2, "one block per executor core"
+    for name, schema, key in (("user_factors", schemas.USER_FACTORS, "user_id"),
+                              ("item_factors", schemas.ITEM_FACTORS, "track_id")):
+        runs = [storage.read_table(tmp_path / where / name, schema).sort_by(key)
+                for where in ("local", "cluster")]
+        assert runs[0].column(key).equals(runs[1].column(key))
+        np.testing.assert_allclose(factor_matrix(runs[1]), factor_matrix(runs[0]),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_bad_input_exits_non_zero_naming_it(tmp_path):

@@ -122,6 +122,32 @@ def test_the_multinode_training_launch_parses_and_asks_model_train_for_what_it_h
     assert all(getattr(args, flag[2:].replace("-", "_")) is not None for flag in flags)
 
 
+def test_the_als_submission_is_the_same_job_on_yarn_kubernetes_and_standalone(tmp_path):
+    # spark-submit is the cluster's: here a stand-in on PATH that prints what it is given
+    (tmp_path / "spark-submit").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "spark-submit").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "IMAGE": "reg/cs:1"}
+    from jobs.als.job import parse_args
+    submitted = {}
+    for master in ("yarn", "k8s://https://api:6443", "spark://head:7077"):
+        result = subprocess.run(["bash", str(DEPLOY / "als-submit.sh"), master, "hdfs:///plays",
+                                 "hdfs:///als", "--rank", "64"], env=env, capture_output=True,
+                                text=True, check=True)
+        words = result.stdout.split("\n")[:-1]
+        assert words[words.index("--master") + 1] == master
+        job = next(w for w in words if w.endswith("jobs/als/job.py"))
+        submitted[master] = words[words.index(job) + 1:]
+        args = parse_args(submitted[master])  # the job takes them
+        assert (args.plays, args.out, args.rank) == ("hdfs:///plays", Path("hdfs:///als"), 64)
+        if master.startswith("k8s"):
+            assert job.startswith("local:///") and "spark.kubernetes.container.image=reg/cs:1" in words
+        else:
+            assert Path(job).resolve() == REPO / "jobs" / "als" / "job.py"
+            assert Path(words[words.index("--properties-file") + 1]).resolve() == \
+                DEPLOY / "spark-defaults.conf"
+    assert len({tuple(job_args) for job_args in submitted.values()}) == 1
+
+
 # -- Each deploy file's night, started as the file starts it ----------------------------
 
 def night_settings(cwd: Path, env: dict, command: str, installed: dict[str, Path]) -> dict:
