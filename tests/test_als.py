@@ -118,6 +118,10 @@ def test_same_seed_same_factors(spark, tmp_path, als_out):
     runs = [storage.read_table(where / "item_factors", schemas.ITEM_FACTORS).sort_by("track_id")
             for where in (out, tmp_path / "again")]
     np.testing.assert_allclose(factor_matrix(runs[0]), factor_matrix(runs[1]), rtol=1e-5, atol=1e-6)
+    # the same plays and settings learn the same space: the same id, so the same model files
+    spaces = [storage.read_params(where / "item_factors")["factor_space"]
+              for where in (out, tmp_path / "again")]
+    assert spaces[0] == spaces[1]
     # no track is semi-cold at 0 listeners: an empty table, still readable
     assert storage.read_table(tmp_path / "again" / "sparse_plays", schemas.PLAYS).num_rows == 0
 

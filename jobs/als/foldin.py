@@ -42,6 +42,14 @@ def digests(plays: DataFrame, key: str, other: str) -> DataFrame:
             .select(F.col(key).alias("id"), "digest"))
 
 
+def plays_digest(user_digests: DataFrame) -> str:
+    """One digest of every play, from the users' (``digests`` by user): their hashes
+    combined by exclusive or, so that the order of rows does not matter."""
+    row = user_digests.agg(F.bit_xor(F.xxhash64("id", "digest")).alias("xor"),
+                           F.count("*").alias("users")).first()
+    return f"{(row.xor or 0) & (2**64 - 1):016x}.{row.users}"
+
+
 def changed(plays: DataFrame, base: Path, key: str, other: str, table: str) -> DataFrame:
     """(``key``) of the rows of ``plays`` whose plays differ from the refit's at ``base``
     (new ones included)."""

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
+import json
 import logging
 import shutil
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -558,8 +559,14 @@ def refit(learned: DataFrame, params: AlsParams, tuning: AlsTuning, out: Path,
     """Full ALS on ``learned``, written under ``out`` with the digests of its plays
     that later fold-in nights compare theirs with; (users, tracks) written."""
     # Every ALS refit learns a space of its own (rotations, sign flips): its factors
-    # carry an id of that space, and a model trained on them records it.
-    meta = {**dataclasses.asdict(params), **night, model_file.FACTOR_SPACE: uuid.uuid4().hex}
+    # carry an id of that space, and a model trained on them records it. The same plays
+    # and settings give the same factors (seeded), so the same space: the id is made
+    # from them, and a rerun's models are the same files.
+    user_digests = foldin.digests(learned, "user_id", "track_id").persist(StorageLevel.MEMORY_AND_DISK)
+    learned_from = json.dumps({**dataclasses.asdict(params),
+                               "plays": foldin.plays_digest(user_digests)}, sort_keys=True)
+    meta = {**dataclasses.asdict(params), **night,
+            model_file.FACTOR_SPACE: hashlib.sha1(learned_from.encode()).hexdigest()[:32]}
     user_ids = index_ids(learned, "user_id", "user_index")
     track_ids = index_ids(learned, "track_id", "track_index")
     model = transform(learned, user_ids, track_ids, params, tuning)
@@ -569,12 +576,11 @@ def refit(learned: DataFrame, params: AlsParams, tuning: AlsTuning, out: Path,
                             out / layout.USER_FACTORS, schemas.USER_FACTORS, meta)
     n_items = write_parquet(named_factors(model.itemFactors, track_ids, "track_id", "track_index"),
                             out / layout.ITEM_FACTORS, schemas.ITEM_FACTORS, meta)
-    write_parquet(foldin.digests(learned, "user_id", "track_id"), out / layout.USER_DIGESTS,
-                  schemas.PLAY_DIGESTS)
+    write_parquet(user_digests, out / layout.USER_DIGESTS, schemas.PLAY_DIGESTS)
     write_parquet(foldin.digests(learned, "track_id", "user_id"), out / layout.TRACK_DIGESTS,
                   schemas.PLAY_DIGESTS)
-    user_ids.unpersist()
-    track_ids.unpersist()
+    for table in (user_ids, track_ids, user_digests):
+        table.unpersist()
     return n_users, n_items
 
 
