@@ -41,6 +41,9 @@ from schemas.config import PublishConfig
 logger = logging.getLogger(__name__)
 
 
+USER_ROW_GROUP = 16_384
+
+
 def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             keep: int = PublishConfig.keep, runs: Path | None = None,
             catalogue: Path | None = None, plays: Path | None = None,
@@ -60,8 +63,11 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
     versions = sorted({v for v in tracks.column("model_version").to_pylist() if v})
     target = layout.snapshot_dir(out, run_id)
     with storage.atomic_dir(target) as tmp:
-        storage.write_table(users, tmp / layout.SNAPSHOT_USERS, schemas.USER_FACTORS,
-                            {"run_id": run_id, model_file.FACTOR_SPACE: space})
+        # sorted by id in small row groups: a query finds a user's factors by reading
+        # one row group (jobs/query.py), not the table
+        storage.write_table(users.sort_by("user_id"), tmp / layout.SNAPSHOT_USERS,
+                            schemas.USER_FACTORS, {"run_id": run_id, model_file.FACTOR_SPACE: space},
+                            row_group_size=USER_ROW_GROUP)
         storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.SNAPSHOT_TRACKS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
         if names is not None:

@@ -136,12 +136,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, schema: pa.Schema,
-                params: Mapping[str, object] | None = None) -> None:
-    """Write ``table`` conformed to ``schema`` (with ``params`` as metadata) atomically."""
+                params: Mapping[str, object] | None = None,
+                row_group_size: int | None = None) -> None:
+    """Write ``table`` conformed to ``schema`` (with ``params`` as metadata) atomically,
+    in row groups of ``row_group_size`` rows (default: pyarrow's)."""
     table = schemas.conform(table, schema).replace_schema_metadata(
         schemas.with_metadata(schema, params).metadata)
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=row_group_size)
     logger.info("wrote %d rows to %s", table.num_rows, path)
 
 
@@ -185,9 +187,16 @@ def read_where(path: str | os.PathLike, column: str, values: list[str],
                     stats.min <= value <= stats.max for value in values):
                 continue
             keys = reader.read_row_group(group, columns=[column]).column(0)
-            match = pc.is_in(keys, value_set=wanted)
-            if pc.any(match).as_py():
-                found.append(reader.read_row_group(group, columns=columns).filter(match))
+            if not pc.any(pc.is_in(keys, value_set=wanted)).as_py():
+                continue
+            # the matching row group a batch at a time: a writer's row group can hold
+            # millions of rows, of which few are wanted
+            read = [column, *(name for name in columns if name != column)]
+            for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(
+                    batch_size=65_536, row_groups=[group], columns=read):
+                match = pc.is_in(batch.column(column), value_set=wanted)
+                if pc.any(match).as_py():
+                    found.append(pa.Table.from_batches([batch.filter(match)]).select(columns))
     if not found:  # (schema.empty_table() would import pandas)
         return pa.Table.from_batches([], schema if schema is not None else pa.schema([]))
     return pa.concat_tables(found)
