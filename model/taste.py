@@ -19,19 +19,24 @@ tempo as well as style, 0.804 alone and 0.813 averaged (0.803 without the rhythm
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
-from model.data import mel_array, read_mels, unit_rows
+from model.data import unit_rows
 from model.member import Member
+from schemas import layout, mels, storage
 
 logger = logging.getLogger(__name__)
 
@@ -90,20 +95,118 @@ def clusters_for(tracks: int) -> int:
     return int(round(np.sqrt(tracks / 2)))
 
 
+# Statistics are computed once per track and spectrogram shard, and kept beside the
+# shard (layout.statistics_file): fitting the classifier, choosing, scoring and the
+# evaluation all read them there. Tracks' statistics known to this process, by a digest
+# of their excerpt (as model/frontend.py keeps what the taggers heard):
+_MEMO: dict[bytes, np.ndarray] = {}
+_MEMO_TRACKS = 20_000
+computed = 0  # tracks whose statistics this process computed rather than read
+
+
+@functools.lru_cache(maxsize=1)
+def version() -> str:
+    """A digest of what :func:`statistics` gives for a fixed excerpt: kept statistics
+    of another definition are not read."""
+    probe = torch.linspace(-4.0, 4.0, 2 * 64 * 300).reshape(2, 64, 300).sin()
+    return hashlib.sha1(statistics(probe).numpy().round(4).tobytes()).hexdigest()[:12]
+
+
+def _digest(excerpt: np.ndarray) -> bytes:
+    # in float32 (float16 widens exactly): the same excerpt, the same key, as read or given
+    return hashlib.sha1(np.ascontiguousarray(excerpt, np.float32).tobytes()).digest()
+
+
+def _remember(keys: list[bytes], rows: np.ndarray) -> None:
+    if len(_MEMO) + len(keys) > _MEMO_TRACKS:
+        _MEMO.clear()
+    _MEMO.update(zip(keys, rows))
+
+
+def known_statistics(mel: torch.Tensor) -> torch.Tensor:
+    """:func:`statistics` of ``mel``, taking the tracks already known to this process
+    (recalled from beside their shard, or computed before) from memory."""
+    global computed
+    keys = [_digest(row) for row in mel.detach().cpu().numpy()]
+    todo = [i for i, key in enumerate(keys) if key not in _MEMO]
+    if todo:
+        _remember([keys[i] for i in todo], statistics(mel[todo]).cpu().numpy())
+        computed += len(todo)
+    if not keys:
+        return statistics(mel)
+    return torch.from_numpy(np.stack([_MEMO[key] for key in keys])).to(mel.device)
+
+
+def shard_statistics(shard: Path, device: torch.device = torch.device("cpu")) -> pa.Table:
+    """track_id and statistics (float32 lists) of every row of a spectrogram shard:
+    computed on ``device`` CHUNK excerpts at a time the first time, and kept beside the
+    shard (a shard never changes)."""
+    kept = layout.statistics_file(shard, version())
+    if kept.exists():
+        return pq.read_table(kept)
+    reader, ids, parts = pq.ParquetFile(shard), [], []
+    for group in range(reader.num_row_groups):
+        table = mels.conform(reader.read_row_group(group))
+        for start in range(0, table.num_rows, CHUNK):
+            chunk = table.slice(start, CHUNK)
+            values = mels.values(chunk).astype(np.float32)
+            stats = known_statistics(torch.from_numpy(values).to(device)).cpu().numpy()
+            parts.append(stats.astype(np.float32))
+            ids += chunk.column("track_id").to_pylist()
+    rows = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    out = pa.table({"track_id": pa.array(ids, pa.string()), "statistics":
+                    pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1])})
+    with storage.atomic_file(kept) as tmp:
+        pq.write_table(out, tmp)
+    logger.info("taste statistics of %d tracks computed, kept beside %s", len(ids), shard)
+    return out
+
+
+def recall(shard: Path, table: pa.Table) -> int:
+    """Let :func:`known_statistics` answer the rows of ``table`` (conformed rows of the
+    spectrogram ``shard``) from the statistics kept beside the shard, where there are;
+    returns how many rows it can answer."""
+    kept = layout.statistics_file(shard, version())
+    if not kept.exists():
+        return 0
+    row_of, whole = _kept(str(kept))
+    rows = [(i, row_of[track]) for i, track in enumerate(table.column("track_id").to_pylist())
+            if track in row_of]
+    if rows:
+        values = mels.values(table)
+        _remember([_digest(values[i]) for i, _ in rows], whole[[j for _, j in rows]])
+    return len(rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _kept(path: str) -> tuple[dict[str, int], np.ndarray]:
+    """A kept statistics file as (track -> row, rows): read once per process."""
+    table = pq.read_table(path)
+    width = table.schema.field("statistics").type.list_size
+    whole = table.column("statistics").combine_chunks().flatten().to_numpy().reshape(-1, width)
+    return {track: i for i, track in enumerate(table.column("track_id").to_pylist())}, whole
+
+
 def features_of(shards: Sequence[Path], track_ids: Iterable[str],
                 device: torch.device = torch.device("cpu")) -> tuple[list[str], np.ndarray]:
-    """(ids in the order found, their statistics as float64, for scikit-learn): one
-    shard's wanted excerpts in memory at a time, turned into statistics on ``device``
-    CHUNK excerpts at a time."""
+    """(ids in the order found, their statistics as float64, for scikit-learn), each
+    track once (its first shard): from the statistics kept beside each shard, computed
+    on ``device`` for a shard that has none yet."""
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
-        table = read_mels([shard], wanted)
-        for start in range(0, table.num_rows, CHUNK):
-            mel = torch.from_numpy(mel_array(table.slice(start, CHUNK))).to(device)
-            parts.append(statistics(mel).double().cpu().numpy())
-        found = table.column("track_id").to_pylist()
-        ids += found
-        wanted -= set(found)
+        if not wanted:
+            break
+        table = shard_statistics(shard, device)
+        first: dict[str, int] = {}
+        for i, track in enumerate(table.column("track_id").to_pylist()):
+            if track in wanted:
+                first.setdefault(track, i)
+        if not first:
+            continue
+        _, whole = _kept(str(layout.statistics_file(shard, version())))
+        parts.append(whole[list(first.values())].astype(np.float64))
+        ids += list(first)
+        wanted -= set(first)
     return ids, (np.concatenate(parts) if parts else np.zeros((0, 0)))
 
 
@@ -176,7 +279,7 @@ def predict_features(taste: dict, features: torch.Tensor) -> torch.Tensor:
 def predict(taste: dict, mel: torch.Tensor) -> torch.Tensor:
     """Factors (tracks, rank) float32 of log-mel excerpts (tracks, bands, frames), computed
     where ``mel`` is; see predict_features."""
-    return predict_features(taste, statistics(mel))
+    return predict_features(taste, known_statistics(mel))
 
 
 class Taste(Member):
@@ -197,6 +300,9 @@ class Taste(Member):
     def predict(self, mel: torch.Tensor, tokens: torch.Tensor | None) -> np.ndarray:
         # statistics in float32 where the excerpts are (a scoring GPU)
         return predict(self.arrays, mel).cpu().numpy()
+
+    def recall(self, shard: Path, table: pa.Table) -> None:
+        recall(shard, table)  # the statistics kept beside the shard
 
     def held_out(self) -> "Taste | None":
         return None if self.held_out_arrays is None else Taste(self.held_out_arrays)

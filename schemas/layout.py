@@ -83,6 +83,13 @@ def heard_file(shard: str | os.PathLike, taggers: str) -> Path:
     return shard.parent / f".heard-{taggers}" / shard.name
 
 
+def statistics_file(shard: str | os.PathLike, version: str) -> Path:
+    """The taste classifier's statistics (version ``version``) of every track of a
+    spectrogram shard (model/taste.py), kept beside it as heard_file keeps the taggers'."""
+    shard = Path(shard)
+    return shard.parent / f".statistics-{version}" / shard.name
+
+
 def dead_letter_files(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(Path(run_dir).glob(f"{DEAD_LETTERS_PREFIX}-*{PARQUET}"))
 

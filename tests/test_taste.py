@@ -8,6 +8,7 @@ import torch
 from model import taste
 from model.net import NetConfig, Network, build_net
 from model.predictor import Excerpts, FactorSpace, Predictor
+from schemas import layout
 from schemas import mels as mel_values
 
 N_MELS, FRAMES = 16, 160
@@ -175,6 +176,32 @@ def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):
     assert sorted(found) == ["t1", "t3", "t6"]
     expected = statistics(mel[[int(t[1:]) for t in found]])
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_statistics_are_computed_once_per_track_and_read_by_every_later_stage(tmp_path):
+    # fitting, then choosing, scoring and the evaluation, each its own process: the
+    # statistics are kept beside the shard by the first, and read by the others
+    mel, style = two_styles(12, 0)
+    ids = [f"t{i}" for i in range(12)]
+    shard = tmp_path / "mels-00000-of-00001.parquet"
+    write_shard(shard, ids, mel, row_group_size=5)
+    taste._MEMO.clear()
+    before = taste.computed
+    found, features = taste.features_of([shard], ids[:8])  # fitting: the warm tracks
+    assert found == ids[:8] and taste.computed - before == 12  # the whole shard, once
+    kept = taste.shard_statistics(shard)
+    assert kept.column("track_id").to_pylist() == ids
+    assert layout.statistics_file(shard, taste.version()).exists()
+    fitted = taste.fit(features, style_factors(style[:8], 0), c=0.1, seed=0)
+    predictor, space = Predictor((taste.Taste(fitted),), {}, "s"), FactorSpace("s", "factors")
+    for _ in ("choosing", "scoring", "evaluation"):
+        taste._MEMO.clear()  # a stage of its own: nothing in memory
+        taste._kept.cache_clear()
+        before = taste.computed
+        found, predicted = predictor.predict_tracks([shard], ids[8:], space)
+        assert found == ids[8:] and taste.computed == before  # none computed again
+    expected = taste.predict_features(fitted, torch.from_numpy(statistics(mel[8:])).float())
+    np.testing.assert_allclose(predicted, expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_negative_number_of_tracks_is_refused_before_training(capsys):
