@@ -153,8 +153,15 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     Raises ValueError naming ``path`` when the columns do not fit the schema.
     """
     try:
-        table = (pq.ParquetFile(path).read(columns=schema.names) if Path(path).is_file()
-                 else pq.read_table(path, columns=schema.names))  # (the latter imports pandas)
+        if Path(path).is_file():  # (pq.read_table imports pyarrow.dataset and pandas)
+            reader = pq.ParquetFile(path)
+            has = reader.schema_arrow.names
+            missing = [name for name in schema.names if name not in has]
+            if missing:
+                raise ValueError(f"table is missing columns {missing}; has {has}")
+            table = reader.read(columns=schema.names)
+        else:
+            table = pq.read_table(path, columns=schema.names)
         return schemas.conform(table, schema)
     except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise ValueError(f"{path}: does not match the expected schema: {err}") from err
