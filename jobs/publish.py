@@ -66,7 +66,8 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
         # sorted by id in small row groups: a query finds a user's factors by reading
         # one row group (jobs/query.py), not the table
         storage.write_table(users.sort_by("user_id"), tmp / layout.SNAPSHOT_USERS,
-                            schemas.USER_FACTORS, {"run_id": run_id, model_file.FACTOR_SPACE: space},
+                            schemas.USER_FACTORS,
+                            {"run_id": run_id, model_file.FACTOR_SPACE: space},
                             row_group_size=USER_ROW_GROUP)
         storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.SNAPSHOT_TRACKS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})

@@ -187,11 +187,12 @@ def read_where(path: str | os.PathLike, column: str, values: list[str],
         if missing:
             raise ValueError(f"{file}: no column {missing} (has {reader.schema_arrow.names})")
         schema = pa.schema([reader.schema_arrow.field(name) for name in columns])
-        leaf = [reader.schema.column(i).path for i in range(reader.metadata.num_columns)].index(column)
+        leaves = [reader.schema.column(i).path for i in range(reader.metadata.num_columns)]
+        leaf = leaves.index(column)
         for group in range(reader.num_row_groups):
             stats = reader.metadata.row_group(group).column(leaf).statistics
-            if stats is not None and stats.has_min_max and not any(
-                    stats.min <= value <= stats.max for value in values):
+            bounded = stats is not None and stats.has_min_max and isinstance(stats.min, str)
+            if bounded and not any(stats.min <= value <= stats.max for value in values):
                 continue
             keys = reader.read_row_group(group, columns=[column]).column(0)
             if not pc.any(pc.is_in(keys, value_set=wanted)).as_py():
