@@ -175,6 +175,16 @@ def run_variant(variant: str, ratings_dir: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def progress(number: int, pair: tuple[dict, dict], args) -> None:
+    """One pair's seconds per iteration as soon as it is done, so that a long run that
+    is stopped still says something."""
+    implicit, spark = pair
+    sides = [f"{name} {fit[0]:.2f}" for name, fit in implicit.items()]
+    sides += [f"{variant} {name} {spark[variant][name][0]:.2f}"
+              for variant in spark for name in args.settings]
+    print(f"pair {number} of {args.pairs}, s/it: " + "; ".join(sides), flush=True)
+
+
 def report(dataset: str, nnz: int, pairs: list[tuple[dict, dict]], args) -> None:
     """Medians over the pairs: seconds per iteration, fixed seconds and residual of each
     side, and the ratios Spark / implicit paired within each pair."""
@@ -248,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
             table = pa.table({"user_index": users, "track_index": tracks, "strength": strength})
             for part, rows in enumerate(np.array_split(np.arange(len(users)), 8)):
                 pq.write_table(table.take(rows), f"{scratch}/part-{part}.parquet")
-            pairs = [(implicit_times(users, tracks, strength, args),
-                      {variant: run_variant(variant, scratch, args) for variant in args.variants})
-                     for _ in range(args.pairs)]
+            pairs = []
+            for number in range(1, args.pairs + 1):
+                pairs.append((implicit_times(users, tracks, strength, args),
+                              {variant: run_variant(variant, scratch, args)
+                               for variant in args.variants}))
+                progress(number, pairs[-1], args)
         report(dataset, len(users), pairs, args)
     return 0
 
