@@ -34,7 +34,7 @@ import torchaudio.functional as AF
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 
-from model.data import unit_rows
+from model.data import read_mels, unit_rows
 from model.member import Member
 from schemas import layout, mels, storage
 
@@ -95,10 +95,11 @@ def clusters_for(tracks: int) -> int:
     return int(round(np.sqrt(tracks / 2)))
 
 
-# Statistics are computed once per track and spectrogram shard, and kept beside the
-# shard (layout.statistics_file): fitting the classifier, choosing, scoring and the
-# evaluation all read them there. Tracks' statistics known to this process, by a digest
-# of their excerpt (as model/frontend.py keeps what the taggers heard):
+# Statistics are computed once per track and spectrogram shard: each stage that needs
+# a track's (the classifier's fit, choosing, scoring, the evaluation) takes them from
+# the file kept beside its shard (layout.statistics_file), and computes and adds there
+# only those of tracks no stage computed before. Tracks' statistics known to this
+# process, by a digest of their excerpt (as model/frontend.py keeps what the taggers heard):
 _MEMO: dict[bytes, np.ndarray] = {}
 _MEMO_TRACKS = 20_000
 computed = 0  # tracks whose statistics this process computed rather than read
@@ -137,77 +138,87 @@ def known_statistics(mel: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.stack([_MEMO[key] for key in keys])).to(mel.device)
 
 
-def shard_statistics(shard: Path, device: torch.device = torch.device("cpu")) -> pa.Table:
-    """track_id and statistics (float32 lists) of every row of a spectrogram shard:
-    computed on ``device`` CHUNK excerpts at a time the first time, and kept beside the
-    shard (a shard never changes)."""
-    kept = layout.statistics_file(shard, version())
-    if kept.exists():
-        return pq.read_table(kept)
-    reader, ids, parts = pq.ParquetFile(shard), [], []
-    for group in range(reader.num_row_groups):
-        table = mels.conform(reader.read_row_group(group))
-        for start in range(0, table.num_rows, CHUNK):
-            chunk = table.slice(start, CHUNK)
-            values = mels.values(chunk).astype(np.float32)
-            stats = known_statistics(torch.from_numpy(values).to(device)).cpu().numpy()
-            parts.append(stats.astype(np.float32))
-            ids += chunk.column("track_id").to_pylist()
-    rows = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
-    out = pa.table({"track_id": pa.array(ids, pa.string()), "statistics":
-                    pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1])})
-    with storage.atomic_file(kept) as tmp:
-        pq.write_table(out, tmp)
-    logger.info("taste statistics of %d tracks computed, kept beside %s", len(ids), shard)
-    return out
+def kept(shard: Path) -> dict[str, np.ndarray]:
+    """The statistics kept beside ``shard``, by track id (none yet: empty)."""
+    path = layout.statistics_file(shard, version())
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return {}
+    return _read_kept(str(path), stat.st_mtime_ns, stat.st_size)
 
 
-def recall(shard: Path, table: pa.Table) -> int:
-    """Let :func:`known_statistics` answer the rows of ``table`` (conformed rows of the
-    spectrogram ``shard``) from the statistics kept beside the shard, where there are;
-    returns how many rows it can answer."""
-    kept = layout.statistics_file(shard, version())
-    if not kept.exists():
-        return 0
-    row_of, whole = _kept(str(kept))
-    rows = [(i, row_of[track]) for i, track in enumerate(table.column("track_id").to_pylist())
-            if track in row_of]
-    if rows:
-        values = mels.values(table)
-        _remember([_digest(values[i]) for i, _ in rows], whole[[j for _, j in rows]])
-    return len(rows)
-
-
-@functools.lru_cache(maxsize=2)
-def _kept(path: str) -> tuple[dict[str, int], np.ndarray]:
-    """A kept statistics file as (track -> row, rows): read once per process."""
+@functools.lru_cache(maxsize=4)
+def _read_kept(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    """A kept file, read once per version of it in this process."""
     table = pq.read_table(path)
     width = table.schema.field("statistics").type.list_size
     whole = table.column("statistics").combine_chunks().flatten().to_numpy().reshape(-1, width)
-    return {track: i for i, track in enumerate(table.column("track_id").to_pylist())}, whole
+    return dict(zip(table.column("track_id").to_pylist(), whole))
+
+
+def keep(shard: Path, new: dict[str, np.ndarray]) -> None:
+    """Add ``new`` statistics (track id -> row) to those kept beside ``shard``. Stages
+    that add at the same time may lose each other's rows, which are then computed
+    again later: never wrong, only slower."""
+    rows = {**kept(shard), **new}
+    matrix = np.stack(list(rows.values())).astype(np.float32)
+    table = pa.table({"track_id": pa.array(list(rows), pa.string()), "statistics":
+                      pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])})
+    with storage.atomic_file(layout.statistics_file(shard, version())) as tmp:
+        pq.write_table(table, tmp)
+
+
+def of_rows(shard: Path, table: pa.Table, device: torch.device = torch.device("cpu")
+            ) -> np.ndarray:
+    """Statistics (rows, features) float32 of ``table``'s rows (conformed rows of the
+    spectrogram ``shard``): those kept beside the shard read, the others computed on
+    ``device`` CHUNK excerpts at a time and kept there."""
+    known, ids = kept(shard), table.column("track_id").to_pylist()
+    todo = [i for i, track in enumerate(ids) if track not in known]
+    new = {}
+    for start in range(0, len(todo), CHUNK):
+        rows = todo[start:start + CHUNK]
+        values = mels.values(table.take(rows)).astype(np.float32)
+        found = known_statistics(torch.from_numpy(values).to(device)).cpu().numpy()
+        new.update(zip((ids[i] for i in rows), found))
+    if new:
+        keep(shard, new)
+        logger.info("taste statistics of %d tracks computed, kept beside %s", len(new), shard)
+    width = len(next(iter({**known, **new}.values()))) if ids else 0
+    return np.stack([known.get(t, new.get(t)) for t in ids]) if ids else np.zeros((0, width))
+
+
+def recall(shard: Path, table: pa.Table) -> None:
+    """Before predicting ``table`` (conformed rows of the spectrogram ``shard``): its
+    statistics from beside the shard, those not kept there yet computed and added, all
+    put where :func:`known_statistics` finds them."""
+    rows = of_rows(shard, table)
+    values = mels.values(table)
+    _remember([_digest(values[i]) for i in range(len(rows))], rows)
 
 
 def features_of(shards: Sequence[Path], track_ids: Iterable[str],
                 device: torch.device = torch.device("cpu")) -> tuple[list[str], np.ndarray]:
     """(ids in the order found, their statistics as float64, for scikit-learn), each
-    track once (its first shard): from the statistics kept beside each shard, computed
-    on ``device`` for a shard that has none yet."""
+    track once (its first shard): one shard's wanted excerpts at a time, their
+    statistics read from beside it or computed on ``device`` and kept there."""
     wanted, ids, parts = set(track_ids), [], []
     for shard in shards:
         if not wanted:
             break
-        table = shard_statistics(shard, device)
-        first: dict[str, int] = {}
-        for i, track in enumerate(table.column("track_id").to_pylist()):
-            if track in wanted:
-                first.setdefault(track, i)
-        if not first:
+        names = pq.read_table(shard, columns=["track_id"]).column("track_id").to_pylist()
+        here = [t for t in dict.fromkeys(names) if t in wanted]
+        if not here:
             continue
-        _, whole = _kept(str(layout.statistics_file(shard, version())))
-        parts.append(whole[list(first.values())].astype(np.float64))
-        ids += list(first)
-        wanted -= set(first)
-    return ids, (np.concatenate(parts) if parts else np.zeros((0, 0)))
+        known = kept(shard)
+        table = read_mels([shard], [t for t in here if t not in known])
+        computed_here = dict(zip(table.column("track_id").to_pylist(),
+                                 of_rows(shard, table, device))) if table.num_rows else {}
+        parts.append(np.stack([known.get(t, computed_here.get(t)) for t in here]))
+        ids += here
+        wanted -= set(here)
+    return ids, (np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0)))
 
 
 def fit(features: np.ndarray, factors: np.ndarray, c: float, seed: int,
@@ -302,7 +313,7 @@ class Taste(Member):
         return predict(self.arrays, mel).cpu().numpy()
 
     def recall(self, shard: Path, table: pa.Table) -> None:
-        recall(shard, table)  # the statistics kept beside the shard
+        recall(shard, table)  # statistics kept beside the shard, or computed and kept
 
     def held_out(self) -> "Taste | None":
         return None if self.held_out_arrays is None else Taste(self.held_out_arrays)

@@ -179,8 +179,9 @@ def test_features_are_read_a_shard_at_a_time_and_each_track_once(tmp_path):
 
 
 def test_statistics_are_computed_once_per_track_and_read_by_every_later_stage(tmp_path):
-    # fitting, then choosing, scoring and the evaluation, each its own process: the
-    # statistics are kept beside the shard by the first, and read by the others
+    # fitting on the warm tracks, then choosing, scoring and the evaluation, each a
+    # process of its own: each track's statistics are computed by the first stage that
+    # needs them, kept beside the shard, and read by the others
     mel, style = two_styles(12, 0)
     ids = [f"t{i}" for i in range(12)]
     shard = tmp_path / "mels-00000-of-00001.parquet"
@@ -188,20 +189,25 @@ def test_statistics_are_computed_once_per_track_and_read_by_every_later_stage(tm
     taste._MEMO.clear()
     before = taste.computed
     found, features = taste.features_of([shard], ids[:8])  # fitting: the warm tracks
-    assert found == ids[:8] and taste.computed - before == 12  # the whole shard, once
-    kept = taste.shard_statistics(shard)
-    assert kept.column("track_id").to_pylist() == ids
-    assert layout.statistics_file(shard, taste.version()).exists()
+    assert found == ids[:8] and taste.computed - before == 8
+    np.testing.assert_allclose(features, statistics(mel[:8]), rtol=1e-5, atol=1e-5)
+    assert sorted(taste.kept(shard)) == ids[:8]
     fitted = taste.fit(features, style_factors(style[:8], 0), c=0.1, seed=0)
     predictor, space = Predictor((taste.Taste(fitted),), {}, "s"), FactorSpace("s", "factors")
-    for _ in ("choosing", "scoring", "evaluation"):
+    counts = []
+    for _ in ("scoring", "evaluation", "choosing"):
         taste._MEMO.clear()  # a stage of its own: nothing in memory
-        taste._kept.cache_clear()
         before = taste.computed
-        found, predicted = predictor.predict_tracks([shard], ids[8:], space)
-        assert found == ids[8:] and taste.computed == before  # none computed again
-    expected = taste.predict_features(fitted, torch.from_numpy(statistics(mel[8:])).float())
+        found, predicted = predictor.predict_tracks([shard], ids[6:], space)
+        assert found == ids[6:]
+        counts.append(taste.computed - before)
+    assert counts == [4, 0, 0]  # the cold four once; the two warm ones were kept by fitting
+    assert sorted(taste.kept(shard)) == sorted(ids)
+    expected = taste.predict_features(fitted, torch.from_numpy(statistics(mel[6:])).float())
     np.testing.assert_allclose(predicted, expected.numpy(), rtol=1e-4, atol=1e-5)
+    taste._MEMO.clear()
+    assert taste.features_of([shard], ids)[1].shape == (12, features.shape[1])
+    assert taste.computed - before == 0
 
 
 def test_a_negative_number_of_tracks_is_refused_before_training(capsys):
