@@ -16,7 +16,6 @@ tracks/s. --full-size uses the seeds' network (Dieleman 2014). Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,9 @@ def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = Tru
     ids, factors = predictor.predict_tracks(shards, ids, FactorSpace(None, "none"))
     seconds = time.perf_counter() - started
     assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the process's own high-water mark: getrusage's maxrss would count the parent's
+    # memory too, which this process had between fork and exec
+    peak_mib = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
     what = "network and taste classifier" if with_taste else "network alone"
     print(f"{tracks:>8} tracks in {len(shards)} shards on {device}, {what}: {seconds:7.1f} s, "
           f"{tracks / seconds:7.0f} tracks/s, peak memory {peak_mib:7.0f} MiB", flush=True)
