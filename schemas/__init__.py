@@ -31,6 +31,8 @@ def factors_column(matrix: np.ndarray) -> pa.Array:
 
 def factor_matrix(table: pa.Table | pa.RecordBatch) -> np.ndarray:
     """A table's ``factors`` column (FACTORS) as (rows, rank) float32."""
+    if table.num_rows == 0:
+        return np.zeros((0, 0), np.float32)
     flat = arrow.values(pc.list_flatten(table.column("factors")))
     return flat.reshape(table.num_rows, -1).astype(np.float32, copy=False)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -100,6 +101,11 @@ def test_the_audience_streams_user_factors_in_parts_as_spark_writes_them(snapsho
                if t == f"t{track}"]
         assert [u for u, _ in got] == [f"u{i}" for i in exact]
         np.testing.assert_allclose([s for _, s in got], (x @ y[track])[exact], rtol=1e-5)
+    # a night without new releases: an empty table, still readable
+    tracks = pq.read_table(root / "tracks.parquet")
+    pq.write_table(tracks.filter(pc.equal(tracks["source"], "als")), tmp_path / "warm.parquet")
+    assert audience(parts, tmp_path / "warm.parquet", tmp_path / "none.parquet") == 0
+    assert pq.read_table(tmp_path / "none.parquet").num_rows == 0
     pq.write_table(pa.table({"user_id": ["u0"], "vector": [1.0]}), parts / "part-00009.parquet")
     with pytest.raises(ValueError, match="part-00009.parquet: does not match"):
         audience(parts, root / "tracks.parquet", tmp_path / "again.parquet")
