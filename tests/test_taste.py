@@ -8,7 +8,6 @@ import torch
 from model import taste
 from model.net import NetConfig, Network, build_net
 from model.predictor import Excerpts, FactorSpace, Predictor
-from schemas import layout
 from schemas import mels as mel_values
 
 N_MELS, FRAMES = 16, 160
