@@ -124,15 +124,20 @@ def _remember(keys: list[bytes], rows: np.ndarray) -> None:
     _MEMO.update(zip(keys, rows))
 
 
+def _compute(mel: torch.Tensor) -> np.ndarray:
+    """:func:`statistics` of ``mel`` on the host, counted in ``computed``."""
+    global computed
+    computed += len(mel)
+    return statistics(mel).cpu().numpy()
+
+
 def known_statistics(mel: torch.Tensor) -> torch.Tensor:
     """:func:`statistics` of ``mel``, taking the tracks already known to this process
     (recalled from beside their shard, or computed before) from memory."""
-    global computed
     keys = [_digest(row) for row in mel.detach().cpu().numpy()]
     todo = [i for i, key in enumerate(keys) if key not in _MEMO]
     if todo:
-        _remember([keys[i] for i in todo], statistics(mel[todo]).cpu().numpy())
-        computed += len(todo)
+        _remember([keys[i] for i in todo], _compute(mel[todo]))
     if not keys:
         return statistics(mel)
     return torch.from_numpy(np.stack([_MEMO[key] for key in keys])).to(mel.device)
@@ -175,18 +180,18 @@ def of_rows(shard: Path, table: pa.Table, device: torch.device = torch.device("c
     spectrogram ``shard``): those kept beside the shard read, the others computed on
     ``device`` CHUNK excerpts at a time and kept there."""
     known, ids = kept(shard), table.column("track_id").to_pylist()
+    if not ids:
+        return np.zeros((0, 0), np.float32)
     todo = [i for i, track in enumerate(ids) if track not in known]
     new = {}
     for start in range(0, len(todo), CHUNK):
         rows = todo[start:start + CHUNK]
         values = mels.values(table.take(rows)).astype(np.float32)
-        found = known_statistics(torch.from_numpy(values).to(device)).cpu().numpy()
-        new.update(zip((ids[i] for i in rows), found))
+        new.update(zip((ids[i] for i in rows), _compute(torch.from_numpy(values).to(device))))
     if new:
         keep(shard, new)
         logger.info("taste statistics of %d tracks computed, kept beside %s", len(new), shard)
-    width = len(next(iter({**known, **new}.values()))) if ids else 0
-    return np.stack([known.get(t, new.get(t)) for t in ids]) if ids else np.zeros((0, width))
+    return np.stack([known.get(t, new.get(t)) for t in ids])
 
 
 def recall(shard: Path, table: pa.Table) -> None:
