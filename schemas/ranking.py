@@ -77,14 +77,3 @@ class RunningTop:
             self.columns, self.scores = chosen, kept
         else:
             self.columns[rows], self.scores[rows] = chosen, kept
-
-
-def top_users(user_x: np.ndarray, track_y: np.ndarray, k: int,
-              user_batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each track (rows of ``track_y``), the ``k`` users of highest x_u . y_i, best
-    first: (user rows, scores), each (tracks, min(k, users)). Users are scored
-    ``user_batch`` at a time (:class:`RunningTop`)."""
-    top = RunningTop(len(track_y), k)
-    for start in range(0, len(user_x), user_batch):
-        top.add(track_y @ user_x[start:start + user_batch].T)
-    return top.columns, top.scores

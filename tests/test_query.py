@@ -16,7 +16,7 @@ from jobs.index import build as build_index
 from jobs.publish import publish
 from jobs.query import main as query_main
 from schemas import factors_column, layout, storage
-from schemas.ranking import top_k, top_users
+from schemas.ranking import RunningTop, top_k
 
 
 @pytest.fixture
@@ -62,6 +62,14 @@ def query(capsys, root, *args):
     code = query_main(["--published", str(root / "published"), *args])
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def top_users(x: np.ndarray, y: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each track's top k users, the users scored ``batch`` at a time, as the audience job does."""
+    top = RunningTop(len(y), k)
+    for start in range(0, len(x), batch):
+        top.add(y @ x[start:start + batch].T)
+    return top.columns, top.scores
 
 
 def test_top_users_in_batches_is_the_exact_top_k():
