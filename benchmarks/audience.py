@@ -23,6 +23,7 @@ import pyarrow as pa
 
 import schemas
 from jobs.audience import audience
+from peak import peak_mib  # benchmarks/peak.py, beside this script
 from schemas import factors_column, storage
 
 
@@ -43,11 +44,7 @@ def one(root: Path) -> None:
     started = time.perf_counter()
     audience(root / "users.parquet", root / "tracks.parquet", root / "audience.parquet")
     seconds = time.perf_counter() - started
-    # the process's own high-water mark (VmHWM): getrusage's maxrss would count the
-    # parent's memory too, which this process had between fork and exec
-    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
-    peak = int(status.split()[0]) / 1024
-    print(f"{seconds:.2f} {peak:.1f}", flush=True)
+    print(f"{seconds:.2f} {peak_mib():.1f}", flush=True)
 
 
 def main() -> None:

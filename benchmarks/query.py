@@ -34,6 +34,7 @@ import schemas
 from jobs.audience import audience
 from jobs.index import build
 from jobs.publish import publish
+from peak import peak_mib  # benchmarks/peak.py, beside this script
 from schemas import factors_column, storage
 
 RANK = 32
@@ -83,8 +84,7 @@ def one(argv: list[str]) -> None:
             code = query(argv)
         except SystemExit as exit_:  # --help
             code = exit_.code
-    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
-    print(code, int(status.split()[0]) / 1024)
+    print(code, peak_mib())
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak import peak_mib  # benchmarks/peak.py, beside this script
 from train import write_shards  # benchmarks/train.py, beside this script
 
 
@@ -56,14 +57,12 @@ def one(shards_dir: Path, tracks: int, full_size: bool = False, peak: bool = Tru
     ids, factors = predictor.predict_tracks(shards, ids, FactorSpace(None, "none"))
     seconds = time.perf_counter() - started
     assert len(ids) == tracks and factors.shape == (tracks, config.n_factors)
-    # the process's own high-water mark: getrusage's maxrss would count the parent's
-    # memory too, which this process had between fork and exec
-    peak_mib = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    peak = peak_mib()
     what = "network and taste classifier" if with_taste else "network alone"
     print(f"{tracks:>8} tracks in {len(shards)} shards on {device}, {what}: {seconds:7.1f} s, "
-          f"{tracks / seconds:7.0f} tracks/s, peak memory {peak_mib:7.0f} MiB", flush=True)
+          f"{tracks / seconds:7.0f} tracks/s, peak memory {peak:7.0f} MiB", flush=True)
     if peak:  # for the parent process
-        print(f"PEAK {peak_mib}")
+        print(f"PEAK {peak}")
 
 
 def count_tracks(shards_dir: Path) -> int:
