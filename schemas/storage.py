@@ -129,6 +129,19 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def scratch_dir(beside: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory beside ``beside``, on its filesystem (which a job's
+    workers see, as they see its output), removed afterwards whatever happens."""
+    beside = Path(beside)
+    tmp = _temporary(beside.with_name(f"{beside.name}.parts"))
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_file(path) as tmp:
@@ -216,16 +229,51 @@ def stream_batches(path: str | os.PathLike, schema: pa.Schema, columns: list[str
     at a time, read as they go: memory is bounded by ``size``, not by the writer's row
     groups. Raises ValueError naming a file whose columns do not fit ``schema``, before
     any row is read."""
+    return stream_rows(path, schema, columns, 0, None, size)
+
+
+def check_files(path: str | os.PathLike, schema: pa.Schema) -> list[Path]:
+    """The Parquet files of ``path``, once each one's columns are known to fit
+    ``schema`` (ValueError naming the file that does not); no row is read."""
     files = parquet_files(path)
     for file in files:
         try:
             schemas.conform(pa.Table.from_batches([], pq.read_schema(file)), schema)
         except (ValueError, pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise ValueError(f"{file}: does not match the expected schema: {err}") from err
+    return files
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """Rows of a Parquet file or directory of files, from their footers."""
+    return sum(pq.ParquetFile(file).metadata.num_rows for file in parquet_files(path))
+
+
+def stream_rows(path: str | os.PathLike, schema: pa.Schema, columns: list[str], start: int,
+                stop: int | None, size: int) -> Iterator[pa.RecordBatch]:
+    """As :func:`stream_batches`, rows ``start`` to ``stop`` (None: the end) only, in
+    the files' order: row groups wholly outside are not read, so a worker given a range
+    of a large table reads about its range."""
+    files = check_files(path, schema)
+    offset = 0
     for file in files:
         # no pre-buffering: it would read a whole row group's column chunks at once
         reader = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
-        yield from reader.iter_batches(batch_size=size, columns=columns)
+        groups, first = [], None
+        for group in range(reader.num_row_groups):
+            rows = reader.metadata.row_group(group).num_rows
+            if offset + rows > start and (stop is None or offset < stop):
+                groups.append(group)
+                first = offset if first is None else first
+            offset += rows
+        at = first
+        for batch in reader.iter_batches(batch_size=size, row_groups=groups, columns=columns) \
+                if groups else ():
+            low = max(start - at, 0)
+            high = batch.num_rows if stop is None else min(stop - at, batch.num_rows)
+            if high > low:
+                yield batch if (low, high) == (0, batch.num_rows) else batch.slice(low, high - low)
+            at += batch.num_rows
 
 
 def read_params(path: str | os.PathLike) -> dict:

@@ -119,6 +119,41 @@ def test_the_audience_streams_user_factors_in_parts_as_spark_writes_them(snapsho
         audience(parts, root / "tracks.parquet", tmp_path / "again.parquet")
 
 
+def test_the_audience_in_pieces_on_two_worker_processes_equals_it_in_one(tmp_path):
+    """Parts of 3 tracks, ranges of 7 users, on Beam's local runner with two worker
+    processes: the same table as one piece, ties (users with equal factors in other
+    ranges) to the earlier user."""
+    rng = np.random.default_rng(1)
+    # halves: every score is exact whatever the blocks it is computed in, so ties are ties
+    x = rng.integers(-4, 5, size=(40, 4)) / 2
+    x[30:] = x[:10]  # every score of users 30-39 ties with one of users 0-9
+    y = rng.integers(-4, 5, size=(10, 4)) / 2
+    storage.write_table(pa.table({"user_id": [f"u{i}" for i in range(40)],
+                                  "factors": factors_column(x)}),
+                        tmp_path / "users.parquet", schemas.USER_FACTORS)
+    storage.write_table(pa.table({"track_id": [f"t{i}" for i in range(10)],
+                                  "factors": factors_column(y), "source": ["audio"] * 10,
+                                  "model_version": ["v"] * 10, "listeners": [0] * 10,
+                                  "plays": [0] * 10}), tmp_path / "tracks.parquet",
+                        schemas.TRACK_FACTORS)
+    audience(tmp_path / "users.parquet", tmp_path / "tracks.parquet", tmp_path / "one.parquet",
+             k=12)
+    covered = audience(tmp_path / "users.parquet", tmp_path / "tracks.parquet",
+                       tmp_path / "pieces.parquet", k=12, user_batch=3, tracks_per_part=3,
+                       users_per_part=7, beam_args=["--direct_num_workers=2",
+                                                    "--direct_running_mode=multi_processing"])
+    assert covered == 10
+    one, pieces = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "pieces.parquet")
+    assert pieces.to_pydict() == one.to_pydict()
+    scores = (x @ y.T).astype(np.float32)
+    for track in range(10):
+        exact = np.lexsort((np.arange(40), -scores[:, track]))[:12]
+        got = pieces.filter(pc.equal(pieces["track_id"], f"t{track}"))
+        assert got["user_id"].to_pylist() == [f"u{i}" for i in exact]
+        assert got["score"].to_pylist() == scores[exact, track].tolist()
+    assert not list(tmp_path.glob(".tmp-*")), "the parts are removed"
+
+
 def test_the_audience_of_every_new_release(snapshot):
     root, x, y, _ = snapshot
     table = pq.read_table(root / "published" / "latest" / layout.AUDIENCE).to_pydict()
