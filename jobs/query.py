@@ -32,12 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from voyager import Index
 
 import schemas
 from schemas import arrow, cli, factor_matrix, layout, storage
 from schemas.config import IndexConfig, QueryConfig
 from schemas.metrics import unit_rows
+from schemas.neighbours import ShardedIndex
 from schemas.ranking import top_k
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Snapshot:
             logger.warning("%s was built from other factors than the snapshot's; searching "
                            "exactly", folder)
             return None
-        return Index.load(str(folder / layout.INDEX_FILE))
+        return ShardedIndex.load(folder)
 
     def unknown(self, kind: str, wanted: str, known: int) -> cli.JobError:
         return cli.JobError(f"{kind} {wanted!r} is not in the snapshot {self.path.name} "

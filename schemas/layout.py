@@ -140,9 +140,14 @@ AUDIENCE_NAME = "audience"  # the audience table (jobs/audience.py), in a run an
 AUDIENCE = f"{AUDIENCE_NAME}{PARQUET}"
 TAGS = "tags"  # every track's top tags from the pretrained taggers (jobs/tags.py), in a run
 INDEX = "similar"  # the similar-track index directory (jobs/index.py), in a run and a snapshot
-INDEX_FILE = "tracks.voy"
+INDEX_FILE = "tracks.voy"  # an index of one shard; of several, index_shard() names them
 INDEX_IDS = f"track_ids{PARQUET}"  # row i: the track of index id i
 INDEX_MANIFEST = "index.json"
+
+
+def index_shard(number: int, count: int) -> str:
+    """The file of shard ``number`` of an index of ``count`` shards."""
+    return INDEX_FILE if count == 1 else f"tracks-{number:05d}-of-{count:05d}.voy"
 
 # In a run's directory: one JSON line per stage the run ran (task, output, seconds),
 # appended by the workflow; and the run's report (jobs/report): index.html and report.md

@@ -1,5 +1,6 @@
 """The factors at work: the new releases' audience, and the query command."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from jobs.index import build as build_index
 from jobs.publish import publish
 from jobs.query import main as query_main
 from schemas import factors_column, layout, storage
+from schemas.neighbours import ShardedIndex
 from schemas.ranking import RunningTop, top_k
 
 
@@ -310,6 +312,26 @@ def test_an_index_of_other_factors_is_not_used(snapshot, capsys):
     cosine = unit @ unit[2]
     cosine[2] = -np.inf
     assert [r["track_id"] for r in json.loads(out)] == [f"t{i}" for i in np.argsort(-cosine)[:3]]
+
+
+def test_an_index_in_shards_built_by_two_workers_answers_as_one(snapshot, capsys):
+    """Shards of 7 tracks (6 of them) built on Beam's local runner with two worker
+    processes; the query asks every shard and keeps the nearest."""
+    root, _, y, _ = snapshot
+    folder = root / "published" / "latest" / layout.INDEX
+    shutil.rmtree(folder)
+    assert build_index(root / "tracks.parquet", folder, tracks_per_shard=7, beam_args=[
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing"]) == 40
+    built = json.loads((folder / layout.INDEX_MANIFEST).read_text())
+    assert built["shards"] == [layout.index_shard(i, 6) for i in range(6)]
+    assert sorted(p.name for p in folder.glob("*.voy")) == built["shards"]
+    index = ShardedIndex.load(folder)
+    assert len(index) == 40 and [len(shard) for shard in index.shards] == [7] * 5 + [5]
+    for track, among, rows in ((33, "warm", range(30)), (2, "all", range(40))):
+        code, out, err = query(capsys, root, "--json", "-n", "6", "similar", "--track",
+                               f"t{track}", "--among", among)
+        assert code == 0 and "searching exactly" not in err
+        assert [r["track_id"] for r in json.loads(out)] == nearest(y, track, rows)[:6]
 
 
 HEAVY = ("pandas", "pyarrow.dataset", "scipy", "sklearn", "torch", "pyspark", "apache_beam")
