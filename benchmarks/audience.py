@@ -1,12 +1,15 @@
 """The audience job at scale: time and peak memory as users grow.
 
-    python benchmarks/audience.py [--users 100000 1000000] [--tracks 10000] [--rank 32]
+    python benchmarks/audience.py [--users 100000 1000000] [--tracks 10000] [--rank 32] \
+        [--workers 2]
 
 For each user count it writes random user factors and a combined table of --tracks
 cold tracks, then runs jobs/audience.py's audience() with the default batches in a
 fresh process (so the peak memory is the job's own: reading its inputs, scoring,
 writing) and prints seconds and peak resident memory, and the ratios of each size's to
 the first's. The job streams the users, so its peak should not grow with them.
+With --workers N above 1, the job runs on N local Beam worker processes, the users cut
+into N ranges (the peak is then the largest worker's).
 Asserts nothing.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pyarrow as pa
 
 import schemas
 from jobs.audience import audience
-from peak import peak_mib  # benchmarks/peak.py, beside this script
+from peak import children_peak_mib, peak_mib  # benchmarks/peak.py, beside this script
 from schemas import factors_column, storage
 
 
@@ -39,12 +42,15 @@ def write_inputs(root: Path, users: int, tracks: int, rank: int) -> None:
                         root / "tracks.parquet", schemas.TRACK_FACTORS)
 
 
-def one(root: Path) -> None:
+def one(root: Path, users: int, workers: int) -> None:
     """Run the job on the inputs under ``root``; print its time and peak memory."""
     started = time.perf_counter()
-    audience(root / "users.parquet", root / "tracks.parquet", root / "audience.parquet")
+    spread = {} if workers == 1 else {
+        "users_per_part": -(-users // workers),
+        "beam_args": [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]}
+    audience(root / "users.parquet", root / "tracks.parquet", root / "audience.parquet", **spread)
     seconds = time.perf_counter() - started
-    print(f"{seconds:.2f} {peak_mib():.1f}", flush=True)
+    print(f"{seconds:.2f} {max(peak_mib(), children_peak_mib()):.1f}", flush=True)
 
 
 def main() -> None:
@@ -53,16 +59,18 @@ def main() -> None:
     parser.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--tracks", type=int, default=10_000)
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        one(args.one)
+        one(args.one, args.users[0], args.workers)
         return
     first = None
     for users in args.users:
         with tempfile.TemporaryDirectory() as tmp:
             write_inputs(Path(tmp), users, args.tracks, args.rank)
-            result = subprocess.run([sys.executable, __file__, "--one", tmp], check=True,
+            result = subprocess.run([sys.executable, __file__, "--one", tmp, "--users", str(users),
+                                     "--workers", str(args.workers)], check=True,
                                     stdout=subprocess.PIPE, text=True)
         seconds, peak = map(float, result.stdout.split()[-2:])
         first = first or (seconds, peak)

@@ -2,13 +2,20 @@
 
     python -m jobs.score --model model.pt --mels DATA/mels/<hash> \\
         --catalogue catalogue.parquet --item-factors DATA/als/item_factors --out DIR \\
-        [--als DATA/als]
+        [--als DATA/als] [--tracks-per-part N] [Beam options]
 
 With --als (the ALS run's directory), semi-cold tracks, those whose few plays the
 run kept in sparse_plays/, get the ALS item step held toward their audio prediction,
 at its length (schemas.feedback.blend_toward, strength --semi-cold-reg), instead of
 their ALS factors, or their audio prediction alone below --semi-cold-min-listeners
 listeners, and every track's listeners and plays are recorded.
+
+The predictions are a Beam pipeline (schemas/pipelines.py; one worker in this
+process unless told otherwise): the tracks to predict, cold and semi-cold, are cut
+into parts of --tracks-per-part, and each worker loads the model once and predicts its
+parts from the shards, reading only the row groups that hold them (the spectrogram
+job writes tracks in catalogue order, so a part's tracks sit together). The job then
+blends, combines and writes the tables.
 
 Output directory (appears atomically):
     predicted_factors.parquet  schemas.PREDICTED_FACTORS: cold tracks, from audio
@@ -20,11 +27,13 @@ Output directory (appears atomically):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,13 +41,14 @@ import pyarrow.compute as pc
 import schemas
 from model import metadata
 from model.predictor import FactorSpace, Predictor
-from schemas import cli, layout, storage
+from schemas import cli, layout, pipelines, storage
 from schemas import factor_matrix, factors_column
 from schemas.config import SemiColdConfig
 from schemas.feedback import als_settings, blend_toward, plays_matrix
 from schemas.spaces import alignment
 
 logger = logging.getLogger(__name__)
+TRACKS_PER_PART = 20_000  # a part's spectrograms are read a row group at a time
 
 
 def cold_track_ids(catalogue: pa.Table, item_factors: pa.Table) -> list[str]:
@@ -47,15 +57,19 @@ def cold_track_ids(catalogue: pa.Table, item_factors: pa.Table) -> list[str]:
     return [t for t in catalogue.column("track_id").to_pylist() if t not in warm]
 
 
-def semi_cold(predict: Predict, als_dir: Path, warm_ids: list[str], reg: float,
-              min_listeners: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, factors, blended) of the semi-cold tracks ``predict`` gives factors:
-    their plays in ``als_dir``/sparse_plays held toward their audio prediction with
-    strength ``reg`` where they have at least ``min_listeners`` listeners
-    (``blended``), else the audio prediction itself."""
+def semi_cold_tracks(als_dir: Path, warm_ids: list[str]) -> tuple[pa.Table, list[str]]:
+    """The plays ALS kept in ``als_dir``/sparse_plays, and the warm tracks they are of."""
     sparse = storage.read_table(als_dir / layout.SPARSE_PLAYS, schemas.PLAYS)
     warm = set(warm_ids)
-    wanted = sorted({t for t in sparse.column("track_id").to_pylist() if t in warm})
+    return sparse, sorted({t for t in sparse.column("track_id").to_pylist() if t in warm})
+
+
+def semi_cold(predict: Predict, sparse: pa.Table, wanted: list[str], als_dir: Path, reg: float,
+              min_listeners: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, factors, blended) of the semi-cold tracks ``wanted`` that ``predict`` gives
+    factors: their ``sparse`` plays held toward their audio prediction with strength
+    ``reg`` where they have at least ``min_listeners`` listeners (``blended``), else
+    the audio prediction itself."""
     ids, audio = predict(wanted)
     users = storage.read_table(als_dir / layout.USER_FACTORS, schemas.USER_FACTORS)
     user_index = {u: i for i, u in enumerate(users.column("user_id").to_pylist())}
@@ -73,7 +87,8 @@ def score(model_path: Path | None, mels_dir: Path, catalogue_path: Path,
           semi_cold_reg: float = SemiColdConfig.reg,
           semi_cold_min_listeners: int = SemiColdConfig.min_listeners,
           frontend_mels: Path | None = None, learned: Path | None = None,
-          degraded: str | None = None) -> None:
+          degraded: str | None = None, tracks_per_part: int = TRACKS_PER_PART,
+          beam_args: list[str] = ()) -> None:
     """Write ``out`` (see the module's docstring). ``learned``: the item factors of the
     space the model learned, when it is not tonight's (a degraded night serving the
     last good model): its predictions are rotated into tonight's space. No model
@@ -89,15 +104,19 @@ def score(model_path: Path | None, mels_dir: Path, catalogue_path: Path,
         raise ValueError(f"none of the {factors.num_rows} tracks of {item_factors_path} is in "
                          f"the catalogue {catalogue_path}")
     cold = cold_track_ids(catalogue, warm)
+    warm_ids = warm.column("track_id").to_pylist()
+    sparse, semi_wanted = semi_cold_tracks(als_dir, warm_ids) if als_dir is not None \
+        else (None, [])
     if predictor is not None:
-        predict = audio_predictions(predictor, mels_dir, frontend_mels, catalogue_path,
-                                    learned or item_factors_path, factors if learned else None)
+        predict = audio_predictions(predictor, model_path, mels_dir, frontend_mels,
+                                    catalogue_path, learned or item_factors_path,
+                                    factors if learned else None, cold + semi_wanted,
+                                    out, tracks_per_part, beam_args)
         ids, predicted = predict(cold)
     else:
         ids, predicted = [], np.zeros((0, factor_matrix(factors).shape[1]), np.float32)
     version = predictor.version if predictor is not None else None
 
-    warm_ids = warm.column("track_id").to_pylist()
     warm_x = factor_matrix(warm).copy()
     sources = ["als"] * warm.num_rows
     counts: dict[str, tuple[int, int]] = {}
@@ -105,8 +124,8 @@ def score(model_path: Path | None, mels_dir: Path, catalogue_path: Path,
         table = storage.read_table(als_dir / layout.TRACK_PLAYS, schemas.TRACK_PLAYS).to_pydict()
         counts = dict(zip(table["track_id"], zip(table["listeners"], table["plays"])))
     if als_dir is not None and predictor is not None:  # without a model they keep ALS's
-        semi_ids, semi_x, blended = semi_cold(predict, als_dir, warm_ids, semi_cold_reg,
-                                              semi_cold_min_listeners)
+        semi_ids, semi_x, blended = semi_cold(predict, sparse, semi_wanted, als_dir,
+                                              semi_cold_reg, semi_cold_min_listeners)
         row_of = {t: i for i, t in enumerate(warm_ids)}
         for track, factors, blend in zip(semi_ids, semi_x, blended):
             warm_x[row_of[track]] = factors
@@ -164,11 +183,51 @@ def score(model_path: Path | None, mels_dir: Path, catalogue_path: Path,
 Predict = Callable[[list[str]], tuple[list[str], np.ndarray]]
 
 
-def audio_predictions(predictor: Predictor, mels_dir: Path, frontend_mels: Path | None,
-                      catalogue_path: Path, learned: Path, night: pa.Table | None) -> Predict:
-    """How tracks get their audio prediction: ``predictor`` on their spectrograms, in the
-    space of the factors at ``learned``, rotated into that of ``night``'s factors when
-    given. Checks first that the model learned that space."""
+@dataclasses.dataclass(frozen=True)
+class Scoring:
+    """What a worker needs to predict a part of the tracks: the model file, the shards,
+    the space its predictions must be in, the rotation into tonight's (or None) and the
+    catalogue (for a model that reads the artists)."""
+    model: Path
+    shards: tuple[Path, ...]
+    space: FactorSpace
+    rotation: np.ndarray | None
+    catalogue: Path
+
+
+class PredictParts(beam.DoFn):
+    """Each part's predictions, written to ``folder``; the model is loaded once per worker."""
+
+    def __init__(self, scoring: Scoring, folder: Path) -> None:
+        self.scoring, self.folder = scoring, folder
+
+    def setup(self) -> None:
+        self.predictor = Predictor.load(self.scoring.model)
+        self.tokens = metadata.read_tokens(self.scoring.catalogue) \
+            if self.predictor.vocabulary else None
+
+    def process(self, part: tuple[int, list[str]]):
+        number, tracks = part
+        ids, predicted = self.predictor.predict_tracks(self.scoring.shards, tracks,
+                                                       self.scoring.space, self.tokens)
+        if self.scoring.rotation is not None:
+            predicted = predicted @ self.scoring.rotation
+        storage.write_table(pa.table({"track_id": pa.array(ids, pa.string()),
+                                      "factors": factors_column(predicted)}),
+                            self.folder / f"part-{number:05d}.parquet", schemas.ITEM_FACTORS)
+        yield len(ids)
+
+
+def audio_predictions(predictor: Predictor, model_path: Path, mels_dir: Path,
+                      frontend_mels: Path | None, catalogue_path: Path, learned: Path,
+                      night: pa.Table | None, tracks: list[str], out: Path,
+                      tracks_per_part: int = TRACKS_PER_PART, beam_args: list[str] = ()
+                      ) -> Predict:
+    """How tracks get their audio prediction: the model at ``model_path`` (``predictor``)
+    on their spectrograms, in the space of the factors at ``learned``, rotated into
+    that of ``night``'s factors when given. Checks first that the model learned that
+    space, then predicts every track of ``tracks`` (cold and semi-cold) in parts, as
+    Beam distributes them; the returned function looks them up."""
     space = FactorSpace.of(learned)
     # refused before any work: a model of another factor space would serve nonsense
     predictor.check_space(space)
@@ -178,17 +237,31 @@ def audio_predictions(predictor: Predictor, mels_dir: Path, frontend_mels: Path 
     # that reads it (Predictor.predict_tracks picks each input's shards)
     shards = layout.mel_shards(mels_dir) + (layout.mel_shards(frontend_mels) if frontend_mels
                                             else [])
-    tokens = metadata.read_tokens(catalogue_path) if predictor.vocabulary else None
+    scoring = Scoring(Path(model_path), tuple(shards), space, rotation, Path(catalogue_path))
+    parts = [(number, tracks[start:start + tracks_per_part])
+             for number, start in enumerate(range(0, len(tracks), tracks_per_part))]
+    with storage.scratch_dir(out) as folder:
+        if parts:
+            with pipelines.pipeline(beam_args) as pipeline:
+                _ = (pipeline | "Parts" >> beam.Create(parts)
+                     | "Predict" >> beam.ParDo(PredictParts(scoring, folder)))
+        found = [storage.read_table(folder / f"part-{number:05d}.parquet", schemas.ITEM_FACTORS)
+                 for number, _ in parts]
+    ids = [t for table in found for t in table.column("track_id").to_pylist()]
+    factors = np.concatenate([factor_matrix(table) for table in found if table.num_rows]
+                             or [np.zeros((0, predictor.n_factors), np.float32)])
+    row = {track: i for i, track in enumerate(ids)}
 
-    def predict(tracks: list[str]) -> tuple[list[str], np.ndarray]:
-        ids, predicted = predictor.predict_tracks(shards, tracks, space, tokens)
-        return ids, predicted if rotation is None else predicted @ rotation
+    def predict(wanted: list[str]) -> tuple[list[str], np.ndarray]:
+        have = [t for t in wanted if t in row]
+        return have, factors[[row[t] for t in have]]
     return predict
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=pipelines.RUNNER_EPILOG, allow_abbrev=False)
     parser.add_argument("--model", type=Path,
                         help="model file from model.train or jobs.evaluate.choose; without "
                              "one (only with --degraded), cold tracks are set aside")
@@ -213,10 +286,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--degraded", metavar="WHY",
                         help="tonight's own model could not be made, for this reason: recorded "
                              "with the factors, and published")
+    parser.add_argument("--tracks-per-part", type=int, default=TRACKS_PER_PART,
+                        help="tracks one piece of the predictions covers (default %(default)s)")
     cli.add_settings(parser, SemiColdConfig, only=("min_listeners", "reg"))
-    args = parser.parse_args(argv)
+    pipelines.add_runner_arguments(parser)
+    args, args.beam_args = pipelines.parse(parser, argv)
     if args.model is None and args.degraded is None:
         parser.error("--model is required (unless --degraded)")
+    if args.tracks_per_part < 1:
+        parser.error("--tracks-per-part must be at least 1")
     return args
 
 
@@ -226,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     return cli.run_job(lambda: score(args.model, args.mels, args.catalogue, args.item_factors,
                                      args.out, args.als, args.semi_cold_reg,
                                      args.semi_cold_min_listeners, args.frontend_mels,
-                                     args.learned_factors, args.degraded),
+                                     args.learned_factors, args.degraded,
+                                     args.tracks_per_part, args.beam_args),
                        logger, ValueError, FileExistsError, FileNotFoundError)
 
 

@@ -105,6 +105,18 @@ def test_semi_cold_tracks_are_held_toward_their_audio_or_keep_it_when_few_and_pl
     np.testing.assert_allclose(table["factors"][row["t7"]], audio[1], rtol=1e-5)
     assert table["factors"][row["t0"]] == items.column("factors")[0].as_py()
 
+    # in parts of 2 tracks (3 parts: 4 cold and 2 semi-cold), on two worker processes:
+    # the same tables (the factors to float precision: other batches)
+    score(model, mels_dir, tmp_path / "catalogue.parquet", als / layout.ITEM_FACTORS,
+          tmp_path / "parts", als_dir=als, semi_cold_reg=5.0, semi_cold_min_listeners=2,
+          tracks_per_part=2, beam_args=["--direct_num_workers=2",
+                                        "--direct_running_mode=multi_processing"])
+    for name in (layout.TRACK_FACTORS, layout.PREDICTED_FACTORS):
+        whole, parts = (pq.read_table(tmp_path / out / name).to_pydict() for out in ("out", "parts"))
+        np.testing.assert_allclose(parts.pop("factors"), whole.pop("factors"), rtol=1e-5)
+        assert parts == whole
+    assert not list(tmp_path.glob(".tmp-*")), "the parts are removed"
+
 
 def test_a_degraded_night_rotates_the_last_good_models_predictions_into_tonights_space(tmp_path):
     from schemas import factor_matrix, factors_column

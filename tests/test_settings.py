@@ -168,3 +168,20 @@ def test_the_spectrogram_and_training_jobs_parse_their_tasks_flags(luigi_cfg):
                                *flags(model, tasks.Network, tasks.Training)]))
     assert (train.arch, train.loss) == (model.arch, "cosine")
     assert train.config == config_of(model, tasks.Training) and train.config.lr == 0.01
+
+
+def test_the_beam_options_in_luigi_cfg_reach_every_beam_job(luigi_cfg):
+    from jobs import audience, index, score
+    from jobs.spectrograms.job import parse_options
+
+    luigi_cfg("beam", "options", "--direct_num_workers=2 --direct_running_mode=multi_processing")
+    options = tasks.beam_options()
+    assert options == ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    for args in (audience.parse_args(["--user-factors", "u", "--track-factors", "t", "--out", "o",
+                                      *options]),
+                 index.parse_args(["--track-factors", "t", "--out", "o", *options]),
+                 score.parse_args(["--model", "m", "--mels", "m", "--catalogue", "c",
+                                   "--item-factors", "i", "--out", "o", *options])):
+        assert args.beam_args[:3] == ["--runner=FnApiRunner", *options]
+    beam_options = parse_options(["--catalogue", "c", "--out", "o", *options]).beam
+    assert beam_options.get_all_options()["direct_num_workers"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,18 @@ Baseline = settings(BowConfig, only=("codebook",))
 Blend = settings(SemiColdConfig, only=("min_listeners", "reg"))
 Evaluation = settings(EvaluateConfig, only=("models", "seed"))
 EvaluationSplit = settings(TrackHoldout, only=("fraction",))
+
+
+class beam(luigi.Config):
+    """Beam options of the jobs that are Beam pipelines (spectrograms, scoring, the
+    audience, the index), as on their command lines: for example
+    ``options = --runner=FlinkRunner --flink_master=flink:8081``. Empty (the default):
+    each job on Beam's local runner, as its --help describes."""
+    options = luigi.Parameter(default="", description="Beam pipeline options")
+
+
+def beam_options() -> list[str]:
+    return shlex.split(beam().options)
 
 
 class DemoCatalogue(Demo, JobTask):
@@ -285,7 +298,7 @@ class MelSpectrograms(Mels, MelJob, RunTask, JobTask):
     def program_args(self):
         return [sys.executable, "-m", "jobs.spectrograms",
                 "--catalogue", self.input()["inputs"]["catalogue"].path, "--out", root().mels,
-                "--run-id", self.run_id, *flags(self, Mels, MelJob)]
+                "--run-id", self.run_id, *flags(self, Mels, MelJob), *beam_options()]
 
 
 class TrainModel(MayFail, Network, Training, Split, RunTask, JobTask):
@@ -556,7 +569,7 @@ class ScoreColdTracks(Blend, RunTask, JobTask):
                 "--catalogue", self.input()["inputs"]["catalogue"].path,
                 "--item-factors", Path(self.input()["als"].path) / layout.ITEM_FACTORS,
                 "--als", self.input()["als"].path, *flags(self, Blend),
-                "--out", self.output().path]
+                "--out", self.output().path, *beam_options()]
 
 
 class EvaluateColdStart(Evaluation, EvaluationSplit, Baseline, RunTask, JobTask):
@@ -613,7 +626,7 @@ class NewReleaseAudience(Audience, RunTask, JobTask):
         return [sys.executable, "-m", "jobs.audience",
                 "--user-factors", Path(self.input()["als"].path) / layout.USER_FACTORS,
                 "--track-factors", Path(self.input()["factors"].path) / layout.TRACK_FACTORS,
-                *flags(self, Audience), "--out", self.output().path]
+                *flags(self, Audience), "--out", self.output().path, *beam_options()]
 
 
 class SimilarityIndex(RunTask, JobTask):
@@ -628,7 +641,7 @@ class SimilarityIndex(RunTask, JobTask):
     def program_args(self):
         return [sys.executable, "-m", "jobs.index",
                 "--track-factors", Path(self.input().path) / layout.TRACK_FACTORS,
-                "--out", self.output().path]
+                "--out", self.output().path, *beam_options()]
 
 
 class TagTracks(Tagging, RunTask, JobTask):
