@@ -8,7 +8,9 @@ A snapshot is <out>/<run id>/ holding user_factors.parquet, track_factors.parque
 jobs/tags.py, each track's top tags, null where the taggers never heard it), with
 --catalogue the title and artist of those tracks (catalogue.parquet), with --audience
 the new releases' audience (audience.parquet, jobs/audience.py), with --index the
-similar-track index (similar/, jobs/index.py), and snapshot.json (run id, factor
+similar-track index (similar/, jobs/index.py), the users' factors again as one NumPy
+matrix (user_factors.npy), with --plays (Parquet) who played what by row numbers
+(played/, schemas/played.py), and snapshot.json (run id, factor
 space, how ALS made it (a refit, or a fold-in into which refit's space), model and
 taggers' versions, the model file served and the item factors of the
 space it learned, why the night was degraded or null, row counts, time, the catalogue
@@ -31,17 +33,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 import schemas
-from schemas import cli, layout, model_file, storage
+from schemas import cli, factor_matrix, layout, model_file, played, storage
 from schemas.config import PublishConfig
 
 logger = logging.getLogger(__name__)
 
 
 USER_ROW_GROUP = 16_384
+PLAY_IDS = pa.schema([pa.field("user_id", pa.string(), nullable=False),
+                      pa.field("track_id", pa.string(), nullable=False)])
 
 
 def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
@@ -51,7 +56,9 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
             tags: Path | None = None) -> Path:
     """Write the snapshot of ``run_id`` under ``out``, point ``latest`` at it, apply
     retention (to ``runs``/<run id> too); returns the snapshot directory."""
-    users = storage.read_table(user_factors, schemas.USER_FACTORS)
+    # sorted by id in small row groups: a query finds a user's factors by reading
+    # one row group (jobs/query.py), not the table
+    users = storage.read_table(user_factors, schemas.USER_FACTORS).sort_by("user_id")
     tracks, taggers = with_tags(storage.read_table(track_factors, schemas.TRACK_FACTORS), tags)
     names = None
     if catalogue is not None:
@@ -63,12 +70,13 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
     versions = sorted({v for v in tracks.column("model_version").to_pylist() if v})
     target = layout.snapshot_dir(out, run_id)
     with storage.atomic_dir(target) as tmp:
-        # sorted by id in small row groups: a query finds a user's factors by reading
-        # one row group (jobs/query.py), not the table
-        storage.write_table(users.sort_by("user_id"), tmp / layout.SNAPSHOT_USERS,
-                            schemas.USER_FACTORS,
+        storage.write_table(users, tmp / layout.SNAPSHOT_USERS, schemas.USER_FACTORS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space},
                             row_group_size=USER_ROW_GROUP)
+        np.save(tmp / layout.SNAPSHOT_USER_MATRIX, factor_matrix(users))
+        rows = played_rows(plays, users, tracks) if plays is not None else None
+        if rows is not None:
+            played.write(tmp / layout.SNAPSHOT_PLAYED, *rows, users.num_rows, tracks.num_rows)
         storage.write_table(tracks, tmp / layout.SNAPSHOT_TRACKS, schemas.SNAPSHOT_TRACKS,
                             {"run_id": run_id, model_file.FACTOR_SPACE: space})
         if names is not None:
@@ -101,6 +109,23 @@ def publish(run_id: str, user_factors: Path, track_factors: Path, out: Path,
                 run_id, users.num_rows, tracks.num_rows, space, layout.latest(out), target.name,
                 f"; degraded: {served['degraded']}" if served.get("degraded") else "")
     return target
+
+
+def played_rows(plays: Path, users: pa.Table, tracks: pa.Table
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(user rows, track rows) of the plays in ``plays`` whose user and track the
+    snapshot holds; None when the plays are not Parquet (the queries then read the
+    file, as the manifest names it)."""
+    files = storage.parquet_files(plays)
+    if not files or any(file.suffix != ".parquet" for file in files):
+        logger.info("%s is not Parquet: the snapshot keeps no plays of its own", plays)
+        return None
+    table = storage.read_table(plays, PLAY_IDS)
+    user_rows = pc.index_in(table["user_id"], value_set=users["user_id"])
+    track_rows = pc.index_in(table["track_id"], value_set=tracks["track_id"])
+    known = pc.and_(pc.is_valid(user_rows), pc.is_valid(track_rows))
+    return (user_rows.filter(known).to_numpy().astype(np.int64),
+            track_rows.filter(known).to_numpy().astype(np.int64))
 
 
 def with_tags(tracks: pa.Table, tags: Path | None) -> tuple[pa.Table, list[str]]:

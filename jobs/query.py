@@ -17,8 +17,9 @@ track by title and artist (the snapshot's catalogue), its score, where its facto
 came from ("als": plays, "audio": the audio model, "als+audio": a few plays held
 toward the audio) and, when the snapshot has them, its top tags from the pretrained
 taggers (jobs/tags.py; "-" for a track they never heard), or JSON with --json. An id the snapshot does not know is an error
-naming it. ``recommend`` leaves out what the user played, read from the plays the
-snapshot was made from (--plays to read others; Parquet).
+naming it. ``recommend`` and ``audience`` leave out what was played, as the snapshot
+keeps it (jobs/publish.py; else the plays file it was made from; --plays to read
+others; Parquet).
 """
 from __future__ import annotations
 
@@ -38,9 +39,11 @@ from schemas import arrow, cli, factor_matrix, layout, storage
 from schemas.config import IndexConfig, QueryConfig
 from schemas.metrics import unit_rows
 from schemas.neighbours import ShardedIndex
+from schemas.played import Played
 from schemas.ranking import top_k
 
 logger = logging.getLogger(__name__)
+USER_SLICE = 65_536  # users scored at once when every user is: 8 MiB of factors at rank 32
 
 
 class Snapshot:
@@ -85,30 +88,78 @@ class Snapshot:
         except ValueError:
             raise self.unknown("track", track_id, len(self.track_ids)) from None
 
-    def user_factors(self, user_id: str) -> np.ndarray:
-        """One user's factors (rank,), found by a filtered read of the user table."""
-        found = storage.read_where(self.users_path, "user_id", [user_id], ["factors"])
-        if not found.num_rows:
-            raise self.unknown("user", user_id, self.manifest.get("users") or
-                               pq.read_metadata(self.users_path).num_rows)
-        return factor_matrix(found)[0]
+    def user_row(self, user_id: str) -> int:
+        """The row of ``user_id`` in the user table (sorted by id): the one row group
+        whose statistics can hold it is read, for its ids only."""
+        reader = pq.ParquetFile(self.users_path)
+        leaf = reader.schema_arrow.names.index("user_id")
+        offset = 0
+        for group in range(reader.num_row_groups):
+            meta = reader.metadata.row_group(group)
+            stats = meta.column(leaf).statistics
+            if stats is None or not stats.has_min_max or stats.min <= user_id <= stats.max:
+                ids = reader.read_row_group(group, columns=["user_id"]).column(0)
+                found = pc.index_in(arrow.strings([user_id]), value_set=ids)
+                if found.null_count == 0:
+                    return offset + found[0].as_py()
+            offset += meta.num_rows
+        raise self.unknown("user", user_id, offset)
 
-    def top_users(self, y: np.ndarray, n: int, leave_out: set[str]) -> list[dict]:
-        """The ``n`` users of highest x_u . ``y`` but those in ``leave_out``, best first
-        (ties to the earlier user): the user table streamed a batch at a time."""
-        ids, scores = [], []
-        excluded = arrow.strings(sorted(leave_out))
-        for batch in storage.stream_batches(self.users_path, schemas.USER_FACTORS,
-                                            ["user_id", "factors"], QueryConfig.user_batch):
-            score = factor_matrix(batch) @ y
-            users = batch.column(0)
-            score[arrow.values(pc.indices_nonzero(pc.is_in(users, value_set=excluded)))] = -np.inf
-            best, best_scores = top_k(score[None, :], min(n, int(np.isfinite(score).sum())))
-            ids += users.take(arrow.indices(best[0])).to_pylist()
-            scores.append(best_scores[0])
-        best, best_scores = top_k(np.concatenate([np.zeros(0), *scores])[None, :], n)
-        return [{"user_id": ids[i], "score": round(float(s), 4)}
-                for i, s in zip(best[0], best_scores[0])]
+    def user_ids(self, rows: np.ndarray) -> list[str]:
+        """The ids of the users at ``rows``: only the row groups holding them are read."""
+        reader = pq.ParquetFile(self.users_path)
+        starts = np.cumsum([0] + [reader.metadata.row_group(g).num_rows
+                                  for g in range(reader.num_row_groups)])
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        ids = {}
+        for group in np.unique(groups):
+            column = reader.read_row_group(int(group), columns=["user_id"]).column(0)
+            inside = rows[groups == group]
+            ids.update(zip(inside.tolist(), column.take(arrow.indices(
+                inside - starts[group])).to_pylist()))
+        return [ids[row] for row in rows.tolist()]
+
+    def user_rows(self, user_ids: set[str]) -> np.ndarray:
+        """The rows of those of ``user_ids`` the snapshot holds (the id column is read)."""
+        column = pq.ParquetFile(self.users_path).read(columns=["user_id"]).column(0)
+        rows = pc.index_in(arrow.strings(sorted(user_ids)), value_set=column)
+        return arrow.values(rows.drop_null()).astype(np.int64)
+
+    def user_factors(self) -> np.ndarray:
+        """Every user's factors, memory-mapped (a snapshot published before the matrix
+        file: its table, read whole)."""
+        path = self.path / layout.SNAPSHOT_USER_MATRIX
+        if path.exists():
+            return np.load(path, mmap_mode="r")
+        return factor_matrix(storage.read_table(self.users_path, schemas.USER_FACTORS))
+
+    def played(self, given: Path | None, by: str, row: int, key: str) -> np.ndarray | None:
+        """Rows of what the user (``by`` "user_id") or the track ("track_id") at ``row``,
+        id ``key``, was played with: from ``given`` plays, else the snapshot's own,
+        else the plays file the snapshot was made from; None when there are none."""
+        kept = Played.of(self.path / layout.SNAPSHOT_PLAYED) if given is None else None
+        if kept is not None:
+            return kept.tracks_of(row) if by == "user_id" else kept.users_of(row)
+        plays = given or self.plays()
+        if plays is None:
+            return None
+        other = "track_id" if by == "user_id" else "user_id"
+        ids = played_by(plays, key, by, other)
+        if by == "track_id":
+            return self.user_rows(ids)
+        return np.array([j for j, t in enumerate(self.track_ids) if t in ids], np.int64)
+
+    def top_users(self, y: np.ndarray, n: int, leave_out: np.ndarray) -> list[dict]:
+        """The ``n`` users of highest x_u . ``y`` but the rows ``leave_out``, best first
+        (ties to the earlier user): the users' factors read a slice at a time."""
+        path = self.path / layout.SNAPSHOT_USER_MATRIX
+        slices = storage.matrix_slices(path, USER_SLICE) if path.exists() \
+            else iter([self.user_factors()])
+        scores = np.concatenate([np.zeros(0, np.float32), *(x @ y for x in slices)])
+        scores[leave_out] = -np.inf
+        best, best_scores = top_k(scores[None, :], min(n, int(np.isfinite(scores).sum())))
+        return [{"user_id": user, "score": round(float(score), 4)}
+                for user, score in zip(self.user_ids(best[0]), best_scores[0])]
 
     def audience_of(self, track_id: str) -> list[dict]:
         """A new release's users from the snapshot's audience table, best first; none when
@@ -120,9 +171,9 @@ class Snapshot:
                                   ).sort_by("rank").to_pylist()
         return [{"user_id": r["user_id"], "score": round(float(r["score"]), 4)} for r in rows]
 
-    def plays(self, given: Path | None) -> Path | None:
-        """The plays to leave out: ``given``, else those the snapshot was made from."""
-        found = given or self.manifest.get("inputs", {}).get("plays")
+    def plays(self) -> Path | None:
+        """The plays file the snapshot was made from, if it says."""
+        found = self.manifest.get("inputs", {}).get("plays")
         return Path(found) if found else None
 
     def answered(self, rows: list[int], scores: list[float]) -> list[dict]:
@@ -191,15 +242,17 @@ def similar(snap: Snapshot, track_id: str, n: int, among: str = DEFAULT_AMONG) -
 def audience(snap: Snapshot, track_id: str, n: int, plays: Path | None = None) -> list[dict]:
     """The ``n`` users of highest predicted preference for ``track_id`` who do not play it
     yet: a new release's read from the snapshot's audience table (jobs/audience.py) where
-    it holds as many; else computed, leaving out the track's listeners in ``plays``."""
+    it holds as many; else computed, leaving out the track's listeners (Snapshot.played)."""
     row = snap.track_row(track_id)
     published = snap.audience_of(track_id)
     if len(published) >= n:
         return published[:n]
-    listeners = played_by(plays, track_id, "track_id", "user_id") if plays else set()
-    if snap.sources[row] != "audio" and plays is None:
-        logger.warning("%s has plays but the snapshot names no plays file: its listeners "
-                       "are not left out (give --plays)", track_id)
+    listeners = snap.played(plays, "track_id", row, track_id)
+    if listeners is None:
+        if snap.sources[row] != "audio":
+            logger.warning("%s has plays but the snapshot keeps none and names no plays file: "
+                           "its listeners are not left out (give --plays)", track_id)
+        listeners = np.zeros(0, np.int64)
     return snap.top_users(factor_matrix(snap.tracks)[row], n, listeners)
 
 
@@ -216,13 +269,18 @@ def played_by(plays: Path, who: str, column: str = "user_id",
 
 
 def recommend(snap: Snapshot, user_id: str, n: int, cold_share: float,
-              played: set[str]) -> list[dict]:
-    """The ``n`` tracks of highest x_u . y_i the user has not played: about
-    ``cold_share`` of them cold (factors from audio), the rest warm, each part the
-    best of its kind, merged by score."""
-    x = snap.user_factors(user_id)
-    scores = factor_matrix(snap.tracks) @ x
-    open_ = np.array([t not in played for t in snap.track_ids])
+              plays: Path | None = None) -> list[dict]:
+    """The ``n`` tracks of highest x_u . y_i the user has not played (Snapshot.played):
+    about ``cold_share`` of them cold (factors from audio), the rest warm, each part
+    the best of its kind, merged by score."""
+    row = snap.user_row(user_id)
+    scores = factor_matrix(snap.tracks) @ np.asarray(snap.user_factors()[row])
+    played = snap.played(plays, "user_id", row, user_id)
+    if played is None:
+        raise cli.JobError(f"{snap.path}: the snapshot keeps no plays and does not say which "
+                           "plays it was made from; give --plays")
+    open_ = np.ones(len(snap.track_ids), bool)
+    open_[played] = False
     cold = np.array([s == "audio" for s in snap.sources])
     n_cold = min(int(round(n * cold_share)), int((open_ & cold).sum()))
     n_warm = min(n - n_cold, int((open_ & ~cold).sum()))
@@ -309,12 +367,8 @@ def answer(args: argparse.Namespace) -> list[dict]:
     if args.command == "similar":
         return similar(snap, args.track, args.top, args.among)
     if args.command == "audience":
-        return audience(snap, args.track, args.top, snap.plays(args.plays))
-    plays = snap.plays(args.plays)
-    if plays is None:
-        raise cli.JobError(f"{snap.path}: the snapshot does not say which plays it was made "
-                           "from; give --plays")
-    return recommend(snap, args.user, args.top, args.cold_share, played_by(plays, args.user))
+        return audience(snap, args.track, args.top, args.plays)
+    return recommend(snap, args.user, args.top, args.cold_share, args.plays)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,6 +133,10 @@ UNLISTED = f"unlisted{PARQUET}"
 # -- Published snapshots (jobs/publish.py) ----------------------------------------------
 
 SNAPSHOT_USERS = f"user_factors{PARQUET}"
+# the same users' factors as one float32 NumPy matrix, in the table's row order: a query
+# that scores every user reads it in large slices instead of decoding Parquet
+SNAPSHOT_USER_MATRIX = "user_factors.npy"
+SNAPSHOT_PLAYED = "played"  # who played what, by row numbers (schemas/played.py)
 SNAPSHOT_TRACKS = f"track_factors{PARQUET}"
 SNAPSHOT_MANIFEST = "snapshot.json"
 SNAPSHOT_CATALOGUE = f"catalogue{PARQUET}"  # title and artist of every track of the snapshot

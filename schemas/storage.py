@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -274,6 +275,23 @@ def stream_rows(path: str | os.PathLike, schema: pa.Schema, columns: list[str], 
             if high > low:
                 yield batch if (low, high) == (0, batch.num_rows) else batch.slice(low, high - low)
             at += batch.num_rows
+
+
+def matrix_slices(path: str | os.PathLike, size: int) -> Iterator[np.ndarray]:
+    """The rows of a 2-d NumPy file (np.save), ``size`` at a time, read from the file
+    rather than mapped: memory holds one slice, however large the matrix."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        header = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if header is None:
+            raise ValueError(f"{path}: NumPy file format {version} is not read here")
+        (rows, columns), fortran, dtype = header(file)
+        if fortran:
+            raise ValueError(f"{path}: a column-major matrix; rows cannot be read in slices")
+        for start in range(0, rows, size):
+            count = min(size, rows - start)
+            yield np.fromfile(file, dtype, count * columns).reshape(count, columns)
 
 
 def read_params(path: str | os.PathLike) -> dict:

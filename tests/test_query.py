@@ -18,6 +18,7 @@ from jobs.publish import publish
 from jobs.query import main as query_main
 from schemas import factors_column, layout, storage
 from schemas.neighbours import ShardedIndex
+from schemas.played import Played
 from schemas.ranking import RunningTop, top_k
 
 
@@ -288,6 +289,41 @@ def test_recommendations_leave_out_what_was_played_and_mix_in_cold_tracks(snapsh
     code, out, _ = query(capsys, root, "--json", "-n", "10", "recommend", "--user", "u3",
                          "--cold-share", "0")
     assert code == 0 and all(r["source"] == "als" for r in json.loads(out))
+
+
+def test_queries_answer_from_the_snapshots_own_plays_as_from_the_plays_file(snapshot, capsys):
+    """The snapshot keeps who played what (played/) and the users' factors as a matrix:
+    answers equal those from the plays file given with --plays, stay once the file is
+    gone (a later night rewrites it), and a snapshot published before either answers
+    the same from the file its manifest names."""
+    root, x, _, played = snapshot
+    latest = root / "published" / "latest"
+    matrix = np.load(latest / layout.SNAPSHOT_USER_MATRIX)
+    users = pq.read_table(latest / layout.SNAPSHOT_USERS)
+    np.testing.assert_array_equal(matrix, schemas.factor_matrix(users))
+    kept = Played(latest / layout.SNAPSHOT_PLAYED)
+    user_row = users["user_id"].to_pylist().index("u3")
+    assert {f"t{j}" for j in kept.tracks_of(user_row)} == {t for u, t in played if u == "u3"}
+    assert {users["user_id"][int(i)].as_py() for i in kept.users_of(3)} == \
+        {u for u, t in played if t == "t3"}
+    asked = (["audience", "--track", "t3"], ["audience", "--track", "t31"],
+             ["recommend", "--user", "u3"], ["recommend", "--user", "u17"])
+
+    def answers(*extra):
+        found = []
+        for argv in asked:
+            code, out, _ = query(capsys, root, "--json", "-n", "7", *argv, *extra)
+            assert code == 0
+            found.append(json.loads(out))
+        return found
+    own = answers()
+    assert answers("--plays", str(root / "plays.parquet")) == own
+    (root / "plays.parquet").rename(root / "elsewhere.parquet")
+    assert answers() == own
+    shutil.rmtree(latest / layout.SNAPSHOT_PLAYED)
+    (latest / layout.SNAPSHOT_USER_MATRIX).unlink()
+    (root / "elsewhere.parquet").rename(root / "plays.parquet")
+    assert answers() == own
 
 
 def test_unknown_ids_and_a_missing_snapshot_are_errors_naming_them(snapshot, capsys, tmp_path):
