@@ -262,7 +262,7 @@ class Predictor:
         by_input: dict[str, list[Path]] = {name: [] for name in inputs}
         other: dict[str, Path] = {}  # shards of settings no member reads, by settings
         for shard in shards:
-            params = MelParams.from_dict(schemas.params_of(pq.read_schema(shard)))
+            params = MelParams.from_dict(schemas.params_of(_shard_schema(shard)))
             name = next((n for n, p in inputs.items() if params == MelParams.from_dict(p)), None)
             if name is None:
                 other.setdefault(json.dumps(params.to_dict(), sort_keys=True), shard)
@@ -319,6 +319,14 @@ class Predictor:
             members.append(MEMBERS[state["kind"]].from_state(state, device))
         return cls(tuple(members), raw["mel_params"], raw.get(model_file.FACTOR_SPACE),
                    raw["metrics"], raw["version"], device=device, source=str(path))
+
+
+def _shard_schema(shard: Path) -> pa.Schema:
+    """A shard's schema; a file that is not one names itself (pyarrow's error does not)."""
+    try:
+        return pq.read_schema(shard)
+    except pa.ArrowInvalid as err:
+        raise ValueError(f"{shard}: not a readable spectrogram shard: {err}") from err
 
 
 def _row_groups(shards: Sequence[Path], wanted: set[str], predictor: Predictor,

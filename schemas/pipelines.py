@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from schemas import cli
+
 RUNNER_EPILOG = ("Any other flag is a Beam pipeline option, passed through to Beam (for "
                  "example --direct_num_workers=0 --direct_running_mode=multi_processing, "
                  "or --runner=DataflowRunner --project=... --region=...).")
@@ -50,9 +52,18 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None
                   f"--direct_running_mode={args.direct_running_mode}", *rest]
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """False for Beam's log of a failing step's traceback: the job reports the failure
+    itself, in one line (schemas/cli.py), unless asked for tracebacks."""
+    return cli.debugging() or not record.exc_info
+
+
 def pipeline(beam_args: Sequence[str] = ()) -> beam.Pipeline:
     """A pipeline with these options (run it as ``with pipeline(...) as p:``)."""
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    steps = logging.getLogger("apache_beam.runners.common")
+    if _without_traceback not in steps.filters:
+        steps.addFilter(_without_traceback)
     return beam.Pipeline(options=PipelineOptions(list(beam_args)))
 
 

@@ -167,3 +167,35 @@ def test_a_degraded_night_without_a_model_serves_the_warm_and_sets_the_cold_asid
     unscored = pq.read_table(tmp_path / "out" / layout.UNSCORED).to_pydict()
     assert sorted(unscored["track_id"]) == ["t10", "t11", "t8", "t9"]
     assert set(unscored["error"]) == {"no model to predict it: no model was ever trained"}
+
+
+def test_a_damaged_shard_ends_the_pipeline_with_one_line_naming_it(tmp_path):
+    """The failure happens in a Beam worker; the job still ends with one line naming the
+    shard, and Beam's traceback only when asked for."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from schemas import cli
+
+    mels_dir, _, items, _, params = write_evaluation_set(tmp_path)
+    storage.write_table(items, tmp_path / "items.parquet", schemas.ITEM_FACTORS,
+                        {"factor_space": "night"})
+    model = tiny_model(tmp_path / "model.pt", params, factor_space="night")
+    pq.write_table(pa.Table.from_pylist(
+        [{"track_id": f"t{i}", "audio_uri": f"/a/t{i}.mp3", "title": f"t{i}", "artist": "a",
+          "duration_s": 1.0} for i in range(12)], schemas.CATALOGUE), tmp_path / "catalogue.parquet")
+    shard = layout.mel_shards(mels_dir)[-1]
+    shard.write_bytes(shard.read_bytes()[:-200])  # its footer cut off
+    job = [sys.executable, "-m", "jobs.score", "--model", str(model), "--mels", str(mels_dir),
+           "--catalogue", str(tmp_path / "catalogue.parquet"),
+           "--item-factors", str(tmp_path / "items.parquet")]
+    repo = Path(__file__).resolve().parents[1]
+    for out, env, traceback in (("out", {}, False), ("again", {cli.DEBUG: "1"}, True)):
+        done = subprocess.run([*job, "--out", str(tmp_path / out)], capture_output=True,
+                              text=True, timeout=300, cwd=repo, env={**os.environ, **env})
+        assert done.returncode == 1, done.stderr
+        assert ("Traceback" in done.stderr) == traceback, done.stderr
+        assert shard.name in done.stderr.strip().splitlines()[-1], done.stderr
+        assert not (tmp_path / out).exists()
