@@ -6,7 +6,8 @@
 Builds a Voyager (HNSW) index over the combined factor table, warm and cold tracks
 alike. Voyager is Spotify's library for this: maintained, small, no GPU or service to
 run, and its files load in any process. The table is cut into shards of
---tracks-per-shard rows, each built by a worker of a Beam pipeline
+--tracks-per-shard rows, each built on one thread (so the same factors give the same
+files) by a worker of a Beam pipeline
 (schemas/pipelines.py; one worker in this process unless told otherwise) with the
 table's row numbers as its ids; a search asks every shard and keeps the nearest
 (schemas/neighbours.py). DIR (appears atomically) holds the shards (tracks.voy when
@@ -33,9 +34,11 @@ from schemas.config import IndexConfig
 
 logger = logging.getLogger(__name__)
 BUILD_ONLY = ("query_ef",)  # searching's setting (jobs/query.py); building does not use it
-# One shard holds up to 5M tracks (a few GB to build), so a catalogue of that size is
-# one index, searched in one call, as it was before shards.
-TRACKS_PER_SHARD = 5_000_000
+# A shard is built on one thread, which makes the same factors give the same file
+# (Voyager's threads insert in any order, and the graph depends on it); the work
+# spreads over shards instead. 1M tracks build in minutes and search in well under a
+# millisecond, so a query asks ten of them at 10M tracks.
+TRACKS_PER_SHARD = 1_000_000
 READ_BATCH = 65_536
 
 
@@ -51,7 +54,7 @@ def build_shard(shard: tuple[int, int, int, int], track_factors: Path, folder: P
     index = Index(Space.Cosine, num_dimensions=vectors.shape[1], M=config.m,
                   ef_construction=config.ef_construction, random_seed=1,
                   max_elements=len(vectors))
-    index.add_items(vectors, ids=np.arange(start, stop))
+    index.add_items(vectors, ids=np.arange(start, stop), num_threads=1)
     with storage.atomic_file(folder / layout.index_shard(number, count)) as tmp:
         index.save(str(tmp))
 

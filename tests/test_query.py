@@ -370,6 +370,20 @@ def test_an_index_in_shards_built_by_two_workers_answers_as_one(snapshot, capsys
         assert [r["track_id"] for r in json.loads(out)] == nearest(y, track, rows)[:6]
 
 
+def test_the_same_factors_build_the_same_index_files(tmp_path):
+    # 3,000 tracks: enough for threads inserting in any order to build another graph
+    y = np.random.default_rng(2).normal(size=(3000, 16))
+    storage.write_table(pa.table({"track_id": [f"t{i}" for i in range(3000)],
+                                  "factors": factors_column(y), "source": ["als"] * 3000,
+                                  "model_version": pa.nulls(3000, pa.string()),
+                                  "listeners": [1] * 3000, "plays": [1] * 3000}),
+                        tmp_path / "tracks.parquet", schemas.TRACK_FACTORS)
+    built = [tmp_path / "first", tmp_path / "second"]
+    for out in built:
+        build_index(tmp_path / "tracks.parquet", out)
+    assert (built[0] / layout.INDEX_FILE).read_bytes() == (built[1] / layout.INDEX_FILE).read_bytes()
+
+
 HEAVY = ("pandas", "pyarrow.dataset", "scipy", "sklearn", "torch", "pyspark", "apache_beam")
 
 
