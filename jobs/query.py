@@ -154,7 +154,7 @@ class Snapshot:
         (ties to the earlier user): the users' factors read a slice at a time."""
         path = self.path / layout.SNAPSHOT_USER_MATRIX
         slices = storage.matrix_slices(path, USER_SLICE) if path.exists() \
-            else iter([self.user_factors()])
+            else [self.user_factors()]
         scores = np.concatenate([np.zeros(0, np.float32), *(x @ y for x in slices)])
         scores[leave_out] = -np.inf
         best, best_scores = top_k(scores[None, :], min(n, int(np.isfinite(scores).sum())))

@@ -2,7 +2,7 @@
 per shard of the factor table, each answering with the table's row numbers, searched
 together as one.
 
-Shared by the query command and the report; building is the index job's.
+Read by the query command and benchmarks/similar.py; building is the index job's.
 """
 from __future__ import annotations
 

@@ -44,10 +44,9 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None
           ) -> tuple[argparse.Namespace, list[str]]:
     """The job's own arguments, and the Beam options as flags (the runner's included)."""
+    # passed through as given, as the spectrogram job does: Beam parses them, in the
+    # --flag=value and the --flag value forms alike
     args, rest = parser.parse_known_args(argv)
-    unknown = [flag for flag in rest if not flag.startswith("--")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args, [f"--runner={args.runner}", f"--direct_num_workers={args.direct_num_workers}",
                   f"--direct_running_mode={args.direct_running_mode}", *rest]
 

@@ -79,14 +79,12 @@ class RunningTop:
             self.columns[rows], self.scores[rows] = chosen, kept
 
 
-def merge_tops(first: tuple[np.ndarray, ...], second: tuple[np.ndarray, ...], k: int
-               ) -> tuple[np.ndarray, ...]:
-    """Two tops of the same rows over disjoint columns as one: each is (scores, columns,
-    *carried), arrays (rows, <= k) best first, ``columns`` global numbers and ``carried``
-    anything that goes with them (the users' ids). The ``k`` best of both, ties to the
-    lower column as :func:`top_k` would give over all the columns at once, whatever
-    order the parts come in."""
-    joined = [np.concatenate(pair, axis=1) for pair in zip(first, second)]
-    scores, columns = joined[0], joined[1]
+def merge_tops(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two tops of the same rows over disjoint columns as one: each is (scores, columns),
+    arrays (rows, <= k) best first, ``columns`` global numbers. The ``k`` best of both,
+    ties to the lower column as :func:`top_k` would give over all the columns at once,
+    whatever order the parts come in."""
+    scores, columns = (np.concatenate(pair, axis=1) for pair in zip(first, second))
     order = np.lexsort((columns, -scores), axis=1)[:, :k]
-    return tuple(np.take_along_axis(array, order, axis=1) for array in joined)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(columns, order, axis=1)

@@ -258,6 +258,8 @@ def stream_rows(path: str | os.PathLike, schema: pa.Schema, columns: list[str], 
     files = check_files(path, schema)
     offset = 0
     for file in files:
+        if stop is not None and offset >= stop:  # the files after the range: not opened
+            break
         # no pre-buffering: it would read a whole row group's column chunks at once
         reader = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
         groups, first = [], None

@@ -183,5 +183,9 @@ def test_the_beam_options_in_luigi_cfg_reach_every_beam_job(luigi_cfg):
                  score.parse_args(["--model", "m", "--mels", "m", "--catalogue", "c",
                                    "--item-factors", "i", "--out", "o", *options])):
         assert args.beam_args[:3] == ["--runner=FnApiRunner", *options]
+    # a value after its flag, as Beam's own documentation writes them, passes too
+    spaced = audience.parse_args(["--user-factors", "u", "--track-factors", "t", "--out", "o",
+                                  "--flink_master", "flink:8081"])
+    assert spaced.beam_args[3:] == ["--flink_master", "flink:8081"]
     beam_options = parse_options(["--catalogue", "c", "--out", "o", *options]).beam
     assert beam_options.get_all_options()["direct_num_workers"] == 2
